@@ -1,0 +1,336 @@
+"""The event contract: read journey events, normalize them, and quarantine every bad row with its reason.
+
+Events are read and checked inside DuckDB (columnar, multi-threaded, spills to disk), so files
+larger than memory never pass through pandas. The result is two DuckDB tables on the caller's
+connection: the valid, normalized events (`events`) and the rejected rows with their reason and
+raw values (`quarantine`). Nothing is dropped silently: duplicates by event_id are dropped and
+counted; every other rejected row is kept with its reason.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+from configs import CONFIG_DIR
+
+REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
+OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
+CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
+OTHER_STAGE = "other"
+
+# Order matters: a row with several problems is quarantined under the first that applies.
+REASONS = (
+    "missing_client_id",
+    "missing_event_time",
+    "missing_event_type",
+    "unparseable_event_time",
+    "future_event_time",
+    "unparseable_amount",
+    "non_finite_amount",
+    "negative_amount",
+    "unparseable_sentiment",
+    "sentiment_out_of_range",
+)
+
+# Normalized column types of the `events` table; event_time is naive and means UTC.
+EVENT_SCHEMA = {
+    "client_id": "VARCHAR",
+    "event_time": "TIMESTAMP",
+    "event_type": "VARCHAR",
+    "stage": "VARCHAR",
+    "channel": "VARCHAR",
+    "amount": "DOUBLE",
+    "category": "VARCHAR",
+    "sentiment": "DOUBLE",
+    "event_id": "VARCHAR",
+}
+
+
+class EventContractError(ValueError):
+    """The input does not meet the event contract (missing file or required column)."""
+
+
+class BadInputError(ValueError):
+    """The share of bad rows passes the configured threshold."""
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """Event type to journey stage; unknown types map to `other`."""
+
+    stage_of: dict[str, str]
+
+    def stage(self, event_type: str) -> str:
+        return self.stage_of.get(event_type, OTHER_STAGE)
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What reading the events found: the JSON summary of `segmentation validate`."""
+
+    rows: int
+    valid: int
+    duplicates: int
+    quarantined: int
+    by_reason: dict[str, int]
+    unknown_event_types: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bad_share(self) -> float:
+        return self.quarantined / self.rows if self.rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "valid": self.valid,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "by_reason": dict(self.by_reason),
+            "unknown_event_types": dict(self.unknown_event_types),
+        }
+
+
+def load_taxonomy(path: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None) -> Taxonomy:
+    """Read a taxonomy YAML (stage -> list of event types) and add config extensions."""
+    file = Path(path) if path else CONFIG_DIR / "taxonomy.yaml"
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise EventContractError(f"{file}: cannot read the taxonomy: {exc}") from exc
+    stage_of: dict[str, str] = {}
+    for stage, event_types in raw.items():
+        if stage not in STAGES:
+            raise EventContractError(f"{file}: key '{stage}': not a journey stage {STAGES}")
+        if not isinstance(event_types, list):
+            raise EventContractError(f"{file}: key '{stage}': must be a list of event types")
+        for event_type in event_types:
+            stage_of[str(event_type).strip().lower()] = stage
+    for event_type, stage in (extra or {}).items():
+        stage_of[event_type.strip().lower()] = stage
+    return Taxonomy(stage_of)
+
+
+def resolve_sources(path: str | os.PathLike[str]) -> tuple[str, list[str]]:
+    """The format ('parquet' or 'csv') and the files of a path, directory or glob."""
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        files = sorted(globlib.glob(text, recursive=True))
+    elif Path(text).is_dir():
+        files = sorted(
+            str(p) for p in Path(text).rglob("*") if p.suffix.lower() in {".parquet", ".csv"}
+        )
+    elif Path(text).is_file():
+        files = [text]
+    else:
+        raise EventContractError(f"events not found: {text}")
+    if not files:
+        raise EventContractError(f"no Parquet or CSV files at {text}")
+    kinds = {Path(f).suffix.lower() for f in files}
+    if kinds - {".parquet", ".csv"}:
+        raise EventContractError(f"unsupported event files at {text}: {sorted(kinds)}")
+    if len(kinds) > 1:
+        raise EventContractError(f"mixed Parquet and CSV files at {text}: use one format")
+    return ("csv" if kinds == {".csv"} else "parquet"), files
+
+
+def load_events(
+    con: duckdb.DuckDBPyConnection,
+    path: str | os.PathLike[str],
+    *,
+    taxonomy: Taxonomy | None = None,
+    future_tolerance_hours: float = 24.0,
+    now: datetime | None = None,
+    events_table: str = "events",
+    quarantine_table: str = "quarantine",
+) -> ValidationReport:
+    """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
+
+    Timestamps are converted to naive UTC (a naive input means UTC). A row later than `now`
+    plus the tolerance is quarantined as a future event. Raises EventContractError when the
+    input or a required column is missing.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    kind, files = resolve_sources(path)
+    con.execute("SET TimeZone = 'UTC'")
+    reader = _reader_sql(kind, files)
+    columns = _describe(con, reader)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise EventContractError(
+            f"events at {path}: missing required column(s) {', '.join(missing)}"
+            f" (found: {', '.join(columns) or 'none'})"
+        )
+    now = now or datetime.now(UTC)
+    cutoff = (now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours))
+
+    con.execute("CREATE OR REPLACE TEMP TABLE _taxonomy (event_type VARCHAR, stage VARCHAR)")
+    if taxonomy.stage_of:
+        con.executemany("INSERT INTO _taxonomy VALUES (?, ?)", list(taxonomy.stage_of.items()))
+
+    parsed = _parse_sql(columns, reader)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _parsed AS
+        SELECT *, {_reason_sql()} AS reason
+        FROM ({parsed}) AS p
+        """,
+        [cutoff],
+    )
+    raw_cols = ", ".join(f"raw_{c} AS {c}" for c in CONTRACT_COLUMNS)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE {quarantine_table} AS
+        SELECT reason, {raw_cols}, source_file FROM _parsed WHERE reason IS NOT NULL
+        """
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE _valid AS
+        SELECT p.client_id, p.event_time, p.event_type, coalesce(t.stage, '{OTHER_STAGE}') AS stage,
+               p.channel, p.amount, p.category, p.sentiment, p.event_id,
+               CASE WHEN p.event_id IS NULL THEN 1 ELSE row_number() OVER (
+                   PARTITION BY p.event_id
+                   ORDER BY p.event_time, p.client_id, p.event_type, p.source_file) END AS _copy
+        FROM _parsed p LEFT JOIN _taxonomy t ON p.event_type = t.event_type
+        WHERE p.reason IS NULL
+        """
+    )
+    select_cols = ", ".join(EVENT_SCHEMA)
+    con.execute(
+        f"CREATE OR REPLACE TABLE {events_table} AS SELECT {select_cols} FROM _valid WHERE _copy = 1"
+    )
+    rows = con.execute("SELECT count(*) FROM _parsed").fetchone()[0]
+    duplicates = con.execute("SELECT count(*) FROM _valid WHERE _copy > 1").fetchone()[0]
+    by_reason = dict(
+        con.execute(
+            f"SELECT reason, count(*) FROM {quarantine_table} GROUP BY reason ORDER BY reason"
+        ).fetchall()
+    )
+    unknown = dict(
+        con.execute(
+            f"SELECT event_type, count(*) FROM {events_table} WHERE stage = '{OTHER_STAGE}'"
+            " GROUP BY event_type ORDER BY event_type"
+        ).fetchall()
+    )
+    valid = con.execute(f"SELECT count(*) FROM {events_table}").fetchone()[0]
+    con.execute("DROP TABLE _valid")
+    con.execute("DROP TABLE _parsed")
+    return ValidationReport(
+        rows=rows,
+        valid=valid,
+        duplicates=duplicates,
+        quarantined=sum(by_reason.values()),
+        by_reason=by_reason,
+        unknown_event_types=unknown,
+    )
+
+
+def check_bad_share(report: ValidationReport, max_bad_share: float) -> None:
+    """Fail with a clear message when the share of quarantined rows passes the threshold."""
+    if report.rows and report.bad_share > max_bad_share:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.by_reason.items()))
+        raise BadInputError(
+            f"{report.quarantined} of {report.rows} event rows ({report.bad_share:.1%}) are bad,"
+            f" above the allowed {max_bad_share:.1%} ({reasons})"
+        )
+
+
+def day_end(as_of: date) -> datetime:
+    """The exclusive upper bound of 'as of D': the start of D+1, naive UTC."""
+    return datetime(as_of.year, as_of.month, as_of.day) + timedelta(days=1)
+
+
+def _reader_sql(kind: str, files: list[str]) -> str:
+    listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
+    if kind == "csv":
+        return f"read_csv({listing}, all_varchar = true, header = true, union_by_name = true, filename = 'source_file')"
+    return f"read_parquet({listing}, union_by_name = true, filename = 'source_file')"
+
+
+def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, str]:
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+    except duckdb.Error as exc:
+        raise EventContractError(f"cannot read events: {exc}") from exc
+    return {name.strip().lower(): (name, dtype.upper()) for name, dtype, *_ in described if name != "source_file"}
+
+
+def _parse_sql(columns: dict[str, tuple[str, str]], reader: str) -> str:
+    """Raw text of every contract column, and its parsed value (NULL when unparseable)."""
+    parts = ["source_file"]
+    for col in CONTRACT_COLUMNS:
+        if col not in columns:
+            parts += [f"NULL::VARCHAR AS raw_{col}"]
+            continue
+        name, dtype = columns[col]
+        quoted = '"' + name.replace('"', '""') + '"'
+        parts.append(f"CAST({quoted} AS VARCHAR) AS raw_{col}")
+    parts.append(_text("client_id", columns, lower=False))
+    parts.append(_text("event_type", columns, lower=True))
+    parts.append(_text("channel", columns, lower=True))
+    parts.append(_text("category", columns, lower=False))
+    parts.append(_text("event_id", columns, lower=False))
+    parts.append(_timestamp(columns))
+    parts.append(_number("amount", columns))
+    parts.append(_number("sentiment", columns))
+    return f"SELECT {', '.join(parts)} FROM {reader}"
+
+
+def _text(col: str, columns: dict[str, tuple[str, str]], lower: bool) -> str:
+    if col not in columns:
+        return f"NULL::VARCHAR AS {col}"
+    quoted = '"' + columns[col][0].replace('"', '""') + '"'
+    value = f"nullif(trim(CAST({quoted} AS VARCHAR)), '')"
+    return f"{'lower(' + value + ')' if lower else value} AS {col}"
+
+
+def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
+    name, dtype = columns["event_time"]
+    quoted = f'"{name}"'
+    if dtype.startswith("TIMESTAMP WITH TIME ZONE"):
+        expr = f"timezone('UTC', {quoted})"
+    elif dtype.startswith("TIMESTAMP"):
+        expr = f"CAST({quoted} AS TIMESTAMP)"
+    elif dtype == "DATE":
+        expr = f"CAST({quoted} AS TIMESTAMP)"
+    else:
+        text = f"nullif(trim(CAST({quoted} AS VARCHAR)), '')"
+        expr = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
+    return f"{expr} AS event_time"
+
+
+def _number(col: str, columns: dict[str, tuple[str, str]]) -> str:
+    if col not in columns:
+        return f"NULL::DOUBLE AS {col}"
+    name, dtype = columns[col]
+    quoted = f'"{name}"'
+    numeric = ("DOUBLE", "FLOAT", "REAL", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER")
+    if dtype.startswith(numeric):
+        return f"CAST({quoted} AS DOUBLE) AS {col}"
+    return f"TRY_CAST(nullif(trim(CAST({quoted} AS VARCHAR)), '') AS DOUBLE) AS {col}"
+
+
+def _reason_sql() -> str:
+    """The first reason that applies to a parsed row, or NULL for a valid row. `?` is the cutoff."""
+    return """CASE
+        WHEN client_id IS NULL THEN 'missing_client_id'
+        WHEN nullif(trim(raw_event_time), '') IS NULL THEN 'missing_event_time'
+        WHEN event_type IS NULL THEN 'missing_event_type'
+        WHEN event_time IS NULL THEN 'unparseable_event_time'
+        WHEN event_time > CAST(? AS TIMESTAMP) THEN 'future_event_time'
+        WHEN nullif(trim(raw_amount), '') IS NOT NULL AND amount IS NULL THEN 'unparseable_amount'
+        WHEN amount IS NOT NULL AND (isnan(amount) OR isinf(amount)) THEN 'non_finite_amount'
+        WHEN amount < 0 THEN 'negative_amount'
+        WHEN nullif(trim(raw_sentiment), '') IS NOT NULL AND sentiment IS NULL THEN 'unparseable_sentiment'
+        WHEN sentiment IS NOT NULL AND (isnan(sentiment) OR isinf(sentiment)) THEN 'sentiment_out_of_range'
+        WHEN sentiment < -1 OR sentiment > 1 THEN 'sentiment_out_of_range'
+        ELSE NULL END"""

@@ -1,0 +1,215 @@
+"""Typed engine configuration: pydantic models loaded from YAML, with errors naming file and key.
+
+Every section is frozen and forbids unknown keys, so a typo in a config file fails at load
+instead of being silently ignored. Secrets never live here: the store URL and the MLflow
+tracking URI can be overridden by `SEGMENTATION_STORE_URL` and `MLFLOW_TRACKING_URI`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from configs import CONFIG_DIR
+
+DEFAULT_CONFIG_PATH = CONFIG_DIR / "default.yaml"
+ENV_CONFIG = "SEGMENTATION_CONFIG"
+ENV_STORE_URL = "SEGMENTATION_STORE_URL"
+ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
+
+STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not validate; the message names file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreConfig(_Section):
+    url: str = "duckdb:///{workdir}/segmentation.duckdb"
+    schema_name: str = Field("segmentation", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    lock_timeout_seconds: float = Field(30.0, gt=0)
+    reader_retry_seconds: float = Field(30.0, ge=0)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = "sqlite:///{workdir}/mlflow.db"
+    experiment: str = "segmentation"
+    cluster_model_name: str = "segmentation-clusters"
+    cltv_model_name: str = "segmentation-cltv"
+    enabled: bool = True
+
+
+class EventsConfig(_Section):
+    path: str = "{workdir}/events"
+    future_tolerance_hours: float = Field(24.0, ge=0)
+    max_bad_share: float = Field(0.05, ge=0, le=1)
+    taxonomy_file: str = "taxonomy.yaml"
+    extra_event_types: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("extra_event_types")
+    @classmethod
+    def _known_stages(cls, value: dict[str, str]) -> dict[str, str]:
+        for event_type, stage in value.items():
+            if stage not in STAGES:
+                raise ValueError(f"event type {event_type!r}: stage {stage!r} is not one of {STAGES}")
+        return value
+
+
+class FeaturesConfig(_Section):
+    windows_days: tuple[int, ...] = (7, 30, 90, 365)
+    abandonment_days: int = Field(3, ge=1)
+    momentum_days: int = Field(30, ge=1)
+    intent_days: int = Field(30, ge=1)
+    shards: int = Field(1, ge=1)
+
+    @field_validator("windows_days")
+    @classmethod
+    def _sorted_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value) or list(value) != sorted(set(value)):
+            raise ValueError("must be a non-empty, strictly increasing list of positive days")
+        return value
+
+
+class ClusteringConfig(_Section):
+    features: tuple[str, ...] | None = None
+    sample_size: int = Field(20_000, ge=100)
+    min_cluster_size: int = Field(50, ge=2)
+    min_samples: int | None = Field(None, ge=1)
+    cluster_selection_method: Literal["eom", "leaf"] = "eom"
+    pca_components: int | None = Field(None, ge=1)
+    max_noise_share: float = Field(0.5, gt=0, le=1)
+    assigner_neighbors: int = Field(10, ge=1)
+    min_confidence: float = Field(0.0, ge=0, le=1)
+
+
+class RulesConfig(_Section):
+    file: str = "rules.yaml"
+
+
+class CltvConfig(_Section):
+    horizon_days: int = Field(365, ge=1)
+    annual_discount_rate: float = Field(0.10, ge=0, lt=1)
+    penalizer: float = Field(0.0, ge=0)
+    holdout_days: int = Field(90, ge=7)
+    learned_model: bool = False
+
+
+class RefitConfig(_Section):
+    every_days: int = Field(7, ge=1)
+    max_psi: float = Field(0.25, gt=0)
+    max_noise_share: float = Field(0.5, gt=0, le=1)
+    min_clusters: int = Field(2, ge=1)
+    min_quality: float = Field(-1.0, ge=-1, le=1)
+    min_stability: float = Field(0.0, ge=0, le=1)
+
+
+class ScheduleConfig(_Section):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+    deployment_name: str = "nightly"
+    retries: int = Field(2, ge=0)
+    retry_delay_seconds: float = Field(10.0, ge=0)
+
+
+class EngineConfig(_Section):
+    """The whole engine configuration, as loaded from one YAML file."""
+
+    workdir: str = "./segmentation-work"
+    seed: int = 42
+    store: StoreConfig = StoreConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    events: EventsConfig = EventsConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    clustering: ClusteringConfig = ClusteringConfig()
+    rules: RulesConfig = RulesConfig()
+    cltv: CltvConfig = CltvConfig()
+    refit: RefitConfig = RefitConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    source: str | None = Field(None, description="file this config was loaded from")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EngineConfig:
+        if self.refit.max_noise_share > 1:
+            raise ValueError("refit.max_noise_share must be at most 1")
+        return self
+
+    # Resolved locations: placeholders and environment overrides applied.
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    def resolve(self, template: str) -> str:
+        """Fill `{workdir}` in a path or URL template."""
+        return template.replace("{workdir}", str(self.workdir_path))
+
+    @property
+    def store_url(self) -> str:
+        return os.environ.get(ENV_STORE_URL) or self.resolve(self.store.url)
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get(ENV_MLFLOW_URI) or self.resolve(self.mlflow.tracking_uri)
+
+    @property
+    def events_path(self) -> str:
+        return self.resolve(self.events.path)
+
+    def config_file(self, name: str) -> Path:
+        """A referenced file (taxonomy, rules): relative to the config's own folder."""
+        path = Path(self.resolve(name)).expanduser()
+        if path.is_absolute():
+            return path
+        base = Path(self.source).parent if self.source else CONFIG_DIR
+        candidate = base / path
+        return candidate if candidate.exists() else CONFIG_DIR / path
+
+    def digest(self) -> str:
+        """A short, stable hash of the settings (not of where they came from)."""
+        payload = self.model_dump(mode="json", exclude={"source"})
+        text = json.dumps(payload, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> EngineConfig:
+    """Load a config file (or `$SEGMENTATION_CONFIG`, or the shipped default) and validate it."""
+    chosen = path or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG_PATH
+    file = Path(chosen).expanduser()
+    try:
+        raw = yaml.safe_load(file.read_text()) if file.exists() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not file.exists():
+        raise ConfigError(f"{file}: config file not found")
+    return config_from_mapping(raw or {}, source=str(file.resolve()))
+
+
+def config_from_mapping(raw: Any, source: str = "<mapping>") -> EngineConfig:
+    """Validate a mapping as an engine config; errors name the source and the dotted key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return EngineConfig.model_validate({**raw, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = error["msg"]
+        lines.append(f"{source}: key '{key}': {message}")
+    return "; ".join(lines)
