@@ -99,7 +99,9 @@ class ValidationReport:
         }
 
 
-def load_taxonomy(path: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None) -> Taxonomy:
+def load_taxonomy(
+    path: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None
+) -> Taxonomy:
     """Read a taxonomy YAML (stage -> list of event types) and add config extensions."""
     file = Path(path) if path else CONFIG_DIR / "taxonomy.yaml"
     try:
@@ -170,7 +172,7 @@ def load_events(
             f" (found: {', '.join(columns) or 'none'})"
         )
     now = now or datetime.now(UTC)
-    cutoff = (now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours))
+    cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
 
     con.execute("CREATE OR REPLACE TEMP TABLE _taxonomy (event_type VARCHAR, stage VARCHAR)")
     if taxonomy.stage_of:
@@ -261,7 +263,11 @@ def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, str]:
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
     except duckdb.Error as exc:
         raise EventContractError(f"cannot read events: {exc}") from exc
-    return {name.strip().lower(): (name, dtype.upper()) for name, dtype, *_ in described if name != "source_file"}
+    return {
+        name.strip().lower(): (name, dtype.upper())
+        for name, dtype, *_ in described
+        if name != "source_file"
+    }
 
 
 def _parse_sql(columns: dict[str, tuple[str, str]], reader: str) -> str:
@@ -271,7 +277,7 @@ def _parse_sql(columns: dict[str, tuple[str, str]], reader: str) -> str:
         if col not in columns:
             parts += [f"NULL::VARCHAR AS raw_{col}"]
             continue
-        name, dtype = columns[col]
+        name, _dtype = columns[col]
         quoted = '"' + name.replace('"', '""') + '"'
         parts.append(f"CAST({quoted} AS VARCHAR) AS raw_{col}")
     parts.append(_text("client_id", columns, lower=False))
@@ -298,9 +304,7 @@ def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
     quoted = f'"{name}"'
     if dtype.startswith("TIMESTAMP WITH TIME ZONE"):
         expr = f"timezone('UTC', {quoted})"
-    elif dtype.startswith("TIMESTAMP"):
-        expr = f"CAST({quoted} AS TIMESTAMP)"
-    elif dtype == "DATE":
+    elif dtype.startswith("TIMESTAMP") or dtype == "DATE":
         expr = f"CAST({quoted} AS TIMESTAMP)"
     else:
         text = f"nullif(trim(CAST({quoted} AS VARCHAR)), '')"
@@ -313,14 +317,30 @@ def _number(col: str, columns: dict[str, tuple[str, str]]) -> str:
         return f"NULL::DOUBLE AS {col}"
     name, dtype = columns[col]
     quoted = f'"{name}"'
-    numeric = ("DOUBLE", "FLOAT", "REAL", "DECIMAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT", "UBIGINT", "UINTEGER")
+    numeric = (
+        "DOUBLE",
+        "FLOAT",
+        "REAL",
+        "DECIMAL",
+        "INTEGER",
+        "BIGINT",
+        "SMALLINT",
+        "TINYINT",
+        "HUGEINT",
+        "UBIGINT",
+        "UINTEGER",
+    )
     if dtype.startswith(numeric):
         return f"CAST({quoted} AS DOUBLE) AS {col}"
     return f"TRY_CAST(nullif(trim(CAST({quoted} AS VARCHAR)), '') AS DOUBLE) AS {col}"
 
 
 def _reason_sql() -> str:
-    """The first reason that applies to a parsed row, or NULL for a valid row. `?` is the cutoff."""
+    """The first reason that applies to a parsed row, or NULL for a valid row. `?` is the cutoff.
+
+    `NOT isfinite` rather than `isnan`: DuckDB 2.0 answers isnan() false for NaN read from
+    Parquet (checked with a file written by pyarrow), while isfinite() is right.
+    """
     return """CASE
         WHEN client_id IS NULL THEN 'missing_client_id'
         WHEN nullif(trim(raw_event_time), '') IS NULL THEN 'missing_event_time'
@@ -328,9 +348,9 @@ def _reason_sql() -> str:
         WHEN event_time IS NULL THEN 'unparseable_event_time'
         WHEN event_time > CAST(? AS TIMESTAMP) THEN 'future_event_time'
         WHEN nullif(trim(raw_amount), '') IS NOT NULL AND amount IS NULL THEN 'unparseable_amount'
-        WHEN amount IS NOT NULL AND (isnan(amount) OR isinf(amount)) THEN 'non_finite_amount'
+        WHEN amount IS NOT NULL AND NOT isfinite(amount) THEN 'non_finite_amount'
         WHEN amount < 0 THEN 'negative_amount'
         WHEN nullif(trim(raw_sentiment), '') IS NOT NULL AND sentiment IS NULL THEN 'unparseable_sentiment'
-        WHEN sentiment IS NOT NULL AND (isnan(sentiment) OR isinf(sentiment)) THEN 'sentiment_out_of_range'
+        WHEN sentiment IS NOT NULL AND NOT isfinite(sentiment) THEN 'sentiment_out_of_range'
         WHEN sentiment < -1 OR sentiment > 1 THEN 'sentiment_out_of_range'
         ELSE NULL END"""

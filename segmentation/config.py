@@ -61,7 +61,9 @@ class EventsConfig(_Section):
     def _known_stages(cls, value: dict[str, str]) -> dict[str, str]:
         for event_type, stage in value.items():
             if stage not in STAGES:
-                raise ValueError(f"event type {event_type!r}: stage {stage!r} is not one of {STAGES}")
+                raise ValueError(
+                    f"event type {event_type!r}: stage {stage!r} is not one of {STAGES}"
+                )
         return value
 
 
@@ -207,9 +209,6 @@ def _describe(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "<top level>"
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        else:
-            message = error["msg"]
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
         lines.append(f"{source}: key '{key}': {message}")
     return "; ".join(lines)

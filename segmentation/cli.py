@@ -1,0 +1,264 @@
+"""The `segmentation` command line: demo, generate, validate, features, run, backfill, serve, report, models.
+
+Every command exits 0 on success and non-zero with a one-line reason on stderr on failure.
+Heavy imports (Prefect, MLflow, hdbscan) happen inside the commands that need them, so
+`segmentation validate` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from segmentation.config import EngineConfig, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if not args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("segmentation: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line on stderr, whatever failed
+        if args.verbose:
+            logging.exception("command failed")
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"segmentation {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segmentation",
+        description="Dynamic behavioral segments and CLTV from customer-journey events.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate data and run everything on embedded defaults")
+    p.add_argument("--workdir", default="./segmentation-work", help="where to put everything")
+    p.add_argument("--clients", type=int, default=20_000, help="synthetic clients")
+    p.add_argument("--days", type=int, default=365, help="days of history")
+    p.add_argument("--nights", type=int, default=5, help="nightly runs across the behavior shift")
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("generate", help="write a synthetic journey data set and its ground truth")
+    p.add_argument("--clients", type=int, required=True)
+    p.add_argument("--days", type=int, required=True)
+    p.add_argument("--end", type=_date, required=True, help="last day of events (YYYY-MM-DD)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--shift-share", type=float, default=0.2, help="share of clients that shift")
+    p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("validate", help="check events against the contract; print a JSON summary")
+    p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
+    _config_arg(p)
+    p.set_defaults(handler=_validate)
+
+    p = sub.add_parser("features", help="build the point-in-time feature table as Parquet")
+    p.add_argument("--events", required=True)
+    p.add_argument("--as-of", type=_date, required=True)
+    p.add_argument("--out", required=True, help="output Parquet file")
+    _config_arg(p)
+    p.set_defaults(handler=_features)
+
+    p = sub.add_parser("run", help="the nightly run for one as-of date")
+    _config_arg(p)
+    p.add_argument("--events", help="events (default: the config's events.path)")
+    p.add_argument("--as-of", type=_date, help="default: yesterday (UTC)")
+    _store_arg(p)
+    p.add_argument("--refit", action="store_true", help="refit the clustering whatever the policy")
+    p.add_argument("--rebuild", action="store_true", help="allow an as-of older than the latest")
+    p.set_defaults(handler=_run)
+
+    p = sub.add_parser("backfill", help="nightly runs for a range of dates, in order")
+    _config_arg(p)
+    p.add_argument("--events")
+    _store_arg(p)
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, required=True)
+    p.set_defaults(handler=_backfill)
+
+    p = sub.add_parser("serve", help="run the nightly flow on the configured cron (Prefect)")
+    _config_arg(p)
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("report", help="write the run report as one self-contained HTML file")
+    _config_arg(p)
+    _store_arg(p)
+    p.add_argument("--as-of", type=_date)
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=_report)
+
+    p = sub.add_parser("models", help="list, promote or roll back registered models")
+    _config_arg(p)
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?", type=int, help="the version to promote")
+    p.add_argument("--model", choices=["clusters", "cltv"], default="clusters")
+    p.set_defaults(handler=_models)
+    return parser
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", help="YAML config (default: $SEGMENTATION_CONFIG or the shipped one)"
+    )
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store URL (default: $SEGMENTATION_STORE_URL or the config's)")
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _config(args: argparse.Namespace) -> EngineConfig:
+    return load_config(getattr(args, "config", None))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from features.generator import write_dataset
+
+    summary = write_dataset(
+        args.out,
+        clients=args.clients,
+        days=args.days,
+        end=args.end,
+        seed=args.seed,
+        shift_share=args.shift_share,
+    )
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from features.events import check_bad_share, load_events, load_taxonomy
+
+    config = _config(args)
+    taxonomy = load_taxonomy(
+        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
+    )
+    con = duckdb.connect()
+    report = load_events(
+        con,
+        args.events,
+        taxonomy=taxonomy,
+        future_tolerance_hours=config.events.future_tolerance_hours,
+    )
+    print(json.dumps(report.to_dict()))
+    check_bad_share(report, config.events.max_bad_share)
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    import duckdb
+    import pyarrow.parquet as pq
+    from features.build import build_features
+
+    from features.events import check_bad_share, load_events, load_taxonomy
+
+    config = _config(args)
+    taxonomy = load_taxonomy(
+        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
+    )
+    con = duckdb.connect()
+    report = load_events(
+        con,
+        args.events,
+        taxonomy=taxonomy,
+        future_tolerance_hours=config.events.future_tolerance_hours,
+    )
+    check_bad_share(report, config.events.max_bad_share)
+    table = build_features(con, args.as_of, config.features, shards=config.features.shards)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    print(
+        json.dumps({"clients": table.num_rows, "features": table.num_columns - 1, "out": str(out)})
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines.nightly import run_nightly
+
+    config = _config(args)
+    result = run_nightly(
+        config,
+        as_of=args.as_of,
+        events=args.events,
+        store_url=args.store,
+        force_refit=args.refit,
+        rebuild=args.rebuild,
+    )
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from pipelines.nightly import run_backfill
+
+    if args.end < args.start:
+        raise ValueError(f"--end {args.end} is before --start {args.start}")
+    results = run_backfill(
+        _config(args), start=args.start, end=args.end, events=args.events, store_url=args.store
+    )
+    for result in results:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipelines.nightly import serve
+
+    serve(_config(args))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from segmentation.report import write_report
+
+    config = _config(args)
+    path = write_report(config, store_url=args.store, as_of=args.as_of, out=args.out)
+    print(json.dumps({"report": str(path)}))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from pipelines.nightly import manage_models
+
+    config = _config(args)
+    if args.action == "promote" and args.version is None:
+        raise ValueError("models promote needs a VERSION")
+    output = manage_models(config, args.action, model=args.model, version=args.version)
+    print(output)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipelines.demo import run_demo
+
+    return run_demo(workdir=args.workdir, clients=args.clients, days=args.days, nights=args.nights)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
