@@ -1,0 +1,710 @@
+"""Synthetic multi-channel customer journeys with known personas and a planned behavior shift.
+
+Why: the engine needs data whose truth is known (who is which persona, who changed and when) to
+test that segments move when behavior moves and that CLTV models see BTYD-like purchases.
+
+Model, per client (all draws vectorized with numpy, no per-event Python loop):
+- a persona (loyal_advocate, bargain_browser, support_strained, store_regular, new_explorer,
+  lapsed, high_value_vip) sets the mean rates, event mix, channel mix, category taste,
+  follow-up habits (returns, reviews, referrals) and sentiment;
+- individual variation: gamma multipliers on the activity and purchase rates, a Gamma-Gamma
+  spend (per-client nu ~ Gamma(q), per-order amount ~ Gamma(p, nu)), a dominant category;
+- BTYD purchases: Poisson purchases while alive, an exponential lifetime (Pareto/NBD dropout);
+  after dropout the client is dormant (rare marketing touches, no purchases);
+- each online purchase comes with its funnel (product_view, add_to_cart, checkout_start minutes
+  before) and possible follow-ups (return, refund, support_ticket, review, referral, share,
+  survey_response) days after;
+- a planned shift: a `shift_share` of the clients change persona (SHIFT_TARGET) and dominant
+  category at the start of `shift_date`.
+
+Chunking and determinism: clients are generated in fixed chunks of CHUNK_CLIENTS clients; chunk k
+draws from `numpy.random.SeedSequence(seed, spawn_key=(k,))`. Chunk boundaries depend only on the
+client count, never on `rows_per_file` (which only splits a chunk's rows over files), so the same
+seed gives the same events however the output is split. Client ids are `c` + 8-digit index;
+event ids are `<client_id>-<ordinal of the event within the client>`, unique by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+EVENT_TYPES = (
+    "ad_impression", "ad_click", "page_view", "social_engagement",
+    "product_view", "search", "add_to_cart", "wishlist_add", "consultation", "email_open",
+    "email_click", "trial_start",
+    "checkout_start", "purchase",
+    "login", "support_ticket", "survey_response", "return", "refund", "subscription_renewal",
+    "review", "referral", "share",
+)  # fmt: skip
+CHANNELS = ("web", "app", "email", "messenger", "social", "store", "call_center")
+CATEGORIES = ("electronics", "fashion", "home", "beauty", "sports", "grocery", "books", "toys")
+PERSONAS = (
+    "loyal_advocate",
+    "bargain_browser",
+    "support_strained",
+    "store_regular",
+    "new_explorer",
+    "lapsed",
+    "high_value_vip",
+)
+# Who a shifted client becomes. new_explorer is not shifted (it is new by definition).
+SHIFT_TARGET = {
+    "loyal_advocate": "lapsed",
+    "bargain_browser": "loyal_advocate",
+    "support_strained": "lapsed",
+    "store_regular": "support_strained",
+    "lapsed": "bargain_browser",  # a win-back: the lapsed client returns hunting deals
+    "high_value_vip": "support_strained",
+}
+CHUNK_CLIENTS = 25_000
+DEFAULT_ROWS_PER_FILE = 2_000_000
+
+EVENT_SCHEMA = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("event_type", pa.string()),
+        ("channel", pa.string()),
+        ("amount", pa.float64()),
+        ("category", pa.string()),
+        ("sentiment", pa.float64()),
+        ("event_id", pa.string()),
+    ]
+)
+TRUTH_SCHEMA = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("persona_before", pa.string()),
+        ("persona_after", pa.string()),
+        ("shifted", pa.bool_()),
+        ("shift_date", pa.date32()),
+        ("dominant_category_before", pa.string()),
+        ("dominant_category_after", pa.string()),
+        ("first_active", pa.date32()),
+        ("dropout_date", pa.date32()),
+        ("alive_at_end", pa.bool_()),
+        ("activity_rate_before", pa.float64()),
+        ("activity_rate_after", pa.float64()),
+        ("purchase_rate_before", pa.float64()),
+        ("purchase_rate_after", pa.float64()),
+        ("mean_spend_before", pa.float64()),
+        ("mean_spend_after", pa.float64()),
+    ]
+)
+
+
+def generate(
+    clients: int,
+    days: int,
+    end: date,
+    seed: int,
+    shift_share: float = 0.2,
+    shift_date: date | None = None,
+) -> tuple[pa.Table, pd.DataFrame]:
+    """All events (event contract, Arrow) and the truth per client (pandas), in memory.
+
+    Events cover `days` (>= 2) days ending at `end` (inclusive). `shift_share` of the clients
+    (taken among those eligible: a shiftable persona active well before the shift) change persona
+    and dominant category at the start of `shift_date` (default `end - days // 4`).
+    Raises ValueError naming the bad argument. Use `write_dataset` for large sizes.
+    """
+    events, truths = [], []
+    for chunk_events, chunk_truth in _chunks(clients, days, end, seed, shift_share, shift_date):
+        events.append(chunk_events)
+        truths.append(chunk_truth)
+    table = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
+    return table, pa.concat_tables(truths).to_pandas()
+
+
+def write_dataset(
+    out: str | os.PathLike[str],
+    clients: int,
+    days: int,
+    end: date,
+    seed: int,
+    shift_share: float = 0.2,
+    shift_date: date | None = None,
+    rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write `out/events/part-NNNNN.parquet` and `out/truth.parquet`; return a summary.
+
+    Memory stays bounded by one chunk of clients. A chunk's rows go to one file, or to several
+    when it has more than `rows_per_file` rows (the events do not depend on this split).
+    Refuses to write over existing part files unless `overwrite` is true (then they are removed).
+    """
+    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
+        raise ValueError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
+    events_dir = Path(out) / "events"
+    events_dir.mkdir(parents=True, exist_ok=True)
+    stale = sorted(events_dir.glob("part-*.parquet"))
+    if stale and not overwrite:
+        raise FileExistsError(
+            f"{events_dir} already holds {len(stale)} part file(s); use an empty directory"
+            " or overwrite=True"
+        )
+    for file in stale:
+        file.unlink()
+    files, rows, truths = 0, 0, []
+    for table, truth in _chunks(clients, days, end, seed, shift_share, shift_date):
+        truths.append(truth)
+        for offset in range(0, max(table.num_rows, 1), rows_per_file):
+            part = table.slice(offset, rows_per_file)
+            pq.write_table(part, events_dir / f"part-{files:05d}.parquet", compression="zstd")
+            files += 1
+            rows += part.num_rows
+    truth_table = pa.concat_tables(truths)
+    pq.write_table(truth_table, Path(out) / "truth.parquet", compression="zstd")
+    window = _window(days, end, shift_date)
+    personas = pc.value_counts(truth_table["persona_before"]).to_pylist()
+    return {
+        "out": str(Path(out)),
+        "events_dir": str(events_dir),
+        "truth": str(Path(out) / "truth.parquet"),
+        "files": files,
+        "events": rows,
+        "clients": clients,
+        "days": days,
+        "start": window.start.isoformat(),
+        "end": end.isoformat(),
+        "seed": seed,
+        "shift_date": window.shift_date.isoformat(),
+        "shifted": int(pc.sum(truth_table["shifted"]).as_py() or 0),
+        "personas": {p["values"]: p["counts"] for p in sorted(personas, key=lambda p: p["values"])},
+    }
+
+
+# --------------------------------------------------------------------------- persona parameters
+
+
+@dataclass(frozen=True)
+class _Persona:
+    browse_per_year: float  # non-purchase events per year while alive (mean)
+    purchases_per_year: float  # Poisson purchase rate while alive (mean)
+    purchase_shape: float  # gamma shape of the per-client purchase rate (heterogeneity)
+    lifetime_days: float  # mean exponential lifetime (dropout)
+    mean_spend: float  # population mean amount per purchase
+    sentiment: float  # mean sentiment
+    p_dominant: float  # share of category-bearing events in the dominant category
+    events: dict[str, float]  # browse event mix
+    channels: dict[str, float]  # channel affinity
+    categories: dict[str, float]  # category taste
+    follow: dict[str, float]  # per-purchase follow-up probabilities
+
+
+_PERSONA_SHARE = (0.16, 0.20, 0.12, 0.16, 0.12, 0.16, 0.08)
+_SPEND_P, _SPEND_Q = 6.0, 4.0  # Gamma-Gamma shapes (per order, per client)
+
+# fmt: off
+_P = {
+    "loyal_advocate": _Persona(
+        30, 10, 3.0, 2500, 70, 0.65, 0.7,
+        {"ad_impression": 2, "ad_click": 1, "page_view": 6, "social_engagement": 6,
+         "product_view": 10, "search": 4, "add_to_cart": 2, "wishlist_add": 4, "consultation": 1,
+         "email_open": 12, "email_click": 6, "trial_start": 1, "login": 12, "support_ticket": 1,
+         "survey_response": 3, "subscription_renewal": 3, "review": 3, "referral": 3,
+         "share": 6},
+        {"web": 2, "app": 6, "email": 3, "messenger": 1, "social": 2, "store": 1,
+         "call_center": 0.2},
+        {"beauty": 4, "fashion": 4, "home": 3, "books": 2, "electronics": 1, "sports": 1,
+         "grocery": 1, "toys": 1},
+        {"return": 0.04, "refund": 0.5, "ticket": 0.1, "review": 0.35, "referral": 0.12,
+         "share": 0.2, "survey": 0.1},
+    ),
+    "bargain_browser": _Persona(
+        45, 1.5, 2.0, 900, 25, 0.1, 0.7,
+        {"ad_impression": 10, "ad_click": 8, "page_view": 10, "social_engagement": 2,
+         "product_view": 25, "search": 15, "add_to_cart": 12, "wishlist_add": 6,
+         "consultation": 0.5, "email_open": 4, "email_click": 3, "trial_start": 1,
+         "checkout_start": 7, "login": 3, "support_ticket": 0.5, "survey_response": 0.5},
+        {"web": 6, "app": 2, "email": 1, "messenger": 0.5, "social": 2, "store": 0.5,
+         "call_center": 0.2},
+        {"electronics": 5, "fashion": 4, "toys": 3, "sports": 2, "home": 1, "beauty": 1,
+         "grocery": 1, "books": 1},
+        {"return": 0.06, "refund": 0.6, "ticket": 0.1, "review": 0.04, "referral": 0.01,
+         "share": 0.03, "survey": 0.03},
+    ),
+    "support_strained": _Persona(
+        22, 6, 2.0, 700, 55, -0.45, 0.7,
+        {"ad_impression": 3, "page_view": 5, "product_view": 8, "search": 4, "add_to_cart": 2,
+         "checkout_start": 1, "consultation": 3, "email_open": 4, "login": 8,
+         "support_ticket": 20, "survey_response": 6, "subscription_renewal": 1},
+        {"web": 3, "app": 2, "email": 2, "messenger": 2, "social": 0.5, "store": 1,
+         "call_center": 6},
+        {"electronics": 6, "home": 4, "fashion": 1, "beauty": 1, "sports": 1, "grocery": 1,
+         "books": 1, "toys": 1},
+        {"return": 0.35, "refund": 0.7, "ticket": 0.6, "review": 0.2, "referral": 0.0,
+         "share": 0.0, "survey": 0.25},
+    ),
+    "store_regular": _Persona(
+        10, 14, 4.0, 2000, 45, 0.3, 0.7,
+        {"ad_impression": 4, "page_view": 3, "product_view": 4, "email_open": 8,
+         "email_click": 2, "login": 3, "consultation": 4, "survey_response": 2,
+         "support_ticket": 1, "social_engagement": 1, "wishlist_add": 1},
+        {"web": 1, "app": 1, "email": 2, "messenger": 0.5, "social": 0.5, "store": 12,
+         "call_center": 0.5},
+        {"grocery": 6, "home": 3, "fashion": 2, "electronics": 1, "beauty": 1, "sports": 1,
+         "books": 1, "toys": 1},
+        {"return": 0.04, "refund": 0.5, "ticket": 0.1, "review": 0.05, "referral": 0.02,
+         "share": 0.02, "survey": 0.08},
+    ),
+    "new_explorer": _Persona(
+        70, 1.5, 2.0, 500, 35, 0.25, 0.45,
+        {"ad_impression": 15, "ad_click": 10, "page_view": 15, "social_engagement": 6,
+         "product_view": 15, "search": 10, "add_to_cart": 3, "wishlist_add": 3,
+         "trial_start": 3, "consultation": 2, "email_open": 3, "email_click": 1, "login": 1,
+         "checkout_start": 1},
+        {"web": 5, "app": 2, "email": 1, "messenger": 0.5, "social": 5, "store": 0.5,
+         "call_center": 0.1},
+        dict.fromkeys(CATEGORIES, 1.0),
+        {"return": 0.05, "refund": 0.5, "ticket": 0.1, "review": 0.08, "referral": 0.02,
+         "share": 0.08, "survey": 0.05},
+    ),
+    "lapsed": _Persona(
+        25, 5, 2.0, 1.0e9, 40, -0.05, 0.7,  # lifetime: lapses early by construction
+        {"ad_impression": 5, "page_view": 6, "product_view": 8, "search": 4, "add_to_cart": 3,
+         "email_open": 8, "email_click": 2, "login": 4, "support_ticket": 1,
+         "survey_response": 1, "social_engagement": 1, "checkout_start": 1},
+        {"web": 4, "app": 2, "email": 3, "messenger": 0.5, "social": 1, "store": 1,
+         "call_center": 0.3},
+        {"books": 3, "sports": 3, "electronics": 1, "fashion": 1, "home": 1, "beauty": 1,
+         "grocery": 1, "toys": 1},
+        {"return": 0.08, "refund": 0.5, "ticket": 0.2, "review": 0.05, "referral": 0.01,
+         "share": 0.02, "survey": 0.05},
+    ),
+    "high_value_vip": _Persona(
+        15, 3, 3.0, 1500, 450, 0.45, 0.7,
+        {"ad_impression": 2, "page_view": 4, "product_view": 8, "search": 2, "add_to_cart": 1,
+         "wishlist_add": 3, "consultation": 6, "email_open": 6, "email_click": 3, "login": 5,
+         "survey_response": 2, "support_ticket": 1, "subscription_renewal": 2, "review": 1},
+        {"web": 2, "app": 3, "email": 2, "messenger": 2, "social": 0.5, "store": 3,
+         "call_center": 2},
+        {"electronics": 4, "fashion": 4, "home": 3, "beauty": 2, "sports": 0.5, "grocery": 0.5,
+         "books": 0.5, "toys": 0.5},
+        {"return": 0.06, "refund": 0.6, "ticket": 0.2, "review": 0.15, "referral": 0.05,
+         "share": 0.05, "survey": 0.1},
+    ),
+}
+# A dropped-out client: rare marketing touches, never a purchase.
+_DORMANT = _Persona(
+    5, 0, 1.0, 1.0, 1.0, 0.0, 0.7,
+    {"ad_impression": 10, "email_open": 5, "page_view": 2},
+    {"web": 2, "app": 1, "email": 4, "messenger": 0.2, "social": 3, "store": 0.2,
+     "call_center": 0.1},
+    dict.fromkeys(CATEGORIES, 1.0),
+    {},
+)
+# fmt: on
+DORMANT = len(PERSONAS)  # profile index of a dormant stretch
+_PROFILES = [*(_P[p] for p in PERSONAS), _DORMANT]
+_LAPSED = PERSONAS.index("lapsed")
+_NEW = PERSONAS.index("new_explorer")
+
+# Which channels an event type can happen on.
+_CHANNELS_OF = {
+    "ad_impression": "web app social",
+    "ad_click": "web app social",
+    "page_view": "web app",
+    "social_engagement": "social",
+    "product_view": "web app store",
+    "search": "web app",
+    "add_to_cart": "web app",
+    "wishlist_add": "web app",
+    "consultation": "store call_center messenger",
+    "email_open": "email",
+    "email_click": "email",
+    "trial_start": "web app store",
+    "checkout_start": "web app",
+    "purchase": "web app store call_center",
+    "login": "web app",
+    "support_ticket": "call_center messenger email web app store",
+    "survey_response": "email web app messenger",
+    "return": "store web app",
+    "refund": "web app store call_center",
+    "subscription_renewal": "web app email",
+    "review": "web app",
+    "referral": "web app social messenger email",
+    "share": "social messenger app",
+}
+_FOLLOW_UPS = ("return", "refund", "ticket", "review", "referral", "share", "survey")
+_NO_CATEGORY = {"email_open", "login", "survey_response", "subscription_renewal", "referral"}
+_SENTIMENT_OFFSET = {"survey_response": 0.0, "review": 0.1, "support_ticket": -0.35}
+
+_T = {name: i for i, name in enumerate(EVENT_TYPES)}
+_C = {name: i for i, name in enumerate(CHANNELS)}
+
+
+def _cum(weights: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative probabilities, the last column exactly 1."""
+    cum = np.cumsum(weights / weights.sum(axis=-1, keepdims=True), axis=-1)
+    cum[..., -1] = 1.0
+    return cum
+
+
+def _tables() -> dict[str, np.ndarray]:
+    n_prof, n_t, n_c, n_k = len(_PROFILES), len(EVENT_TYPES), len(CHANNELS), len(CATEGORIES)
+    type_w = np.zeros((n_prof, n_t))
+    chan_w = np.zeros((n_prof, n_t, n_c))
+    cat_w = np.zeros((n_prof, n_k))
+    for i, prof in enumerate(_PROFILES):
+        for name, w in prof.events.items():
+            type_w[i, _T[name]] = w
+        affinity = np.array([prof.channels.get(c, 0.0) for c in CHANNELS])
+        for name, allowed in _CHANNELS_OF.items():
+            mask = np.array([c in allowed.split() for c in CHANNELS], dtype=float)
+            chan_w[i, _T[name]] = affinity * mask
+        cat_w[i] = [prof.categories.get(k, 0.0) for k in CATEGORIES]
+    chan = chan_w.reshape(n_prof * n_t, n_c)
+    return {
+        "type": _cum(type_w),
+        "type_last": _last_positive(type_w),
+        "chan": _cum(chan),
+        "chan_last": _last_positive(chan),
+        "cat": _cum(cat_w),
+        "cat_last": _last_positive(cat_w),
+        "share": _cum(np.array(_PERSONA_SHARE)[None, :]),
+        "share_last": _last_positive(np.array(_PERSONA_SHARE)[None, :]),
+        "browse": np.array([p.browse_per_year / 365.0 for p in _PROFILES]),
+        "buy": np.array([p.purchases_per_year / 365.0 for p in _PROFILES]),
+        "buy_shape": np.array([p.purchase_shape for p in _PROFILES]),
+        "life": np.array([p.lifetime_days for p in _PROFILES]),
+        # Gamma-Gamma scale so that the population mean order value is mean_spend.
+        "gg_gamma": np.array([p.mean_spend * (_SPEND_Q - 1) / _SPEND_P for p in _PROFILES]),
+        "sent": np.array([p.sentiment for p in _PROFILES]),
+        "p_dom": np.array([p.p_dominant for p in _PROFILES]),
+        "follow": np.array([[p.follow.get(f, 0.0) for f in _FOLLOW_UPS] for p in _PROFILES]),
+        "has_cat": np.array([t not in _NO_CATEGORY for t in EVENT_TYPES]),
+        "sent_type": np.array([t in _SENTIMENT_OFFSET for t in EVENT_TYPES]),
+        "sent_offset": np.array([_SENTIMENT_OFFSET.get(t, 0.0) for t in EVENT_TYPES]),
+        "target": np.array(
+            [PERSONAS.index(SHIFT_TARGET.get(p, p)) for p in PERSONAS], dtype=np.int64
+        ),
+        "can_shift": np.array([p in SHIFT_TARGET for p in PERSONAS]),
+    }
+
+
+def _last_positive(weights: np.ndarray) -> np.ndarray:
+    """Index of the last positive weight of every row (guards float round-off in draws)."""
+    w = weights.reshape(-1, weights.shape[-1])
+    return (w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=1)).astype(np.int64)
+
+
+_TAB = _tables()
+_FOLLOW = {name: i for i, name in enumerate(_FOLLOW_UPS)}
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class _Window:
+    start: date
+    days: int
+    shift_date: date
+    shift_day: int  # days from the window start to the shift (start of shift_date)
+
+
+def _window(days: int, end: date, shift_date: date | None) -> _Window:
+    start = end - timedelta(days=days - 1)
+    shift = shift_date if shift_date is not None else end - timedelta(days=days // 4)
+    if not start < shift <= end:
+        raise ValueError(
+            f"shift_date {shift.isoformat()} must be after the first day {start.isoformat()}"
+            f" and not after end {end.isoformat()}"
+        )
+    return _Window(start, days, shift, (shift - start).days)
+
+
+def _check(clients: Any, days: Any, end: Any, seed: Any, shift_share: Any) -> None:
+    for name, value, low in (("clients", clients, 1), ("days", days, 2), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(end, date) or isinstance(end, datetime):
+        raise ValueError(f"end must be a datetime.date, got {end!r}")
+    number = isinstance(shift_share, int | float) and not isinstance(shift_share, bool)
+    if not (number and 0.0 <= shift_share <= 1.0):
+        raise ValueError(f"shift_share must be a number in [0, 1], got {shift_share!r}")
+
+
+def _chunks(
+    clients: int,
+    days: int,
+    end: date,
+    seed: int,
+    shift_share: float,
+    shift_date: date | None,
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    _check(clients, days, end, seed, shift_share)
+    window = _window(days, end, shift_date)
+    for k, first in enumerate(range(0, clients, CHUNK_CLIENTS)):
+        n = min(CHUNK_CLIENTS, clients - first)
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))
+        yield _chunk(rng, first, n, window, float(shift_share))
+
+
+def _draw(rng: np.random.Generator, cum: np.ndarray, last: np.ndarray, rows: np.ndarray):
+    """One categorical draw per element of `rows` from the row `rows[i]` of a cumulative table.
+
+    Rows are laid end to end on [0, R) so a single searchsorted serves every row at once.
+    """
+    n_cols = cum.shape[1]
+    flat = (np.arange(cum.shape[0])[:, None] + cum).ravel()
+    u = rng.random(rows.shape[0])
+    pos = np.searchsorted(flat, rows + u, side="right") - rows * n_cols
+    return np.minimum(pos, last[rows]).astype(np.int8)
+
+
+def _chunk(
+    rng: np.random.Generator, first: int, n: int, w: _Window, shift_share: float
+) -> tuple[pa.Table, pa.Table]:
+    D = float(w.days)
+    sh = float(w.shift_day)
+    zeros = np.zeros(n, dtype=np.int64)
+
+    # Clients: persona, first activity, shift, categories, individual rates.
+    persona = _draw(rng, _TAB["share"], _TAB["share_last"], zeros).astype(np.int64)
+    pre_existing = rng.random(n) < 0.6
+    u_start = rng.random(n)
+    start = np.where(pre_existing, 0.0, u_start * 0.8 * D)
+    start = np.where(persona == _LAPSED, np.where(pre_existing, 0.0, u_start * 0.3 * D), start)
+    start = np.where(persona == _NEW, (0.75 + 0.25 * u_start) * D, start)
+
+    eligible = np.flatnonzero(_TAB["can_shift"][persona] & (start < 0.5 * sh))
+    n_shift = min(round(shift_share * n), eligible.size)
+    shifted = np.zeros(n, dtype=bool)
+    shifted[rng.choice(eligible, size=n_shift, replace=False)] = True
+    after = np.where(shifted, _TAB["target"][persona], persona)
+
+    cat_before = _draw(rng, _TAB["cat"], _TAB["cat_last"], persona).astype(np.int64)
+    cat_after = _draw(rng, _TAB["cat"], _TAB["cat_last"], after).astype(np.int64)
+    other = (cat_before + 1 + rng.integers(0, len(CATEGORIES) - 1, n)) % len(CATEGORIES)
+    cat_after = np.where(shifted & (cat_after == cat_before), other, cat_after)
+    cat_after = np.where(shifted, cat_after, cat_before)
+
+    activity = rng.gamma(2.0, 0.5, n)
+    shape = _TAB["buy_shape"][persona]
+    buy_factor = rng.gamma(shape, 1.0 / shape)
+    spend_factor = rng.gamma(_SPEND_Q, 1.0 / _SPEND_Q, n)
+    mood = rng.normal(0.0, 0.15, n)
+
+    death_before = start + rng.exponential(_TAB["life"][persona])
+    lapse = start + rng.uniform(0.1, 0.5, n) * (D - start)
+    death_before = np.where(persona == _LAPSED, lapse, death_before)
+    shift_at = np.where(shifted, sh, D)
+    death_after = shift_at + np.where(
+        after == _LAPSED, rng.exponential(7.0, n), rng.exponential(_TAB["life"][after])
+    )
+
+    # Four stretches per client: before alive, before dormant, after alive, after dormant.
+    b = np.clip(death_before, start, shift_at)
+    e = np.clip(death_after, shift_at, D)
+    bounds = np.stack([start, b, shift_at, e, np.full(n, D)], axis=1)
+    length = np.diff(bounds, axis=1).ravel()
+    lo = bounds[:, :4].ravel()
+    prof = np.stack([persona, np.full(n, DORMANT), after, np.full(n, DORMANT)], axis=1).ravel()
+    cat_dom = np.stack([cat_before, cat_before, cat_after, cat_after], axis=1).ravel()
+    act4 = np.repeat(activity, 4)
+    nu = np.repeat(spend_factor * _SPEND_Q, 4) / _TAB["gg_gamma"][prof]
+
+    # Browse stream: Poisson events in each stretch.
+    counts = rng.poisson(_TAB["browse"][prof] * act4 * length)
+    rep = np.repeat(np.arange(4 * n), counts)
+    b_time = lo[rep] + rng.random(rep.size) * length[rep]
+    b_prof = prof[rep]
+    b_type = _draw(rng, _TAB["type"], _TAB["type_last"], b_prof.astype(np.int64))
+
+    # Purchase stream: Poisson while alive (rate 0 when dormant), Gamma-Gamma amounts.
+    buy_rate = _TAB["buy"][prof] * np.repeat(buy_factor, 4)
+    counts = rng.poisson(buy_rate * length)
+    rep_p = np.repeat(np.arange(4 * n), counts)
+    p_time = lo[rep_p] + rng.random(rep_p.size) * length[rep_p]
+    p_prof = prof[rep_p].astype(np.int64)
+    p_amount = np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / nu[rep_p]), 2), 0.01)
+    p_chan = _draw(rng, _TAB["chan"], _TAB["chan_last"], p_prof * len(EVENT_TYPES) + _T["purchase"])
+    p_cat = _pick_category(rng, p_prof, cat_dom[rep_p])
+
+    parts = [_part(rep_p, p_time, _T["purchase"], p_prof, p_chan, p_cat, p_amount)]
+    # Funnel minutes before an online purchase.
+    online = np.flatnonzero(p_chan <= _C["app"])
+    minute = 1.0 / 1440.0
+    for etype, prob, lo_min, hi_min in (
+        ("checkout_start", 1.0, 2, 30),
+        ("add_to_cart", 0.8, 10, 120),
+        ("product_view", 0.9, 15, 240),
+    ):
+        keep = online[rng.random(online.size) < prob]
+        t = p_time[keep] - rng.uniform(lo_min, hi_min, keep.size) * minute
+        parts.append(_part(rep_p[keep], t, _T[etype], p_prof[keep], p_chan[keep], p_cat[keep]))
+    # Follow-ups days after a purchase.
+    follow = _TAB["follow"][p_prof]
+    returned = np.flatnonzero(rng.random(p_prof.size) < follow[:, _FOLLOW["return"]])
+    r_time = p_time[returned] + rng.uniform(2, 30, returned.size)
+    r_amount = np.maximum(
+        np.round(p_amount[returned] * rng.uniform(0.3, 1.0, returned.size), 2), 0.01
+    )
+    parts.append(
+        _part(
+            rep_p[returned], r_time, _T["return"], p_prof[returned], None, p_cat[returned], r_amount
+        )
+    )
+    for etype, key, base, base_time, lo_d, hi_d in (
+        ("refund", "refund", returned, r_time, 1, 10),
+        ("support_ticket", "ticket", returned, r_time, 0, 2),
+    ):
+        keep = rng.random(base.size) < follow[base, _FOLLOW[key]]
+        idx = base[keep]
+        t = base_time[keep] + rng.uniform(lo_d, hi_d, idx.size)
+        amount = r_amount[keep] if etype == "refund" else None
+        parts.append(_part(rep_p[idx], t, _T[etype], p_prof[idx], None, p_cat[idx], amount))
+    for etype, key, lo_d, hi_d in (
+        ("review", "review", 3, 21),
+        ("referral", "referral", 1, 60),
+        ("share", "share", 0, 3),
+        ("survey_response", "survey", 1, 14),
+    ):
+        idx = np.flatnonzero(rng.random(p_prof.size) < follow[:, _FOLLOW[key]])
+        t = p_time[idx] + rng.uniform(lo_d, hi_d, idx.size)
+        parts.append(_part(rep_p[idx], t, _T[etype], p_prof[idx], None, p_cat[idx]))
+    parts.append(_part(rep, b_time, b_type, b_prof, None, None))
+
+    ev = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    inside = (ev["time"] >= 0.0) & (ev["time"] < D)
+    ev = {key: value[inside] for key, value in ev.items()}
+    ev_prof = ev["prof"].astype(np.int64)
+    ev_type = ev["type"].astype(np.int64)
+
+    # Channel, category and sentiment where the stream did not set them.
+    missing = np.flatnonzero(ev["chan"] < 0)
+    ev["chan"][missing] = _draw(
+        rng, _TAB["chan"], _TAB["chan_last"], ev_prof[missing] * len(EVENT_TYPES) + ev_type[missing]
+    )
+    missing = np.flatnonzero((ev["cat"] < 0) & _TAB["has_cat"][ev_type])
+    # The dominant category of the stretch the event is in.
+    ev["cat"][missing] = _pick_category(rng, ev_prof[missing], cat_dom[ev["stretch"][missing]])
+    has_sent = np.flatnonzero(_TAB["sent_type"][ev_type])
+    sentiment = np.full(ev_type.size, np.nan)
+    mean = (
+        _TAB["sent"][ev_prof[has_sent]]
+        + _TAB["sent_offset"][ev_type[has_sent]]
+        + mood[ev["client"][has_sent]]
+    )
+    sentiment[has_sent] = np.round(np.clip(rng.normal(mean, 0.3), -1.0, 1.0), 2)
+
+    table = _to_arrow(first, n, w, ev, sentiment)
+    latent = {
+        "persona": persona,
+        "after": after,
+        "shifted": shifted,
+        "cat_before": cat_before,
+        "cat_after": cat_after,
+        "start": start,
+        "b": b,
+        "e": e,
+        "activity": activity,
+        "buy_factor": buy_factor,
+        "spend_factor": spend_factor,
+    }
+    truth = _truth(first, n, w, latent)
+    return table, truth
+
+
+def _pick_category(rng: np.random.Generator, prof: np.ndarray, dominant: np.ndarray) -> np.ndarray:
+    """The dominant category with the profile's probability, else one drawn from its taste."""
+    keep = rng.random(prof.size) < _TAB["p_dom"][prof]
+    drawn = _draw(rng, _TAB["cat"], _TAB["cat_last"], prof)
+    return np.where(keep, dominant, drawn).astype(np.int8)
+
+
+def _part(stretch, time, etype, prof, chan, cat, amount=None) -> dict[str, np.ndarray]:
+    """Columns of one kind of event; `stretch` = 4 * local client index + stretch number."""
+    size = time.size
+    return {
+        "stretch": stretch,
+        "client": stretch // 4,
+        "time": time,
+        "type": np.broadcast_to(np.asarray(etype, dtype=np.int8), (size,)).copy(),
+        "prof": prof.astype(np.int8),
+        "chan": np.full(size, -1, np.int8) if chan is None else chan.astype(np.int8),
+        "cat": np.full(size, -1, np.int8) if cat is None else cat.astype(np.int8),
+        "amount": np.full(size, np.nan) if amount is None else amount,
+    }
+
+
+def _client_ids(first: int, n: int) -> pa.Array:
+    return pa.array([f"c{i:08d}" for i in range(first, first + n)], type=pa.string())
+
+
+def _to_arrow(
+    first: int, n: int, w: _Window, ev: dict[str, np.ndarray], sentiment: np.ndarray
+) -> pa.Table:
+    day_us = 86_400_000_000
+    t_us = np.minimum((ev["time"] * day_us).astype(np.int64), w.days * day_us - 1)
+    order = np.lexsort((ev["type"], t_us, ev["client"]))
+    client = ev["client"][order]
+    per_client = np.bincount(client, minlength=n)
+    seq = np.arange(client.size) - np.repeat(np.cumsum(per_client) - per_client, per_client)
+    epoch_us = (w.start - date(1970, 1, 1)).days * day_us
+    client_col = _client_ids(first, n).take(pa.array(client))
+    cat = ev["cat"][order]
+    amount = ev["amount"][order]
+    sentiment = sentiment[order]
+    columns = {
+        "client_id": client_col,
+        "event_time": pa.array(t_us[order] + epoch_us, type=pa.timestamp("us", tz="UTC")),
+        "event_type": pa.array(EVENT_TYPES).take(pa.array(ev["type"][order])),
+        "channel": pa.array(CHANNELS).take(pa.array(ev["chan"][order])),
+        "amount": pa.array(amount, mask=np.isnan(amount)),
+        "category": pa.array(CATEGORIES).take(pa.array(cat, mask=cat < 0)),
+        "sentiment": pa.array(sentiment, mask=np.isnan(sentiment)),
+        "event_id": pc.binary_join_element_wise(
+            client_col, pc.cast(pa.array(seq), pa.string()), "-"
+        ),
+    }
+    return pa.Table.from_arrays(list(columns.values()), schema=EVENT_SCHEMA)
+
+
+def _truth(first: int, n: int, w: _Window, latent: dict[str, np.ndarray]) -> pa.Table:
+    """One row per client: personas, shift, categories, dropout and the latent rates."""
+    persona, after, shifted = latent["persona"], latent["after"], latent["shifted"]
+    cat_before, cat_after, start = latent["cat_before"], latent["cat_after"], latent["start"]
+    b, e, activity = latent["b"], latent["e"], latent["activity"]
+    buy_factor, spend_factor = latent["buy_factor"], latent["spend_factor"]
+    names, cats = np.array(PERSONAS), np.array(CATEGORIES)
+    origin = (w.start - date(1970, 1, 1)).days
+    last_drop = np.where(shifted, e, b)
+    dropped = last_drop < w.days
+    mean_spend = _SPEND_P * _TAB["gg_gamma"] / (_SPEND_Q * spend_factor[:, None])  # p / nu
+    columns = [
+        _client_ids(first, n),
+        pa.array(names[persona]),
+        pa.array(names[after]),
+        pa.array(shifted),
+        pa.array(np.full(n, origin + w.shift_day, np.int32), pa.date32(), mask=~shifted),
+        pa.array(cats[cat_before]),
+        pa.array(cats[cat_after]),
+        pa.array((origin + np.floor(start)).astype(np.int32), pa.date32()),
+        pa.array(
+            (origin + np.floor(np.minimum(last_drop, w.days - 1))).astype(np.int32),
+            pa.date32(),
+            mask=~dropped,
+        ),
+        pa.array(~dropped),
+        pa.array(_TAB["browse"][persona] * activity),
+        pa.array(_TAB["browse"][after] * activity),
+        pa.array(_TAB["buy"][persona] * buy_factor),
+        pa.array(_TAB["buy"][after] * buy_factor),
+        pa.array(mean_spend[np.arange(n), persona]),
+        pa.array(mean_spend[np.arange(n), after]),
+    ]
+    return pa.Table.from_arrays(columns, schema=TRUTH_SCHEMA)
