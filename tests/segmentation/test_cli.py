@@ -13,8 +13,19 @@ from segmentation.cli import main
 def _generate(tmp_path, capsys, clients=300):
     out = tmp_path / "data"
     code = main(
-        ["generate", "--clients", str(clients), "--days", "90", "--end", "2024-03-31"]
-        + ["--seed", "3", "--out", str(out)]
+        [
+            "generate",
+            "--clients",
+            str(clients),
+            "--days",
+            "90",
+            "--end",
+            "2024-03-31",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
