@@ -1,0 +1,214 @@
+"""Combine the layers into one membership row per client: override rule, else cluster, else noise.
+
+Precedence (DESIGN.md, segment_membership): the highest-priority matching business rule wins
+(source ``rule``, confidence 1.0, reason: the rule and its condition); a client no rule takes
+keeps its behavioral cluster (source ``cluster``, the cluster's confidence, reason: the
+cluster's defining features); a client outside every cluster is ``noise``. Every client also
+gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from segmentation.rules import LIFECYCLE_COLUMN, RuleSet
+
+MEMBERSHIP_COLUMNS = (
+    "client_id",
+    "segment_id",
+    "segment_name",
+    "segment_source",
+    "cluster_id",
+    "confidence",
+    "lifecycle_stage",
+    "journey_stage",
+    "reason",
+)
+CLUSTER_COLUMNS = (
+    "client_id",
+    "cluster_id",
+    "segment_id",
+    "segment_name",
+    "confidence",
+    "is_noise",
+)
+NOISE_SEGMENT_ID = "noise"
+NOISE_SEGMENT_NAME = "unclustered"
+NOISE_REASON = "no rule matched; outside every cluster"
+RULE_CONFIDENCE = 1.0
+JOURNEY_COLUMN = "current_stage"
+
+
+def assign_segments(
+    features: pd.DataFrame,
+    clusters: pd.DataFrame | None,
+    rules: RuleSet,
+    scores: pd.DataFrame | None = None,
+    cluster_reasons: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """One membership row per client of `features`, in the order of `features`.
+
+    `features`: client_id, the features the rules read and current_stage. `clusters`: one
+    row per client with CLUSTER_COLUMNS (optionally `reason`; rows of other clients are
+    ignored); None means no cluster model yet (everyone a rule does not take is noise).
+    `scores`: client_id plus CLTV scores, joined in before the rules run (a client without
+    scores reads null). `cluster_reasons`: segment_id -> the cluster's defining features,
+    e.g. from the clustering profiles; it takes precedence over a `reason` column in
+    `clusters`. Returns exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype
+    (missing: NaN) and cluster_id is nullable Int64 when cluster ids are numeric.
+    """
+    _require(features, ("client_id", JOURNEY_COLUMN), "features")
+    ids = features["client_id"]
+    _unique(ids, "features")
+    frame = _with_scores(features, scores)
+
+    stage, _ = rules.assign_lifecycle(frame)
+    rule_id, _, _ = rules.match_segments(frame.assign(**{LIFECYCLE_COLUMN: stage}))
+    by_rule = pd.notna(rule_id)
+
+    cluster = _aligned_clusters(clusters, ids)
+    rule_ids = {rule.segment_id for rule in rules.segment_rules}
+    clash = rule_ids & set(cluster.loc[~cluster["is_noise"], "segment_id"].unique())
+    if clash:
+        raise ValueError(f"cluster segment ids collide with rule segment ids: {sorted(clash)}")
+    in_cluster = ~cluster["is_noise"].to_numpy(dtype=bool) & ~by_rule
+    noise = ~by_rule & ~in_cluster
+
+    names = {rule.segment_id: rule.name for rule in rules.segment_rules}
+    reasons = {rule.segment_id: rule.reason for rule in rules.segment_rules}
+    segment_id = np.where(by_rule, rule_id, cluster["segment_id"].to_numpy(dtype=object))
+    segment_id[noise] = NOISE_SEGMENT_ID
+    segment_name = cluster["segment_name"].to_numpy(dtype=object).copy()
+    segment_name[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(names).to_numpy()
+    segment_name[noise] = NOISE_SEGMENT_NAME
+    source = np.full(len(ids), "cluster", dtype=object)
+    source[by_rule] = "rule"
+    source[noise] = "noise"
+
+    confidence = cluster["confidence"].to_numpy(dtype=float, na_value=np.nan).copy()
+    confidence[by_rule] = RULE_CONFIDENCE
+    confidence = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
+
+    reason = np.full(len(ids), NOISE_REASON, dtype=object)
+    reason[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(reasons).to_numpy()
+    reason[in_cluster] = _cluster_reasons(cluster.loc[in_cluster], cluster_reasons)
+
+    out = pd.DataFrame(
+        {
+            "client_id": ids.to_numpy(dtype=object),
+            "segment_id": segment_id,
+            "segment_name": segment_name,
+            "segment_source": source,
+            "cluster_id": _cluster_ids(cluster),
+            "confidence": confidence,
+            "lifecycle_stage": stage,
+            "journey_stage": features[JOURNEY_COLUMN].to_numpy(dtype=object),
+            "reason": reason,
+        }
+    )
+    text = [c for c in MEMBERSHIP_COLUMNS if c not in ("cluster_id", "confidence")]
+    return out.astype(dict.fromkeys(text, "str")).loc[:, list(MEMBERSHIP_COLUMNS)]
+
+
+def segment_definitions(rules: RuleSet) -> pd.DataFrame:
+    """Rows for the `segments` table describing the rule segments (kind 'rule').
+
+    `definition` is JSON with the condition, priority, description and the names it reads.
+    """
+    rows = [
+        {
+            "segment_id": rule.segment_id,
+            "segment_name": rule.name,
+            "kind": "rule",
+            "definition": json.dumps(
+                {
+                    "when": rule.when,
+                    "priority": rule.priority,
+                    "description": rule.description,
+                    "features": sorted(rule.features),
+                },
+                sort_keys=True,
+            ),
+        }
+        for rule in rules.segment_rules
+    ]
+    return pd.DataFrame(rows, columns=["segment_id", "segment_name", "kind", "definition"])
+
+
+def _require(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} has no column(s) {missing}")
+
+
+def _unique(ids: pd.Series, what: str) -> None:
+    if ids.isna().any():
+        raise ValueError(f"{what}: {int(ids.isna().sum())} rows have no client_id")
+    duplicated = ids[ids.duplicated()]
+    if len(duplicated):
+        examples = ", ".join(map(str, duplicated.unique()[:3]))
+        raise ValueError(f"{what}: {len(duplicated)} duplicate client_id rows (e.g. {examples})")
+
+
+def _with_scores(features: pd.DataFrame, scores: pd.DataFrame | None) -> pd.DataFrame:
+    if scores is None:
+        return features
+    _require(scores, ("client_id",), "scores")
+    _unique(scores["client_id"], "scores")
+    columns = [column for column in scores.columns if column != "client_id"]
+    aligned = scores.set_index("client_id")[columns].reindex(features["client_id"].to_numpy())
+    # Scores win over same-named columns already in the features.
+    base = features.drop(columns=[c for c in columns if c in features.columns])
+    return base.assign(**{column: aligned[column].to_numpy() for column in columns})
+
+
+def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:
+    n = len(ids)
+    if clusters is None:
+        return pd.DataFrame(
+            {
+                "cluster_id": pd.array([pd.NA] * n, dtype="Int64"),
+                "segment_id": np.full(n, None, dtype=object),
+                "segment_name": np.full(n, None, dtype=object),
+                "confidence": np.zeros(n),
+                "is_noise": np.ones(n, dtype=bool),
+                "reason": np.full(n, None, dtype=object),
+            }
+        )
+    _require(clusters, CLUSTER_COLUMNS, "clusters")
+    _unique(clusters["client_id"], "clusters")
+    indexed = clusters.set_index("client_id")
+    position = indexed.index.get_indexer(ids)  # hash lookup; isin on arrow strings is slow
+    absent = position < 0
+    if absent.any():
+        examples = ", ".join(map(str, ids[absent].iloc[:3]))
+        raise ValueError(
+            f"clusters: {int(absent.sum())} clients have no cluster row (e.g. {examples})"
+        )
+    aligned = indexed.iloc[position].reset_index(drop=True)
+    if "reason" not in aligned.columns:
+        aligned["reason"] = None
+    flagged = aligned["is_noise"].astype(object).fillna(True).astype(bool).to_numpy()
+    aligned["is_noise"] = flagged | aligned["segment_id"].isna().to_numpy()
+    return aligned
+
+
+def _cluster_ids(cluster: pd.DataFrame) -> pd.Series:
+    values = cluster["cluster_id"].where(~cluster["is_noise"])
+    if pd.api.types.is_numeric_dtype(cluster["cluster_id"].dtype) or values.isna().all():
+        return values.astype("Int64")
+    return values.astype(object).where(values.notna(), None)
+
+
+def _cluster_reasons(cluster: pd.DataFrame, reasons: Mapping[str, str] | None) -> np.ndarray:
+    text = cluster["segment_id"].map(dict(reasons or {})).astype(object)
+    own = cluster["reason"].astype(object)
+    text = text.where(text.notna(), own.where(own.astype(str).str.len() > 0))
+    label = "cluster " + cluster["segment_name"].astype(str)
+    return label.where(text.isna(), label + ": " + text.astype(str)).to_numpy(dtype=object)
