@@ -1,0 +1,314 @@
+"""MLflow model registry for the engine: register, promote, roll back and load the champion.
+
+Any picklable model object (the ClusterModel, the CltvModel: sklearn-style objects with
+`predict(DataFrame) -> DataFrame`) is wrapped in `PickledModel`, logged as an MLflow pyfunc
+model under a run and registered as a new version of a registered model. The alias `champion`
+marks the version the nightly run loads; `promote` moves it and records on the new champion
+the version it replaced (tag `previous_champion`), so `rollback` can walk back one step at a
+time. Metrics given at registration are kept as version tags `metric.<name>` and come back as
+columns of `list_versions`.
+
+Logging is kept fast: no pip requirement inference (`pip_requirements=[]`), no input example,
+no signature. The object is pickled with cloudpickle inside the model, so loading it needs the
+same code (the installed package) and compatible library versions; only load models from this
+engine's own registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from models.tracking import (
+    Tracker,
+    TrackingError,
+    clean_metrics,
+    fluent_context,
+    make_client,
+    sanitize_name,
+    truncate,
+)
+
+
+class PickledModel(mlflow.pyfunc.PythonModel):
+    """An MLflow pyfunc model holding any picklable object with `predict(DataFrame)`."""
+
+    # The wrapped objects take and return DataFrames of their own shape: skip MLflow 3's
+    # type-hint validation of `predict` (and its warning asking for hints).
+    _skip_type_hint_validation = True
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def predict(self, context, model_input, params=None):
+        """Delegate to the wrapped object's `predict`."""
+        return self.obj.predict(model_input)
+
+
+CHAMPION = "champion"
+PREVIOUS_TAG = "previous_champion"
+METRIC_PREFIX = "metric."
+ARTIFACT_NAME = "model"
+
+
+class RegistryError(LookupError):
+    """A registered model, version or champion that does not exist; the message names it."""
+
+
+class ModelRegistry:
+    """The MLflow model registry at one tracking URI (registry and tracking share it)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self._client = None
+
+    @property
+    def client(self) -> mlflow.MlflowClient:
+        """An MLflow client for this URI, made on first use."""
+        if self._client is None:
+            self._client = make_client(self.tracking_uri)
+        return self._client
+
+    def register(
+        self,
+        name: str,
+        obj: Any,
+        run_id: str,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Log `obj` as a pyfunc model under the run `run_id` and register it; returns the version.
+
+        The run must exist (open or finished); its experiment holds the model's artifacts.
+        """
+        if not hasattr(obj, "predict"):
+            raise TypeError(f"model {name!r}: {type(obj).__name__} has no predict method")
+        if not run_id:
+            raise ValueError(f"model {name!r}: a run_id is needed to register a model")
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise RegistryError(f"model {name!r}: MLflow run {run_id!r} not found") from exc
+        version_tags = _version_tags(metrics, tags)
+        pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_logger.level
+        pyfunc_logger.setLevel(logging.ERROR)  # the cloudpickle caution is expected here
+        try:
+            with fluent_context(self.tracking_uri, run.info.experiment_id):
+                # `mlflow.pyfunc.log_model` is `Model.log(flavor=mlflow.pyfunc)` without the
+                # run_id argument; passing it links the model to the run without resuming it.
+                info = Model.log(
+                    artifact_path=None,
+                    name=ARTIFACT_NAME,
+                    flavor=mlflow.pyfunc,
+                    python_model=PickledModel(obj),
+                    pip_requirements=[],
+                    registered_model_name=name,
+                    await_registration_for=0,
+                    run_id=run.info.run_id,
+                )
+        finally:
+            pyfunc_logger.setLevel(level)
+        version = int(info.registered_model_version)
+        for key, value in version_tags.items():
+            self.client.set_model_version_tag(name, str(version), key, value)
+        return version
+
+    def champion_version(self, name: str) -> int | None:
+        """The version carrying the champion alias, or None when there is none."""
+        aliases = self._model(name).aliases or {}
+        version = aliases.get(CHAMPION)
+        return int(version) if version is not None else None
+
+    def promote(self, name: str, version: int) -> int | None:
+        """Make `version` the champion; returns the previous champion (None if there was none).
+
+        The new champion's tag `previous_champion` records the version it replaced, which is
+        what `rollback` returns to. Promoting the current champion changes nothing.
+        """
+        version = self._existing_version(name, version)
+        previous = self.champion_version(name)
+        if previous == version:
+            return previous
+        if previous is None:
+            if _has_tag(self.client, name, version, PREVIOUS_TAG):
+                self.client.delete_model_version_tag(name, str(version), PREVIOUS_TAG)
+        else:
+            self.client.set_model_version_tag(name, str(version), PREVIOUS_TAG, str(previous))
+        self.client.set_registered_model_alias(name, CHAMPION, str(version))
+        return previous
+
+    def set_champion(self, name: str, version: int) -> int | None:
+        """Same as `promote` (kept so either word works); returns the previous champion."""
+        return self.promote(name, version)
+
+    def rollback(self, name: str) -> int:
+        """Move the champion back to the version it replaced; returns that version."""
+        current = self.champion_version(name)
+        if current is None:
+            raise RegistryError(f"model {name!r}: no champion to roll back")
+        tags = self.client.get_model_version(name, str(current)).tags or {}
+        previous = tags.get(PREVIOUS_TAG)
+        if not previous:
+            raise RegistryError(
+                f"model {name!r}: champion version {current} has no previous champion to roll "
+                "back to"
+            )
+        target = self._existing_version(name, int(previous))
+        self.client.set_registered_model_alias(name, CHAMPION, str(target))
+        self.client.set_registered_model_tag(
+            name, "last_rollback", f"{current}->{target} at {_now_iso()}"
+        )
+        return target
+
+    def load_version(self, name: str, version: int) -> Any:
+        """The Python object registered as `version` of `name`."""
+        version = self._existing_version(name, version)
+        with fluent_context(self.tracking_uri):
+            loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        return loaded.unwrap_python_model().obj
+
+    def load_champion(self, name: str) -> tuple[Any, int] | None:
+        """(object, version) of the champion, or None when the model or its champion is missing."""
+        try:
+            version = self.champion_version(name)
+        except RegistryError:
+            return None
+        if version is None:
+            return None
+        return self.load_version(name, version), version
+
+    def list_versions(self, name: str) -> pd.DataFrame:
+        """One row per version, oldest first: version, created (UTC), aliases, run_id, status,
+        previous_champion, then `metric.*` columns (float) and other tags (text)."""
+        aliases: dict[int, list[str]] = {}
+        for alias, version in (self._model(name).aliases or {}).items():
+            aliases.setdefault(int(version), []).append(alias)
+        rows = []
+        for mv in self.client.search_model_versions(f"name = '{_quote(name)}'"):
+            row: dict[str, Any] = {
+                "version": int(mv.version),
+                "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+                "aliases": ",".join(sorted(aliases.get(int(mv.version), []))),
+                "run_id": mv.run_id,
+                "status": mv.status,
+            }
+            for key, value in sorted((mv.tags or {}).items()):
+                row[key] = _float(value) if key.startswith(METRIC_PREFIX) else value
+            rows.append(row)
+        base = ["version", "created", "aliases", "run_id", "status", PREVIOUS_TAG]
+        frame = pd.DataFrame(rows)
+        for column in base:
+            if column not in frame.columns:
+                frame[column] = None
+        extra = sorted(c for c in frame.columns if c not in base)
+        return frame[base + extra].sort_values("version", ignore_index=True)
+
+    def _model(self, name: str) -> Any:
+        try:
+            return self.client.get_registered_model(name)
+        except MlflowException as exc:
+            raise RegistryError(f"registered model {name!r} not found") from exc
+
+    def _existing_version(self, name: str, version: int) -> int:
+        self._model(name)
+        try:
+            number = int(version)
+            self.client.get_model_version(name, str(number))
+        except (ValueError, TypeError, MlflowException) as exc:
+            raise RegistryError(f"model {name!r} has no version {version!r}") from exc
+        return number
+
+
+def registry_for(tracker_or_uri: Tracker | ModelRegistry | str) -> ModelRegistry:
+    """A ModelRegistry for a Tracker, a tracking URI, or itself."""
+    if isinstance(tracker_or_uri, ModelRegistry):
+        return tracker_or_uri
+    if isinstance(tracker_or_uri, Tracker):
+        return ModelRegistry(tracker_or_uri.tracking_uri)
+    if isinstance(tracker_or_uri, str):
+        return ModelRegistry(tracker_or_uri)
+    raise TypeError(f"expected a Tracker, ModelRegistry or URI, got {type(tracker_or_uri)}")
+
+
+def register_model(
+    tracker_or_uri: Tracker | ModelRegistry | str,
+    name: str,
+    obj: Any,
+    run_id: str,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> int:
+    """Log and register `obj` as a new version of `name` under run `run_id`; returns the version."""
+    return registry_for(tracker_or_uri).register(name, obj, run_id, metrics=metrics, tags=tags)
+
+
+def promote(tracker_or_uri: Tracker | ModelRegistry | str, name: str, version: int) -> int | None:
+    """Make `version` the champion of `name`; returns the previous champion."""
+    return registry_for(tracker_or_uri).promote(name, version)
+
+
+set_champion = promote
+
+
+def rollback(tracker_or_uri: Tracker | ModelRegistry | str, name: str) -> int:
+    """Give the champion alias back to the version the current champion replaced."""
+    return registry_for(tracker_or_uri).rollback(name)
+
+
+def load_champion(
+    tracker_or_uri: Tracker | ModelRegistry | str, name: str
+) -> tuple[Any, int] | None:
+    """(object, version) of the champion of `name`, or None when there is no champion."""
+    return registry_for(tracker_or_uri).load_champion(name)
+
+
+def list_versions(tracker_or_uri: Tracker | ModelRegistry | str, name: str) -> pd.DataFrame:
+    """The versions of `name` with aliases, run ids, metrics and tags."""
+    return registry_for(tracker_or_uri).list_versions(name)
+
+
+# --- private helpers -------------------------------------------------------------------------
+
+
+def _version_tags(
+    metrics: Mapping[str, Any] | None, tags: Mapping[str, Any] | None
+) -> dict[str, str]:
+    out = {sanitize_name(k): truncate(str(v), 5000) for k, v in (tags or {}).items()}
+    reserved = {PREVIOUS_TAG} & set(out)
+    if reserved:
+        raise ValueError(f"tag {sorted(reserved)[0]!r} is managed by promote/rollback")
+    for key, value in clean_metrics(metrics or {}).items():
+        out[f"{METRIC_PREFIX}{key}"] = repr(value)
+    return out
+
+
+def _has_tag(client: Any, name: str, version: int, key: str) -> bool:
+    return key in (client.get_model_version(name, str(version)).tags or {})
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _quote(name: str) -> str:
+    if "'" in name:
+        raise TrackingError(f"model name {name!r}: quotes are not allowed")
+    return name
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
