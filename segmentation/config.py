@@ -35,7 +35,7 @@ class _Section(BaseModel):
 
 
 class StoreConfig(_Section):
-    url: str = "duckdb:///{workdir}/segmentation.duckdb"
+    url: str = "duckdb:///{workdir}/store.duckdb"
     schema_name: str = Field("segmentation", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     lock_timeout_seconds: float = Field(30.0, gt=0)
     reader_retry_seconds: float = Field(30.0, ge=0)

@@ -1,0 +1,80 @@
+"""The store that publishes the engine's tables to DuckDB (a file) or PostgreSQL, atomically.
+
+    store = open_store("duckdb:///abs/path/segmentation.duckdb")
+    store.publish(PublishRequest(...))          # one transaction under a publish lock
+    store.membership(segment_id="3")            # readers: pandas DataFrames
+
+Tables, views and guarantees are documented in docs/store.md.
+"""
+
+from __future__ import annotations
+
+from segmentation.store._common import (
+    OutOfOrderError,
+    PublishInputError,
+    PublishLockedError,
+    SchemaVersionError,
+    StoreBusyError,
+    StoreConnectionError,
+    StoreEmptyError,
+    StoreError,
+    mask_url,
+    parse_store_url,
+)
+from segmentation.store._core import Reader, Store
+from segmentation.store._request import PublishRequest, PublishResult
+from segmentation.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
+
+__all__ = [
+    "READABLE",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "VIEWS",
+    "OutOfOrderError",
+    "PublishInputError",
+    "PublishLockedError",
+    "PublishRequest",
+    "PublishResult",
+    "Reader",
+    "SchemaVersionError",
+    "Store",
+    "StoreBusyError",
+    "StoreConnectionError",
+    "StoreEmptyError",
+    "StoreError",
+    "mask_url",
+    "open_store",
+    "parse_store_url",
+    "validate_identifier",
+]
+
+
+def open_store(
+    url: str,
+    schema: str = "segmentation",
+    *,
+    lock_timeout: float = 30,
+    reader_retry: float = 30,
+) -> Store:
+    """Open the store at `url` (nothing is created until `migrate()` or the first publish).
+
+    url: `duckdb:///abs/path/file.duckdb` (also `duckdb:////abs/...` and
+    `duckdb:relative/file.duckdb`) or `postgresql://user[:password]@host[:port]/db`
+    (credentials from the URL or the libpq environment: PGUSER, PGPASSWORD, ...).
+    schema: a plain lower-case identifier. lock_timeout: seconds a publish waits for the
+    publish lock (and, on DuckDB, for readers to release the file). reader_retry: seconds a
+    DuckDB reader retries while a publish holds the file, then StoreBusyError.
+    """
+    validate_identifier(schema, "schema name")
+    if lock_timeout <= 0 or reader_retry < 0:
+        raise ValueError("lock_timeout must be > 0 and reader_retry >= 0 (seconds)")
+    parsed = parse_store_url(url)
+    if parsed.backend == "duckdb":
+        from segmentation.store._duckdb import DuckDbBackend
+
+        backend = DuckDbBackend(parsed.path, parsed.masked, lock_timeout, reader_retry)
+    else:
+        from segmentation.store._postgres import PostgresBackend
+
+        backend = PostgresBackend(parsed.sqlalchemy_url, parsed.masked, schema, lock_timeout)
+    return Store(backend, schema, lock_timeout=lock_timeout, reader_retry=reader_retry)

@@ -1,0 +1,108 @@
+"""Store errors, URL parsing and credential masking shared by both backends."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message never contains credentials."""
+
+
+class StoreConnectionError(StoreError):
+    """The store's database cannot be reached or opened."""
+
+
+class StoreBusyError(StoreError):
+    """The DuckDB file stayed held by another process for longer than the bounded wait."""
+
+
+class PublishLockedError(StoreError):
+    """Another publish held the store's publish lock for longer than `lock_timeout`."""
+
+
+class OutOfOrderError(StoreError):
+    """A publish for a date older than the latest published one, without `rebuild_from`."""
+
+
+class StoreEmptyError(StoreError):
+    """The store has no published tables yet (nothing was migrated or published)."""
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema was written by a newer engine than this one."""
+
+
+class PublishInputError(ValueError):
+    """A publish request that breaks the contract (missing column, duplicate client, ...)."""
+
+
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***` (safe for logs and errors)."""
+    return _USERINFO.sub(lambda m: f"{m.group('head')}***@", str(url))
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Remove a secret and any URL password from a message."""
+    text = mask_url(str(text))
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A parsed store URL: the backend, and a DuckDB path or a SQLAlchemy URL."""
+
+    backend: str  # "duckdb" | "postgresql"
+    masked: str
+    path: Path | None = None
+    sqlalchemy_url: URL | None = None
+
+    @property
+    def password(self) -> str | None:
+        return self.sqlalchemy_url.password if self.sqlalchemy_url is not None else None
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """Parse `duckdb:///abs/file.duckdb`, `duckdb:////abs/file.duckdb`,
+    `duckdb:relative/file.duckdb` or `postgresql://user[:password]@host[:port]/db`."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("store URL is empty: use duckdb:///path/file.duckdb or postgresql://...")
+    url = url.strip()
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "duckdb":
+        rest = url[len("duckdb:") :]
+        if rest.startswith("//"):
+            rest = rest[2:]  # duckdb:///abs -> /abs ; duckdb:////abs -> //abs
+            if rest.startswith("//"):
+                rest = rest[1:]
+        if not rest or rest in {"/", ":memory:", "/:memory:"}:
+            raise ValueError(
+                f"store URL {url!r}: a DuckDB store needs a file path, e.g."
+                " duckdb:///abs/path/segmentation.duckdb (in-memory stores cannot be shared)"
+            )
+        path = Path(rest).expanduser()
+        path = path if path.is_absolute() else Path.cwd() / path
+        return StoreUrl("duckdb", masked=f"duckdb://{path}", path=path.resolve())
+    if scheme in {"postgresql", "postgres", "postgresql+psycopg"}:
+        try:
+            parsed = make_url(url)
+        except Exception:
+            raise ValueError(f"store URL {mask_url(url)!r} is not a valid PostgreSQL URL") from None
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        if not parsed.database:
+            raise ValueError(f"store URL {mask_url(url)!r} names no database")
+        masked = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
+        return StoreUrl("postgresql", masked=masked, sqlalchemy_url=parsed)
+    raise ValueError(
+        f"store URL {mask_url(url)!r}: unsupported scheme {scheme!r}; use"
+        " duckdb:///path/file.duckdb or postgresql://user@host:port/db"
+    )

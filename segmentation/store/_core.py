@@ -1,0 +1,718 @@
+"""The store: publish a run atomically, undo/replace runs, and read the published tables."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from segmentation.dynamics import STATE_COLUMNS, advance_arrow
+from segmentation.store._common import (
+    OutOfOrderError,
+    PublishInputError,
+    PublishLockedError,
+    SchemaVersionError,
+    StoreEmptyError,
+)
+from segmentation.store._request import (
+    CleanRequest,
+    PublishRequest,
+    PublishResult,
+    check_run_identity,
+    check_run_info,
+    to_arrow,
+    validate_request,
+)
+from segmentation.store._schema import (
+    HISTORY,
+    MEMBERSHIP,
+    QUARANTINE,
+    READABLE,
+    RUNS,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_TABLE,
+    SCORES,
+    SEGMENTS,
+    TRANSITIONS,
+    Table,
+    migration_statements,
+    validate_identifier,
+)
+
+log = logging.getLogger("segmentation.store")
+
+_MISSING_TABLE = (
+    duckdb.CatalogException,
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.InvalidSchemaName,
+)
+StageHook = Callable[[str], None]
+
+
+class Reader:
+    """Reads of one consistent snapshot of the published tables (see `Store.snapshot`)."""
+
+    def __init__(self, con: Any, schema: str) -> None:
+        self._con = con
+        self._s = con.prefix(schema)
+
+    def membership(self, segment_id: str | None = None) -> pd.DataFrame:
+        """Current membership, one row per client (optionally of one segment)."""
+        where, params = (
+            ("WHERE segment_id = ?", [str(segment_id)]) if segment_id is not None else ("", [])
+        )
+        return self._df(
+            f"SELECT * FROM {self._s}.segment_membership {where} ORDER BY client_id", params
+        )
+
+    def client(self, client_id: str) -> pd.DataFrame:
+        """A client's current segment and scores (`v_client_current`); empty when unknown."""
+        return self._df(
+            f"SELECT * FROM {self._s}.v_client_current WHERE client_id = ?", [str(client_id)]
+        )
+
+    def transitions(self, as_of: date | None = None) -> pd.DataFrame:
+        """Transitions published as of `as_of` (default: the latest published as_of)."""
+        if as_of is None:
+            cond, params = f"as_of = ({self._latest_sql()})", []
+        else:
+            cond, params = "as_of = ?", [as_of]
+        return self._df(
+            f"SELECT * FROM {self._s}.segment_transitions WHERE {cond} ORDER BY client_id", params
+        )
+
+    def segments(self) -> pd.DataFrame:
+        """Every segment ever published; retired ones have size 0."""
+        return self._df(f"SELECT * FROM {self._s}.segments ORDER BY segment_id")
+
+    def runs(self) -> pd.DataFrame:
+        """The run log: success, failed and replaced runs."""
+        return self._df(f"SELECT * FROM {self._s}.runs ORDER BY started_at, run_id")
+
+    def history(self, client_id: str | None = None) -> pd.DataFrame:
+        """Membership stretches (valid_to null while current), optionally of one client."""
+        where, params = (
+            ("WHERE client_id = ?", [str(client_id)]) if client_id is not None else ("", [])
+        )
+        return self._df(
+            f"SELECT * FROM {self._s}.segment_history {where} ORDER BY client_id, valid_from",
+            params,
+        )
+
+    def scores(self) -> pd.DataFrame:
+        """Current client scores, one row per scored client."""
+        return self._df(f"SELECT * FROM {self._s}.client_scores ORDER BY client_id")
+
+    def quarantine(self, run_id: str | None = None) -> pd.DataFrame:
+        """Rejected event rows with their reason (optionally of one run)."""
+        where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+        return self._df(f"SELECT * FROM {self._s}.quarantine {where}", params)
+
+    def latest_as_of(self) -> date | None:
+        """The as_of of the latest successful run, or None before the first publish."""
+        return _as_date(self._con.fetchall(self._latest_sql())[0][0])
+
+    def read_sql(self, name: str) -> pd.DataFrame:
+        """All rows of a published table or reader view, by name (see docs/store.md)."""
+        if name not in READABLE:
+            raise ValueError(f"unknown table or view {name!r}; readable: {', '.join(READABLE)}")
+        return self._df(f"SELECT * FROM {self._s}.{name}")
+
+    def schema_version(self) -> int:
+        """The store's schema version."""
+        return int(self._con.fetchall(f"SELECT max(version) FROM {self._s}.schema_version")[0][0])
+
+    def _latest_sql(self) -> str:
+        return f"SELECT max(as_of) FROM {self._s}.runs WHERE status = 'success'"
+
+    def _df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        return self._con.fetch_df(sql, params or [])
+
+
+class Store:
+    """The published tables of one schema in one DuckDB file or PostgreSQL database.
+
+    Publishing is one transaction under a publish lock; readers see the previous or the new
+    complete state. Reader methods open a short snapshot each; use `snapshot()` for several
+    reads that must agree. Not for concurrent publishes from threads of one Store.
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        schema: str,
+        *,
+        lock_timeout: float,
+        reader_retry: float,
+    ) -> None:
+        self._backend = backend
+        self.schema = validate_identifier(schema, "schema name")
+        self.lock_timeout = lock_timeout
+        self.reader_retry = reader_retry
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._migrated = False
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The store URL with any password masked."""
+        return self._backend.describe()
+
+    @property
+    def backend(self) -> str:
+        """`duckdb` or `postgresql`."""
+        return self._backend.dialect
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r}, schema={self.schema!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release pooled connections (PostgreSQL); nothing is held for DuckDB."""
+        self._backend.close()
+
+    # -- schema ---------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Create or upgrade the tables and views (idempotent); return the schema version."""
+        with self.lock(), self._backend.write() as w:
+            s = w.prefix(self.schema)
+            w.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+            for statement in SCHEMA_VERSION_TABLE.ddl(s, self.backend):
+                w.execute(statement)
+            current = w.fetchall(f"SELECT max(version) FROM {s}.schema_version")[0][0] or 0
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"store {self.url} schema {s!r} has version {current}, newer than this"
+                    f" engine's {SCHEMA_VERSION}: upgrade the engine"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in migration_statements(version, s, self.backend):
+                    w.execute(statement)
+                w.execute(
+                    f"INSERT INTO {s}.schema_version (version, applied_at) VALUES (?, ?)",
+                    [version, _now()],
+                )
+                log.info("store %s schema %s migrated to version %d", self.url, s, version)
+        self._migrated = True
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int | None:
+        """The store's schema version, or None when nothing was created yet."""
+        try:
+            with self.snapshot() as r:
+                return r.schema_version()
+        except StoreEmptyError:
+            return None
+
+    # -- locking --------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the publish lock (re-entrant in this Store): no other publisher can run.
+
+        DuckDB: an exclusive flock on `<file>.lock`; PostgreSQL: a session advisory lock
+        per schema. Waits at most `lock_timeout` seconds, then raises PublishLockedError."""
+        if not self._thread_lock.acquire(timeout=self.lock_timeout):
+            raise PublishLockedError(f"another thread holds the publish lock of {self.url}")
+        try:
+            if self._lock_depth:
+                self._lock_depth += 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth -= 1
+                return
+            with self._backend.publish_lock():
+                self._lock_depth = 1
+                try:
+                    yield
+                finally:
+                    self._lock_depth = 0
+        finally:
+            self._thread_lock.release()
+
+    # -- publishing -----------------------------------------------------------------------------
+    def publish(
+        self,
+        run: PublishRequest,
+        *,
+        rebuild_from: date | None = None,
+        _after_stage: StageHook | None = None,
+    ) -> PublishResult:
+        """Publish one run atomically: membership, history, transitions, segments, scores,
+        the run log row and the quarantine, all in one transaction.
+
+        Re-publishing the latest as_of replaces that run. A date older than the latest
+        published one raises OutOfOrderError unless `rebuild_from` (<= as_of) is given:
+        then every run from `rebuild_from` on is undone (marked replaced) first.
+        `_after_stage` is a test hook called with each stage name inside the transaction."""
+        started = time.perf_counter()
+        stages: dict[str, float] = {}
+        mark = _stage_timer(stages)
+        req = validate_request(run)
+        if rebuild_from is not None and (
+            isinstance(rebuild_from, datetime) or not isinstance(rebuild_from, date)
+        ):
+            raise PublishInputError(f"rebuild_from must be a datetime.date: {rebuild_from!r}")
+        if rebuild_from is not None and rebuild_from > req.as_of:
+            raise PublishInputError(
+                f"rebuild_from {rebuild_from} is after as_of {req.as_of}: nothing to rebuild"
+            )
+        hook = _after_stage or (lambda stage: None)
+        mark("validate")
+
+        with self.lock():
+            if not self._migrated:
+                self._ensure_migrated()
+            plan = self._read_plan(req, rebuild_from)
+            mark("read")
+            work = _compute(req, plan)
+            mark("compute")
+            hook("computed")
+            with self._backend.write(after_commit=lambda: hook("committed")) as w:
+                self._write(w, req, plan, work, hook, mark)
+            mark("commit")
+
+        seconds = time.perf_counter() - started
+        result = PublishResult(
+            run_id=req.run_id,
+            as_of=req.as_of,
+            clients=len(req.membership),
+            segments=len(req.segments),
+            replaced_run_ids=tuple(plan["replaced"]),
+            seconds=seconds,
+            stage_seconds=stages,
+            **work["counts"],
+        )
+        log.info(
+            "published run %s as of %s to %s (schema %s): %d clients, %d entries, %d exits,"
+            " %d moves, %d lifecycle changes, replaced %s in %.2f s",
+            req.run_id,
+            req.as_of,
+            self.url,
+            self.schema,
+            result.clients,
+            result.entries,
+            result.exits,
+            result.moves,
+            result.lifecycle_changes,
+            list(result.replaced_run_ids) or "none",
+            seconds,
+        )
+        return result
+
+    def record_failed_run(
+        self,
+        run_id: str,
+        as_of: date,
+        started_at: datetime,
+        *,
+        finished_at: datetime | None = None,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        """Log a failed run (status `failed`) in `runs` without touching any other table."""
+        run_id, as_of, started_at = check_run_identity(run_id, as_of, started_at)
+        info = check_run_info(run_info)
+        finished = finished_at if finished_at is not None else datetime.now(UTC)
+        with self.lock():
+            if not self._migrated:
+                self._ensure_migrated()
+            with self._backend.write() as w:
+                s = w.prefix(self.schema)
+                rows = w.fetchall(f"SELECT status FROM {s}.runs WHERE run_id = ?", [run_id])
+                if rows and rows[0][0] != "failed":
+                    raise PublishInputError(
+                        f"run_id {run_id!r} is already logged with status {rows[0][0]!r};"
+                        " a failed run needs its own run_id"
+                    )
+                w.execute(f"DELETE FROM {s}.runs WHERE run_id = ?", [run_id])
+                self._insert_run(w, run_id, as_of, started_at, finished, "failed", None, None, info)
+        log.info("recorded failed run %s as of %s in %s", run_id, as_of, self.url)
+
+    # -- reading --------------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[Reader]:
+        """One consistent read of several tables. DuckDB: holds the file (readers retry up
+        to `reader_retry` s while a publish writes), so keep it short. PostgreSQL: a
+        REPEATABLE READ READ ONLY transaction that never waits for a publish."""
+        try:
+            with self._backend.read() as con:
+                yield Reader(con, self.schema)
+        except _MISSING_TABLE:
+            raise StoreEmptyError(
+                f"store {self.url} has no published tables in schema {self.schema!r} yet:"
+                " publish a run (or call migrate()) first"
+            ) from None
+
+    def membership(self, segment_id: str | None = None) -> pd.DataFrame:
+        """Current membership, one row per client (optionally of one segment)."""
+        with self.snapshot() as r:
+            return r.membership(segment_id)
+
+    def client(self, client_id: str) -> pd.DataFrame:
+        """A client's current segment and scores; an empty frame when unknown."""
+        with self.snapshot() as r:
+            return r.client(client_id)
+
+    def transitions(self, as_of: date | None = None) -> pd.DataFrame:
+        """Transitions as of `as_of` (default: the latest published as_of)."""
+        with self.snapshot() as r:
+            return r.transitions(as_of)
+
+    def segments(self) -> pd.DataFrame:
+        """Every segment ever published; retired ones have size 0."""
+        with self.snapshot() as r:
+            return r.segments()
+
+    def runs(self) -> pd.DataFrame:
+        """The run log."""
+        with self.snapshot() as r:
+            return r.runs()
+
+    def history(self, client_id: str | None = None) -> pd.DataFrame:
+        """Membership stretches, optionally of one client."""
+        with self.snapshot() as r:
+            return r.history(client_id)
+
+    def scores(self) -> pd.DataFrame:
+        """Current client scores."""
+        with self.snapshot() as r:
+            return r.scores()
+
+    def quarantine(self, run_id: str | None = None) -> pd.DataFrame:
+        """Rejected event rows, optionally of one run."""
+        with self.snapshot() as r:
+            return r.quarantine(run_id)
+
+    def latest_as_of(self) -> date | None:
+        """The as_of of the latest successful run; None when nothing was published."""
+        try:
+            with self.snapshot() as r:
+                return r.latest_as_of()
+        except StoreEmptyError:
+            return None
+
+    def read_sql(self, name: str) -> pd.DataFrame:
+        """All rows of a published table or reader view, by name."""
+        with self.snapshot() as r:
+            return r.read_sql(name)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _ensure_migrated(self) -> None:
+        if self._backend.exists() and self.schema_version() == SCHEMA_VERSION:
+            self._migrated = True
+        else:
+            self.migrate()
+
+    def _read_plan(self, req: CleanRequest, rebuild_from: date | None) -> dict[str, Any]:
+        with self.snapshot() as r:
+            s = r._s
+            version = r.schema_version()
+            if version != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"store {self.url} schema {s!r} has version {version}; this engine"
+                    f" writes version {SCHEMA_VERSION}"
+                )
+            latest = r.latest_as_of()
+            undo_from = _undo_point(req.as_of, latest, rebuild_from)
+            cutoff = undo_from or req.as_of
+            previous = r._df(
+                f"SELECT client_id, segment_id, lifecycle_stage, valid_from"
+                f" FROM {s}.segment_history"
+                f" WHERE valid_from < ? AND (valid_to IS NULL OR valid_to >= ?)",
+                [cutoff, cutoff],
+            )
+            replaced = []
+            if undo_from is not None:
+                replaced = [
+                    row[0]
+                    for row in r._con.fetchall(
+                        f"SELECT run_id FROM {s}.runs WHERE status = 'success' AND as_of >= ?"
+                        " ORDER BY as_of, run_id",
+                        [undo_from],
+                    )
+                ]
+            existing = r._con.fetchall(
+                f"SELECT status, as_of FROM {s}.runs WHERE run_id = ?", [req.run_id]
+            )
+        if existing and existing[0][0] == "success" and req.run_id not in replaced:
+            raise PublishInputError(
+                f"run_id {req.run_id!r} was already published as of {_as_date(existing[0][1])};"
+                " give this run its own run_id"
+            )
+        return {"undo_from": undo_from, "previous": previous, "replaced": replaced}
+
+    def _write(
+        self,
+        w: Any,
+        req: CleanRequest,
+        plan: dict[str, Any],
+        work: dict[str, Any],
+        hook: StageHook,
+        mark: Callable[[str], None],
+    ) -> None:
+        s = w.prefix(self.schema)
+        undo_from = plan["undo_from"]
+        if undo_from is not None:
+            w.execute(
+                f"DELETE FROM {s}.quarantine WHERE run_id IN"
+                f" (SELECT run_id FROM {s}.runs WHERE status = 'success' AND as_of >= ?)",
+                [undo_from],
+            )
+            w.execute(
+                f"UPDATE {s}.runs SET status = 'replaced' WHERE status = 'success' AND as_of >= ?",
+                [undo_from],
+            )
+            w.execute(f"DELETE FROM {s}.segment_history WHERE valid_from >= ?", [undo_from])
+            w.execute(
+                f"UPDATE {s}.segment_history SET valid_to = NULL WHERE valid_to >= ?", [undo_from]
+            )
+            w.execute(f"DELETE FROM {s}.segment_transitions WHERE as_of >= ?", [undo_from])
+            hook("undo")
+        w.execute(f"DELETE FROM {s}.quarantine WHERE run_id = ?", [req.run_id])
+        w.execute(f"DELETE FROM {s}.runs WHERE run_id = ?", [req.run_id])
+
+        w.execute(f"DELETE FROM {s}.segment_membership")
+        w.load(f"{s}.segment_membership", work["membership"])
+        mark("write_membership")
+        hook("membership")
+
+        closed = work["closed"]
+        if closed.num_rows:
+            w.create_temp("_closed", [("client_id", "text")])
+            w.load("_closed", closed)
+            w.execute(
+                f"UPDATE {s}.segment_history SET valid_to = ?"
+                " WHERE valid_to IS NULL AND client_id IN (SELECT client_id FROM _closed)",
+                [req.as_of],
+            )
+        w.load(f"{s}.segment_history", work["history"])
+        mark("write_history")
+        hook("history")
+
+        w.load(f"{s}.segment_transitions", work["transitions"])
+        mark("write_transitions")
+        hook("transitions")
+
+        w.execute(f"DELETE FROM {s}.client_scores")
+        w.load(f"{s}.client_scores", work["scores"])
+        mark("write_scores")
+        hook("scores")
+
+        self._upsert_segments(w, req.run_id, work["segments"])
+        hook("segments")
+
+        if work["quarantine"].num_rows:
+            w.load(f"{s}.quarantine", work["quarantine"])
+        self._insert_run(
+            w,
+            req.run_id,
+            req.as_of,
+            req.started_at,
+            datetime.now(UTC),
+            "success",
+            len(req.membership),
+            len(req.segments),
+            req.run_info,
+        )
+        mark("write_rest")
+        hook("runs")
+
+    def _upsert_segments(self, w: Any, run_id: str, segments: Any) -> None:
+        """Upsert by segment_id: keep first_run_id, set last_run_id; segments absent from
+        this run are retired (size 0, mean null, last_run_id unchanged); a segment first
+        published by a replaced run and absent now is removed."""
+        s = w.prefix(self.schema)
+        cols = SEGMENTS.column_names
+        w.create_temp("_segments", SEGMENTS.columns)
+        w.load("_segments", segments)
+        replaced = f"SELECT run_id FROM {s}.runs WHERE status = 'replaced'"
+        w.execute(
+            f"DELETE FROM {s}.segments WHERE segment_id NOT IN (SELECT segment_id FROM _segments)"
+            f" AND (first_run_id IN ({replaced}) OR first_run_id = ?)",
+            [run_id],
+        )
+        w.execute(
+            f"UPDATE {s}.segments SET size = 0, mean_predicted_cltv = NULL"
+            " WHERE segment_id NOT IN (SELECT segment_id FROM _segments)"
+        )
+        w.execute(
+            f"UPDATE {s}.segments AS t SET segment_name = n.segment_name, kind = n.kind,"
+            " definition = n.definition, size = n.size,"
+            " mean_predicted_cltv = n.mean_predicted_cltv, model_version = n.model_version,"
+            " last_run_id = n.last_run_id,"
+            f" first_run_id = CASE WHEN t.first_run_id IN ({replaced})"
+            " THEN n.first_run_id ELSE t.first_run_id END"
+            " FROM _segments AS n WHERE t.segment_id = n.segment_id"
+        )
+        col_list = ", ".join(cols)
+        w.execute(
+            f"INSERT INTO {s}.segments ({col_list}) SELECT {col_list} FROM _segments"
+            f" WHERE segment_id NOT IN (SELECT segment_id FROM {s}.segments)"
+        )
+
+    def _insert_run(
+        self,
+        w: Any,
+        run_id: str,
+        as_of: date,
+        started_at: datetime,
+        finished_at: datetime,
+        status: str,
+        clients: int | None,
+        segments: int | None,
+        info: dict[str, Any],
+    ) -> None:
+        cols = RUNS.column_names
+        values = [
+            run_id,
+            as_of,
+            started_at,
+            finished_at.astimezone(UTC).replace(tzinfo=None) if finished_at.tzinfo else finished_at,
+            status,
+            info.get("events_read"),
+            info.get("events_quarantined"),
+            clients,
+            segments,
+            info.get("cluster_model_version"),
+            info.get("cltv_model_version"),
+            info.get("mlflow_run_id"),
+        ]
+        marks = ", ".join("?" for _ in cols)
+        w.execute(
+            f"INSERT INTO {w.prefix(self.schema)}.runs ({', '.join(cols)}) VALUES ({marks})", values
+        )
+
+
+def _compute(req: CleanRequest, plan: dict[str, Any]) -> dict[str, Any]:
+    """Everything the write step loads, computed before the write connection is opened."""
+    membership = req.membership
+    valid_from, moves = advance_arrow(
+        plan["previous"], membership[STATE_COLUMNS], req.as_of, check=False, sort=False
+    )
+    frm, to = moves["from_segment_id"], moves["to_segment_id"]
+    n_entries, n_exits = frm.null_count, to.null_count
+    n_moves = pc.sum(pc.fill_null(pc.not_equal(frm, to), False)).as_py() or 0
+    opened = moves.filter(pc.is_valid(to))
+    history = pa.table(
+        {
+            "client_id": opened["client_id"],
+            "segment_id": opened["to_segment_id"],
+            "lifecycle_stage": opened["to_lifecycle"],
+        }
+    )
+    closed = moves.filter(pc.is_valid(frm)).select(["client_id"])
+
+    segments = req.segments.copy()
+    sizes, means = _segment_stats(membership, req.scores)
+    segments["size"] = segments["segment_id"].map(sizes).fillna(0).astype("int64")
+    segments["mean_predicted_cltv"] = segments["segment_id"].map(means).astype("float64")
+
+    constants = {"as_of": req.as_of, "run_id": req.run_id}
+    return {
+        "membership": to_arrow(membership, MEMBERSHIP, {**constants, "valid_from": valid_from}),
+        "history": to_arrow(
+            history, HISTORY, {"valid_from": req.as_of, "valid_to": None, "run_id": req.run_id}
+        ),
+        "closed": to_arrow(closed, _CLOSED),
+        "transitions": to_arrow(moves, TRANSITIONS, constants),
+        "scores": to_arrow(req.scores, SCORES, constants),
+        "segments": to_arrow(
+            segments, SEGMENTS, {"first_run_id": req.run_id, "last_run_id": req.run_id}
+        ),
+        "quarantine": to_arrow(req.quarantine, QUARANTINE, {"run_id": req.run_id}),
+        "counts": {
+            "entries": n_entries,
+            "exits": n_exits,
+            "moves": n_moves,
+            "lifecycle_changes": moves.num_rows - n_entries - n_exits - n_moves,
+            "history_opened": history.num_rows,
+            "history_closed": closed.num_rows,
+        },
+    }
+
+
+def _segment_stats(membership: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict, dict]:
+    """Members per segment and their mean predicted CLTV (null when none is scored)."""
+    member_ids = pa.array(membership["client_id"], from_pandas=True)
+    score_ids = pa.array(scores["client_id"], from_pandas=True)
+    cltv = pa.array(pd.to_numeric(scores["predicted_cltv"]).astype("float64"), from_pandas=True)
+    if len(score_ids):
+        member_cltv = pc.take(cltv, pc.index_in(member_ids, value_set=score_ids))
+    else:
+        member_cltv = pa.nulls(len(member_ids), pa.float64())
+    stats = (
+        pa.table(
+            {
+                "segment_id": pa.array(membership["segment_id"], from_pandas=True),
+                "cltv": member_cltv,
+            }
+        )
+        .group_by("segment_id")
+        .aggregate([("cltv", "count", pc.CountOptions(mode="all")), ("cltv", "mean")])
+    )
+    ids = stats["segment_id"].to_pylist()
+    return (
+        dict(zip(ids, stats["cltv_count"].to_pylist(), strict=True)),
+        dict(zip(ids, stats["cltv_mean"].to_pylist(), strict=True)),
+    )
+
+
+_CLOSED = Table("_closed", (("client_id", "text"),))
+
+
+def _undo_point(as_of: date, latest: date | None, rebuild_from: date | None) -> date | None:
+    """The date from which published runs are undone before this publish, or None."""
+    if latest is None:
+        return None
+    if rebuild_from is not None:
+        return rebuild_from if rebuild_from <= latest else None
+    if as_of > latest:
+        return None
+    if as_of == latest:
+        return as_of
+    raise OutOfOrderError(
+        f"as_of {as_of} is older than the latest published as_of {latest}: publish dates in"
+        f" order, or pass rebuild_from={as_of.isoformat()} to undo every run from {as_of} on"
+        " and rebuild from there"
+    )
+
+
+def _as_date(value: Any) -> date | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, pd.Timestamp):
+        return value.date()
+    return value
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _stage_timer(stages: dict[str, float]) -> Callable[[str], None]:
+    last = [time.perf_counter()]
+
+    def mark(stage: str) -> None:
+        now = time.perf_counter()
+        stages[stage] = round(now - last[0], 4)
+        last[0] = now
+
+    return mark

@@ -1,0 +1,303 @@
+"""The publish request and result, their validation, and conversion to Arrow for bulk loading."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from segmentation.store._common import PublishInputError
+from segmentation.store._schema import QUARANTINE_RAW, Table
+
+MEMBERSHIP_INPUT = [
+    "client_id",
+    "segment_id",
+    "segment_name",
+    "segment_source",
+    "cluster_id",
+    "confidence",
+    "lifecycle_stage",
+    "journey_stage",
+    "reason",
+]
+SEGMENTS_INPUT = ["segment_id", "segment_name", "kind", "definition", "model_version"]
+SCORES_INPUT = [
+    "client_id",
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_value",
+    "predicted_cltv",
+    "horizon_days",
+    "model_version",
+]
+RUN_INFO_KEYS = (
+    "events_read",
+    "events_quarantined",
+    "cluster_model_version",
+    "cltv_model_version",
+    "mlflow_run_id",
+)
+SEGMENT_SOURCES = ("rule", "cluster", "noise")
+SEGMENT_KINDS = ("cluster", "rule", "noise")
+
+_ARROW = {
+    "text": pa.string(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us"),
+    "double": pa.float64(),
+    "bigint": pa.int64(),
+    "integer": pa.int32(),
+}
+
+
+@dataclass
+class PublishRequest:
+    """Everything one run publishes. Frames hold the columns named in docs/store.md;
+    extra columns are ignored. `scores` and `quarantine` may be empty or None."""
+
+    run_id: str
+    as_of: date
+    started_at: datetime
+    membership: pd.DataFrame
+    segments: pd.DataFrame
+    scores: pd.DataFrame | None = None
+    quarantine: pd.DataFrame | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What a publish did: counts of clients and transitions, replaced runs, timings."""
+
+    run_id: str
+    as_of: date
+    clients: int
+    segments: int
+    entries: int
+    exits: int
+    moves: int
+    lifecycle_changes: int
+    history_opened: int
+    history_closed: int
+    replaced_run_ids: tuple[str, ...]
+    seconds: float
+    stage_seconds: dict[str, float]
+
+
+def check_run_identity(run_id: Any, as_of: Any, started_at: Any) -> tuple[str, date, datetime]:
+    """Validate run_id, as_of and started_at; return started_at as naive UTC."""
+    if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 200:
+        raise PublishInputError(
+            f"run_id must be a non-empty string of at most 200 chars: {run_id!r}"
+        )
+    if isinstance(as_of, datetime) or not isinstance(as_of, date):
+        raise PublishInputError(f"as_of must be a datetime.date (not a datetime): {as_of!r}")
+    if not isinstance(started_at, datetime):
+        raise PublishInputError(f"started_at must be a datetime: {started_at!r}")
+    return run_id, as_of, naive_utc(started_at)
+
+
+def check_run_info(run_info: dict[str, Any] | None) -> dict[str, Any]:
+    """Known run_info keys only; counts must be non-negative integers."""
+    info = dict(run_info or {})
+    unknown = sorted(set(info) - set(RUN_INFO_KEYS))
+    if unknown:
+        raise PublishInputError(
+            f"run_info has unknown key(s) {unknown}; known keys: {', '.join(RUN_INFO_KEYS)}"
+        )
+    for key in ("events_read", "events_quarantined"):
+        value = info.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise PublishInputError(f"run_info[{key!r}] must be a non-negative int: {value!r}")
+            info[key] = int(value)
+    for key in ("cluster_model_version", "cltv_model_version", "mlflow_run_id"):
+        if info.get(key) is not None:
+            info[key] = str(info[key])
+    return {key: info.get(key) for key in RUN_INFO_KEYS}
+
+
+def naive_utc(value: datetime) -> datetime:
+    """An aware datetime converted to naive UTC; a naive one is taken as UTC already."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+@dataclass(frozen=True)
+class CleanRequest:
+    """A validated request: frames restricted to contract columns, ids as text."""
+
+    run_id: str
+    as_of: date
+    started_at: datetime
+    membership: pd.DataFrame
+    segments: pd.DataFrame
+    scores: pd.DataFrame
+    quarantine: pd.DataFrame
+    run_info: dict[str, Any]
+
+
+def validate_request(run: PublishRequest) -> CleanRequest:
+    """Check a publish request against the contract; raise PublishInputError naming the problem."""
+    if not isinstance(run, PublishRequest):
+        raise PublishInputError(f"publish expects a PublishRequest, got {type(run).__name__}")
+    run_id, as_of, started_at = check_run_identity(run.run_id, run.as_of, run.started_at)
+    info = check_run_info(run.run_info)
+
+    membership = _frame(run.membership, "membership", MEMBERSHIP_INPUT)
+    for col in ("client_id", "segment_id"):
+        membership[col] = _text(membership[col], f"membership.{col}")
+    _unique_ids(membership, "client_id", "membership")
+    if membership["segment_id"].isna().any():
+        raise PublishInputError(
+            "membership.segment_id has null values: every client needs a segment"
+        )
+    _allowed(membership["segment_source"], SEGMENT_SOURCES, "membership.segment_source")
+    _in_range(membership["confidence"], "membership.confidence", 0.0, 1.0)
+
+    segments = _frame(run.segments, "segments", SEGMENTS_INPUT)
+    segments["segment_id"] = _text(segments["segment_id"], "segments.segment_id")
+    _unique_ids(segments, "segment_id", "segments")
+    _allowed(segments["kind"], SEGMENT_KINDS, "segments.kind")
+    segments["definition"] = segments["definition"].map(_definition_text).astype(object)
+    unknown = pd.Index(membership["segment_id"].unique()).difference(segments["segment_id"])
+    if len(unknown):
+        raise PublishInputError(
+            f"membership uses segment_id(s) missing from segments: {list(unknown[:5])}"
+        )
+
+    scores = _frame(
+        run.scores if run.scores is not None else pd.DataFrame(columns=SCORES_INPUT),
+        "scores",
+        SCORES_INPUT,
+    )
+    scores["client_id"] = _text(scores["client_id"], "scores.client_id")
+    _unique_ids(scores, "client_id", "scores")
+    _in_range(scores["p_alive"], "scores.p_alive", 0.0, 1.0)
+
+    quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
+    quarantine = _frame(quarantine, "quarantine", ["reason"], keep=["reason", *QUARANTINE_RAW])
+    for col in QUARANTINE_RAW:
+        if col not in quarantine.columns:
+            quarantine[col] = None
+    quarantine = quarantine[["reason", *QUARANTINE_RAW]]
+    if quarantine["reason"].isna().any():
+        raise PublishInputError("quarantine.reason has null values: every rejected row needs one")
+
+    return CleanRequest(run_id, as_of, started_at, membership, segments, scores, quarantine, info)
+
+
+def to_arrow(
+    frame: pd.DataFrame, table: Table, constants: dict[str, Any] | None = None
+) -> pa.Table:
+    """Build an Arrow table with exactly `table`'s columns and types (constants fill columns)."""
+    constants = constants or {}
+    n = len(frame)
+    arrays = []
+    for name, kind in table.columns:
+        if name in constants:
+            value = constants[name]
+            if isinstance(value, pd.Series | np.ndarray | pa.Array | pa.ChunkedArray):
+                arrays.append(_arrow_column(value, kind, f"{table.name}.{name}"))
+            else:
+                arrays.append(pa.repeat(pa.scalar(value, type=_ARROW[kind]), n))
+        else:
+            arrays.append(_arrow_column(frame[name], kind, f"{table.name}.{name}"))
+    return pa.Table.from_arrays(arrays, names=table.column_names)
+
+
+def _arrow_column(series: Any, kind: str, label: str) -> pa.Array:
+    target = _ARROW[kind]
+    try:
+        if isinstance(series, pa.Array | pa.ChunkedArray):
+            return series.cast(target)
+        series = pd.Series(series) if isinstance(series, np.ndarray) else series
+        if kind == "text":
+            if not (pd.api.types.is_string_dtype(series) and series.dtype != object):
+                series = series.astype(object).where(series.notna(), None)
+                series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
+            return pa.array(series, type=target, from_pandas=True)
+        if kind == "date":
+            if pd.api.types.is_datetime64_any_dtype(series):
+                return pa.array(series.astype("datetime64[us]"), from_pandas=True).cast(target)
+            return pa.array(series, type=target, from_pandas=True)
+        if kind in ("double",):
+            return pa.array(pd.to_numeric(series).astype("float64"), type=target, from_pandas=True)
+        if kind in ("bigint", "integer"):
+            values = pd.to_numeric(series)
+            return pa.array(values, from_pandas=True).cast(target)
+        return pa.array(series, type=target, from_pandas=True)
+    except (ValueError, TypeError, pa.ArrowException) as exc:
+        raise PublishInputError(f"{label}: values cannot be stored as {kind}: {exc}") from None
+
+
+def _frame(
+    frame: Any, name: str, required: list[str], keep: list[str] | None = None
+) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise PublishInputError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise PublishInputError(f"{name} is missing column(s): {', '.join(missing)}")
+    columns = [c for c in (keep or required) if c in frame.columns]
+    return frame[columns].reset_index(drop=True).copy()
+
+
+def _text(series: pd.Series, label: str) -> pd.Series:
+    """Ids as text (an int id 3 becomes '3'); nulls stay null."""
+    if pd.api.types.is_string_dtype(series) and series.dtype != object:
+        return series
+    if pd.api.types.is_float_dtype(series):
+        raise PublishInputError(f"{label} is float: give ids as text or integers")
+    return (
+        series.astype(object)
+        .where(series.notna(), None)
+        .map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        .astype("str")
+    )
+
+
+def _unique_ids(frame: pd.DataFrame, column: str, name: str) -> None:
+    ids = pa.array(frame[column], from_pandas=True)
+    if ids.null_count:
+        raise PublishInputError(f"{name}.{column} has null values")
+    if len(pc.unique(ids)) != len(ids):
+        counts = pc.value_counts(ids)
+        dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))[0].as_py()
+        raise PublishInputError(f"{name} has more than one row for {column} {dup!r}")
+
+
+def _allowed(series: pd.Series, allowed: tuple[str, ...], label: str) -> None:
+    bad = series[series.notna() & ~series.isin(allowed)]
+    if len(bad):
+        raise PublishInputError(f"{label} has value {bad.iloc[0]!r}; allowed: {', '.join(allowed)}")
+
+
+def _in_range(series: pd.Series, label: str, low: float, high: float) -> None:
+    try:
+        values = pd.to_numeric(series)
+    except (ValueError, TypeError):
+        raise PublishInputError(f"{label} must be numeric") from None
+    bad = values.notna() & ((values < low) | (values > high))
+    if bad.any():
+        raise PublishInputError(
+            f"{label} has value {float(values[bad].iloc[0]):g} outside [{low}, {high}]"
+        )
+
+
+def _definition_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except TypeError:
+        raise PublishInputError(f"segments.definition {value!r} is neither text nor JSON") from None

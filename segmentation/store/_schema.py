@@ -1,0 +1,249 @@
+"""The published tables and reader views: one definition, rendered for DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# Logical column types and how each backend spells them (the same types on both).
+TYPES = {
+    # Binary ("C") collation on PostgreSQL: the same ordering as DuckDB, and fast indexes.
+    "text": {"duckdb": "VARCHAR", "postgresql": 'TEXT COLLATE "C"'},
+    "date": {"duckdb": "DATE", "postgresql": "DATE"},
+    "timestamp": {"duckdb": "TIMESTAMP", "postgresql": "TIMESTAMP"},
+    "double": {"duckdb": "DOUBLE", "postgresql": "DOUBLE PRECISION"},
+    "bigint": {"duckdb": "BIGINT", "postgresql": "BIGINT"},
+    "integer": {"duckdb": "INTEGER", "postgresql": "INTEGER"},
+}
+
+
+def validate_identifier(name: str, what: str = "identifier") -> str:
+    """Return `name` when it is a plain lower-case SQL identifier, else raise ValueError."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and"
+            " underscores, starting with a letter or underscore, at most 63 characters"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Table:
+    """A published table: ordered (column, logical type) pairs and PostgreSQL indexes."""
+
+    name: str
+    columns: tuple[tuple[str, str], ...]
+    # PostgreSQL indexes (suffix, columns, unique). Few and non-unique on the big tables: the
+    # store validates uniqueness itself, and each index costs seconds per million rows loaded.
+    pg_indexes: tuple[tuple[str, str, bool], ...] = ()
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    def ddl(self, schema: str, dialect: str) -> list[str]:
+        cols = ", ".join(f"{name} {TYPES[kind][dialect]}" for name, kind in self.columns)
+        statements = [f"CREATE TABLE IF NOT EXISTS {schema}.{self.name} ({cols})"]
+        if dialect == "postgresql":
+            for suffix, columns, unique in self.pg_indexes:
+                index = validate_identifier(f"{self.name}_{suffix}", "index name")
+                kind = "UNIQUE INDEX" if unique else "INDEX"
+                statements.append(
+                    f"CREATE {kind} IF NOT EXISTS {index} ON {schema}.{self.name} ({columns})"
+                )
+        return statements
+
+
+MEMBERSHIP = Table(
+    "segment_membership",
+    (
+        ("client_id", "text"),
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("segment_source", "text"),
+        ("cluster_id", "integer"),
+        ("confidence", "double"),
+        ("lifecycle_stage", "text"),
+        ("journey_stage", "text"),
+        ("reason", "text"),
+        ("valid_from", "date"),
+        ("as_of", "date"),
+        ("run_id", "text"),
+    ),
+    (("client", "client_id", False),),
+)
+HISTORY = Table(
+    "segment_history",
+    (
+        ("client_id", "text"),
+        ("segment_id", "text"),
+        ("lifecycle_stage", "text"),
+        ("valid_from", "date"),
+        ("valid_to", "date"),
+        ("run_id", "text"),
+    ),
+    (("client", "client_id", False),),
+)
+TRANSITIONS = Table(
+    "segment_transitions",
+    (
+        ("as_of", "date"),
+        ("client_id", "text"),
+        ("from_segment_id", "text"),
+        ("to_segment_id", "text"),
+        ("from_lifecycle", "text"),
+        ("to_lifecycle", "text"),
+        ("run_id", "text"),
+    ),
+    (("as_of", "as_of", False),),
+)
+SEGMENTS = Table(
+    "segments",
+    (
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("kind", "text"),
+        ("definition", "text"),
+        ("size", "bigint"),
+        ("mean_predicted_cltv", "double"),
+        ("model_version", "text"),
+        ("first_run_id", "text"),
+        ("last_run_id", "text"),
+    ),
+    (),
+)
+SCORES = Table(
+    "client_scores",
+    (
+        ("client_id", "text"),
+        ("as_of", "date"),
+        ("p_alive", "double"),
+        ("expected_purchases", "double"),
+        ("expected_avg_value", "double"),
+        ("predicted_cltv", "double"),
+        ("horizon_days", "integer"),
+        ("model_version", "text"),
+        ("run_id", "text"),
+    ),
+    (("client", "client_id", False),),
+)
+RUNS = Table(
+    "runs",
+    (
+        ("run_id", "text"),
+        ("as_of", "date"),
+        ("started_at", "timestamp"),
+        ("finished_at", "timestamp"),
+        ("status", "text"),
+        ("events_read", "bigint"),
+        ("events_quarantined", "bigint"),
+        ("clients", "bigint"),
+        ("segments", "bigint"),
+        ("cluster_model_version", "text"),
+        ("cltv_model_version", "text"),
+        ("mlflow_run_id", "text"),
+    ),
+    (("id", "run_id", True),),
+)
+QUARANTINE_RAW = (
+    "client_id",
+    "event_time",
+    "event_type",
+    "channel",
+    "amount",
+    "category",
+    "sentiment",
+    "event_id",
+    "source_file",
+)
+QUARANTINE = Table(
+    "quarantine",
+    (("run_id", "text"), ("reason", "text"), *((c, "text") for c in QUARANTINE_RAW)),
+    (("run", "run_id", False),),
+)
+SCHEMA_VERSION_TABLE = Table(
+    "schema_version", (("version", "integer"), ("applied_at", "timestamp"))
+)
+
+TABLES = (MEMBERSHIP, HISTORY, TRANSITIONS, SEGMENTS, SCORES, RUNS, QUARANTINE)
+
+_LATEST = "(SELECT max(as_of) FROM {v}runs WHERE status = 'success')"
+
+# Reader views for marketing tools (documented in docs/store.md).
+VIEWS = {
+    "v_segment_members": """
+        SELECT m.segment_id, m.segment_name, s.kind AS segment_kind, m.client_id,
+               m.segment_source, m.cluster_id, m.confidence, m.lifecycle_stage,
+               m.journey_stage, m.reason, m.valid_from, m.as_of, m.run_id
+        FROM {v}segment_membership m LEFT JOIN {v}segments s ON s.segment_id = m.segment_id
+    """,
+    "v_todays_transitions": """
+        SELECT t.as_of, t.client_id, t.from_segment_id, t.to_segment_id,
+               t.from_lifecycle, t.to_lifecycle,
+               CASE WHEN t.from_segment_id IS NULL THEN 'entry'
+                    WHEN t.to_segment_id IS NULL THEN 'exit'
+                    WHEN t.from_segment_id <> t.to_segment_id THEN 'move'
+                    ELSE 'lifecycle' END AS kind,
+               t.run_id
+        FROM {v}segment_transitions t
+        WHERE t.as_of = """
+    + _LATEST
+    + """
+    """,
+    "v_todays_entries_exits": """
+        WITH latest AS (SELECT """
+    + _LATEST
+    + """ AS as_of),
+        moves AS (
+            SELECT t.to_segment_id AS segment_id, 1 AS entered, 0 AS exited
+            FROM {v}segment_transitions t, latest
+            WHERE t.as_of = latest.as_of AND t.to_segment_id IS NOT NULL
+              AND t.to_segment_id IS DISTINCT FROM t.from_segment_id
+            UNION ALL
+            SELECT t.from_segment_id, 0, 1
+            FROM {v}segment_transitions t, latest
+            WHERE t.as_of = latest.as_of AND t.from_segment_id IS NOT NULL
+              AND t.from_segment_id IS DISTINCT FROM t.to_segment_id
+        ),
+        counts AS (
+            SELECT segment_id, sum(entered) AS entries, sum(exited) AS exits
+            FROM moves GROUP BY segment_id
+        )
+        SELECT latest.as_of, s.segment_id, s.segment_name, s.size,
+               CAST(coalesce(c.entries, 0) AS BIGINT) AS entries,
+               CAST(coalesce(c.exits, 0) AS BIGINT) AS exits
+        FROM latest, {v}segments s LEFT JOIN counts c ON c.segment_id = s.segment_id
+        WHERE latest.as_of IS NOT NULL
+    """,
+    "v_client_current": """
+        SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
+               m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
+               c.p_alive, c.expected_purchases, c.expected_avg_value, c.predicted_cltv,
+               c.horizon_days, c.model_version AS cltv_model_version, m.as_of, m.run_id
+        FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
+    """,
+}
+
+READABLE = (*(t.name for t in TABLES), "schema_version", *VIEWS)
+
+
+def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
+    """The DDL that takes a store from `version - 1` to `version`.
+
+    `schema` is the qualified schema prefix. View bodies name tables unqualified on DuckDB
+    (a DuckDB view binds in its own schema, and a file named like its schema would make
+    `schema.table` ambiguous) and schema-qualified on PostgreSQL."""
+    if version != 1:
+        raise ValueError(f"no migration to schema version {version}")
+    statements: list[str] = []
+    for table in TABLES:
+        statements.extend(table.ddl(schema, dialect))
+    for name, body in VIEWS.items():
+        statements.append(f"DROP VIEW IF EXISTS {schema}.{name}")
+        prefix = "" if dialect == "duckdb" else f"{schema}."
+        statements.append(f"CREATE VIEW {schema}.{name} AS {body.format(v=prefix).strip()}")
+    return statements
