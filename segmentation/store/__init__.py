@@ -1,6 +1,6 @@
 """The store that publishes the engine's tables to DuckDB (a file) or PostgreSQL, atomically.
 
-    store = open_store("duckdb:///abs/path/segmentation.duckdb")
+    store = open_store("duckdb:///abs/path/store.duckdb")
     store.publish(PublishRequest(...))          # one transaction under a publish lock
     store.membership(segment_id="3")            # readers: pandas DataFrames
 

@@ -87,7 +87,7 @@ def parse_store_url(url: str) -> StoreUrl:
         if not rest or rest in {"/", ":memory:", "/:memory:"}:
             raise ValueError(
                 f"store URL {url!r}: a DuckDB store needs a file path, e.g."
-                " duckdb:///abs/path/segmentation.duckdb (in-memory stores cannot be shared)"
+                " duckdb:///abs/path/store.duckdb (in-memory stores cannot be shared)"
             )
         path = Path(rest).expanduser()
         path = path if path.is_absolute() else Path.cwd() / path

@@ -14,7 +14,7 @@ def test_shipped_default_loads_with_embedded_locations(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     config = load_config()
     work = tmp_path.resolve() / "segmentation-work"
-    assert config.store_url == f"duckdb:///{work}/segmentation.duckdb"
+    assert config.store_url == f"duckdb:///{work}/store.duckdb"
     assert config.tracking_uri == f"sqlite:///{work}/mlflow.db"
     assert config.schedule.cron == "0 2 * * *"
     assert config.features.windows_days == (7, 30, 90, 365)
