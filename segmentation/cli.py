@@ -8,9 +8,12 @@ Heavy imports (Prefect, MLflow, hdbscan) happen inside the commands that need th
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -22,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
     args = parser.parse_args(argv)
+    _quiet_libraries(args.verbose)
     logging.basicConfig(
         level=logging.WARNING if not args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -36,7 +40,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.exception("command failed")
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"segmentation {args.command}: error: {message}", file=sys.stderr)
+        # Drop the frames that still hold open DuckDB connections, so they close now
+        # rather than being reported as leaked at interpreter exit.
+        traceback.clear_frames(exc.__traceback__)
+        del exc
+        gc.collect()
         return 1
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Prefect and MLflow log freely; without --verbose only our one-line outcome shows."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        logging.getLogger("alembic").setLevel(logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,8 +194,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     import duckdb
     import pyarrow.parquet as pq
-    from features.build import build_features
 
+    from features.build import build_features
     from features.events import check_bad_share, load_events, load_taxonomy
 
     config = _config(args)
