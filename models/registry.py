@@ -16,7 +16,9 @@ engine's own registry.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import logging
 import math
 from collections.abc import Mapping
@@ -36,6 +38,8 @@ from models.tracking import (
     sanitize_name,
     truncate,
 )
+
+log = logging.getLogger(__name__)
 
 
 class PickledModel(mlflow.pyfunc.PythonModel):
@@ -103,7 +107,12 @@ class ModelRegistry:
         level = pyfunc_logger.level
         pyfunc_logger.setLevel(logging.ERROR)  # the cloudpickle caution is expected here
         try:
-            with fluent_context(self.tracking_uri, run.info.experiment_id):
+            # MLflow prints "Registered model ... already exists" to stderr; keep it in the log.
+            chatter = io.StringIO()
+            with (
+                fluent_context(self.tracking_uri, run.info.experiment_id),
+                contextlib.redirect_stderr(chatter),
+            ):
                 # `mlflow.pyfunc.log_model` is `Model.log(flavor=mlflow.pyfunc)` without the
                 # run_id argument; passing it links the model to the run without resuming it.
                 info = Model.log(
@@ -118,6 +127,7 @@ class ModelRegistry:
                 )
         finally:
             pyfunc_logger.setLevel(level)
+        log.info("%s", " ".join(chatter.getvalue().split()))
         version = int(info.registered_model_version)
         for key, value in version_tags.items():
             self.client.set_model_version_tag(name, str(version), key, value)
