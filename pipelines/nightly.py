@@ -321,13 +321,15 @@ def nightly_run(
             "cluster_model_version": cluster_version,
             "cltv_model_version": cltv_version,
         }
+        track_start = time.perf_counter()
         tracked.log_params(params)
         tracked.log_metrics(metrics)
         artifacts: dict[str, Any] = {"segments.json": result.segments.to_dict(orient="records")}
         if clusters is not None:
             artifacts["profiles.json"] = clusters.model.profiles_
         tracked.log_artifacts(artifacts)
-        report_path = _write_report(config, url, as_of, tracked, say)
+        timings["track"] = time.perf_counter() - track_start
+        report_path = _timed(timings, "report", _write_report, config, url, as_of, tracked, say)
 
     summary = {
         "run_id": run_id,

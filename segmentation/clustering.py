@@ -1,0 +1,709 @@
+"""Behavioral clusters: HDBSCAN fit on a sample, fast assignment of every client, stable ids, profiles.
+
+Pipeline (fitted state in `ClusterModel.pipeline_`): `FeatureEncoder` (column selection, nulls
+imputed, log1p of counts, money and durations with negatives clipped to 0) -> `RobustScaler`
+-> `ClipTransformer` (scaled values clipped to +-`clip`, so that a rare extreme feature, such as
+a channel share a few clients max out, cannot dominate distances) -> optional `PCA`.
+HDBSCAN (hdbscan package) is fit on a deterministic sample of `sample_size` clients. With
+`select_by_quality` (default), the other cluster selection (leaf for eom, eom for leaf) is
+computed on the same tree and used when its DBCV (relative validity) is higher by more than
+QUALITY_MARGIN: eom alone often merges distinct groups into a few big clusters.
+
+Guard rails. A fit is degenerate when it finds fewer than two clusters or its noise share is
+above `max_noise_share`. Then, documented fallback, in order:
+1. "retry_leaf": one retry with half the min_cluster_size (at least 5) and leaf selection;
+2. "kmeans": k-means with k in 2..8 chosen by silhouette on the sample, every client in a
+   cluster except points far outside every cluster (see `assigner.CentroidAssigner`);
+3. "single": one segment for everybody, when the sample has fewer than two distinct points.
+`metrics_` says which (degenerate, degenerate_reason, fallback); the engine never publishes
+"everything is noise".
+
+Assignment of every client: `assigner.NeighborAssigner` reproduces HDBSCAN's
+approximate_predict decision (nearest fitted point in mutual reachability, noise below the
+cluster's birth density) at a few hundred thousand clients/s. Its agreement with the fitted
+labels on held-out sample points is measured at every fit (`metrics_["assigner_agreement"]`:
+an assigner indexed on 80% of the sample predicts the other 20%).
+
+Stable ids and names: `fit(X, previous=model)` matches the new clusters to the previous
+model's segments (`identity.match_segments`); a surviving segment keeps its id and name.
+Profiles (`profiles_`) give each segment its distinguishing features, a name and a description.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import hdbscan
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import RobustScaler
+from threadpoolctl import threadpool_limits
+
+from segmentation import identity, profiles
+from segmentation.assigner import (
+    NOISE,
+    NOISE_CONFIDENCE_MAX,
+    CentroidAssigner,
+    ClusterGeometry,
+    NeighborAssigner,
+    hdbscan_geometry,
+)
+
+CLIENT_ID = "client_id"
+NOISE_ID = identity.NOISE_ID
+QUALITY_MARGIN = 0.02  # DBCV gain needed to prefer the other cluster selection
+
+# The default behavioral subset of the feature catalog: recency and tenure, value, activity and
+# its momentum, journey stage, funnel drop-off, support pain and emotion, channel mix, advocacy
+# and intent change. Identifiers, text columns and BTYD inputs (used by CLTV) are left out.
+DEFAULT_FEATURES: tuple[str, ...] = (
+    "recency_days",
+    "tenure_days",
+    "n_purchases",
+    "total_spend",
+    "avg_order_value",
+    "events_90d",
+    "active_days_90d",
+    "activity_momentum",
+    "spend_momentum",
+    "furthest_stage_rank",
+    "current_stage_rank",
+    "cart_abandon_rate_90d",
+    "carts_abandoned_90d",
+    "support_tickets_90d",
+    "returns_90d",
+    "sentiment_mean",
+    "channel_entropy",
+    "share_web",
+    "share_app",
+    "share_email",
+    "share_store",
+    "share_call_center",
+    "reviews",
+    "referrals",
+    "shares",
+    "intent_shift",
+)
+
+_COUNT_OR_MONEY = re.compile(
+    r"^(n_\w+|events_\d+d|active_days_\d+d|purchases_\d+d|purchase_days|frequency"
+    r"|carts_abandoned_\d+d|checkouts_abandoned_\d+d|support_tickets_\d+d|returns_\d+d"
+    r"|reviews|referrals|shares|total_spend|avg_order_value|monetary_value|spend_\d+d)$"
+)
+_DURATION = re.compile(r"^(recency_days|tenure_days|days_since_\w+|return_gap_days|recency|T)$")
+
+
+def is_count_or_money(name: str) -> bool:
+    """Counts and money: log1p-transformed, and a null means zero."""
+    return bool(_COUNT_OR_MONEY.match(name))
+
+
+def is_log_feature(name: str) -> bool:
+    """Features that get log1p (negatives clipped to 0): counts, money and durations in days."""
+    return is_count_or_money(name) or bool(_DURATION.match(name))
+
+
+def fill_value_rule(name: str) -> str:
+    """How a null is imputed: "zero" for counts, money and sentiment, else "median" (of the sample)."""
+    if is_count_or_money(name) or name.startswith("sentiment_"):
+        return "zero"
+    return "median"
+
+
+class FeatureEncoder(TransformerMixin, BaseEstimator):
+    """Selects the feature columns, imputes nulls, applies log1p to counts/money/durations.
+
+    log_features: names to log-transform (None: by name, see `is_log_feature`).
+    """
+
+    def __init__(self, features: Sequence[str] | None = None, log_features=None):
+        self.features = features
+        self.log_features = log_features
+
+    def fit(self, X: pd.DataFrame, y=None) -> FeatureEncoder:
+        names = list(self.features) if self.features is not None else list(X.columns)
+        values = _numeric_block(X, names)
+        logs = (
+            set(self.log_features)
+            if self.log_features is not None
+            else {n for n in names if is_log_feature(n)}
+        )
+        self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.log_mask_ = np.array([n in logs for n in names])
+        medians = np.nanmedian(np.where(np.isfinite(values), values, np.nan), axis=0)
+        zero = np.array([fill_value_rule(n) == "zero" for n in names])
+        self.fill_values_ = np.where(zero | ~np.isfinite(medians), 0.0, medians)
+        self.n_features_in_ = len(names)
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        names = list(self.feature_names_in_)
+        _check_columns(X, names)
+        out = np.empty((len(X), len(names)), dtype=np.float64, order="F")
+        for j, name in enumerate(names):
+            col = X[name].to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+            bad = ~np.isfinite(col)
+            if bad.any():
+                col[bad] = self.fill_values_[j]
+            if self.log_mask_[j]:
+                np.clip(col, 0, None, out=col)
+                np.log1p(col, out=col)
+            out[:, j] = col
+        return out
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return self.feature_names_in_.copy()
+
+
+class ClipTransformer(TransformerMixin, BaseEstimator):
+    """Clips scaled values to [-limit, limit] (no clipping when limit is None)."""
+
+    def __init__(self, limit: float | None = 5.0):
+        self.limit = limit
+
+    def fit(self, X, y=None) -> ClipTransformer:
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        return X if self.limit is None else np.clip(X, -self.limit, self.limit)
+
+
+def build_pipeline(
+    features: Sequence[str],
+    clip: float | None = 5.0,
+    pca_components: int | None = None,
+    random_state: int = 42,
+) -> Pipeline:
+    """The feature transform pipeline (unfitted): encode -> robust scale -> clip [-> PCA]."""
+    steps: list[tuple[str, Any]] = [
+        ("encode", FeatureEncoder(features=list(features))),
+        ("scale", RobustScaler()),
+        ("clip", ClipTransformer(clip)),
+    ]
+    if pca_components:
+        steps.append(("pca", PCA(n_components=pca_components, random_state=random_state)))
+    return Pipeline(steps)
+
+
+class ClusterModel(BaseEstimator):
+    """HDBSCAN behavioral clusters fit on a sample, assigned to every client with stable ids.
+
+    See the module docstring for the pipeline, guard rails and fallback. Learned attributes:
+    feature_names_in_, pipeline_, hdbscan_ (None after the k-means fallback), kmeans_,
+    sample_ids_, sample_labels_, assigner_, segment_ids_ (label -> stable id),
+    segment_names_ (stable id -> name), profiles_ (stable id -> profile dict, "noise"
+    included), metrics_, next_segment_number_.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] | None = None,
+        sample_size: int = 20_000,
+        min_cluster_size: int = 50,
+        min_samples: int | None = None,
+        cluster_selection_method: str = "eom",
+        pca_components: int | None = None,
+        max_noise_share: float = 0.5,
+        n_neighbors: int = 10,
+        min_confidence: float = 0.0,
+        clip: float | None = 5.0,
+        validate_assigner: bool = True,
+        select_by_quality: bool = True,
+        n_jobs: int = -1,
+        random_state: int = 42,
+    ):
+        self.features = features
+        self.sample_size = sample_size
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_method = cluster_selection_method
+        self.pca_components = pca_components
+        self.max_noise_share = max_noise_share
+        self.n_neighbors = n_neighbors
+        self.min_confidence = min_confidence
+        self.clip = clip
+        self.validate_assigner = validate_assigner
+        self.select_by_quality = select_by_quality
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    @classmethod
+    def from_config(cls, config, random_state: int = 42, **overrides) -> ClusterModel:
+        """A model from `EngineConfig.clustering` (a `ClusteringConfig`) and the engine seed."""
+        params = {
+            "features": list(config.features) if config.features else None,
+            "sample_size": config.sample_size,
+            "min_cluster_size": config.min_cluster_size,
+            "min_samples": config.min_samples,
+            "cluster_selection_method": config.cluster_selection_method,
+            "pca_components": config.pca_components,
+            "max_noise_share": config.max_noise_share,
+            "n_neighbors": config.assigner_neighbors,
+            "min_confidence": config.min_confidence,
+            "random_state": random_state,
+        }
+        params.update(overrides)
+        return cls(**params)
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        X: pd.DataFrame,
+        y=None,
+        previous: ClusterModel | None = None,
+        previous_assignments: pd.DataFrame | None = None,
+    ) -> ClusterModel:
+        """Fit transforms and clusters on a sample of `X` (client_id + features).
+
+        previous: the model this one replaces; its segment ids are carried over to the
+        matching clusters. previous_assignments: optional (client_id, segment_id) frame of
+        the previous published membership, used for the overlap instead of re-assigning the
+        sample with `previous`.
+        """
+        self._check_params()
+        features = list(self.features) if self.features is not None else list(DEFAULT_FEATURES)
+        _check_frame(X, features)
+        if self.pca_components and self.pca_components > len(features):
+            raise ValueError(
+                f"pca_components={self.pca_components} exceeds the {len(features)} features"
+            )
+        # single-threaded BLAS/OpenMP: k-means and neighbour searches are several times faster
+        # than with oversubscribed threads on a shared machine
+        with threadpool_limits(1):
+            return self._fit(X, features, previous, previous_assignments)
+
+    def _fit(self, X, features, previous, previous_assignments) -> ClusterModel:
+        sample = _sample(X, self.sample_size, self.random_state)
+        self.feature_names_in_ = np.asarray(features, dtype=object)
+        self.sample_ids_ = sample[CLIENT_ID].astype(str).to_numpy()
+        self.pipeline_ = build_pipeline(features, self.clip, self.pca_components, self.random_state)
+        Z = self.pipeline_.fit_transform(sample)
+
+        labels, centers, info = self._cluster(Z)
+        self.sample_labels_ = labels
+        self.hdbscan_ = info.pop("hdbscan")
+        self.kmeans_ = info.pop("kmeans")
+        geometry = info.pop("geometry")
+        self.assigner_ = self._make_assigner(Z, labels, geometry, centers)
+        agreement = self._holdout_agreement(Z, labels, geometry, centers)
+
+        stability = self._name_segments(sample, labels, previous, previous_assignments)
+        sizes = pd.Series(labels).map(self.segment_ids_).fillna(NOISE_ID).value_counts()
+        self.metrics_ = {
+            **info,
+            "n_clusters": len(self.segment_ids_),
+            "noise_share": round(float(np.mean(labels == NOISE)), 4),
+            "sizes": {str(k): int(v) for k, v in sizes.sort_index().items()},
+            "sample_size": len(sample),
+            "assigner_agreement": agreement,
+            **stability,
+        }
+        return self
+
+    # -------------------------------------------------------------- predict
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Assign every client: client_id, cluster_id (-1 noise), segment_id, confidence, is_noise."""
+        self._check_fitted()
+        features = list(self.feature_names_in_)
+        _check_frame(X, features, require_rows=False)
+        ids = X[CLIENT_ID].reset_index(drop=True)
+        labels = np.empty(len(X), dtype=np.int64)
+        conf = np.empty(len(X))
+        step = 250_000
+        for start in range(0, len(X), step):
+            Z = self.pipeline_.transform(X.iloc[start : start + step])
+            result = self.assigner_.assign(Z)
+            labels[start : start + step] = result.labels
+            conf[start : start + step] = result.confidence
+        if self.min_confidence > 0:
+            weak = (labels >= 0) & (conf < self.min_confidence)
+            labels[weak] = NOISE
+            conf[weak] = np.minimum(conf[weak], NOISE_CONFIDENCE_MAX)
+        # label -> id lookup; the last slot (reached by -1) is noise
+        lookup = np.array([NOISE_ID] * (max(self.segment_ids_, default=-1) + 2), dtype=object)
+        for label, sid in self.segment_ids_.items():
+            lookup[label] = sid
+        segment = lookup[labels]
+        return pd.DataFrame(
+            {
+                CLIENT_ID: ids,
+                "cluster_id": labels,
+                "segment_id": segment,
+                "confidence": np.round(conf, 4),
+                "is_noise": labels == NOISE,
+            }
+        )
+
+    def segment_centers(self) -> pd.DataFrame:
+        """Each segment's profile medians, transformed into this model's scaled space."""
+        self._check_fitted()
+        return self._centers_in(self, self)
+
+    # ------------------------------------------------------------ internals
+    def _check_params(self) -> None:
+        if self.sample_size < 10:
+            raise ValueError(f"sample_size must be at least 10, got {self.sample_size}")
+        if self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
+        if self.cluster_selection_method not in ("eom", "leaf"):
+            raise ValueError(
+                "cluster_selection_method must be 'eom' or 'leaf', "
+                f"got {self.cluster_selection_method!r}"
+            )
+        if not 0 < self.max_noise_share <= 1:
+            raise ValueError(f"max_noise_share must be in (0, 1], got {self.max_noise_share}")
+        if self.features is not None and len(self.features) == 0:
+            raise ValueError("features must name at least one column")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "assigner_"):
+            raise RuntimeError("ClusterModel is not fitted: call fit() first")
+
+    def _cluster(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict]:
+        """HDBSCAN with the configured settings, then the fallbacks (module docstring)."""
+        n = len(Z)
+        attempts = [(self.min_cluster_size, self.min_samples, self.cluster_selection_method)]
+        attempts.append((max(5, self.min_cluster_size // 2), self.min_samples, "leaf"))
+        reason = None
+        for i, (mcs, ms, method) in enumerate(attempts):
+            fitted = self._fit_hdbscan(Z, mcs, ms, method)
+            problem = "hdbscan could not fit the sample" if fitted is None else None
+            problem = problem or self._degenerate(fitted.labels_)
+            if problem is None:
+                selection = method
+                if self.select_by_quality:
+                    fitted, selection = self._best_selection(fitted, Z, mcs, ms, method)
+                labels = fitted.labels_.astype(np.int64)
+                min_samples = min(ms or mcs, n)
+                geometry = hdbscan_geometry(
+                    Z, labels, fitted.condensed_tree_.to_numpy(), min_samples
+                )
+                return (
+                    labels,
+                    None,
+                    {
+                        "degenerate": i > 0,
+                        "degenerate_reason": reason,
+                        "fallback": None if i == 0 else "retry_leaf",
+                        "algorithm": "hdbscan",
+                        "min_cluster_size_used": mcs,
+                        "cluster_selection_method_used": fitted.cluster_selection_method,
+                        "selection": selection,
+                        "quality": _dbcv(fitted),
+                        "quality_metric": "dbcv",
+                        "hdbscan": fitted,
+                        "kmeans": None,
+                        "geometry": geometry,
+                    },
+                )
+            reason = reason or problem
+        return self._kmeans_fallback(Z, reason)
+
+    def _best_selection(self, fitted, Z: np.ndarray, mcs: int, ms: int | None, method: str):
+        """The other cluster selection on the same tree, kept if its DBCV is clearly higher.
+
+        Guards against eom's known under-segmentation (a few big clusters merging distinct
+        groups) and leaf's over-fragmentation; `metrics_["selection"]` records the choice.
+        """
+        other = "leaf" if method == "eom" else "eom"
+        alternative = _reselect(fitted, other, mcs)
+        if alternative is None:
+            alternative = self._fit_hdbscan(Z, mcs, ms, other)
+        if alternative is None or self._degenerate(alternative.labels_) is not None:
+            return fitted, method
+        mine, theirs = _dbcv(fitted), _dbcv(alternative)
+        if theirs is not None and (mine is None or theirs > mine + QUALITY_MARGIN):
+            return alternative, f"{other} (DBCV {theirs} > {method} {mine})"
+        return fitted, method
+
+    def _fit_hdbscan(self, Z: np.ndarray, mcs: int, ms: int | None, method: str):
+        n = len(Z)
+        if mcs > n // 2:
+            mcs = max(2, n // 4)
+        ms = None if ms is None else min(ms, n - 1)
+        if (ms or mcs) >= n:
+            return None
+        try:
+            return hdbscan.HDBSCAN(
+                min_cluster_size=mcs,
+                min_samples=ms,
+                cluster_selection_method=method,
+                gen_min_span_tree=True,
+                core_dist_n_jobs=1,
+            ).fit(Z)
+        except (ValueError, MemoryError):
+            return None
+
+    def _degenerate(self, labels: np.ndarray) -> str | None:
+        n_clusters = int(labels.max()) + 1 if labels.size else 0
+        noise = float(np.mean(labels == NOISE)) if labels.size else 1.0
+        if n_clusters < 2:
+            return f"{n_clusters} cluster(s) found"
+        if noise > self.max_noise_share:
+            return f"noise share {noise:.2f} above max_noise_share {self.max_noise_share:.2f}"
+        return None
+
+    def _kmeans_fallback(self, Z: np.ndarray, reason: str | None):
+        info: dict[str, Any] = {
+            "degenerate": True,
+            "degenerate_reason": reason,
+            "hdbscan": None,
+            "geometry": None,
+            "min_cluster_size_used": None,
+            "cluster_selection_method_used": None,
+        }
+        distinct = len(np.unique(np.round(Z, 9), axis=0))
+        if distinct < 3:
+            labels = np.zeros(len(Z), dtype=np.int64)
+            centers = Z.mean(axis=0, keepdims=True)
+            info.update(
+                fallback="single",
+                algorithm="single",
+                quality=None,
+                quality_metric=None,
+                kmeans=None,
+            )
+            return labels, centers, info
+        rng = np.random.default_rng(self.random_state)
+        pick = rng.choice(len(Z), size=min(len(Z), 5000), replace=False)
+        best = None
+        for k in range(2, min(8, distinct - 1) + 1):
+            km = KMeans(k, n_init=4, random_state=self.random_state).fit(Z)
+            sub = km.labels_[pick]
+            if len(np.unique(sub)) < 2:
+                continue
+            score = float(silhouette_score(Z[pick], sub, random_state=self.random_state))
+            if best is None or score > best[0] + 1e-9:
+                best = (score, km)
+        if best is None:
+            km = KMeans(2, n_init=4, random_state=self.random_state).fit(Z)
+            best = (float("nan"), km)
+        score, km = best
+        info.update(
+            fallback="kmeans",
+            algorithm="kmeans",
+            quality=round(score, 4) if np.isfinite(score) else None,
+            quality_metric="silhouette",
+            kmeans=km,
+        )
+        return km.labels_.astype(np.int64), km.cluster_centers_, info
+
+    def _make_assigner(self, Z, labels, geometry: ClusterGeometry | None, centers, scale=1.0):
+        if geometry is None:
+            return CentroidAssigner().fit(Z, labels, centers)
+        return NeighborAssigner(
+            n_neighbors=self.n_neighbors, n_jobs=self.n_jobs, random_state=self.random_state
+        ).fit(Z, labels, geometry, count_scale=scale)
+
+    def _holdout_agreement(self, Z, labels, geometry, centers) -> float | None:
+        """Agreement with the fitted labels of an assigner indexed on 80% of the sample."""
+        if not self.validate_assigner or len(Z) < 20:
+            return None
+        rng = np.random.default_rng(self.random_state + 1)
+        perm = rng.permutation(len(Z))
+        cut = int(len(Z) * 0.8)
+        train, test = perm[:cut], perm[cut:]
+        if geometry is None:
+            assigner = CentroidAssigner().fit(Z[train], labels[train], centers)
+        else:
+            sub = ClusterGeometry(
+                geometry.core_distances[train],
+                geometry.birth_distances,
+                geometry.densest_distances,
+                geometry.min_samples,
+            )
+            assigner = self._make_assigner(Z[train], labels[train], sub, None, cut / len(Z))
+        predicted = assigner.predict(Z[test])
+        return round(float(np.mean(predicted == labels[test])), 4)
+
+    def _name_segments(self, sample, labels, previous, previous_assignments) -> dict[str, Any]:
+        """Stable ids (matched to `previous`), names and profiles; returns stability metrics."""
+        features = list(self.feature_names_in_)
+        raw = sample[features].apply(pd.to_numeric, errors="coerce").astype(float)
+        cluster_profiles = profiles.cluster_profiles(raw, labels, features)
+        sample_labels = pd.Series(labels, index=self.sample_ids_)
+        stability: dict[str, Any] = {}
+        start = getattr(previous, "next_segment_number_", 1)
+        if previous is None and previous_assignments is None:
+            sizes = sample_labels[sample_labels >= 0].value_counts()
+            match = identity.fresh_ids(sizes, start)
+            kept_names: dict[str, str] = {}
+        else:
+            prev_ids = self._previous_ids(sample, previous, previous_assignments)
+            new_centers = self._label_centers(cluster_profiles)
+            prev_centers = self._centers_in(previous, self) if previous is not None else None
+            match = identity.match_segments(
+                prev_ids,
+                sample_labels,
+                prev_centers,
+                new_centers,
+                next_number=start,
+                previous_segments=_previous_segments(previous),
+            )
+            prev_names = dict(getattr(previous, "segment_names_", {}) or {})
+            kept_names = {sid: prev_names[sid] for sid in match.kept if sid in prev_names}
+            new_ids = sample_labels.map(match.ids).fillna(NOISE_ID)
+            stab = identity.stability(prev_ids, new_ids)
+            stability = {
+                "stability": stab["kept_share"],
+                "stability_ari": stab["ari"],
+                "stability_kept_share": stab["kept_share"],
+                "stability_shared_clients": stab["shared_clients"],
+                "segments_kept": match.kept,
+                "segments_new": match.new,
+                "segments_retired": match.retired,
+                "segment_match": {
+                    match.ids[k]: {"how": match.how[k], "score": match.score[k]} for k in match.ids
+                },
+            }
+        self.segment_ids_ = dict(sorted(match.ids.items()))
+        self.next_segment_number_ = match.next_number
+        fresh = {k: v for k, v in cluster_profiles.items() if match.ids[k] not in kept_names}
+        generated = profiles.name_profiles(fresh, taken=list(kept_names.values()))
+        self.segment_names_ = {}
+        self.profiles_ = {}
+        for label, sid in self.segment_ids_.items():
+            prof = cluster_profiles[label]
+            name = kept_names.get(sid) or generated[label]
+            self.segment_names_[sid] = name
+            self.profiles_[sid] = {
+                "segment_id": sid,
+                "cluster_id": int(label),
+                "name": name,
+                "description": profiles.describe(prof),
+                **prof,
+            }
+        self.profiles_[NOISE_ID] = {
+            "segment_id": NOISE_ID,
+            "cluster_id": NOISE,
+            **profiles.noise_profile(raw, labels),
+        }
+        self.segment_names_[NOISE_ID] = profiles.NOISE_NAME
+        return stability
+
+    def _previous_ids(self, sample, previous, previous_assignments) -> pd.Series:
+        if previous_assignments is not None:
+            missing = {CLIENT_ID, "segment_id"} - set(previous_assignments.columns)
+            if missing:
+                raise ValueError(f"previous_assignments lacks column(s) {sorted(missing)}")
+            frame = previous_assignments.drop_duplicates(CLIENT_ID, keep="last")
+            return pd.Series(
+                frame["segment_id"].to_numpy(), index=frame[CLIENT_ID].astype(str).to_numpy()
+            )
+        assigned = previous.predict(sample)
+        return pd.Series(assigned["segment_id"].to_numpy(), index=assigned[CLIENT_ID].to_numpy())
+
+    def _label_centers(self, cluster_profiles: dict[int, dict]) -> pd.DataFrame:
+        medians = pd.DataFrame({k: v["median"] for k, v in cluster_profiles.items()}).T
+        Z = self.pipeline_.transform(medians.reindex(columns=list(self.feature_names_in_)))
+        return pd.DataFrame(Z, index=medians.index)
+
+    @staticmethod
+    def _centers_in(source: ClusterModel, target: ClusterModel) -> pd.DataFrame:
+        """`source`'s segment medians transformed by `target`'s pipeline (missing -> imputed)."""
+        rows = {sid: p["median"] for sid, p in source.profiles_.items() if sid != NOISE_ID}
+        if not rows:
+            return pd.DataFrame()
+        medians = pd.DataFrame(rows).T.reindex(columns=list(target.feature_names_in_))
+        Z = target.pipeline_.transform(medians)
+        return pd.DataFrame(Z, index=medians.index)
+
+
+def _reselect(fitted, method: str, mcs: int):
+    """`fitted` with another cluster selection on its single-linkage tree (no refit), or None.
+
+    Uses hdbscan 0.8.x internals (`_tree_to_labels`, `_single_linkage_tree`); on any change
+    there it returns None and the caller refits instead.
+    """
+    try:
+        from hdbscan.hdbscan_ import _tree_to_labels
+
+        labels, probabilities, persistence, condensed, _ = _tree_to_labels(
+            None, fitted._single_linkage_tree, mcs, method
+        )
+        alternative = copy.copy(fitted)
+        alternative.labels_ = labels
+        alternative.probabilities_ = probabilities
+        alternative.cluster_persistence_ = persistence
+        alternative._condensed_tree = condensed
+        alternative._relative_validity = None
+        alternative._outlier_scores = None
+        alternative._prediction_data = None
+        alternative.cluster_selection_method = method
+        alternative.relative_validity_  # noqa: B018 - computed now, fails here if unsupported
+        return alternative
+    except Exception:
+        return None
+
+
+def _previous_segments(previous: ClusterModel | None) -> list[str] | None:
+    if previous is None:
+        return None
+    return [sid for sid in getattr(previous, "profiles_", {}) if sid != NOISE_ID]
+
+
+def _dbcv(fitted) -> float | None:
+    try:
+        value = float(fitted.relative_validity_)
+    except (AttributeError, ValueError, ZeroDivisionError, IndexError):
+        return None
+    return round(value, 4) if np.isfinite(value) else None
+
+
+def _check_frame(X: pd.DataFrame, features: list[str], require_rows: bool = True) -> None:
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(X).__name__}")
+    if CLIENT_ID not in X.columns:
+        raise ValueError(f"the feature frame has no {CLIENT_ID!r} column")
+    missing = [f for f in features if f not in X.columns]
+    if missing:
+        raise ValueError(f"the feature frame lacks feature column(s): {', '.join(missing)}")
+    if require_rows and len(X) == 0:
+        raise ValueError("the feature frame has no rows")
+    if X[CLIENT_ID].isna().any():
+        raise ValueError(f"{CLIENT_ID} has {int(X[CLIENT_ID].isna().sum())} null value(s)")
+    if require_rows and X[CLIENT_ID].duplicated().any():
+        dup = X.loc[X[CLIENT_ID].duplicated(), CLIENT_ID].iloc[0]
+        raise ValueError(f"{CLIENT_ID} is not unique (e.g. {dup!r})")
+
+
+def _numeric_block(X: pd.DataFrame, names: list[str]) -> np.ndarray:
+    _check_columns(X, names)
+    return X[names].to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _check_columns(X: pd.DataFrame, names: list[str]) -> None:
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(X).__name__}")
+    missing = [n for n in names if n not in X.columns]
+    if missing:
+        raise ValueError(f"missing feature column(s): {', '.join(missing)}")
+    bad = [
+        n
+        for n in names
+        if not (pd.api.types.is_numeric_dtype(X[n]) or pd.api.types.is_bool_dtype(X[n]))
+    ]
+    if bad:
+        raise ValueError(f"feature column(s) are not numeric: {', '.join(bad)}")
+
+
+def _sample(X: pd.DataFrame, size: int, random_state: int) -> pd.DataFrame:
+    """A sample independent of row order: clients sorted by id, then drawn with the seed."""
+    ordered = X.assign(**{CLIENT_ID: X[CLIENT_ID].astype(str)}).sort_values(
+        CLIENT_ID, kind="stable"
+    )
+    if len(ordered) <= size:
+        return ordered.reset_index(drop=True)
+    rng = np.random.default_rng(random_state)
+    pick = np.sort(rng.choice(len(ordered), size=size, replace=False))
+    return ordered.iloc[pick].reset_index(drop=True)

@@ -1,0 +1,225 @@
+"""Tests of ClusterModel: clusters found, assignment, guard rails and fallback, determinism, errors."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from segmentation.clustering import (
+    DEFAULT_FEATURES,
+    ClusterModel,
+    FeatureEncoder,
+    fill_value_rule,
+    is_log_feature,
+)
+from segmentation.config import ClusteringConfig
+from tests.segmentation.behavioral_data import make_behavioral_frame
+
+PREDICT_COLUMNS = ["client_id", "cluster_id", "segment_id", "confidence", "is_noise"]
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return make_behavioral_frame(3000, seed=1)
+
+
+@pytest.fixture(scope="module")
+def model(frame):
+    return ClusterModel(min_cluster_size=40).fit(frame)
+
+
+def test_finds_the_personas(frame, model):
+    pred = model.predict(frame)
+    assert model.metrics_["n_clusters"] >= 5
+    assert not model.metrics_["degenerate"] and model.metrics_["fallback"] is None
+    clustered = ~pred["is_noise"]
+    assert clustered.mean() > 0.8
+    ari = adjusted_rand_score(frame["persona"][clustered], pred["segment_id"][clustered])
+    assert ari >= 0.75
+
+
+def test_metrics(model):
+    m = model.metrics_
+    assert m["algorithm"] == "hdbscan" and m["quality_metric"] == "dbcv"
+    assert -1 <= m["quality"] <= 1
+    assert 0 <= m["noise_share"] <= model.max_noise_share
+    assert m["assigner_agreement"] >= 0.97
+    assert sum(m["sizes"].values()) == m["sample_size"] == 3000
+    assert set(m["sizes"]) == set(model.segment_ids_.values()) | {"noise"}
+
+
+def test_predict_output(frame, model):
+    pred = model.predict(frame)
+    assert list(pred.columns) == PREDICT_COLUMNS
+    assert pred["client_id"].tolist() == frame["client_id"].tolist()
+    assert pred["confidence"].between(0, 1).all()
+    noise = pred["is_noise"]
+    assert (pred.loc[noise, "segment_id"] == "noise").all()
+    assert (pred.loc[noise, "cluster_id"] == -1).all()
+    assert pred.loc[noise, "confidence"].max() <= 0.2
+    assert pred.loc[~noise, "confidence"].median() > 0.5
+    for label, sid in model.segment_ids_.items():
+        assert (pred.loc[pred["cluster_id"] == label, "segment_id"] == sid).all()
+    # the assigner reproduces the fitted labels of the sample clients themselves
+    sample = pd.Series(model.sample_labels_, index=model.sample_ids_)
+    assert (pred.set_index("client_id")["cluster_id"].loc[sample.index] == sample).mean() >= 0.97
+
+
+def test_stable_ids_and_names(model):
+    ids = list(model.segment_ids_.values())
+    assert ids == sorted(ids) or set(ids) == {f"C{i:03d}" for i in range(1, len(ids) + 1)}
+    assert set(ids) == {f"C{i:03d}" for i in range(1, len(ids) + 1)}
+    assert model.next_segment_number_ == len(ids) + 1
+    names = [model.segment_names_[s] for s in ids]
+    assert len(set(names)) == len(names)
+    assert model.profiles_["noise"]["name"] == "unclustered (noise)"
+
+
+def test_far_away_clients_are_noise(frame, model):
+    odd = frame.head(3).copy()
+    odd["client_id"] = ["x1", "x2", "x3"]
+    odd[["total_spend", "events_90d", "support_tickets_90d"]] = 1e9
+    odd["share_store"] = 1.0
+    odd[["share_web", "share_app", "share_email", "share_call_center"]] = 0.0
+    pred = model.predict(odd)
+    assert pred["is_noise"].all()
+    assert (pred["confidence"] <= 0.2).all()
+
+
+def test_sample_size_is_respected_and_all_clients_assigned(frame):
+    m = ClusterModel(sample_size=1500, min_cluster_size=30).fit(frame)
+    assert len(m.sample_ids_) == 1500 and m.metrics_["sample_size"] == 1500
+    pred = m.predict(frame)
+    assert len(pred) == len(frame)
+    outside = ~frame["client_id"].isin(m.sample_ids_)
+    assert outside.sum() == 1500
+    assert (~pred.loc[outside.to_numpy(), "is_noise"]).mean() > 0.8
+
+
+def test_deterministic_and_independent_of_row_order(frame, model):
+    again = ClusterModel(min_cluster_size=40).fit(frame.sample(frac=1.0, random_state=9))
+    assert np.array_equal(again.sample_ids_, model.sample_ids_)
+    assert np.array_equal(again.sample_labels_, model.sample_labels_)
+    assert again.segment_names_ == model.segment_names_
+    pd.testing.assert_frame_equal(again.predict(frame), model.predict(frame))
+
+
+def test_pickle_round_trip(frame, model):
+    restored = pickle.loads(pickle.dumps(model))
+    pd.testing.assert_frame_equal(restored.predict(frame.head(500)), model.predict(frame.head(500)))
+
+
+def test_degenerate_single_blob_is_flagged_and_falls_back():
+    rng = np.random.default_rng(4)
+    blob = pd.DataFrame(rng.normal(0, 1, size=(1500, 4)), columns=list("abcd"))
+    blob.insert(0, "client_id", [f"k{i}" for i in range(1500)])
+    m = ClusterModel(features=list("abcd"), min_cluster_size=40, max_noise_share=0.1).fit(blob)
+    assert m.metrics_["degenerate"] is True
+    assert m.metrics_["degenerate_reason"]
+    assert m.metrics_["fallback"] in ("retry_leaf", "kmeans")
+    assert m.metrics_["n_clusters"] >= 2
+    pred = m.predict(blob)
+    assert pred["is_noise"].mean() <= 0.1
+
+
+def test_uniform_noise_falls_back_to_kmeans():
+    rng = np.random.default_rng(5)
+    uniform = pd.DataFrame(rng.uniform(0, 1, size=(1200, 3)), columns=list("abc"))
+    uniform.insert(0, "client_id", [f"u{i}" for i in range(1200)])
+    m = ClusterModel(features=list("abc"), min_cluster_size=30, max_noise_share=0.02).fit(uniform)
+    assert m.metrics_["degenerate"] is True
+    assert m.metrics_["fallback"] == "kmeans"
+    assert m.metrics_["algorithm"] == "kmeans" and m.metrics_["quality_metric"] == "silhouette"
+    assert m.hdbscan_ is None and m.kmeans_ is not None
+    assert 2 <= m.metrics_["n_clusters"] <= 8
+    pred = m.predict(uniform)
+    assert pred["is_noise"].mean() < 0.05  # never "everything is noise"
+    assert m.metrics_["assigner_agreement"] >= 0.97
+
+
+def test_identical_clients_get_a_single_segment():
+    same = pd.DataFrame({"client_id": [f"s{i}" for i in range(100)], "a": 1.0, "b": 2.0})
+    m = ClusterModel(features=["a", "b"], min_cluster_size=10).fit(same)
+    assert m.metrics_["fallback"] == "single" and m.metrics_["n_clusters"] == 1
+    assert not m.predict(same)["is_noise"].any()
+
+
+def test_nulls_are_imputed(frame):
+    holes = frame.copy()
+    holes.loc[holes.index[::3], "sentiment_mean"] = np.nan
+    holes.loc[holes.index[::5], "n_purchases"] = np.nan
+    holes.loc[holes.index[::7], "channel_entropy"] = np.nan
+    m = ClusterModel(min_cluster_size=40, validate_assigner=False).fit(holes)
+    pred = m.predict(holes)
+    assert pred["confidence"].notna().all()
+    encoder = m.pipeline_.named_steps["encode"]
+    fills = dict(zip(encoder.feature_names_in_, encoder.fill_values_, strict=True))
+    assert fills["sentiment_mean"] == 0 and fills["n_purchases"] == 0
+    assert fills["channel_entropy"] == pytest.approx(holes["channel_entropy"].median())
+
+
+def test_feature_rules():
+    assert is_log_feature("total_spend") and is_log_feature("events_90d")
+    assert is_log_feature("recency_days") and is_log_feature("shares")
+    assert not is_log_feature("share_app") and not is_log_feature("spend_momentum")
+    assert not is_log_feature("cart_abandon_rate_90d") and not is_log_feature("sentiment_mean")
+    assert fill_value_rule("support_tickets_90d") == "zero"
+    assert fill_value_rule("sentiment_mean") == "zero"
+    assert fill_value_rule("channel_entropy") == "median"
+    enc = FeatureEncoder(["n_purchases", "share_app"]).fit(
+        pd.DataFrame({"n_purchases": [0.0, 3.0, -1.0], "share_app": [0.1, 0.5, 0.9]})
+    )
+    out = enc.transform(pd.DataFrame({"n_purchases": [np.nan, 3.0, -1.0], "share_app": [0.2] * 3}))
+    assert out[:, 0].tolist() == [0.0, np.log1p(3.0), 0.0]
+    assert out[:, 1].tolist() == [0.2] * 3
+
+
+def test_pca_option(frame):
+    m = ClusterModel(min_cluster_size=40, pca_components=6, validate_assigner=False).fit(frame)
+    assert m.assigner_.n_features_in_ == 6
+    assert len(m.predict(frame.head(10))) == 10
+
+
+def test_from_config():
+    cfg = ClusteringConfig(sample_size=5000, min_cluster_size=25, assigner_neighbors=7)
+    m = ClusterModel.from_config(cfg, random_state=3)
+    assert (m.sample_size, m.min_cluster_size, m.n_neighbors, m.random_state) == (5000, 25, 7, 3)
+    assert m.features is None
+
+
+def test_default_features_are_the_documented_subset():
+    assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 26
+    assert {"total_spend", "share_app", "cart_abandon_rate_90d", "sentiment_mean"} <= set(
+        DEFAULT_FEATURES
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["client_id"]), "no 'client_id' column"),
+        (lambda f: f.drop(columns=["total_spend", "reviews"]), "total_spend, reviews"),
+        (lambda f: f.assign(client_id="same"), "not unique"),
+        (lambda f: f.assign(share_app="high"), "not numeric: share_app"),
+        (lambda f: f.iloc[:0], "no rows"),
+    ],
+)
+def test_bad_input_is_named(frame, change, message):
+    with pytest.raises(ValueError, match=message):
+        ClusterModel(min_cluster_size=40).fit(change(frame.head(300)))
+
+
+def test_bad_params_and_unfitted_use():
+    small = make_behavioral_frame(200, seed=2)
+    with pytest.raises(ValueError, match="cluster_selection_method"):
+        ClusterModel(cluster_selection_method="best").fit(small)
+    with pytest.raises(ValueError, match="max_noise_share"):
+        ClusterModel(max_noise_share=0).fit(small)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ClusterModel().predict(small)
+    with pytest.raises(ValueError, match="lacks feature column"):
+        ClusterModel(min_cluster_size=10, validate_assigner=False).fit(small).predict(
+            small.drop(columns=["tenure_days"])
+        )
