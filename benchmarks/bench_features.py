@@ -1,0 +1,207 @@
+"""Benchmark of the feature build on generated events: speed against a bare DuckDB scan, and memory.
+
+    python benchmarks/bench_features.py --events 20000000 [--workdir /tmp/bench-features]
+
+Generates (or reuses) a dataset of about `--events` events with `features.generator.write_dataset`
+(falling back to a numpy synthetic of the contract shape if the generator is missing), then in one
+process and one run: the bare scan `SELECT client_id, count(*) FROM read_parquet(...) GROUP BY 1`,
+the load (a plain CREATE TABLE AS over the Parquet files, or with --validate
+`features.events.load_events` with its checks), and the feature build, each timed,
+with the build's events/s, its ratio to the bare scan, the time of each build step, and the
+process's peak resident memory. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.build import _TEMP_PREFIX, _Plan, build_features
+from features.events import load_events, load_taxonomy
+from segmentation.config import FeaturesConfig
+
+END = date(2025, 6, 30)
+DAYS = 730
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000_000)
+    parser.add_argument("--workdir", default="/tmp/bench-features")
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 2GB")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="load with features.events.load_events (validation, quarantine) instead of a plain"
+        " CREATE TABLE AS over read_parquet",
+    )
+    args = parser.parse_args(argv)
+
+    data = prepare_data(Path(args.workdir), args.events)
+    glob = str(data / "events" / "*.parquet")
+    con = duckdb.connect()
+    if args.memory_limit:
+        con.execute(f"SET memory_limit = '{args.memory_limit}'")
+    t0 = time.perf_counter()
+    clients = con.sql(
+        f"SELECT client_id, count(*) FROM read_parquet('{glob}') GROUP BY 1"
+    ).to_arrow_table()
+    bare = time.perf_counter() - t0
+
+    load_peak = _PeakRss()
+    t0 = time.perf_counter()
+    if args.validate:
+        load_events(con, data / "events", future_tolerance_hours=24 * 365 * 10)
+    else:
+        _plain_load(con, glob)
+    load = time.perf_counter() - t0
+    load_peak.stop()
+    n_events = con.sql("SELECT count(*) FROM events").fetchall()[0][0]
+
+    build_peak = _PeakRss()
+    t0 = time.perf_counter()
+    table = build_features(con, END, shards=args.shards)
+    build = time.perf_counter() - t0
+    build_peak.stop()
+
+    steps = _step_times(con)
+    result = {
+        "events": n_events,
+        "clients": clients.num_rows,
+        "feature_rows": table.num_rows,
+        "feature_columns": table.num_columns,
+        "bare_scan_s": round(bare, 2),
+        "load_s": round(load, 2),
+        "build_s": round(build, 2),
+        "build_events_per_s": round(n_events / build),
+        "ratio_build_to_bare": round(build / bare, 1),
+        "ratio_load_plus_build_to_bare": round((load + build) / bare, 1),
+        "load": "load_events" if args.validate else "create table as read_parquet",
+        "rss_before_build_gb": round(build_peak.start / 1024**3, 2),
+        "peak_rss_during_build_gb": round(build_peak.peak / 1024**3, 2),
+        "peak_rss_process_gb": round(_maxrss_gb(), 2),
+        "build_steps_s": steps,
+        "shards": args.shards,
+        "data": str(data),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def prepare_data(workdir: Path, n_events: int) -> Path:
+    """A dataset of about n_events events under workdir (reused when already there)."""
+    data = workdir / f"events-{n_events}"
+    if (data / "events").exists():
+        return data
+    try:
+        from features.generator import generate, write_dataset
+    except ImportError:  # the generator is not there: a numpy synthetic of the contract shape
+        _synthetic(data / "events", n_events)
+        return data
+    pilot, _ = generate(clients=2000, days=DAYS, end=END, seed=1)
+    clients = max(1, round(n_events / (pilot.num_rows / 2000)))
+    write_dataset(data, clients=clients, days=DAYS, end=END, seed=42, overwrite=True)
+    return data
+
+
+def _synthetic(out: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    types = np.array(
+        ["page_view", "product_view", "search", "add_to_cart", "checkout_start", "purchase",
+         "login", "support_ticket", "return", "refund", "review", "referral", "share"]
+    )  # fmt: skip
+    weights = np.array([30, 25, 10, 6, 3, 3, 12, 2, 1, 0.5, 1, 0.3, 1.0])
+    clients = n // 43
+    out.mkdir(parents=True, exist_ok=True)
+    kind = rng.choice(len(types), n, p=weights / weights.sum())
+    money = np.isin(types[kind], ["purchase", "return", "refund"])
+    table = pa.table(
+        {
+            "client_id": np.char.add("c", rng.integers(0, clients, n).astype(str)),
+            "event_time": (
+                np.datetime64(f"{END}T23:59:59", "s") - rng.integers(0, DAYS * 86400, n)
+            ),
+            "event_type": types[kind],
+            "channel": rng.choice(["web", "app", "email", "store"], n),
+            "amount": np.where(money, rng.gamma(2, 30, n), np.nan),
+            "category": rng.choice([f"cat{i}" for i in range(12)], n),
+            "sentiment": np.where(rng.random(n) < 0.05, rng.uniform(-1, 1, n), np.nan),
+        }
+    )
+    pq.write_table(table, out / "part-00000.parquet", row_group_size=1_000_000)
+
+
+def _plain_load(con: duckdb.DuckDBPyConnection, glob: str) -> None:
+    """The events table straight from Parquet (stage from the default taxonomy), no checks."""
+    stage_of = load_taxonomy().stage_of
+    cases = " ".join(f"WHEN '{t}' THEN '{s}'" for t, s in stage_of.items())
+    con.execute(
+        f"""CREATE OR REPLACE TABLE events AS
+        SELECT client_id, CAST(event_time AS TIMESTAMP) AS event_time, event_type,
+               CASE event_type {cases} ELSE 'other' END AS stage, channel,
+               CAST(amount AS DOUBLE) AS amount, category, CAST(sentiment AS DOUBLE) AS sentiment,
+               CAST(event_id AS VARCHAR) AS event_id
+        FROM read_parquet('{glob}')"""
+    )
+
+
+def _step_times(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
+    """Time each build step once more, to show where the time goes."""
+    plan = _Plan(END, FeaturesConfig(), "events", 0, 1)
+    steps = {}
+    try:
+        for name, sql in plan.pieces():
+            t0 = time.perf_counter()
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
+            steps[name] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        con.sql(plan.final_sql()).to_arrow_table()
+        steps["per_client"] = round(time.perf_counter() - t0, 2)
+    finally:
+        for name, _ in plan.pieces():
+            con.execute(f"DROP TABLE IF EXISTS {_TEMP_PREFIX}{name}")
+    return steps
+
+
+def _maxrss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+class _PeakRss:
+    """Samples the process's resident memory every 50 ms until stopped."""
+
+    def __init__(self) -> None:
+        self.start = self._rss()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.05)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""Tests of the point-in-time feature build: leakage, an independent pandas recomputation,
+shard equality, schema stability and edge cases."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from features.build import (
+    FeatureBuildError,
+    btyd_frame,
+    build_features,
+    build_features_shard,
+    purchase_log,
+    write_features,
+)
+from features.catalog import CHANNELS, feature_names, feature_schema
+from features.events import EVENT_SCHEMA, day_end, load_taxonomy
+from segmentation.config import FeaturesConfig
+
+AS_OF = date(2025, 3, 31)
+END = day_end(AS_OF)
+TYPES = [
+    "page_view", "ad_click", "product_view", "search", "add_to_cart", "checkout_start",
+    "purchase", "purchase", "login", "support_ticket", "return", "refund", "review",
+    "referral", "share", "email_open", "mystery_event",
+]  # fmt: skip
+CATEGORIES = ["shoes", "bags", "hats", "coats"]
+# Names other modules rely on (HELPERS.md); they must exist whatever the config.
+CONTRACT_NAMES = [
+    "recency_days",
+    "days_since_last_purchase",
+    "tenure_days",
+    "n_events",
+    "n_purchases",
+    "purchase_days",
+    "frequency",
+    "recency",
+    "T",
+    "monetary_value",
+    "has_purchased",
+    "total_spend",
+    "avg_order_value",
+    "n_returns",
+    "n_refunds",
+    "events_30d",
+    "events_90d",
+    "active_days_30d",
+    "active_days_90d",
+    "purchases_90d",
+    "spend_90d",
+    "activity_momentum",
+    "spend_momentum",
+    "furthest_stage",
+    "current_stage",
+    "furthest_stage_rank",
+    "current_stage_rank",
+    "days_since_stage_advance",
+    "carts_abandoned_90d",
+    "checkouts_abandoned_90d",
+    "cart_abandon_rate_90d",
+    "checkout_abandon_rate_90d",
+    "support_tickets_90d",
+    "returns_90d",
+    "sentiment_mean",
+    "sentiment_last",
+    "sentiment_trend",
+    "preferred_channel",
+    "channel_entropy",
+    "share_web",
+    "share_app",
+    "share_email",
+    "share_messenger",
+    "share_social",
+    "share_store",
+    "share_call_center",
+    "dominant_category_recent",
+    "dominant_category_before",
+    "intent_shift",
+    "reviews",
+    "referrals",
+    "shares",
+    "return_gap_days",
+]
+
+
+def random_events(n_clients: int = 40, n_events: int = 2500, seed: int = 7) -> pd.DataFrame:
+    """Events of the contract shape over 200 days, some after the as-of date."""
+    rng = np.random.default_rng(seed)
+    start = datetime(2024, 9, 20)
+    seconds = rng.integers(0, 200 * 86400, n_events)
+    types = rng.choice(TYPES, n_events)
+    amount = np.where(
+        np.isin(types, ["purchase", "return", "refund"]), rng.gamma(2, 20, n_events), np.nan
+    )
+    amount[rng.random(n_events) < 0.05] = np.nan  # some purchases without an amount
+    sentiment = np.where(rng.random(n_events) < 0.15, rng.uniform(-1, 1, n_events), np.nan)
+    channels = np.array([*CHANNELS, "kiosk", None], dtype=object)
+    frame = pd.DataFrame(
+        {
+            "client_id": [f"c{i:03d}" for i in rng.integers(0, n_clients, n_events)],
+            "event_time": [start + timedelta(seconds=int(s)) for s in seconds],
+            "event_type": types,
+            "channel": rng.choice(
+                channels, n_events, p=[0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.03, 0.02]
+            ),
+            "amount": amount,
+            "category": rng.choice(np.array([*CATEGORIES, None], dtype=object), n_events),
+            "sentiment": sentiment,
+        }
+    )
+    # A few exact-time ties, and a cart followed by a purchase at the same instant.
+    frame.loc[1, "event_time"] = frame.loc[0, "event_time"]
+    frame.loc[1, "client_id"] = frame.loc[0, "client_id"]
+    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
+    return frame
+
+
+def make_events(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, table: str = "events") -> None:
+    """Create an events table of the normalized contract from a frame (stage from the taxonomy)."""
+    taxonomy = load_taxonomy()
+    frame = frame.assign(stage=frame["event_type"].map(taxonomy.stage))
+    frame = frame[list(EVENT_SCHEMA)]
+    casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in EVENT_SCHEMA.items())
+    con.register("_frame", frame)
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {casts} FROM _frame")
+    con.unregister("_frame")
+
+
+@pytest.fixture(scope="module")
+def events() -> pd.DataFrame:
+    return random_events()
+
+
+@pytest.fixture(scope="module")
+def built(events: pd.DataFrame) -> tuple[pa.Table, pd.DataFrame]:
+    con = duckdb.connect()
+    make_events(con, events)
+    table = build_features(con, AS_OF)
+    return table, table.to_pandas().set_index("client_id")
+
+
+def test_future_events_change_nothing(events: pd.DataFrame, built) -> None:
+    table, _ = built
+    rng = np.random.default_rng(1)
+    future = random_events(n_clients=50, n_events=600, seed=3)  # existing and new clients
+    future["event_time"] = [
+        END + timedelta(seconds=int(s)) for s in rng.integers(0, 60 * 86400, 600)
+    ]
+    future["event_id"] = [f"f{i}" for i in range(len(future))]
+    con = duckdb.connect()
+    make_events(con, pd.concat([events, future], ignore_index=True))
+    again = build_features(con, AS_OF)
+    assert again.equals(table)
+
+
+def test_clients_with_only_future_events_are_absent(events: pd.DataFrame, built) -> None:
+    _, frame = built
+    past = events[events["event_time"] < END]
+    future_only = set(events["client_id"]) - set(past["client_id"])
+    con = duckdb.connect()
+    extra = events.iloc[:3].assign(
+        client_id="zz_future", event_time=END, event_id=["x1", "x2", "x3"]
+    )
+    make_events(con, pd.concat([events, extra], ignore_index=True))
+    ids = set(build_features(con, AS_OF).column("client_id").to_pylist())
+    assert "zz_future" not in ids
+    assert ids == set(past["client_id"]) and not future_only & ids
+    assert list(frame.index) == sorted(frame.index)
+
+
+def test_independent_pandas_recomputation(events: pd.DataFrame, built) -> None:
+    _, got = built
+    cfg = FeaturesConfig()
+    want = pandas_features(events, AS_OF, cfg)
+    assert sorted(want.index) == list(got.index)
+    for col in want.columns:
+        expected, actual = want[col], got.loc[want.index, col]
+        if not pd.api.types.is_numeric_dtype(expected):
+            assert (expected.fillna("<null>") == actual.fillna("<null>")).all(), col
+        else:
+            np.testing.assert_allclose(
+                actual.astype(float),
+                expected.astype(float),
+                rtol=1e-9,
+                atol=1e-4,
+                err_msg=col,  # money in micro-units
+            )
+
+
+def test_shards_give_the_same_table(events: pd.DataFrame, built) -> None:
+    table, _ = built
+    con = duckdb.connect()
+    make_events(con, events)
+    for shards in (2, 3, 5):
+        assert build_features(con, AS_OF, shards=shards).equals(table)
+    parts = [build_features_shard(con, AS_OF, None, k, 3, "events") for k in range(3)]
+    assert sum(p.num_rows for p in parts) == table.num_rows
+    assert all(p.num_rows > 0 for p in parts)
+
+
+def test_schema_and_column_order_are_stable(built) -> None:
+    table, _ = built
+    assert table.schema.equals(feature_schema())
+    assert table.column_names == feature_names()
+    assert table.column_names[0] == "client_id"
+    assert len(set(table.column_names)) == table.num_columns <= 150
+    assert set(CONTRACT_NAMES) <= set(table.column_names)
+    for name in CONTRACT_NAMES:
+        if name not in {
+            "furthest_stage",
+            "current_stage",
+            "preferred_channel",
+        } and not name.startswith("dominant_category"):
+            assert pa.types.is_integer(table.schema.field(name).type) or pa.types.is_floating(
+                table.schema.field(name).type
+            ), name
+
+
+def test_required_windows_exist_whatever_the_config(events: pd.DataFrame) -> None:
+    cfg = FeaturesConfig(windows_days=(14,), momentum_days=10, intent_days=20, abandonment_days=1)
+    con = duckdb.connect()
+    make_events(con, events)
+    table = build_features(con, AS_OF, cfg)
+    assert table.schema.equals(feature_schema(cfg))
+    assert {"events_14d", "events_30d", "events_90d", "spend_90d"} <= set(table.column_names)
+    want = pandas_features(events, AS_OF, cfg)
+    got = table.to_pandas().set_index("client_id")
+    for col in ("activity_momentum", "intent_shift", "carts_abandoned_90d", "events_14d"):
+        np.testing.assert_allclose(got[col].astype(float), want[col].astype(float), err_msg=col)
+
+
+def test_empty_input_gives_an_empty_table_with_the_schema(events: pd.DataFrame) -> None:
+    con = duckdb.connect()
+    make_events(con, events.iloc[:0])
+    table = build_features(con, AS_OF)
+    assert table.num_rows == 0 and table.schema.equals(feature_schema())
+    make_events(con, events)
+    early = build_features(con, date(2020, 1, 1))  # before every event
+    assert early.num_rows == 0 and early.schema.equals(feature_schema())
+
+
+def test_a_change_of_behavior_moves_the_features() -> None:
+    rows = []
+    for d in range(120):  # steady shoes buyer, then switches to hats in the last 30 days
+        when = datetime(2025, 1, 1) + timedelta(days=d, hours=12)
+        category = "hats" if d >= 90 else "shoes"
+        rows.append(("a", when, "product_view", "web", None, category, None))
+        if d % 10 == 0:
+            rows.append(("a", when, "purchase", "web", 10.0, category, None))
+    frame = pd.DataFrame(
+        rows, columns=[*list(EVENT_SCHEMA)[:3], "channel", "amount", "category", "sentiment"]
+    )
+    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
+    con = duckdb.connect()
+    make_events(con, frame)
+    before = build_features(con, date(2025, 3, 31)).to_pylist()[0]
+    after = build_features(con, date(2025, 4, 30)).to_pylist()[0]
+    assert before["intent_shift"] == pytest.approx(0.0)
+    assert after["intent_shift"] == pytest.approx(1.0)
+    assert before["dominant_category_recent"] == "shoes"
+    assert (
+        after["dominant_category_recent"] == "hats" and after["dominant_category_before"] == "shoes"
+    )
+    quiet = build_features(con, date(2025, 6, 15)).to_pylist()[0]  # 46 days without events
+    assert quiet["activity_momentum"] == pytest.approx(-1.0)
+    assert quiet["return_gap_days"] is None
+
+
+def test_btyd_frame_and_purchase_log(events: pd.DataFrame, built) -> None:
+    table, frame = built
+    btyd = btyd_frame(table)
+    assert list(btyd.columns) == ["client_id", "frequency", "recency", "T", "monetary_value"]
+    assert len(btyd) == int(frame["has_purchased"].sum())
+    assert (btyd["recency"] < btyd["T"]).all() and (btyd["frequency"] >= 0).all()
+    assert len(btyd_frame(table, purchasers_only=False)) == table.num_rows
+    con = duckdb.connect()
+    make_events(con, events)
+    log = purchase_log(con, AS_OF)
+    assert list(log.columns) == ["client_id", "event_time", "amount"]
+    assert (log["event_time"] < END).all()
+    assert (
+        log.groupby("client_id").size().to_dict()
+        == frame.loc[frame["n_purchases"] > 0, "n_purchases"].to_dict()
+    )
+
+
+def test_write_features_round_trips(built, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    table, _ = built
+    path = write_features(table, tmp_path / "out" / "features.parquet")
+    assert pq.read_table(path).equals(table)
+
+
+def test_bad_input_is_named(events: pd.DataFrame) -> None:
+    con = duckdb.connect()
+    with pytest.raises(FeatureBuildError, match="not found"):
+        build_features(con, AS_OF)
+    con.execute("CREATE TABLE thin AS SELECT 'a' AS client_id")
+    with pytest.raises(FeatureBuildError, match="event_time"):
+        build_features(con, AS_OF, events_table="thin")
+    with pytest.raises(FeatureBuildError, match="plain table name"):
+        build_features(con, AS_OF, events_table="x; DROP TABLE y")
+    make_events(con, events)
+    with pytest.raises(FeatureBuildError, match="shards"):
+        build_features(con, AS_OF, shards=0)
+    with pytest.raises(FeatureBuildError, match="shard must be"):
+        build_features_shard(con, AS_OF, None, 3, 3)
+    with pytest.raises(FeatureBuildError, match="as_of"):
+        build_features(con, "2025-03-31")  # type: ignore[arg-type]
+
+
+# --- the independent recomputation, in plain pandas, one client at a time -------------------
+
+
+def pandas_features(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> pd.DataFrame:
+    end = pd.Timestamp(day_end(as_of))
+    day = pd.Timedelta(days=1)
+    ev = events[events["event_time"] < end].copy()
+    ev["event_time"] = pd.to_datetime(ev["event_time"])
+    out = {}
+    for client, g in ev.groupby("client_id"):
+        row: dict[str, object] = {}
+        row["recency_days"] = (end - g["event_time"].max()) / day
+        row["tenure_days"] = (end - g["event_time"].min()) / day
+        recent = g[g["event_time"] >= end - 30 * day]
+        row["events_30d"] = len(recent)
+        row["active_days_30d"] = recent["event_time"].dt.normalize().nunique()
+        w = cfg.windows_days[0]
+        row[f"events_{w}d"] = int((g["event_time"] >= end - w * day).sum())
+        p = g[g["event_type"] == "purchase"]
+        pdays = p.assign(d=p["event_time"].dt.normalize()).groupby("d")["amount"].sum(min_count=0)
+        pdays = pdays.fillna(0.0).sort_index()
+        row["frequency"] = max(len(pdays) - 1, 0)
+        row["recency"] = (pdays.index[-1] - pdays.index[0]) / day if len(pdays) else 0.0
+        row["T"] = (end - pdays.index[0]) / day if len(pdays) else 0.0
+        row["monetary_value"] = pdays.iloc[1:].mean() if len(pdays) > 1 else 0.0
+        row["total_spend"] = p["amount"].sum()
+        row["days_since_last_purchase"] = (end - p["event_time"].max()) / day if len(p) else np.nan
+        row["spend_90d"] = p.loc[p["event_time"] >= end - 90 * day, "amount"].sum()
+
+        def momentum(frame: pd.DataFrame, value: str | None) -> float:
+            m = cfg.momentum_days * day
+            r_rows = frame[frame["event_time"] >= end - m]
+            p_rows = frame[(frame["event_time"] >= end - 2 * m) & (frame["event_time"] < end - m)]
+            r = len(r_rows) if value is None else r_rows[value].sum()
+            q = len(p_rows) if value is None else p_rows[value].sum()
+            return 0.0 if r + q == 0 else (r - q) / (r + q)
+
+        row["activity_momentum"] = momentum(g, None)
+        row["spend_momentum"] = momentum(p, "amount")
+        # Cart abandonment: the first purchase at or after the cart, within the deadline.
+        a = cfg.abandonment_days * day
+        carts = g[(g["event_type"] == "add_to_cart") & (g["event_time"] >= end - 90 * day)]
+        abandoned = converted = 0
+        for t in carts["event_time"]:
+            later = p.loc[p["event_time"] >= t, "event_time"]
+            if len(later) and later.min() <= t + a:
+                converted += 1
+            elif t + a <= end:
+                abandoned += 1
+        row["carts_abandoned_90d"] = abandoned
+        row["cart_abandon_rate_90d"] = (
+            abandoned / (abandoned + converted) if abandoned + converted else np.nan
+        )
+        # Channel mix over known channels, unknown ones as "other", null excluded.
+        ch = g["channel"].dropna().map(lambda c: c if c in CHANNELS else "other")
+        shares = ch.value_counts(normalize=True)
+        row["channel_entropy"] = float(-(shares * np.log2(shares)).sum()) if len(ch) else np.nan
+        row["share_web"] = shares.get("web", 0.0) if len(ch) else np.nan
+        counts = ch.value_counts()
+        top = sorted(c for c in counts.index if counts[c] == counts.max()) if len(ch) else [None]
+        row["preferred_channel"] = top[0]
+        # Intent: category distributions of the last I days and the I days before.
+        i = cfg.intent_days * day
+        cats = g.dropna(subset=["category"])
+        now = cats.loc[cats["event_time"] >= end - i, "category"].value_counts()
+        then = cats.loc[
+            (cats["event_time"] >= end - 2 * i) & (cats["event_time"] < end - i), "category"
+        ]
+        then = then.value_counts()
+        if len(now) and len(then):
+            keys = sorted(set(now.index) | set(then.index))
+            row["intent_shift"] = jensenshannon(
+                now.reindex(keys, fill_value=0).to_numpy(float),
+                then.reindex(keys, fill_value=0).to_numpy(float),
+                base=2,
+            )
+        else:
+            row["intent_shift"] = np.nan
+        row["dominant_category_recent"] = min(now.index[now == now.max()]) if len(now) else None
+        s = g.dropna(subset=["sentiment"]).sort_values(["event_time", "sentiment"])
+        row["sentiment_mean"] = s["sentiment"].mean() if len(s) else np.nan
+        row["sentiment_last"] = s["sentiment"].iloc[-1] if len(s) else np.nan
+        row["sentiment_trend"] = (
+            np.nan
+            if not len(s)
+            else 0.0
+            if len(s) == 1
+            else s["sentiment"].iloc[-1] - s["sentiment"].iloc[:-1].mean()
+        )
+        out[client] = row
+    return pd.DataFrame.from_dict(out, orient="index")
