@@ -158,60 +158,37 @@ def load_events(
 
     Timestamps are converted to naive UTC (a naive input means UTC). A row later than `now`
     plus the tolerance is quarantined as a future event. Raises EventContractError when the
-    input or a required column is missing.
+    input, or a required column in any of its files, is missing.
+
+    Two scans of the input: one typed pass keeps the valid rows (raw text is never built for
+    them), and a second pass keeps the raw text of the rejected rows only. Deduplication
+    sorts only the rows whose event_id occurs more than once.
     """
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
     reader = _reader_sql(kind, files)
     columns = _describe(con, reader)
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise EventContractError(
-            f"events at {path}: missing required column(s) {', '.join(missing)}"
-            f" (found: {', '.join(columns) or 'none'})"
-        )
+    _check_required(con, kind, files, columns, path)
     now = now or datetime.now(UTC)
     cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
 
-    con.execute("CREATE OR REPLACE TEMP TABLE _taxonomy (event_type VARCHAR, stage VARCHAR)")
-    if taxonomy.stage_of:
-        con.executemany("INSERT INTO _taxonomy VALUES (?, ?)", list(taxonomy.stage_of.items()))
-
-    parsed = _parse_sql(columns, reader)
+    typed = _typed_sql(columns, reader)
+    reason = _reason_sql(columns, cutoff)
+    stage = _stage_sql(taxonomy)
+    select_cols = ", ".join(c if c != "stage" else f"{stage} AS stage" for c in EVENT_SCHEMA)
     con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _parsed AS
-        SELECT *, {_reason_sql()} AS reason
-        FROM ({parsed}) AS p
-        """,
-        [cutoff],
+        f"CREATE OR REPLACE TABLE {events_table} AS"
+        f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
     )
-    raw_cols = ", ".join(f"raw_{c} AS {c}" for c in CONTRACT_COLUMNS)
+    raw_cols = ", ".join(_raw_sql(c, columns) for c in CONTRACT_COLUMNS)
     con.execute(
-        f"""
-        CREATE OR REPLACE TABLE {quarantine_table} AS
-        SELECT reason, {raw_cols}, source_file FROM _parsed WHERE reason IS NOT NULL
-        """
+        f"CREATE OR REPLACE TABLE {quarantine_table} AS"
+        f" SELECT reason, {raw_cols}, source_file FROM ("
+        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, reader, keep_source=True)}) AS t"
+        f" ) AS q WHERE reason IS NOT NULL"
     )
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE _valid AS
-        SELECT p.client_id, p.event_time, p.event_type, coalesce(t.stage, '{OTHER_STAGE}') AS stage,
-               p.channel, p.amount, p.category, p.sentiment, p.event_id,
-               CASE WHEN p.event_id IS NULL THEN 1 ELSE row_number() OVER (
-                   PARTITION BY p.event_id
-                   ORDER BY p.event_time, p.client_id, p.event_type, p.source_file) END AS _copy
-        FROM _parsed p LEFT JOIN _taxonomy t ON p.event_type = t.event_type
-        WHERE p.reason IS NULL
-        """
-    )
-    select_cols = ", ".join(EVENT_SCHEMA)
-    con.execute(
-        f"CREATE OR REPLACE TABLE {events_table} AS SELECT {select_cols} FROM _valid WHERE _copy = 1"
-    )
-    rows = con.execute("SELECT count(*) FROM _parsed").fetchone()[0]
-    duplicates = con.execute("SELECT count(*) FROM _valid WHERE _copy > 1").fetchone()[0]
+    duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
     by_reason = dict(
         con.execute(
             f"SELECT reason, count(*) FROM {quarantine_table} GROUP BY reason ORDER BY reason"
@@ -223,14 +200,13 @@ def load_events(
             " GROUP BY event_type ORDER BY event_type"
         ).fetchall()
     )
-    valid = con.execute(f"SELECT count(*) FROM {events_table}").fetchone()[0]
-    con.execute("DROP TABLE _valid")
-    con.execute("DROP TABLE _parsed")
+    valid = con.execute(f"SELECT count(*) FROM {events_table}").fetchall()[0][0]
+    quarantined = sum(by_reason.values())
     return ValidationReport(
-        rows=rows,
+        rows=valid + duplicates + quarantined,
         valid=valid,
         duplicates=duplicates,
-        quarantined=sum(by_reason.values()),
+        quarantined=quarantined,
         by_reason=by_reason,
         unknown_event_types=unknown,
     )
@@ -254,11 +230,14 @@ def day_end(as_of: date) -> datetime:
 def _reader_sql(kind: str, files: list[str]) -> str:
     listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
     if kind == "csv":
-        return f"read_csv({listing}, all_varchar = true, header = true, union_by_name = true, filename = 'source_file')"
+        return (
+            f"read_csv({listing}, all_varchar = true, header = true, union_by_name = true,"
+            " filename = 'source_file')"
+        )
     return f"read_parquet({listing}, union_by_name = true, filename = 'source_file')"
 
 
-def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, tuple[str, str]]:
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
     except duckdb.Error as exc:
@@ -270,38 +249,72 @@ def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, str]:
     }
 
 
-def _parse_sql(columns: dict[str, tuple[str, str]], reader: str) -> str:
-    """Raw text of every contract column, and its parsed value (NULL when unparseable)."""
-    parts = ["source_file"]
-    for col in CONTRACT_COLUMNS:
+def _check_required(con, kind: str, files: list[str], columns: dict, path) -> None:
+    """Every required column in the union and in each file (a stray file fails, named)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise EventContractError(
+            f"events at {path}: missing required column(s) {', '.join(missing)}"
+            f" (found: {', '.join(columns) or 'none'})"
+        )
+    if len(files) == 1:
+        return
+    for file in files:
+        found = set(_describe(con, _reader_sql(kind, [file])))
+        lacking = [c for c in REQUIRED_COLUMNS if c not in found]
+        if lacking:
+            raise EventContractError(
+                f"events file {file}: missing required column(s) {', '.join(lacking)}"
+            )
+
+
+def _quoted(columns: dict[str, tuple[str, str]], col: str) -> str:
+    return '"' + columns[col][0].replace('"', '""') + '"'
+
+
+def _typed_sql(columns: dict[str, tuple[str, str]], reader: str, keep_source: bool = False) -> str:
+    """Every contract column parsed to its type (NULL when absent or unparseable)."""
+    parts = [
+        _text("client_id", columns, lower=False),
+        _text("event_type", columns, lower=True),
+        _text("channel", columns, lower=True),
+        _text("category", columns, lower=False),
+        _text("event_id", columns, lower=False),
+        _timestamp(columns),
+        _number("amount", columns),
+        _number("sentiment", columns),
+    ]
+    for col in ("event_time", "amount", "sentiment"):
+        # whether the raw value was present at all, to tell "missing" from "unparseable"
         if col not in columns:
-            parts += [f"NULL::VARCHAR AS raw_{col}"]
-            continue
-        name, _dtype = columns[col]
-        quoted = '"' + name.replace('"', '""') + '"'
-        parts.append(f"CAST({quoted} AS VARCHAR) AS raw_{col}")
-    parts.append(_text("client_id", columns, lower=False))
-    parts.append(_text("event_type", columns, lower=True))
-    parts.append(_text("channel", columns, lower=True))
-    parts.append(_text("category", columns, lower=False))
-    parts.append(_text("event_id", columns, lower=False))
-    parts.append(_timestamp(columns))
-    parts.append(_number("amount", columns))
-    parts.append(_number("sentiment", columns))
+            present = "false"
+        elif columns[col][1] == "VARCHAR":
+            present = f"nullif(trim({_quoted(columns, col)}), '') IS NOT NULL"
+        else:  # typed: no text to inspect (casting every value to text is slow)
+            present = f"{_quoted(columns, col)} IS NOT NULL"
+        parts.append(f"{present} AS has_{col}")
+    if keep_source:
+        parts += [f"{_quoted(columns, c)} AS src_{c}" for c in CONTRACT_COLUMNS if c in columns]
+        parts.append("source_file")
     return f"SELECT {', '.join(parts)} FROM {reader}"
+
+
+def _raw_sql(col: str, columns: dict[str, tuple[str, str]]) -> str:
+    if col not in columns:
+        return f"NULL::VARCHAR AS {col}"
+    return f"CAST(src_{col} AS VARCHAR) AS {col}"
 
 
 def _text(col: str, columns: dict[str, tuple[str, str]], lower: bool) -> str:
     if col not in columns:
         return f"NULL::VARCHAR AS {col}"
-    quoted = '"' + columns[col][0].replace('"', '""') + '"'
-    value = f"nullif(trim(CAST({quoted} AS VARCHAR)), '')"
+    value = f"nullif(trim(CAST({_quoted(columns, col)} AS VARCHAR)), '')"
     return f"{'lower(' + value + ')' if lower else value} AS {col}"
 
 
 def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
-    name, dtype = columns["event_time"]
-    quoted = f'"{name}"'
+    _, dtype = columns["event_time"]
+    quoted = _quoted(columns, "event_time")
     if dtype.startswith("TIMESTAMP WITH TIME ZONE"):
         expr = f"timezone('UTC', {quoted})"
     elif dtype.startswith("TIMESTAMP") or dtype == "DATE":
@@ -312,45 +325,90 @@ def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
     return f"{expr} AS event_time"
 
 
+_NUMERIC = (
+    "DOUBLE",
+    "FLOAT",
+    "REAL",
+    "DECIMAL",
+    "INTEGER",
+    "BIGINT",
+    "SMALLINT",
+    "TINYINT",
+    "HUGEINT",
+    "UBIGINT",
+    "UINTEGER",
+)
+
+
 def _number(col: str, columns: dict[str, tuple[str, str]]) -> str:
     if col not in columns:
         return f"NULL::DOUBLE AS {col}"
-    name, dtype = columns[col]
-    quoted = f'"{name}"'
-    numeric = (
-        "DOUBLE",
-        "FLOAT",
-        "REAL",
-        "DECIMAL",
-        "INTEGER",
-        "BIGINT",
-        "SMALLINT",
-        "TINYINT",
-        "HUGEINT",
-        "UBIGINT",
-        "UINTEGER",
-    )
-    if dtype.startswith(numeric):
+    _, dtype = columns[col]
+    quoted = _quoted(columns, col)
+    if dtype.startswith(_NUMERIC):
         return f"CAST({quoted} AS DOUBLE) AS {col}"
     return f"TRY_CAST(nullif(trim(CAST({quoted} AS VARCHAR)), '') AS DOUBLE) AS {col}"
 
 
-def _reason_sql() -> str:
-    """The first reason that applies to a parsed row, or NULL for a valid row. `?` is the cutoff.
+def _stage_sql(taxonomy: Taxonomy) -> str:
+    """Event type to stage as one CASE (cheaper than a join over every event)."""
+    by_stage: dict[str, list[str]] = {}
+    for event_type, stage in sorted(taxonomy.stage_of.items()):
+        by_stage.setdefault(stage, []).append("'" + event_type.replace("'", "''") + "'")
+    if not by_stage:
+        return f"'{OTHER_STAGE}'"
+    whens = " ".join(
+        f"WHEN event_type IN ({', '.join(types)}) THEN '{stage}'"
+        for stage, types in by_stage.items()
+    )
+    return f"CASE {whens} ELSE '{OTHER_STAGE}' END"
+
+
+def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    """Keep the first row of each event_id (by time, client, type); return how many went."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _dup_ids AS SELECT event_id FROM {table}"
+        " WHERE event_id IS NOT NULL GROUP BY event_id HAVING count(*) > 1"
+    )
+    if not con.execute("SELECT count(*) FROM _dup_ids").fetchall()[0][0]:
+        con.execute("DROP TABLE _dup_ids")
+        return 0
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _dup_rows AS
+        SELECT rid FROM (
+            SELECT e.rowid AS rid, row_number() OVER (
+                PARTITION BY e.event_id
+                ORDER BY e.event_time, e.client_id, e.event_type, e.channel, e.amount,
+                         e.category, e.sentiment) AS copy
+            FROM {table} e SEMI JOIN _dup_ids d ON e.event_id = d.event_id
+        ) WHERE copy > 1
+        """
+    )
+    dropped = con.execute("SELECT count(*) FROM _dup_rows").fetchall()[0][0]
+    con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rid FROM _dup_rows)")
+    con.execute("DROP TABLE _dup_rows")
+    con.execute("DROP TABLE _dup_ids")
+    return dropped
+
+
+def _reason_sql(columns: dict[str, tuple[str, str]], cutoff: datetime) -> str:
+    """The first reason that applies to a typed row, or NULL for a valid row.
 
     `NOT isfinite` rather than `isnan`: DuckDB 2.0 answers isnan() false for NaN read from
     Parquet (checked with a file written by pyarrow), while isfinite() is right.
     """
-    return """CASE
+    limit = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"""CASE
         WHEN client_id IS NULL THEN 'missing_client_id'
-        WHEN nullif(trim(raw_event_time), '') IS NULL THEN 'missing_event_time'
+        WHEN NOT has_event_time THEN 'missing_event_time'
         WHEN event_type IS NULL THEN 'missing_event_type'
         WHEN event_time IS NULL THEN 'unparseable_event_time'
-        WHEN event_time > CAST(? AS TIMESTAMP) THEN 'future_event_time'
-        WHEN nullif(trim(raw_amount), '') IS NOT NULL AND amount IS NULL THEN 'unparseable_amount'
+        WHEN event_time > TIMESTAMP '{limit}' THEN 'future_event_time'
+        WHEN has_amount AND amount IS NULL THEN 'unparseable_amount'
         WHEN amount IS NOT NULL AND NOT isfinite(amount) THEN 'non_finite_amount'
         WHEN amount < 0 THEN 'negative_amount'
-        WHEN nullif(trim(raw_sentiment), '') IS NOT NULL AND sentiment IS NULL THEN 'unparseable_sentiment'
+        WHEN has_sentiment AND sentiment IS NULL THEN 'unparseable_sentiment'
         WHEN sentiment IS NOT NULL AND NOT isfinite(sentiment) THEN 'sentiment_out_of_range'
         WHEN sentiment < -1 OR sentiment > 1 THEN 'sentiment_out_of_range'
         ELSE NULL END"""

@@ -86,7 +86,7 @@ def test_duplicates_by_event_id_are_dropped_and_counted_not_quarantined(tmp_path
     assert report.duplicates == 2
     assert report.valid == len(GOOD)
     assert report.quarantined == 0
-    assert con.execute("SELECT count(*) FROM events WHERE event_id = 'e1'").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM events WHERE event_id = 'e1'").fetchall()[0][0] == 1
 
 
 def test_rows_without_event_id_are_never_deduplicated(tmp_path):
@@ -101,7 +101,7 @@ def test_unknown_event_type_is_kept_as_stage_other_and_counted(tmp_path):
     rows = [*GOOD, ("c9", "2024-05-01T10:00:00", "Webinar_Join", "web", "", "", "", "u1")]
     con, report = _load(_write_csv(tmp_path / "events.csv", rows))
     assert report.unknown_event_types == {"webinar_join": 1}
-    stage = con.execute("SELECT stage FROM events WHERE event_id = 'u1'").fetchone()[0]
+    stage = con.execute("SELECT stage FROM events WHERE event_id = 'u1'").fetchall()[0][0]
     assert stage == "other"
 
 
@@ -110,7 +110,7 @@ def test_taxonomy_extension_from_config_maps_a_new_type(tmp_path):
     taxonomy = load_taxonomy(extra={"webinar_join": "consideration"})
     con, report = _load(_write_csv(tmp_path / "events.csv", rows), taxonomy=taxonomy)
     assert report.unknown_event_types == {}
-    assert con.execute("SELECT stage FROM events").fetchone()[0] == "consideration"
+    assert con.execute("SELECT stage FROM events").fetchall()[0][0] == "consideration"
 
 
 @pytest.mark.parametrize("missing", ["client_id", "event_time", "event_type"])
@@ -129,7 +129,7 @@ def test_optional_columns_may_be_absent(tmp_path):
     ).to_csv(path, index=False)
     con, report = _load(path)
     assert report.valid == 1
-    row = con.execute("SELECT amount, sentiment, channel FROM events").fetchone()
+    row = con.execute("SELECT amount, sentiment, channel FROM events").fetchall()[0]
     assert row == (None, None, None)
 
 
@@ -167,7 +167,7 @@ def test_parquet_directory_with_typed_columns_and_timezone(tmp_path):
     types = dict(con.execute("DESCRIBE events").fetchall()[i][:2] for i in range(9))
     assert types["event_time"] == "TIMESTAMP"
     assert types["amount"] == "DOUBLE"
-    total = con.execute("SELECT sum(amount) FROM events").fetchone()[0]
+    total = con.execute("SELECT sum(amount) FROM events").fetchall()[0][0]
     assert total == pytest.approx(25.0)
     # the same through a glob
     _, by_glob = _load(str(folder / "*.parquet"))
@@ -210,5 +210,16 @@ def test_string_fields_are_trimmed_and_types_lowercased(tmp_path):
     con, _ = _load(_write_csv(tmp_path / "events.csv", rows))
     row = con.execute(
         "SELECT client_id, event_type, channel, category, stage FROM events"
-    ).fetchone()
+    ).fetchall()[0]
     assert row == ("c1", "purchase", "web", "shoes", "purchase")
+
+
+def test_a_file_without_a_required_column_in_a_directory_fails_naming_it(tmp_path):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    _write_csv(folder / "a.csv", GOOD)
+    pd.DataFrame({"client_id": ["x"], "persona": ["p"]}).to_csv(folder / "truth.csv", index=False)
+    with pytest.raises(
+        EventContractError, match=r"truth\.csv: missing required column\(s\) event_time"
+    ):
+        _load(folder)

@@ -69,7 +69,7 @@ def test_nightly_runs_publish_tables_and_track_models(prefect_harness, dataset, 
     seen = con.execute(
         f"SELECT count(DISTINCT client_id) FROM read_parquet('{events}/*.parquet')"
         " WHERE event_time < TIMESTAMPTZ '2025-05-03 00:00:00+00'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     assert len(membership) == seen
 
     scores = store.scores()
