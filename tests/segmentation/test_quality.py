@@ -1,37 +1,53 @@
-"""End-to-end quality: clusters fit on generated journeys should recover the personas."""
+"""End-to-end quality on generated journeys: persona recovery, response to the shift, stability."""
 
-from datetime import date, timedelta
+from datetime import date
 
-import duckdb
-import pandas as pd
 import pytest
-from sklearn.metrics import adjusted_rand_score
 
-from features.build import build_features
-from features.events import load_events
 from features.generator import write_dataset
-from segmentation.clustering import ClusterModel
+from segmentation.quality import QualityReport, measure_quality
 
 END = date(2026, 6, 30)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> QualityReport:
+    out = tmp_path_factory.mktemp("quality")
+    write_dataset(out, clients=4000, days=365, end=END, seed=7)
+    return measure_quality(out)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured ARI 0.34 (HDBSCAN: 70% noise on 2.5k clients -> k-means fallback, k=4); "
-    "the generated personas are not density-separated in the default feature set yet",
+    reason="measured at 4000 clients: same model shifted 0.31 vs unshifted 0.19 (state features "
+    "such as recency and momentum move unshifted clients too); refit after the shift re-draws "
+    "the k-means partition",
 )
-def test_clusters_recover_personas_before_the_shift(tmp_path):
-    write_dataset(tmp_path, clients=3000, days=365, end=END, seed=7)
-    truth = pd.read_parquet(tmp_path / "truth.parquet")
-    shift = pd.Timestamp(truth["shift_date"].dropna().min()).date()
-    con = duckdb.connect()
-    load_events(con, str(tmp_path / "events"))
-    features = build_features(con, shift - timedelta(days=1)).to_pandas()
-    frame = features.merge(truth[["client_id", "persona_before"]], on="client_id")
-    assert len(frame) > 2000
+def test_shifted_clients_change_segment_far_more_often(report):
+    for label, rates in (("same model", report.change_predict), ("refit", report.change_refit)):
+        assert rates["shifted"] >= 2 * rates["unshifted"], (
+            f"{label}: shifted {rates['shifted']:.3f} vs unshifted {rates['unshifted']:.3f}"
+        )
 
-    model = ClusterModel().fit(frame)
-    pred = model.predict(frame)
 
-    assert adjusted_rand_score(frame["persona_before"], pred["segment_id"]) >= 0.6
+@pytest.mark.slow
+def test_refit_a_week_later_keeps_unshifted_clients_in_their_segment(report):
+    assert report.refit_stability_unshifted >= 0.8, report.refit_stability_unshifted
+
+
+@pytest.mark.slow
+def test_segments_are_never_all_noise(report):
+    assert report.n_clusters >= 2
+    assert report.noise_share <= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured segments ARI 0.35 (clusters alone 0.34, k-means fallback): the generated "
+    "personas overlap (dropped-out clients of every persona look alike; lapsed vs bargain "
+    "browser); see the quality report",
+)
+def test_segments_recover_personas_before_the_shift(report):
+    assert report.ari_segments >= 0.6, (report.ari_segments, report.ari_clusters)

@@ -1,0 +1,148 @@
+"""Segment quality on generated data with known truth: persona recovery, shift response, stability.
+
+Used by tests/segmentation/test_quality.py and benchmarks/quality_report.py. The nightly steps
+(pipelines.steps) run exactly as in production: features, CLTV scores, clusters, rule layer.
+Dates are relative to the generator's planned shift (truth.parquet): `before` is the day before
+the shift, `earlier` a week before that, `after` the shift plus `after_days`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+
+from features.events import load_events
+from pipelines import steps
+from segmentation.config import EngineConfig, load_config
+
+
+@dataclass
+class Night:
+    """One nightly run: features, scores, the cluster bundle and the published membership."""
+
+    as_of: date
+    features: pd.DataFrame
+    scores: pd.DataFrame
+    bundle: steps.ClusterBundle
+    membership: pd.DataFrame
+
+
+@dataclass
+class QualityReport:
+    """The figures of `measure_quality` (rates are shares of clients in [0, 1])."""
+
+    ari_segments: float
+    ari_clusters: float
+    noise_share: float
+    quality: float | None
+    quality_metric: str | None
+    fallback: str | None
+    n_clusters: int
+    sizes: dict[str, int]
+    refit_stability_unshifted: float
+    change_predict: dict[str, float]  # same model after the shift: shifted / unshifted
+    change_refit: dict[str, float]  # refit after the shift: shifted / unshifted
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measure_quality(
+    data_dir: str | Path,
+    config: EngineConfig | None = None,
+    after_days: int = 60,
+    week: int = 7,
+) -> QualityReport:
+    """Run nights at shift-1-week, shift-1 and shift+after_days on a generated dataset.
+
+    The shift-1 night refits with the earlier night as `previous` (identity matching); its
+    final segments give the ARI against persona_before. After the shift the clients are
+    segmented by the same model (predict) and by a refit; the change rates compare each
+    client's segment with its segment the day before the shift.
+    """
+    config = config or load_config()
+    data_dir = Path(data_dir)
+    truth = pd.read_parquet(data_dir / "truth.parquet").set_index("client_id")
+    shift_dates = truth["shift_date"].dropna()
+    if shift_dates.empty:
+        raise ValueError(f"{data_dir}/truth.parquet has no shifted client")
+    shift = pd.Timestamp(shift_dates.min()).date()
+    con = duckdb.connect()
+    load_events(con, str(data_dir / "events"))
+    rules = None
+
+    def night(as_of, previous=None, refit=True) -> Night:
+        nonlocal rules
+        features = steps.compute_features(con, as_of, config)
+        rules = rules or steps.load_ruleset(config, features)
+        btyd = steps.btyd_inputs(features)
+        scores = steps.score_clients(steps.fit_cltv(con, as_of, btyd, config), btyd, config, "q")
+        if refit or previous is None:
+            bundle = steps.fit_clusters(
+                features,
+                as_of,
+                config,
+                previous.bundle if previous else None,
+                previous.membership if previous else None,
+            )
+        else:
+            bundle = previous.bundle
+        seg = steps.segment_clients(features, scores, bundle, rules, "q", "q")
+        return Night(as_of, features, scores, bundle, seg.membership)
+
+    earlier = night(shift - timedelta(days=1 + week))
+    before = night(shift - timedelta(days=1), previous=earlier)
+    ids = before.membership["client_id"]
+    personas = truth.loc[ids, "persona_before"].to_numpy()
+    clusters = before.bundle.predict(before.features).set_index("client_id").loc[ids]
+    metrics = before.bundle.model.metrics_
+
+    unshifted = ~truth["shifted"]
+    kept = _kept(earlier.membership, before.membership)
+    stability = float(kept[unshifted.reindex(kept.index).to_numpy()].mean())
+
+    same_model = night(shift + timedelta(days=after_days), previous=before, refit=False)
+    refitted = night(shift + timedelta(days=after_days), previous=before)
+    return QualityReport(
+        ari_segments=round(adjusted_rand_score(personas, before.membership["segment_id"]), 4),
+        ari_clusters=round(adjusted_rand_score(personas, clusters["segment_id"]), 4),
+        noise_share=float(metrics["noise_share"]),
+        quality=metrics.get("quality"),
+        quality_metric=metrics.get("quality_metric"),
+        fallback=metrics.get("fallback"),
+        n_clusters=int(metrics["n_clusters"]),
+        sizes=before.membership["segment_id"].value_counts().sort_index().to_dict(),
+        refit_stability_unshifted=round(stability, 4),
+        change_predict=_change_rates(before.membership, same_model.membership, truth),
+        change_refit=_change_rates(before.membership, refitted.membership, truth),
+        extra={
+            "clients_before": len(ids),
+            "shift_date": shift.isoformat(),
+            "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
+        },
+    )
+
+
+def _kept(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
+    """Per client present in both memberships: whether the segment id is the same."""
+    merged = previous[["client_id", "segment_id"]].merge(
+        current[["client_id", "segment_id"]], on="client_id", suffixes=("_prev", "")
+    )
+    return pd.Series(
+        (merged["segment_id"] == merged["segment_id_prev"]).to_numpy(),
+        index=merged["client_id"].to_numpy(),
+    )
+
+
+def _change_rates(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame):
+    changed = ~_kept(previous, current)
+    shifted = truth["shifted"].reindex(changed.index).to_numpy(dtype=bool)
+    return {
+        "shifted": round(float(np.mean(changed[shifted])), 4),
+        "unshifted": round(float(np.mean(changed[~shifted])), 4),
+    }
