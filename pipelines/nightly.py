@@ -187,6 +187,9 @@ def nightly_run(
             tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path)
         )
         con.execute(f"SET temp_directory = '{tmp}'")
+        con.execute(f"SET memory_limit = '{config.features.memory_limit}'")
+        # Outputs are sorted explicitly; not keeping insertion order lets DuckDB stream.
+        con.execute("SET preserve_insertion_order = false")
         try:
             _check_order(store, as_of, rebuild)
             say(f"[{as_of}] reading and validating events from {events_path}")
@@ -228,6 +231,7 @@ def nightly_run(
                 tracked.run_id,
             )
             scores = steps.score_clients(cltv, btyd, config, cltv_version)
+            con.execute("DROP TABLE events")  # its last reader was the CLTV backtest
 
             clusters, cluster_version, cluster_info = _timed(
                 timings,

@@ -73,6 +73,11 @@ class FeaturesConfig(_Section):
     momentum_days: int = Field(30, ge=1)
     intent_days: int = Field(30, ge=1)
     shards: int = Field(1, ge=1)
+    memory_limit: str = Field(
+        "3GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB working memory for events and features; beyond it DuckDB spills",
+    )
 
     @field_validator("windows_days")
     @classmethod
