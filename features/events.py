@@ -212,6 +212,22 @@ def load_events(
     )
 
 
+def load_configured_events(
+    con: duckdb.DuckDBPyConnection, config: Any, path: str, now: datetime | None = None
+) -> ValidationReport:
+    """`load_events` with the taxonomy and tolerance of an engine config (`EngineConfig`)."""
+    taxonomy = load_taxonomy(
+        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
+    )
+    return load_events(
+        con,
+        path,
+        taxonomy=taxonomy,
+        future_tolerance_hours=config.events.future_tolerance_hours,
+        now=now,
+    )
+
+
 def check_bad_share(report: ValidationReport, max_bad_share: float) -> None:
     """Fail with a clear message when the share of quarantined rows passes the threshold."""
     if report.rows and report.bad_share > max_bad_share:

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from features.events import ValidationReport, check_bad_share, load_events, load_taxonomy
+from features.events import ValidationReport, check_bad_share, load_configured_events
 from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
 from models.cltv import CltvModel
@@ -97,16 +97,7 @@ def read_events(
     now: datetime | None = None,
 ) -> ValidationReport:
     """Load and validate events into `events`/`quarantine` on `con`; fail above the bad share."""
-    taxonomy = load_taxonomy(
-        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
-    )
-    report = load_events(
-        con,
-        events_path,
-        taxonomy=taxonomy,
-        future_tolerance_hours=config.events.future_tolerance_hours,
-        now=now,
-    )
+    report = load_configured_events(con, config, events_path, now=now)
     check_bad_share(report, config.events.max_bad_share)
     return report
 

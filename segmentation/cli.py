@@ -173,19 +173,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     import duckdb
 
-    from features.events import check_bad_share, load_events, load_taxonomy
+    from features.events import check_bad_share, load_configured_events
 
     config = _config(args)
-    taxonomy = load_taxonomy(
-        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
-    )
-    con = duckdb.connect()
-    report = load_events(
-        con,
-        args.events,
-        taxonomy=taxonomy,
-        future_tolerance_hours=config.events.future_tolerance_hours,
-    )
+    report = load_configured_events(duckdb.connect(), config, args.events)
     print(json.dumps(report.to_dict()))
     check_bad_share(report, config.events.max_bad_share)
     return 0
@@ -196,20 +187,12 @@ def _features(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from features.build import build_features
-    from features.events import check_bad_share, load_events, load_taxonomy
+    from features.events import check_bad_share, load_configured_events
 
     config = _config(args)
-    taxonomy = load_taxonomy(
-        config.config_file(config.events.taxonomy_file), config.events.extra_event_types
-    )
     con = duckdb.connect()
-    report = load_events(
-        con,
-        args.events,
-        taxonomy=taxonomy,
-        future_tolerance_hours=config.events.future_tolerance_hours,
-    )
-    check_bad_share(report, config.events.max_bad_share)
+    con.execute(f"SET memory_limit = '{config.features.memory_limit}'")
+    check_bad_share(load_configured_events(con, config, args.events), config.events.max_bad_share)
     table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.catalog import FEATURES
 from segmentation.config import ConfigError
 from segmentation.rules import (
     DEFAULT_RULES_PATH,
@@ -21,72 +22,9 @@ from segmentation.rules import (
     rules_from_mapping,
 )
 
-# The feature names HELPERS.md promises (features.catalog); text columns marked.
-HELPERS_FEATURES = [
-    "recency_days",
-    "days_since_last_purchase",
-    "tenure_days",
-    "n_events",
-    "n_purchases",
-    "purchase_days",
-    "frequency",
-    "recency",
-    "T",
-    "monetary_value",
-    "has_purchased",
-    "total_spend",
-    "avg_order_value",
-    "n_returns",
-    "n_refunds",
-    "events_30d",
-    "events_90d",
-    "active_days_30d",
-    "active_days_90d",
-    "purchases_90d",
-    "spend_90d",
-    "activity_momentum",
-    "spend_momentum",
-    "furthest_stage",
-    "current_stage",
-    "furthest_stage_rank",
-    "current_stage_rank",
-    "days_since_stage_advance",
-    "carts_abandoned_90d",
-    "checkouts_abandoned_90d",
-    "cart_abandon_rate_90d",
-    "checkout_abandon_rate_90d",
-    "support_tickets_90d",
-    "returns_90d",
-    "sentiment_mean",
-    "sentiment_last",
-    "sentiment_trend",
-    "preferred_channel",
-    "channel_entropy",
-    "share_web",
-    "share_app",
-    "share_email",
-    "share_messenger",
-    "share_social",
-    "share_store",
-    "share_call_center",
-    "dominant_category_recent",
-    "dominant_category_before",
-    "intent_shift",
-    "reviews",
-    "referrals",
-    "shares",
-    "return_gap_days",
-]
-TEXT_FEATURES = {
-    "furthest_stage",
-    "current_stage",
-    "preferred_channel",
-    "dominant_category_recent",
-    "dominant_category_before",
-}
-HELPERS_DTYPES = {
-    name: ("string" if name in TEXT_FEATURES else "float64") for name in HELPERS_FEATURES
-}
+# The rules are checked against the feature catalog (names and types), as in production.
+HELPERS_FEATURES = [f.name for f in FEATURES if f.name != "client_id"]
+HELPERS_DTYPES = {f.name: f.dtype for f in FEATURES if f.name != "client_id"}
 
 
 def write(tmp_path, text, name="rules.yaml"):
@@ -109,7 +47,7 @@ def default_rules():
     return load_rules(DEFAULT_RULES_PATH, known_features=HELPERS_DTYPES)
 
 
-def test_default_rules_load_against_the_helpers_feature_names(default_rules):
+def test_default_rules_load_against_the_feature_catalog(default_rules):
     assert default_rules.stages == ("new", "reactivated", "churned", "lapsed", "at_risk", "active")
     assert [rule.segment_id for rule in default_rules.segment_rules] == [
         "rule_support_risk",
@@ -125,9 +63,8 @@ def test_default_rules_load_against_the_helpers_feature_names(default_rules):
     assert load_rules(DEFAULT_RULES_PATH, known_features=HELPERS_FEATURES).stages[-1] == "active"
 
 
-def test_default_rules_load_against_the_feature_catalog():
-    catalog = pytest.importorskip("features.catalog")
-    names = {feature.name for feature in catalog.FEATURES}
+def test_default_rules_load_with_the_default_known_names():
+    names = {feature.name for feature in FEATURES}
     rules = load_rules()  # the shipped file against the catalog, the default known names
     assert rules.features - set(SCORE_COLUMNS) - {"lifecycle_stage"} <= names
 
