@@ -1,14 +1,20 @@
-"""Benchmark of the feature build on generated events: speed against a bare DuckDB scan, and memory.
+"""Benchmark of the feature build on generated events: speed against bare DuckDB scans, and memory.
 
     python benchmarks/bench_features.py --events 20000000 [--workdir /tmp/bench-features]
+    python benchmarks/bench_features.py --events 20000000 --matrix   # all four runs below
 
 Generates (or reuses) a dataset of about `--events` events with `features.generator.write_dataset`
 (falling back to a numpy synthetic of the contract shape if the generator is missing), then in one
-process and one run: the bare scan `SELECT client_id, count(*) FROM read_parquet(...) GROUP BY 1`,
-the load (a plain CREATE TABLE AS over the Parquet files, or with --validate
-`features.events.load_events` with its checks), and the feature build, each timed,
-with the build's events/s, its ratio to the bare scan, the time of each build step, and the
-process's peak resident memory. Prints one JSON object.
+process and one run, over the same Parquet files: two baselines, the bare scan
+`SELECT client_id, count(*) ... GROUP BY 1` and the same scan with a few aggregates (count,
+sum(amount), max(event_time) per client); the load (a plain CREATE TABLE AS over the Parquet
+files, or with --validate `features.events.load_events` with its checks); and the feature build.
+Each is timed; the build's events/s, its ratio to both baselines, the time of each build step and
+the peak resident memory (process, and sampled during load and build) are printed as one JSON
+object. `--memory-limit 2GB` sets DuckDB's memory_limit (spilling to a temp directory under the
+workdir), as the nightly pipeline does from `features.memory_limit`. `--matrix` runs the four
+combinations (plain / load_events x no limit / --memory-limit) each in its own process, so each
+peak is its own, and prints them together.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import threading
 import time
 from datetime import date
@@ -46,18 +54,32 @@ def main(argv: list[str] | None = None) -> dict:
         help="load with features.events.load_events (validation, quarantine) instead of a plain"
         " CREATE TABLE AS over read_parquet",
     )
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="run plain load and load_events, each without and with --memory-limit (default 2GB),"
+        " in separate processes, and print all four results",
+    )
+    parser.add_argument("--no-steps", action="store_true", help="skip the per-step re-timing")
     args = parser.parse_args(argv)
 
     data = prepare_data(Path(args.workdir), args.events)
+    if args.matrix:
+        return _matrix(args)
     glob = str(data / "events" / "*.parquet")
     con = duckdb.connect()
     if args.memory_limit:
+        spill = Path(args.workdir) / "duckdb_tmp"
+        spill.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET memory_limit = '{args.memory_limit}'")
+        con.execute(f"SET temp_directory = '{spill}'")
+    scan = f"FROM read_parquet('{glob}') GROUP BY client_id"
     t0 = time.perf_counter()
-    clients = con.sql(
-        f"SELECT client_id, count(*) FROM read_parquet('{glob}') GROUP BY 1"
-    ).to_arrow_table()
+    clients = con.sql(f"SELECT client_id, count(*) {scan}").to_arrow_table()
     bare = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    con.sql(f"SELECT client_id, count(*), sum(amount), max(event_time) {scan}").to_arrow_table()
+    bare_aggs = time.perf_counter() - t0
 
     load_peak = _PeakRss()
     t0 = time.perf_counter()
@@ -75,19 +97,23 @@ def main(argv: list[str] | None = None) -> dict:
     build = time.perf_counter() - t0
     build_peak.stop()
 
-    steps = _step_times(con)
+    steps = {} if args.no_steps else _step_times(con)
     result = {
         "events": n_events,
         "clients": clients.num_rows,
         "feature_rows": table.num_rows,
         "feature_columns": table.num_columns,
-        "bare_scan_s": round(bare, 2),
+        "bare_scan_s": round(bare, 3),
+        "bare_scan_aggs_s": round(bare_aggs, 3),
         "load_s": round(load, 2),
         "build_s": round(build, 2),
         "build_events_per_s": round(n_events / build),
         "ratio_build_to_bare": round(build / bare, 1),
+        "ratio_build_to_bare_aggs": round(build / bare_aggs, 1),
         "ratio_load_plus_build_to_bare": round((load + build) / bare, 1),
         "load": "load_events" if args.validate else "create table as read_parquet",
+        "memory_limit": args.memory_limit,
+        "peak_rss_during_load_gb": round(load_peak.peak / 1024**3, 2),
         "rss_before_build_gb": round(build_peak.start / 1024**3, 2),
         "peak_rss_during_build_gb": round(build_peak.peak / 1024**3, 2),
         "peak_rss_process_gb": round(_maxrss_gb(), 2),
@@ -97,6 +123,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps(result, indent=2))
     return result
+
+
+def _matrix(args: argparse.Namespace) -> dict:
+    """The four runs (plain/load_events x no limit/memory limit), each in a fresh process."""
+    limit = args.memory_limit or "2GB"
+    results = {}
+    for validate in (False, True):
+        for mem in (None, limit):
+            cmd = [sys.executable, __file__, "--events", str(args.events)]
+            cmd += ["--workdir", args.workdir, "--shards", str(args.shards), "--no-steps"]
+            cmd += ["--validate"] if validate else []
+            cmd += ["--memory-limit", mem] if mem else []
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            key = f"{'load_events' if validate else 'plain'}/{mem or 'no_limit'}"
+            results[key] = json.loads(out)
+    keys = ("bare_scan_s", "bare_scan_aggs_s", "load_s", "build_s", "build_events_per_s",
+            "ratio_build_to_bare", "ratio_build_to_bare_aggs", "peak_rss_during_load_gb",
+            "peak_rss_during_build_gb", "peak_rss_process_gb")  # fmt: skip
+    summary = {k: {key: r[key] for key in keys} for k, r in results.items()}
+    print(json.dumps(summary, indent=2))
+    return summary
 
 
 def prepare_data(workdir: Path, n_events: int) -> Path:

@@ -39,6 +39,10 @@ def main() -> None:
     print(f"noise share (sample) {r.noise_share:.3f}; {r.quality_metric} {r.quality}")
     print(f"clusters {r.n_clusters}, fallback {r.fallback}; sources {r.extra['segment_sources']}")
     print(f"sizes {r.sizes}")
+    for night, k in r.extra["k_selection"].items():
+        print(
+            f"k-means {night}: k {k['kmeans_k']}, init {k['kmeans_init']}, scores {k['kmeans_k_scores']}"
+        )
     print(
         f"refit stability (unshifted keep segment, 7 days apart) {r.refit_stability_unshifted:.3f}"
     )

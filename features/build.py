@@ -1,9 +1,10 @@
 """Point-in-time feature build: one row of behavioral features per client, as of a date, in DuckDB.
 
 Every event later than the end of the as-of day is ignored (`features.events.day_end`), so a
-table built as of D never sees the future. The work is a few grouped passes over the events
-(by client and journey stage, by client and channel, active-day bitmaps, and small passes over
-purchase, cart, sentiment and category subsets), then per-client arithmetic on those small
+table built as of D never sees the future. The work is one pass by client over all events that
+yields every count by journey stage, channel, event type and window at once (packed counters:
+several counts summed in one HUGEINT, see `_packed`), plus small passes over subsets (purchase
+days, carts, sentiment, categories, the active-day bitmap), then per-client arithmetic on those
 rollups. No Python loop touches events.
 
 Every per-client value depends on that client's events only, so the build can run shard by
@@ -18,12 +19,14 @@ Column names, order, families and types come from `features.catalog`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.catalog import (
@@ -45,7 +48,22 @@ SENTIMENT_SCALE = 1_000_000_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _TEMP_PREFIX = "_feat_"
 JS_SCALE = 10**12  # Jensen-Shannon terms are summed in integer pico-units: exact in any order
-_PIECES = ("stage", "chan", "types", "days", "cart", "sent", "cat")
+_PIECES = ("main", "pday", "days", "cart", "sent", "cat")
+# Packed counters: several per-client counts summed in one HUGEINT, FIELD_BITS bits each. A field
+# never exceeds the client's event count (checked < 2**FIELD_BITS), so no carry between fields
+# and the sum stays far below the HUGEINT range. One sum instead of one FILTER per count: DuckDB
+# pays per aggregate per row, so this is what makes a single pass over the events cheap.
+FIELD_BITS = 32
+_FIELDS_PER_WORD = 3
+_RANK_SHIFT = 60  # furthest-stage key: rank * 2**60 + age in microseconds (< 36,000 years)
+_OTHER_TYPES = (
+    ("return", "returns"),
+    ("refund", "refunds"),
+    ("support_ticket", "tickets"),
+    ("review", "reviews"),
+    ("referral", "referrals"),
+    ("share", "shares"),
+)
 
 
 class FeatureBuildError(ValueError):
@@ -73,8 +91,7 @@ def build_features(
     parts = [
         build_features_shard(con, as_of, config, k, shards, events_table) for k in range(shards)
     ]
-    table = pa.concat_tables(parts)
-    return table.sort_by("client_id")
+    return _sorted_by_client(parts)
 
 
 def build_features_shard(
@@ -98,7 +115,8 @@ def build_features_shard(
         for name, sql in plan.pieces():
             con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
         # Sorted in Arrow: cheaper than sorting the wide rows in SQL.
-        table = con.sql(plan.final_sql()).to_arrow_table().sort_by("client_id")
+        table = _sorted_by_client([con.sql(plan.final_sql()).to_arrow_table()])
+        _check_key_ranges(table)
     finally:
         for name in _PIECES:
             con.execute(f"DROP TABLE IF EXISTS {_TEMP_PREFIX}{name}")
@@ -162,6 +180,33 @@ def _as_date(value: date) -> date:
     raise FeatureBuildError(f"as_of must be a date, got {type(value).__name__}: {value!r}")
 
 
+def _sorted_by_client(tables: list[pa.Table]) -> pa.Table:
+    """The tables, concatenated and sorted by client_id one column at a time (less memory).
+
+    The list is emptied: holding no other reference, each source column is freed once taken.
+    """
+    table = pa.concat_tables(tables)
+    tables.clear()
+    names, columns = table.column_names, table.columns
+    del table
+    order = pc.sort_indices(columns[0])
+    out = []
+    for k in range(len(columns)):
+        out.append(columns[k].take(order))
+        columns[k] = None  # type: ignore[call-overload]
+    return pa.table(out, names=names)
+
+
+def _check_key_ranges(table: pa.Table) -> None:
+    """Fail loudly where the packed counters or the stage keys could no longer be exact."""
+    if not table.num_rows:
+        return
+    if pc.max(table["n_events"]).as_py() >= 2**FIELD_BITS:
+        raise FeatureBuildError(f"a client has 2**{FIELD_BITS} events or more: too many")
+    if pc.max(table["tenure_days"]).as_py() * US_PER_DAY >= 2**_RANK_SHIFT:
+        raise FeatureBuildError("an event is more than 36,000 years before the as-of date")
+
+
 def _check_events_table(con: duckdb.DuckDBPyConnection, events_table: str) -> None:
     if not _IDENTIFIER.match(events_table):
         raise FeatureBuildError(f"events_table {events_table!r} is not a plain table name")
@@ -206,6 +251,34 @@ def _ratio(recent: str, previous: str) -> str:
     return f"CASE WHEN {r} + {p} = 0 THEN 0.0 ELSE ({r} - {p}) / ({r} + {p}) END"
 
 
+_Cell = Callable[[int, int], bool]
+
+
+def _packed(
+    prefix: str, fields: list[tuple[str, _Cell]], cells: list[tuple[int, int]], index: str
+) -> tuple[list[str], list[str]]:
+    """Packed counters: the sums that count `fields` per group, and the columns unpacking them.
+
+    Each field is a predicate on a cell (a code, an age bucket); `index` is the SQL of the 1-based
+    position of a row's cell in `cells`. A row adds, to word g, 1 << (FIELD_BITS * j) for every
+    field j of that word its cell satisfies; summing the words counts all fields at once.
+    """
+    aggs, cols = [], []
+    mask = 2**FIELD_BITS - 1
+    for g in range(0, len(fields), _FIELDS_PER_WORD):
+        word = fields[g : g + _FIELDS_PER_WORD]
+        name = f"{prefix}{g // _FIELDS_PER_WORD}"
+        values = [
+            sum(1 << (FIELD_BITS * j) for j, (_, hit) in enumerate(word) if hit(*cell))
+            for cell in cells
+        ]
+        listed = ", ".join(f"CAST('{v}' AS HUGEINT)" for v in values)
+        aggs.append(f"sum([{listed}][{index}]) AS {name}")
+        for j, (alias, _) in enumerate(word):
+            cols.append(f"CAST(({name} >> {FIELD_BITS * j}) & {mask} AS BIGINT) AS {alias}")
+    return aggs, cols
+
+
 class _Plan:
     """The SQL of one build: rollup pieces (temp tables) and the final per-client select."""
 
@@ -220,25 +293,28 @@ class _Plan:
         self.m = config.momentum_days
         self.i = config.intent_days
         self.a = config.abandonment_days
-        # Buckets of event age (days before the end of the as-of day) used by the rollups.
-        self.bounds = sorted(set(self.windows) | {self.m, 2 * self.m})
+        # Buckets of event age (days before the end of the as-of day): every window used by a
+        # packed counter is `b <= bucket_of(days)`.
+        self.bounds = sorted(
+            set(self.windows) | {self.m, 2 * self.m, FIXED_WINDOW} | set(CHANNEL_WINDOWS)
+        )
         where = f"event_time < TIMESTAMP '{self.end.isoformat(sep=' ')}'"
         if shards > 1:
             where += f" AND hash(client_id) % {shards} = {shard}"
         stage_case = " ".join(f"WHEN '{s}' THEN {STAGE_RANK[s]}" for s in STAGES)
         chan_case = " ".join(f"WHEN '{c}' THEN {k + 1}" for k, c in enumerate(CHANNELS))
+        type_case = " ".join(f"WHEN '{t}' THEN {k + 1}" for k, (t, _) in enumerate(_OTHER_TYPES))
         bucket_case = " ".join(f"WHEN age < {b} THEN {k}" for k, b in enumerate(self.bounds))
-        self.chan_bounds = sorted(CHANNEL_WINDOWS)
-        chan_bucket = " ".join(f"WHEN age < {b} THEN {k}" for k, b in enumerate(self.chan_bounds))
         self.ev = f"""(
-            SELECT *, CASE {bucket_case} ELSE {len(self.bounds)} END AS b,
-                   CASE {chan_bucket} ELSE {len(self.chan_bounds)} END AS cb FROM (
+            SELECT *, CASE {bucket_case} ELSE {len(self.bounds)} END AS b FROM (
                 SELECT client_id, event_type, channel, amount, category, sentiment,
                        epoch_us(event_time) AS ts,
+                       CAST(round(amount * {MONEY_SCALE}) AS BIGINT) AS amt_u,
                        DATE '{as_of.isoformat()}' - CAST(event_time AS DATE) AS age,
                        CASE stage {stage_case} ELSE 0 END AS sc,
                        CASE WHEN channel IS NULL THEN 0 ELSE
-                           CASE channel {chan_case} ELSE {len(CHANNELS) + 1} END END AS cc
+                           CASE channel {chan_case} ELSE {len(CHANNELS) + 1} END END AS cc,
+                       CASE event_type {type_case} ELSE 0 END AS tc
                 FROM {events_table} WHERE {where}))"""
 
     def bucket_of(self, days: int) -> int:
@@ -250,27 +326,13 @@ class _Plan:
 
     def pieces(self) -> list[tuple[str, str]]:
         ev, w90 = self.ev, FIXED_WINDOW
-        types = ("purchase", "return", "refund", "support_ticket", "review", "referral", "share")
-        type_list = ", ".join(f"'{t}'" for t in types)
         max_w = self.windows[-1]
         return [
+            ("main", self._main_sql()),
             (
-                "stage",
-                f"SELECT client_id, sc, b, count(*) AS n, min(ts) AS t0, max(ts) AS t1"
-                f" FROM {ev} GROUP BY client_id, sc, b",
-            ),
-            (
-                "chan",
-                f"SELECT client_id, cc, cb, count(*) AS n FROM {ev} WHERE cc > 0"
-                f" GROUP BY client_id, cc, cb",
-            ),
-            (
-                "types",
-                f"""SELECT client_id, event_type, age, count(*) AS n,
-                       sum(CAST(round(amount * {MONEY_SCALE}) AS BIGINT)) AS amt_u,
-                       max(ts) AS t1
-                FROM {ev} WHERE event_type IN ({type_list})
-                GROUP BY client_id, event_type, age""",
+                "pday",
+                f"""SELECT client_id, age, count(*) AS n, sum(amt_u) AS amt_u, max(ts) AS t1
+                FROM {ev} WHERE event_type = 'purchase' GROUP BY client_id, age""",
             ),
             (
                 "days",
@@ -307,38 +369,63 @@ class _Plan:
             ),
         ]
 
-    def final_sql(self) -> str:
-        t = _TEMP_PREFIX
-        w90, m = FIXED_WINDOW, self.m
-        kb = self.bucket_of
-        stage_aggs = [
-            "sum(n) AS n_events",
-            "min(t0) AS first_ts",
-            "max(t1) AS last_ts",
-            f"sum(n) FILTER (WHERE b <= {kb(m)}) AS ev_recent",
-            f"sum(n) FILTER (WHERE b > {kb(m)} AND b <= {kb(2 * m)}) AS ev_prev",
-            f"max(t1) FILTER (WHERE b > {kb(m)}) AS last_before_m",
-            f"min(t0) FILTER (WHERE b <= {kb(m)}) AS first_in_m",
-            "max(sc) AS furthest_rank",
-            "max_by(t0, (sc, -t0)) AS furthest_t0",
-            "coalesce(max_by(sc, (t1, sc)) FILTER (WHERE sc > 0), 0) AS current_rank",
+    def _main_sql(self) -> str:
+        """One pass by client over all events: every count by stage, channel, type and window."""
+        kb, m, nb = self.bucket_of, self.m, len(self.bounds) + 1
+        stage: list[tuple[str, _Cell]] = [
+            ("ev_recent", lambda sc, b: b <= kb(m)),
+            ("ev_prev", lambda sc, b: kb(m) < b <= kb(2 * m)),
         ]
         for w in self.windows:
-            stage_aggs.append(f"sum(n) FILTER (WHERE b <= {kb(w)}) AS events_{w}d")
+            stage.append((f"events_{w}d", lambda sc, b, w=w: b <= kb(w)))
             for s in STAGES:
-                stage_aggs.append(
-                    f"sum(n) FILTER (WHERE sc = {STAGE_RANK[s]} AND b <= {kb(w)})"
-                    f" AS {s}_events_{w}d"
-                )
-        chan_aggs = ["sum(n) AS n_chan"]
-        for k, c in enumerate((*CHANNELS, "other")):
-            chan_aggs.append(f"sum(n) FILTER (WHERE cc = {k + 1}) AS n_{c}")
+                r = STAGE_RANK[s]
+                stage.append((f"{s}_events_{w}d", lambda sc, b, w=w, r=r: sc == r and b <= kb(w)))
+        chan: list[tuple[str, _Cell]] = [("n_chan", lambda cc, b: cc > 0)]
+        for k, c in enumerate(_MIX):
+            chan.append((f"n_{c}", lambda cc, b, k=k: cc == k + 1))
         for w in CHANNEL_WINDOWS:
-            kc = self.chan_bounds.index(w)
             for k, c in enumerate(CHANNELS):
-                chan_aggs.append(
-                    f"sum(n) FILTER (WHERE cc = {k + 1} AND cb <= {kc}) AS {c}_events_{w}d"
+                chan.append(
+                    (f"{c}_events_{w}d", lambda cc, b, w=w, k=k: cc == k + 1 and b <= kb(w))
                 )
+        types: list[tuple[str, _Cell]] = []
+        for k, (_, alias) in enumerate(_OTHER_TYPES):
+            types.append((f"{alias}_all", lambda tc, b, k=k: tc == k + 1))
+            types.append((f"{alias}_90", lambda tc, b, k=k: tc == k + 1 and b <= kb(FIXED_WINDOW)))
+        aggs, cols = [], []
+        for prefix, fields, keys, key in (
+            ("ps", stage, range(len(STAGES) + 1), "sc"),
+            ("pc", chan, range(len(_MIX) + 1), "cc"),
+            ("pt", types, range(len(_OTHER_TYPES) + 1), "tc"),
+        ):
+            cells = [(k, b) for k in keys for b in range(nb)]
+            a, c = _packed(prefix, fields, cells, f"{key} * {nb} + b + 1")
+            aggs += a
+            cols += c
+        amounts = [
+            f"sum(CASE WHEN tc = {k + 1} THEN amt_u END) AS {alias}_u"
+            for k, (t, alias) in enumerate(_OTHER_TYPES)
+            if t in ("return", "refund")
+        ]
+        return f"""
+            SELECT client_id, n_events, first_ts, last_ts, last_before_m, first_in_m,
+                   fkey >> {_RANK_SHIFT} AS furthest_rank,
+                   {self.end_us} - (fkey & {2**_RANK_SHIFT - 1}) AS furthest_t0,
+                   coalesce(((ckey % 8) + 8) % 8, 0) AS current_rank,
+                   returns_u, refunds_u, {", ".join(cols)}
+            FROM (
+                SELECT client_id, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts,
+                       max(CASE WHEN age >= {m} THEN ts END) AS last_before_m,
+                       min(CASE WHEN age < {m} THEN ts END) AS first_in_m,
+                       max(sc * {2**_RANK_SHIFT} + ({self.end_us} - ts)) AS fkey,
+                       max(CASE WHEN sc > 0 THEN ts * 8 + sc END) AS ckey,
+                       {", ".join(amounts + aggs)}
+                FROM {self.ev} GROUP BY client_id)"""
+
+    def final_sql(self) -> str:
+        t = _TEMP_PREFIX
+        m = self.m
         purchase_aggs = [
             "sum(n) AS n_purchases",
             "count(*) AS purchase_days",
@@ -355,20 +442,6 @@ class _Plan:
         for w in self.windows:
             purchase_aggs.append(f"sum(n) FILTER (WHERE age < {w}) AS purchases_{w}d")
             purchase_aggs.append(f"sum(amt_u) FILTER (WHERE age < {w}) AS spend_u_{w}d")
-        other_aggs = []
-        for etype, alias in (
-            ("return", "returns"),
-            ("refund", "refunds"),
-            ("support_ticket", "tickets"),
-            ("review", "reviews"),
-            ("referral", "referrals"),
-            ("share", "shares"),
-        ):
-            other_aggs.append(f"sum(n) FILTER (WHERE event_type = '{etype}') AS {alias}_all")
-            other_aggs.append(
-                f"sum(n) FILTER (WHERE event_type = '{etype}' AND age < {w90}) AS {alias}_90"
-            )
-            other_aggs.append(f"sum(amt_u) FILTER (WHERE event_type = '{etype}') AS {alias}_u")
         a_us = self.a * US_PER_DAY
         done = f"(next_p IS NOT NULL AND next_p <= ts + {a_us})"
         due = f"(ts + {a_us} <= {self.end_us})"
@@ -404,22 +477,14 @@ class _Plan:
             f'{exprs[f.name]} AS "{f.name}"' for f in feature_catalog(self.config)
         )
         return f"""
-        WITH s AS (SELECT client_id, {", ".join(stage_aggs)} FROM {t}stage GROUP BY client_id),
-        c AS (SELECT client_id, {", ".join(chan_aggs)} FROM {t}chan GROUP BY client_id),
-        pd AS (SELECT client_id, age, sum(n) AS n, sum(amt_u) AS amt_u, max(t1) AS t1
-               FROM {t}types WHERE event_type = 'purchase' GROUP BY client_id, age),
-        pu AS (SELECT client_id, {", ".join(purchase_aggs)} FROM pd GROUP BY client_id),
-        ot AS (SELECT client_id, {", ".join(other_aggs)} FROM {t}types
-               WHERE event_type <> 'purchase' GROUP BY client_id),
+        WITH pu AS (SELECT client_id, {", ".join(purchase_aggs)} FROM {t}pday GROUP BY client_id),
         ca AS (SELECT client_id, {", ".join(cart_aggs)} FROM {t}cart
                WHERE event_type <> 'purchase' GROUP BY client_id),
         ct AS (SELECT client_id, {", ".join(cat_aggs)} FROM {t}cat GROUP BY client_id)
         SELECT
           {select}
-        FROM s
-        LEFT JOIN c USING (client_id)
+        FROM {t}main AS mn
         LEFT JOIN pu USING (client_id)
-        LEFT JOIN ot USING (client_id)
         LEFT JOIN ca USING (client_id)
         LEFT JOIN {t}days AS dy USING (client_id)
         LEFT JOIN {t}sent AS se USING (client_id)
@@ -503,6 +568,23 @@ class _Plan:
             "referrals": count("referrals_all"),
             "shares": count("shares_all"),
         }
+        per_purchase = "greatest(coalesce(n_purchases, 0), 1)"
+        cols["purchases_per_active_month"] = (
+            f"30.0 * coalesce(n_purchases, 0) / greatest((last_ts - first_ts) / {US_PER_DAY}.0, 30)"
+        )
+        for name, x in (
+            ("tickets_per_purchase", "coalesce(tickets_all, 0)"),
+            ("returns_per_purchase", "coalesce(returns_all, 0)"),
+            (
+                "advocacy_per_purchase",
+                "coalesce(reviews_all, 0) + coalesce(referrals_all, 0) + coalesce(shares_all, 0)",
+            ),
+        ):
+            cols[name] = f"CAST({x} AS DOUBLE) / {per_purchase}"
+        for s in STAGES:
+            cols[f"{s}_share_{max_w}d"] = (
+                f"CAST(coalesce({s}_events_{max_w}d, 0) AS DOUBLE) / nullif(events_{max_w}d, 0)"
+            )
         for c in CHANNELS:
             cols[f"share_{c}"] = f"CAST(coalesce(n_{c}, 0) AS DOUBLE) / nullif(n_chan, 0)"
         for w in self.windows:

@@ -47,6 +47,8 @@ FAMILIES = {
     "emotion": "Emotion and pain: support contacts, returns and sentiment.",
     "intent": "Intent: the categories pursued recently and before, and how much they moved.",
     "advocacy": "Advocacy: reviews, referrals and shares.",
+    "rates": "Behavior rates: normalized by purchases, active time or events, so that a client"
+    " who went quiet keeps the profile of how they behaved while active.",
 }
 
 
@@ -318,6 +320,27 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
     add("reviews", "advocacy", "int64", "Review events up to the as-of date.")
     add("referrals", "advocacy", "int64", "Referral events up to the as-of date.")
     add("shares", "advocacy", "int64", "Share events up to the as-of date.")
+
+    add(
+        "purchases_per_active_month",
+        "rates",
+        "float64",
+        "Purchase events per 30 days of the active span (first to last event, at least 30 days).",
+    )
+    for name, what in (
+        ("tickets_per_purchase", "Support tickets"),
+        ("returns_per_purchase", "Returns"),
+        ("advocacy_per_purchase", "Reviews, referrals and shares"),
+    ):
+        add(name, "rates", "float64", f"{what} per purchase event (per 1 if none).")
+    w = windows[-1]
+    for stage in STAGES:
+        add(
+            f"{stage}_share_{w}d",
+            "rates",
+            "float64",
+            f"Share of the last {w} days' events in the {stage} stage; null if none.",
+        )
     return out
 
 

@@ -156,13 +156,16 @@ def fit_cltv(
 def score_clients(
     bundle: CltvBundle | None, btyd: pd.DataFrame, config: EngineConfig, version: str
 ) -> pd.DataFrame:
-    """client_scores rows: p_alive, expected purchases and value, discounted CLTV."""
+    """client_scores rows: p_alive, expected purchases and value, discounted CLTV, and
+    cltv_percentile (share of tonight's scored clients with a predicted CLTV at most the
+    client's own, 0..1; the rules define VIP as a top percentile, whatever the currency)."""
     columns = [
         "client_id",
         "p_alive",
         "expected_purchases",
         "expected_avg_value",
         "predicted_cltv",
+        "cltv_percentile",
         "horizon_days",
         "model_version",
     ]
@@ -171,6 +174,7 @@ def score_clients(
     predicted = bundle.model.predict(btyd)
     predicted = predicted.reset_index().rename(columns={"index": "client_id"})
     predicted["client_id"] = btyd.index.to_numpy()
+    predicted["cltv_percentile"] = predicted["predicted_cltv"].rank(method="max", pct=True)
     predicted["horizon_days"] = bundle.model.horizon_days
     predicted["model_version"] = version
     return predicted[columns]

@@ -12,8 +12,16 @@ QUALITY_MARGIN: eom alone often merges distinct groups into a few big clusters.
 Guard rails. A fit is degenerate when it finds fewer than two clusters or its noise share is
 above `max_noise_share`. Then, documented fallback, in order:
 1. "retry_leaf": one retry with half the min_cluster_size (at least 5) and leaf selection;
-2. "kmeans": k-means with k in 2..8 chosen by silhouette on the sample, every client in a
-   cluster except points far outside every cluster (see `assigner.CentroidAssigner`);
+2. "kmeans": k-means with k in 2..`kmeans_max_k`, every client in a cluster except points far
+   outside every cluster (see `assigner.CentroidAssigner`). k is chosen by `kmeans_k_selection`:
+   "gap" (default) adds clusters while each extra one raises the gap statistic (Tibshirani:
+   log within-cluster dispersion of structureless reference data, uniform in the sample's
+   principal-axis box, minus that of the sample) by at least `kmeans_min_gap_gain`, i.e. while
+   the extra cluster explains clearly more than it would on data without structure; this finds
+   the finer real structure where silhouette prefers the coarsest split. "silhouette" takes the
+   best silhouette. On a refit (`previous` given, same k) k-means starts from the previous
+   segments' centres mapped into the new feature space, so similar data keeps its partition,
+   and keeps the previous k while the gap gains are within K_HYSTERESIS of the threshold;
 3. "single": one segment for everybody, when the sample has fewer than two distinct points.
 `metrics_` says which (degenerate, degenerate_reason, fallback); the engine never publishes
 "everything is noise".
@@ -32,6 +40,7 @@ Profiles (`profiles_`) give each segment its distinguishing features, a name and
 from __future__ import annotations
 
 import copy
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +53,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import RobustScaler
+from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from segmentation import identity, profiles
@@ -59,45 +68,39 @@ from segmentation.assigner import (
 
 CLIENT_ID = "client_id"
 NOISE_ID = identity.NOISE_ID
+K_HYSTERESIS = 1 / 3  # share of kmeans_min_gap_gain within which a refit keeps the previous k
 QUALITY_MARGIN = 0.02  # DBCV gain needed to prefer the other cluster selection
 
-# The default behavioral subset of the feature catalog: recency and tenure, value, activity and
-# its momentum, journey stage, funnel drop-off, support pain and emotion, channel mix, advocacy
-# and intent change. Identifiers, text columns and BTYD inputs (used by CLTV) are left out.
+# The default behavioral subset of the feature catalog: how a client behaves, as rates that do
+# not fade when the client goes quiet (channel mix, journey-stage mix over a year, purchases per
+# active month, support, returns and advocacy per purchase, spend per order, sentiment), plus
+# recency (a long silence is a behavior of its own). Counts that grow with tenure, momentum and
+# other state features are left to the lifecycle rules; identifiers, text and BTYD inputs too.
 DEFAULT_FEATURES: tuple[str, ...] = (
     "recency_days",
-    "tenure_days",
-    "n_purchases",
-    "total_spend",
+    "purchases_per_active_month",
     "avg_order_value",
-    "events_90d",
-    "active_days_90d",
-    "activity_momentum",
-    "spend_momentum",
-    "furthest_stage_rank",
-    "current_stage_rank",
-    "cart_abandon_rate_90d",
-    "carts_abandoned_90d",
-    "support_tickets_90d",
-    "returns_90d",
+    "purchase_share_365d",
+    "consideration_share_365d",
+    "retention_share_365d",
+    "advocacy_share_365d",
+    "tickets_per_purchase",
+    "advocacy_per_purchase",
     "sentiment_mean",
-    "channel_entropy",
     "share_web",
     "share_app",
-    "share_email",
     "share_store",
     "share_call_center",
-    "reviews",
-    "referrals",
-    "shares",
-    "intent_shift",
 )
 
 _COUNT_OR_MONEY = re.compile(
     r"^(n_\w+|events_\d+d|active_days_\d+d|purchases_\d+d|purchase_days|frequency"
     r"|carts_abandoned_\d+d|checkouts_abandoned_\d+d|support_tickets_\d+d|returns_\d+d"
-    r"|reviews|referrals|shares|total_spend|avg_order_value|monetary_value|spend_\d+d)$"
+    r"|reviews|referrals|shares|total_spend|avg_order_value|monetary_value|spend_\d+d"
+    r"|purchases_per_active_month)$"
 )
+# Values per order: undefined (null) without an order, imputed like any unknown (median)
+_PER_ORDER = frozenset({"avg_order_value"})
 _DURATION = re.compile(r"^(recency_days|tenure_days|days_since_\w+|return_gap_days|recency|T)$")
 
 
@@ -113,6 +116,8 @@ def is_log_feature(name: str) -> bool:
 
 def fill_value_rule(name: str) -> str:
     """How a null is imputed: "zero" for counts, money and sentiment, else "median" (of the sample)."""
+    if name in _PER_ORDER:
+        return "median"
     if is_count_or_money(name) or name.startswith("sentiment_"):
         return "zero"
     return "median"
@@ -187,7 +192,7 @@ def build_pipeline(
     """The feature transform pipeline (unfitted): encode -> robust scale -> clip [-> PCA]."""
     steps: list[tuple[str, Any]] = [
         ("encode", FeatureEncoder(features=list(features))),
-        ("scale", RobustScaler()),
+        ("scale", StandardScaler()),
         ("clip", ClipTransformer(clip)),
     ]
     if pca_components:
@@ -214,6 +219,11 @@ class ClusterModel(BaseEstimator):
         cluster_selection_method: str = "eom",
         pca_components: int | None = None,
         max_noise_share: float = 0.5,
+        max_cluster_share: float = 0.8,
+        kmeans_max_k: int = 12,
+        kmeans_k_selection: str = "gap",
+        kmeans_min_gap_gain: float = 0.03,
+        kmeans_references: int = 3,
         n_neighbors: int = 10,
         min_confidence: float = 0.0,
         clip: float | None = 5.0,
@@ -229,6 +239,11 @@ class ClusterModel(BaseEstimator):
         self.cluster_selection_method = cluster_selection_method
         self.pca_components = pca_components
         self.max_noise_share = max_noise_share
+        self.max_cluster_share = max_cluster_share
+        self.kmeans_max_k = kmeans_max_k
+        self.kmeans_k_selection = kmeans_k_selection
+        self.kmeans_min_gap_gain = kmeans_min_gap_gain
+        self.kmeans_references = kmeans_references
         self.n_neighbors = n_neighbors
         self.min_confidence = min_confidence
         self.clip = clip
@@ -248,6 +263,11 @@ class ClusterModel(BaseEstimator):
             "cluster_selection_method": config.cluster_selection_method,
             "pca_components": config.pca_components,
             "max_noise_share": config.max_noise_share,
+            "max_cluster_share": config.max_cluster_share,
+            "kmeans_max_k": config.kmeans_max_k,
+            "kmeans_k_selection": config.kmeans_k_selection,
+            "kmeans_min_gap_gain": config.kmeans_min_gap_gain,
+            "kmeans_references": config.kmeans_references,
             "n_neighbors": config.assigner_neighbors,
             "min_confidence": config.min_confidence,
             "random_state": random_state,
@@ -289,7 +309,7 @@ class ClusterModel(BaseEstimator):
         self.pipeline_ = build_pipeline(features, self.clip, self.pca_components, self.random_state)
         Z = self.pipeline_.fit_transform(sample)
 
-        labels, centers, info = self._cluster(Z)
+        labels, centers, info = self._cluster(Z, previous)
         self.sample_labels_ = labels
         self.hdbscan_ = info.pop("hdbscan")
         self.kmeans_ = info.pop("kmeans")
@@ -362,6 +382,16 @@ class ClusterModel(BaseEstimator):
             )
         if not 0 < self.max_noise_share <= 1:
             raise ValueError(f"max_noise_share must be in (0, 1], got {self.max_noise_share}")
+        if not 0 < self.max_cluster_share <= 1:
+            raise ValueError(f"max_cluster_share must be in (0, 1], got {self.max_cluster_share}")
+        if self.kmeans_k_selection not in ("gap", "silhouette"):
+            raise ValueError(
+                f"kmeans_k_selection must be 'gap' or 'silhouette', got {self.kmeans_k_selection!r}"
+            )
+        if self.kmeans_max_k < 2:
+            raise ValueError(f"kmeans_max_k must be at least 2, got {self.kmeans_max_k}")
+        if self.kmeans_references < 1:
+            raise ValueError(f"kmeans_references must be at least 1, got {self.kmeans_references}")
         if self.features is not None and len(self.features) == 0:
             raise ValueError("features must name at least one column")
 
@@ -369,7 +399,7 @@ class ClusterModel(BaseEstimator):
         if not hasattr(self, "assigner_"):
             raise RuntimeError("ClusterModel is not fitted: call fit() first")
 
-    def _cluster(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    def _cluster(self, Z: np.ndarray, previous=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
         """HDBSCAN with the configured settings, then the fallbacks (module docstring)."""
         n = len(Z)
         attempts = [(self.min_cluster_size, self.min_samples, self.cluster_selection_method)]
@@ -378,7 +408,7 @@ class ClusterModel(BaseEstimator):
         for i, (mcs, ms, method) in enumerate(attempts):
             fitted = self._fit_hdbscan(Z, mcs, ms, method)
             problem = "hdbscan could not fit the sample" if fitted is None else None
-            problem = problem or self._degenerate(fitted.labels_)
+            problem = problem or self._degenerate(fitted.labels_, fitted)
             if problem is None:
                 selection = method
                 if self.select_by_quality:
@@ -407,7 +437,7 @@ class ClusterModel(BaseEstimator):
                     },
                 )
             reason = reason or problem
-        return self._kmeans_fallback(Z, reason)
+        return self._kmeans_fallback(Z, reason, previous)
 
     def _best_selection(self, fitted, Z: np.ndarray, mcs: int, ms: int | None, method: str):
         """The other cluster selection on the same tree, kept if its DBCV is clearly higher.
@@ -419,7 +449,7 @@ class ClusterModel(BaseEstimator):
         alternative = _reselect(fitted, other, mcs)
         if alternative is None:
             alternative = self._fit_hdbscan(Z, mcs, ms, other)
-        if alternative is None or self._degenerate(alternative.labels_) is not None:
+        if alternative is None or self._degenerate(alternative.labels_, alternative) is not None:
             return fitted, method
         mine, theirs = _dbcv(fitted), _dbcv(alternative)
         if theirs is not None and (mine is None or theirs > mine + QUALITY_MARGIN):
@@ -444,16 +474,27 @@ class ClusterModel(BaseEstimator):
         except (ValueError, MemoryError):
             return None
 
-    def _degenerate(self, labels: np.ndarray) -> str | None:
+    def _degenerate(self, labels: np.ndarray, fitted=None) -> str | None:
+        """Why a density fit cannot be published, or None: too few clusters, too much noise,
+        one cluster holding nearly everyone clustered, or no density structure (DBCV <= 0)."""
         n_clusters = int(labels.max()) + 1 if labels.size else 0
         noise = float(np.mean(labels == NOISE)) if labels.size else 1.0
         if n_clusters < 2:
             return f"{n_clusters} cluster(s) found"
         if noise > self.max_noise_share:
             return f"noise share {noise:.2f} above max_noise_share {self.max_noise_share:.2f}"
+        largest = float(np.bincount(labels[labels >= 0]).max() / np.sum(labels >= 0))
+        if largest > self.max_cluster_share:
+            return (
+                f"largest cluster holds {largest:.2f} of the clustered clients"
+                f" (max_cluster_share {self.max_cluster_share:.2f})"
+            )
+        quality = _dbcv(fitted) if fitted is not None else None
+        if quality is not None and quality <= 0:
+            return f"no density structure (DBCV {quality})"
         return None
 
-    def _kmeans_fallback(self, Z: np.ndarray, reason: str | None):
+    def _kmeans_fallback(self, Z: np.ndarray, reason: str | None, previous=None):
         info: dict[str, Any] = {
             "degenerate": True,
             "degenerate_reason": reason,
@@ -476,27 +517,75 @@ class ClusterModel(BaseEstimator):
             return labels, centers, info
         rng = np.random.default_rng(self.random_state)
         pick = rng.choice(len(Z), size=min(len(Z), 5000), replace=False)
-        best = None
-        for k in range(2, min(8, distinct - 1) + 1):
+        ks = list(range(2, min(self.kmeans_max_k, distinct - 1) + 1))
+        k, scores = self._select_k(Z[pick], ks, rng, _previous_k(previous))
+        init = self._previous_centers(previous, k)
+        if init is not None:
+            km = KMeans(k, init=init, n_init=1, random_state=self.random_state).fit(Z)
+        else:
             km = KMeans(k, n_init=4, random_state=self.random_state).fit(Z)
-            sub = km.labels_[pick]
-            if len(np.unique(sub)) < 2:
-                continue
-            score = float(silhouette_score(Z[pick], sub, random_state=self.random_state))
-            if best is None or score > best[0] + 1e-9:
-                best = (score, km)
-        if best is None:
-            km = KMeans(2, n_init=4, random_state=self.random_state).fit(Z)
-            best = (float("nan"), km)
-        score, km = best
+        sub = km.labels_[pick]
+        score = (
+            float(silhouette_score(Z[pick], sub, random_state=self.random_state))
+            if len(np.unique(sub)) > 1
+            else float("nan")
+        )
         info.update(
             fallback="kmeans",
             algorithm="kmeans",
             quality=round(score, 4) if np.isfinite(score) else None,
             quality_metric="silhouette",
             kmeans=km,
+            kmeans_k=k,
+            kmeans_k_selection=self.kmeans_k_selection,
+            kmeans_k_scores=scores,
+            kmeans_init="previous" if init is not None else "k-means++",
         )
         return km.labels_.astype(np.int64), km.cluster_centers_, info
+
+    def _select_k(
+        self, Z: np.ndarray, ks: list[int], rng, previous_k: int | None = None
+    ) -> tuple[int, dict[str, float]]:
+        """k for the k-means fallback and the per-k criterion values (module docstring).
+
+        With "gap", a refit keeps the previous k while the criterion is within
+        K_HYSTERESIS * kmeans_min_gap_gain of accepting it, so that k does not flip between
+        refits on gains that sit on the threshold."""
+        if self.kmeans_k_selection == "silhouette":
+            scores = {}
+            for k in ks:
+                labels = KMeans(k, n_init=4, random_state=self.random_state).fit_predict(Z)
+                if len(np.unique(labels)) > 1:
+                    scores[k] = float(silhouette_score(Z, labels, random_state=self.random_state))
+            best = max(scores, key=lambda k: (scores[k], -k), default=2)
+            return best, {str(k): round(v, 4) for k, v in scores.items()}
+        gaps = gap_statistic(Z, ks, self.kmeans_references, rng, self.random_state)
+        gains = {larger: gaps[larger] - gaps[smaller] for smaller, larger in itertools.pairwise(ks)}
+        k = ks[0]
+        for larger, gain in gains.items():
+            if gain < self.kmeans_min_gap_gain:
+                break
+            k = larger
+        margin = K_HYSTERESIS * self.kmeans_min_gap_gain
+        if previous_k in gaps and previous_k != k:
+            low = self.kmeans_min_gap_gain - margin
+            reached = all(gains[j] >= low for j in ks[1:] if j <= previous_k)
+            stops = gains.get(previous_k + 1, -np.inf) < self.kmeans_min_gap_gain + margin
+            if reached and stops:
+                k = previous_k
+        return k, {str(k): round(v, 4) for k, v in gaps.items()}
+
+    def _previous_centers(self, previous, k: int) -> np.ndarray | None:
+        """The previous k-means segments' centres in this model's space, when there are k."""
+        if previous is None or getattr(previous, "kmeans_", None) is None:
+            return None
+        try:
+            centers = self._centers_in(previous, self)
+        except (ValueError, KeyError, AttributeError):
+            return None
+        if len(centers) != k or not np.isfinite(centers.to_numpy()).all():
+            return None
+        return np.ascontiguousarray(centers.to_numpy(dtype=np.float64))
 
     def _make_assigner(self, Z, labels, geometry: ClusterGeometry | None, centers, scale=1.0):
         if geometry is None:
@@ -619,6 +708,24 @@ class ClusterModel(BaseEstimator):
         return pd.DataFrame(Z, index=medians.index)
 
 
+def gap_statistic(
+    Z: np.ndarray, ks: Sequence[int], references: int, rng, random_state: int
+) -> dict[int, float]:
+    """Gap statistic per k: mean log k-means inertia of uniform reference data (in the box of
+    the sample's principal axes) minus the sample's log inertia (Tibshirani et al. 2001)."""
+    centered = Z - Z.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    rotated = centered @ vt.T
+    low, high = rotated.min(axis=0), rotated.max(axis=0)
+    refs = [rng.uniform(low, high, size=rotated.shape) for _ in range(references)]
+    gaps = {}
+    for k in ks:
+        own = KMeans(k, n_init=4, random_state=random_state).fit(Z).inertia_
+        ref = [KMeans(k, n_init=1, random_state=random_state).fit(R).inertia_ for R in refs]
+        gaps[k] = float(np.mean(np.log(np.maximum(ref, 1e-12))) - np.log(max(own, 1e-12)))
+    return gaps
+
+
 def _reselect(fitted, method: str, mcs: int):
     """`fitted` with another cluster selection on its single-linkage tree (no refit), or None.
 
@@ -644,6 +751,11 @@ def _reselect(fitted, method: str, mcs: int):
         return alternative
     except Exception:
         return None
+
+
+def _previous_k(previous) -> int | None:
+    km = getattr(previous, "kmeans_", None) if previous is not None else None
+    return int(km.n_clusters) if km is not None else None
 
 
 def _previous_segments(previous: ClusterModel | None) -> list[str] | None:

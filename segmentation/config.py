@@ -95,6 +95,11 @@ class ClusteringConfig(_Section):
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
     pca_components: int | None = Field(None, ge=1)
     max_noise_share: float = Field(0.5, gt=0, le=1)
+    max_cluster_share: float = Field(0.8, gt=0, le=1)
+    kmeans_max_k: int = Field(12, ge=2)
+    kmeans_k_selection: Literal["gap", "silhouette"] = "gap"
+    kmeans_min_gap_gain: float = Field(0.03, ge=0)
+    kmeans_references: int = Field(3, ge=1)
     assigner_neighbors: int = Field(10, ge=1)
     min_confidence: float = Field(0.0, ge=0, le=1)
 

@@ -124,6 +124,14 @@ def measure_quality(
             "clients_before": len(ids),
             "shift_date": shift.isoformat(),
             "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
+            "k_selection": {
+                name: {key: m.get(key) for key in ("kmeans_k", "kmeans_init", "kmeans_k_scores")}
+                for name, m in (
+                    ("earlier", earlier.bundle.model.metrics_),
+                    ("before", metrics),
+                    ("after_refit", refitted.bundle.model.metrics_),
+                )
+            },
         },
     )
 

@@ -65,7 +65,14 @@ __all__ = [
 
 DEFAULT_RULES_PATH = CONFIG_DIR / "rules.yaml"
 # CLTV scores joined onto the features before the rules run; absent columns read as null.
-SCORE_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_value", "predicted_cltv")
+# cltv_percentile: share of tonight's clients with a predicted CLTV at most the client's (0..1).
+SCORE_COLUMNS = (
+    "p_alive",
+    "expected_purchases",
+    "expected_avg_value",
+    "predicted_cltv",
+    "cltv_percentile",
+)
 # Segment rules may test the stage the lifecycle rules gave the client.
 LIFECYCLE_COLUMN = "lifecycle_stage"
 RULE_ID_PREFIX = "rule_"

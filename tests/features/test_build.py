@@ -408,3 +408,86 @@ def pandas_features(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> p
         )
         out[client] = row
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def _assert_matches_pandas(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    assert sorted(want.index) == list(got.index)
+    for col in want.columns:
+        expected, actual = want[col], got.loc[want.index, col]
+        if not pd.api.types.is_numeric_dtype(expected):
+            assert (expected.fillna("<null>") == actual.fillna("<null>")).all(), col
+        else:
+            np.testing.assert_allclose(
+                actual.astype(float), expected.astype(float), rtol=1e-9, atol=1e-4, err_msg=col
+            )
+
+
+def test_overlapping_windows_and_a_long_momentum_match_pandas(events: pd.DataFrame) -> None:
+    # 2 x momentum = the fixed 90-day window, and a configured window equal to the momentum:
+    # the packed counters share age buckets and must still count each window exactly.
+    cfg = FeaturesConfig(windows_days=(7, 45), momentum_days=45, intent_days=10)
+    con = duckdb.connect()
+    make_events(con, events)
+    got = build_features(con, AS_OF, cfg).to_pandas().set_index("client_id")
+    _assert_matches_pandas(got, pandas_features(events, AS_OF, cfg))
+    _assert_matches_pandas(got, stage_and_type_counts(events, AS_OF, cfg))
+
+
+def test_stage_channel_and_type_counts_match_pandas(events: pd.DataFrame, built) -> None:
+    _, got = built
+    _assert_matches_pandas(got, stage_and_type_counts(events, AS_OF, FeaturesConfig()))
+
+
+def stage_and_type_counts(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> pd.DataFrame:
+    """Journey-stage, channel-window and event-type features recomputed in pandas."""
+    end = pd.Timestamp(day_end(as_of))
+    day = pd.Timedelta(days=1)
+    taxonomy = load_taxonomy()
+    ranks = {"awareness": 1, "consideration": 2, "purchase": 3, "retention": 4, "advocacy": 5}
+    ev = events[events["event_time"] < end].copy()
+    ev["event_time"] = pd.to_datetime(ev["event_time"])
+    ev["rank"] = ev["event_type"].map(taxonomy.stage).map(ranks).fillna(0).astype(int)
+    ev["age"] = (pd.Timestamp(as_of) - ev["event_time"].dt.normalize()) // day
+    m = cfg.momentum_days
+    out = {}
+    for client, g in ev.groupby("client_id"):
+        row: dict[str, object] = {}
+        top = g[g["rank"] == g["rank"].max()]
+        row["furthest_stage_rank"] = g["rank"].max()
+        row["days_since_stage_advance"] = (end - top["event_time"].min()) / day
+        staged = g[g["rank"] > 0].sort_values(["event_time", "rank"])
+        row["current_stage_rank"] = staged["rank"].iloc[-1] if len(staged) else 0
+        for w in (*cfg.windows_days, 30, 90):
+            inside = g[g["age"] < w]
+            row[f"events_{w}d"] = len(inside)
+            for stage, rank in ranks.items():
+                row[f"{stage}_events_{w}d"] = int((inside["rank"] == rank).sum())
+        for w in (30, 90):
+            row[f"web_events_{w}d"] = int(((g["age"] < w) & (g["channel"] == "web")).sum())
+            row[f"call_center_events_{w}d"] = int(
+                ((g["age"] < w) & (g["channel"] == "call_center")).sum()
+            )
+        before, inside = g[g["age"] >= m], g[g["age"] < m]
+        gap = (inside["event_time"].min() - before["event_time"].max()) / day
+        row["return_gap_days"] = gap if len(before) and len(inside) else np.nan
+        for etype, name in (("return", "n_returns"), ("support_ticket", "n_support_tickets")):
+            row[name] = int((g["event_type"] == etype).sum())
+        row["returns_90d"] = int(((g["event_type"] == "return") & (g["age"] < 90)).sum())
+        row["return_amount"] = g.loc[g["event_type"] == "return", "amount"].sum()
+        out[client] = row
+    return pd.DataFrame.from_dict(out, orient="index").sort_index()
+
+
+def test_events_before_1970_match_pandas(events: pd.DataFrame, built) -> None:
+    # Negative epoch microseconds: the stage and sentiment keys must order them correctly.
+    shift = timedelta(days=365 * 60)
+    old = events.assign(event_time=[t - shift for t in events["event_time"]])
+    as_of = AS_OF - shift
+    con = duckdb.connect()
+    make_events(con, old)
+    table = build_features(con, as_of)
+    got = table.to_pandas().set_index("client_id")
+    _assert_matches_pandas(got, pandas_features(old, as_of, FeaturesConfig()))
+    assert build_features(con, as_of, shards=3).equals(table)
+    # Every feature is relative to the as-of day, so the shifted build is the same table.
+    assert table.equals(built[0])

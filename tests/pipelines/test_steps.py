@@ -112,3 +112,32 @@ def test_stability_is_the_share_keeping_their_segment():
     cur = pd.DataFrame({"client_id": ["a", "b", "d"], "segment_id": ["x", "x", "y"]})
     assert stability_against(prev, cur) == 0.5
     assert stability_against(None, cur) is None
+
+
+def test_scores_carry_a_cltv_percentile_that_ranks_predicted_cltv():
+    from pathlib import Path
+
+    from models.cltv import CltvModel
+    from pipelines.steps import CltvBundle, score_clients
+
+    cdnow = pd.read_csv(
+        Path(__file__).parents[1] / "data" / "cdnow_customers_summary_with_transactions.csv"
+    )
+    btyd = pd.DataFrame(
+        {
+            "frequency": cdnow["x"].to_numpy(dtype=float),
+            "recency": np.floor(cdnow["t_x"].to_numpy() * 7),
+            "T": np.floor(cdnow["T"].to_numpy() * 7),
+            "monetary_value": cdnow["zbar"].to_numpy(dtype=float),
+        },
+        index=cdnow["ID"].astype(str).rename("client_id"),
+    )
+    model = CltvModel(horizon_days=365).fit(btyd)
+    scores = score_clients(CltvBundle(model, {}, date(1997, 9, 30)), btyd, CONFIG, "7")
+    assert scores["client_id"].tolist() == btyd.index.tolist()
+    assert scores["cltv_percentile"].between(0, 1).all()
+    assert scores["cltv_percentile"].max() == 1.0
+    ranked = scores.sort_values("predicted_cltv")
+    assert ranked["cltv_percentile"].is_monotonic_increasing
+    assert (scores["model_version"] == "7").all()
+    assert score_clients(None, btyd, CONFIG, "none").empty

@@ -158,4 +158,19 @@ def _persona_rows(par: dict, m: int, rng: np.random.Generator) -> pd.DataFrame:
     )
     for j, channel in enumerate(CHANNELS):
         frame[f"share_{channel}"] = shares[:, j]
+    # rate features (features.catalog family "rates")
+    per = np.maximum(n_purchases, 1)
+    frame["purchases_per_active_month"] = 30.0 * n_purchases / np.maximum(tenure - recency, 30)
+    frame["tickets_per_purchase"] = tickets / per
+    frame["returns_per_purchase"] = frame["returns_90d"] / per
+    frame["advocacy_per_purchase"] = (frame["reviews"] + frame["referrals"] + frame["shares"]) / per
+    total = events_90d + n_purchases + tickets + frame["reviews"] + 1.0
+    frame["purchase_share_365d"] = n_purchases / total
+    frame["retention_share_365d"] = tickets / total
+    frame["advocacy_share_365d"] = frame["reviews"] / total
+    frame["consideration_share_365d"] = carts / total
+    stages = ("purchase", "retention", "advocacy", "consideration")
+    frame["awareness_share_365d"] = np.clip(
+        1 - frame[[f"{s}_share_365d" for s in stages]].sum(axis=1), 0, 1
+    )
     return frame

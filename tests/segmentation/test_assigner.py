@@ -12,7 +12,7 @@ from segmentation.assigner import (
     NeighborAssigner,
     hdbscan_geometry,
 )
-from segmentation.clustering import build_pipeline
+from segmentation.clustering import DEFAULT_FEATURES, build_pipeline
 from tests.segmentation.behavioral_data import make_behavioral_frame
 
 
@@ -60,10 +60,9 @@ def blobs():
 
 @pytest.fixture(scope="module")
 def behavioral():
+    # the production shape: the default behavioral features through the production transform
     frame = make_behavioral_frame(3000, seed=5)
-    Z = build_pipeline(
-        [c for c in frame.columns if c not in ("client_id", "persona")]
-    ).fit_transform(frame)
+    Z = build_pipeline(DEFAULT_FEATURES).fit_transform(frame)
     fitted, geometry = _fit(Z, min_cluster_size=40)
     return Z, fitted, geometry
 

@@ -80,7 +80,8 @@ def test_stable_ids_and_names(model):
 def test_far_away_clients_are_noise(frame, model):
     odd = frame.head(3).copy()
     odd["client_id"] = ["x1", "x2", "x3"]
-    odd[["total_spend", "events_90d", "support_tickets_90d"]] = 1e9
+    extreme = ["purchases_per_active_month", "avg_order_value", "tickets_per_purchase"]
+    odd[[*extreme, "advocacy_per_purchase"]] = 1e9
     odd["share_store"] = 1.0
     odd[["share_web", "share_app", "share_email", "share_call_center"]] = 0.0
     pred = model.predict(odd)
@@ -149,15 +150,16 @@ def test_identical_clients_get_a_single_segment():
 def test_nulls_are_imputed(frame):
     holes = frame.copy()
     holes.loc[holes.index[::3], "sentiment_mean"] = np.nan
-    holes.loc[holes.index[::5], "n_purchases"] = np.nan
-    holes.loc[holes.index[::7], "channel_entropy"] = np.nan
+    holes.loc[holes.index[::5], "purchases_per_active_month"] = np.nan
+    holes.loc[holes.index[::7], "avg_order_value"] = np.nan
     m = ClusterModel(min_cluster_size=40, validate_assigner=False).fit(holes)
     pred = m.predict(holes)
     assert pred["confidence"].notna().all()
     encoder = m.pipeline_.named_steps["encode"]
     fills = dict(zip(encoder.feature_names_in_, encoder.fill_values_, strict=True))
-    assert fills["sentiment_mean"] == 0 and fills["n_purchases"] == 0
-    assert fills["channel_entropy"] == pytest.approx(holes["channel_entropy"].median())
+    assert fills["sentiment_mean"] == 0 and fills["purchases_per_active_month"] == 0
+    # a value per order is unknown without an order: the median, not zero
+    assert fills["avg_order_value"] == pytest.approx(holes["avg_order_value"].median())
 
 
 def test_feature_rules():
@@ -186,21 +188,30 @@ def test_from_config():
     cfg = ClusteringConfig(sample_size=5000, min_cluster_size=25, assigner_neighbors=7)
     m = ClusterModel.from_config(cfg, random_state=3)
     assert (m.sample_size, m.min_cluster_size, m.n_neighbors, m.random_state) == (5000, 25, 7, 3)
+    cfg = ClusteringConfig(kmeans_max_k=9, kmeans_k_selection="silhouette", kmeans_min_gap_gain=0.1)
+    m = ClusterModel.from_config(cfg)
+    assert (m.kmeans_max_k, m.kmeans_k_selection, m.kmeans_min_gap_gain) == (9, "silhouette", 0.1)
+    assert ClusterModel.from_config(ClusteringConfig()).kmeans_k_selection == "gap"
     assert m.features is None
 
 
 def test_default_features_are_the_documented_subset():
-    assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 26
-    assert {"total_spend", "share_app", "cart_abandon_rate_90d", "sentiment_mean"} <= set(
+    assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 14
+    assert {"purchases_per_active_month", "share_app", "tickets_per_purchase"} <= set(
         DEFAULT_FEATURES
     )
+    # state features belong to the lifecycle rules, not to the clusters
+    assert not {"activity_momentum", "tenure_days", "total_spend"} & set(DEFAULT_FEATURES)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (lambda f: f.drop(columns=["client_id"]), "no 'client_id' column"),
-        (lambda f: f.drop(columns=["total_spend", "reviews"]), "total_spend, reviews"),
+        (
+            lambda f: f.drop(columns=["avg_order_value", "tickets_per_purchase"]),
+            "avg_order_value, tickets_per_purchase",
+        ),
         (lambda f: f.assign(client_id="same"), "not unique"),
         (lambda f: f.assign(share_app="high"), "not numeric: share_app"),
         (lambda f: f.iloc[:0], "no rows"),
@@ -217,9 +228,92 @@ def test_bad_params_and_unfitted_use():
         ClusterModel(cluster_selection_method="best").fit(small)
     with pytest.raises(ValueError, match="max_noise_share"):
         ClusterModel(max_noise_share=0).fit(small)
+    with pytest.raises(ValueError, match="max_cluster_share"):
+        ClusterModel(max_cluster_share=1.5).fit(small)
+    with pytest.raises(ValueError, match="kmeans_k_selection"):
+        ClusterModel(kmeans_k_selection="elbow").fit(small)
+    with pytest.raises(ValueError, match="kmeans_max_k"):
+        ClusterModel(kmeans_max_k=1).fit(small)
     with pytest.raises(RuntimeError, match="not fitted"):
         ClusterModel().predict(small)
     with pytest.raises(ValueError, match="lacks feature column"):
         ClusterModel(min_cluster_size=10, validate_assigner=False).fit(small).predict(
-            small.drop(columns=["tenure_days"])
+            small.drop(columns=["tickets_per_purchase"])
         )
+
+
+def _nested_blobs(seed=0, centre_seed=0, n_per=300, d=12):
+    """Six blobs in three well-apart pairs in 12 dimensions: silhouette prefers a coarser split
+    (pairs merged), the truth is 6 clusters."""
+    centres_rng, rng = np.random.default_rng(centre_seed), np.random.default_rng(seed)
+    centres = []
+    for _ in range(3):
+        base = centres_rng.normal(0, 6.0, d)
+        centres += [base + centres_rng.normal(0, 2.0, d) for _ in range(2)]
+    X = np.vstack([rng.normal(c, 1.0, size=(n_per, d)) for c in centres])
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(d)])
+    frame.insert(0, "client_id", [f"p{seed}_{i}" for i in range(len(frame))])
+    return frame, np.repeat(np.arange(6), n_per)
+
+
+def _kmeans_model(**params):
+    # HDBSCAN's fit is degenerate by the guard rails (any noise, any cluster above 5%) -> k-means
+    return ClusterModel(
+        features=[f"x{i}" for i in range(12)],
+        min_cluster_size=30,
+        max_noise_share=1e-4,
+        max_cluster_share=0.05,
+        **params,
+    )
+
+
+def test_gap_selection_finds_the_finer_real_structure():
+    frame, truth = _nested_blobs()
+    gap = _kmeans_model().fit(frame)
+    assert gap.metrics_["fallback"] == "kmeans"
+    assert gap.metrics_["kmeans_k_selection"] == "gap" and gap.metrics_["kmeans_k"] == 6
+    assert set(gap.metrics_["kmeans_k_scores"]) == {str(k) for k in range(2, 13)}
+    assert adjusted_rand_score(truth, gap.predict(frame)["cluster_id"]) >= 0.95
+    silhouette = _kmeans_model(kmeans_k_selection="silhouette").fit(frame)
+    assert silhouette.metrics_["kmeans_k"] < 6  # a coarser split, what gap corrects
+
+
+def test_gap_selection_keeps_structureless_data_coarse():
+    rng = np.random.default_rng(5)
+    uniform = pd.DataFrame(rng.uniform(0, 1, size=(1200, 12)), columns=[f"x{i}" for i in range(12)])
+    uniform.insert(0, "client_id", [f"u{i}" for i in range(1200)])
+    m = _kmeans_model(kmeans_max_k=6).fit(uniform)
+    assert m.metrics_["fallback"] == "kmeans"
+    assert m.metrics_["kmeans_k"] <= 3
+    assert set(m.metrics_["kmeans_k_scores"]) == {str(k) for k in range(2, 7)}
+
+
+def test_kmeans_refit_starts_from_the_previous_centres():
+    frame, _ = _nested_blobs(seed=0)
+    first = _kmeans_model().fit(frame)
+    assert first.metrics_["kmeans_init"] == "k-means++"
+    later, _ = _nested_blobs(seed=1)  # other clients, the same behaviours
+    refit = _kmeans_model(random_state=7).fit(later, previous=first)
+    assert refit.metrics_["kmeans_init"] == "previous"
+    # the same partition under the same ids
+    assert (first.predict(later)["segment_id"] == refit.predict(later)["segment_id"]).mean() > 0.99
+    assert refit.metrics_["segments_kept"] == sorted(first.segment_ids_.values())
+
+
+def test_gap_rule_and_refit_hysteresis(monkeypatch):
+    import segmentation.clustering as clustering
+
+    gains = {3: 0.2, 4: 0.1, 5: 0.04, 6: 0.025, 7: 0.01, 8: 0.05}
+    gaps = {2: 1.0}
+    for k, gain in gains.items():
+        gaps[k] = gaps[k - 1] + gain
+    monkeypatch.setattr(clustering, "gap_statistic", lambda *a, **k: dict(gaps))
+    model = ClusterModel(kmeans_min_gap_gain=0.03)
+    ks, rng = list(range(2, 9)), np.random.default_rng(0)
+    # adds clusters while each gains >= 0.03: stops before 6 (and ignores the later jump at 8)
+    assert model._select_k(np.zeros((10, 2)), ks, rng)[0] == 5
+    # a refit keeps the previous k=6, whose gain 0.025 is within a third of the threshold
+    assert model._select_k(np.zeros((10, 2)), ks, rng, previous_k=6)[0] == 6
+    # but not a previous k the criterion clearly rejects
+    assert model._select_k(np.zeros((10, 2)), ks, rng, previous_k=8)[0] == 5
+    assert model._select_k(np.zeros((10, 2)), ks, rng, previous_k=3)[0] == 5

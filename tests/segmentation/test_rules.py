@@ -128,9 +128,12 @@ def test_default_rules_work_before_scores_exist(default_rules):
 def test_default_segments_on_hand_made_clients(default_rules):
     frame = pd.DataFrame(
         [
-            client(support_tickets_90d=3, sentiment_mean=-0.6, total_spend=5000, recency_days=5),
-            client(total_spend=5000, recency_days=5),
-            client(predicted_cltv=1500.0),
+            client(support_tickets_90d=3, sentiment_mean=-0.6, cltv_percentile=0.99),
+            client(cltv_percentile=0.98, recency_days=5),
+            client(cltv_percentile=0.97, recency_days=90),
+            client(cltv_percentile=0.96, recency_days=5),  # below the top 3%
+            client(cltv_percentile=0.99, recency_days=95),  # top value, but gone quiet
+            client(total_spend=50_000.0),  # lifetime spend alone is not vip
             client(recency_days=200, total_spend=800, purchases_90d=0),
             client(carts_abandoned_90d=2, purchases_90d=0, recency_days=3),
             client(carts_abandoned_90d=2, purchases_90d=1, recency_days=3),
@@ -142,13 +145,23 @@ def test_default_segments_on_hand_made_clients(default_rules):
         "rule_support_risk",
         "rule_vip",
         "rule_vip",
+        None,
+        None,
+        None,
         "rule_win_back",
         "rule_cart_abandoner",
         None,
         None,
     ]
-    assert list(names[:5]) == ["support_risk", "vip", "vip", "win_back", "cart_abandoner"]
-    np.testing.assert_array_equal(priorities, [100, 90, 90, 80, 70, np.nan, np.nan])
+    assert list(names[[0, 1, 2, 6, 7]]) == [
+        "support_risk",
+        "vip",
+        "vip",
+        "win_back",
+        "cart_abandoner",
+    ]
+    nan = np.nan
+    np.testing.assert_array_equal(priorities, [100, 90, 90, nan, nan, nan, 80, 70, nan, nan])
 
 
 def test_lifecycle_covers_every_client_whatever_the_values(default_rules):
