@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from segmentation.config import FeaturesConfig
+from segmentation.config import STAGES, FeaturesConfig
 
-STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 # Rank of each journey stage; events of unknown type (stage `other`) have rank 0.
 STAGE_RANK = {"other": 0, **{stage: i + 1 for i, stage in enumerate(STAGES)}}
 CHANNELS = ("web", "app", "email", "messenger", "social", "store", "call_center")

@@ -20,11 +20,11 @@ import duckdb
 import yaml
 
 from configs import CONFIG_DIR
+from segmentation.config import STAGES
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
 OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
 CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 OTHER_STAGE = "other"
 
 # Order matters: a row with several problems is quarantined under the first that applies.
@@ -210,6 +210,22 @@ def load_events(
         by_reason=by_reason,
         unknown_event_types=unknown,
     )
+
+
+def connect_duckdb(
+    memory_limit: str | None = None, temp_directory: str | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection for event work: bounded memory, spilling to a folder.
+
+    Outputs are sorted explicitly, so insertion order is not kept (DuckDB can then stream).
+    """
+    con = duckdb.connect()
+    if temp_directory:
+        con.execute(f"SET temp_directory = '{temp_directory}'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
 
 
 def load_configured_events(

@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from features.catalog import CHANNELS
+
 EVENT_TYPES = (
     "ad_impression", "ad_click", "page_view", "social_engagement",
     "product_view", "search", "add_to_cart", "wishlist_add", "consultation", "email_open",
@@ -47,7 +49,6 @@ EVENT_TYPES = (
     "login", "support_ticket", "survey_response", "return", "refund", "subscription_renewal",
     "review", "referral", "share",
 )  # fmt: skip
-CHANNELS = ("web", "app", "email", "messenger", "social", "store", "call_center")
 CATEGORIES = ("electronics", "fashion", "home", "beauty", "sports", "grocery", "books", "toys")
 PERSONAS = (
     "loyal_advocate",

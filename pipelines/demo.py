@@ -61,7 +61,7 @@ def run_demo(
     dates = [shift - timedelta(days=14) + timedelta(days=7 * i) for i in range(nights)]
     dates = [d for d in dates if d <= DEMO_END]
     _say(f"2/3 nightly runs as of {', '.join(d.isoformat() for d in dates)} (Prefect flow)")
-    results = nightly_flow_for_demo(config, dates, str(data / "events"), progress=_say)
+    results = nightly_flow_for_demo(config, dates, str(data / "events"))
 
     _say("3/3 summary")
     store = open_store(config.store_url, config.store.schema_name)

@@ -13,13 +13,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 from prefect import flow, task
 
+from features.events import connect_duckdb
 from pipelines import steps
 from pipelines.prefect_utils import retry_options
 from segmentation.config import EngineConfig, config_from_mapping, load_config
@@ -79,7 +80,7 @@ def nightly(
 ) -> dict[str, Any]:
     """One nightly run as of a date (default: yesterday, UTC): the whole pipeline."""
     cfg = _config_from_payload(config)
-    day = date.fromisoformat(as_of) if as_of else (datetime.now().date() - timedelta(days=1))
+    day = _as_of_or_yesterday(as_of)
     return nightly_run(
         cfg,
         day,
@@ -92,7 +93,7 @@ def nightly(
 
 
 def nightly_flow_for_demo(
-    config: EngineConfig, dates: list[date], events: str, progress: Progress | None = None
+    config: EngineConfig, dates: list[date], events: str, show_progress: bool = True
 ) -> list[dict[str, Any]]:
     """One nightly flow run per date, in order, printing progress (the demo)."""
     return [
@@ -100,7 +101,7 @@ def nightly_flow_for_demo(
             config=_config_payload(config),
             as_of=day.isoformat(),
             events=events,
-            show_progress=progress is not None,
+            show_progress=show_progress,
         )
         for day in dates
     ]
@@ -140,7 +141,7 @@ def refit(
 ) -> dict[str, Any]:
     """A nightly run that refits the clustering and CLTV models whatever the policy says."""
     cfg = _config_from_payload(config)
-    day = date.fromisoformat(as_of) if as_of else (datetime.now().date() - timedelta(days=1))
+    day = _as_of_or_yesterday(as_of)
     return nightly_run(cfg, day, events=events, store_url=store_url, force_refit=True)
 
 
@@ -181,17 +182,14 @@ def nightly_run(
                 f"nightly {as_of}", tags={"as_of": as_of.isoformat(), "run_id": run_id}
             )
         )
-        con = duckdb.connect()
-        stack.callback(con.close)
         tmp = stack.enter_context(
             tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path)
         )
-        con.execute(f"SET temp_directory = '{tmp}'")
-        con.execute(f"SET memory_limit = '{config.features.memory_limit}'")
-        # Outputs are sorted explicitly; not keeping insertion order lets DuckDB stream.
-        con.execute("SET preserve_insertion_order = false")
+        con = connect_duckdb(config.features.memory_limit, tmp)
+        stack.callback(con.close)
         try:
-            _check_order(store, as_of, rebuild)
+            latest = _latest_as_of(store)
+            _check_order(latest, as_of, rebuild)
             say(f"[{as_of}] reading and validating events from {events_path}")
             report = _timed(
                 timings, "validate", read_events_task.with_options(**opts), con, config, events_path
@@ -201,7 +199,7 @@ def nightly_run(
             say(f"[{as_of}] building features ({report.valid:,} valid events)")
             features = _timed(timings, "features", features_task, con, as_of, config)
 
-            previous = _previous_membership(store)
+            previous = store.membership() if latest is not None else None
             cluster_champion, cltv_champion = _timed(
                 timings, "load_models", load_champions_task.with_options(**opts), registry, config
             )
@@ -248,7 +246,7 @@ def nightly_run(
             )
 
             say(f"[{as_of}] assigning segments to {len(features):,} clients")
-            rules = steps.load_ruleset(config, features)
+            rules = steps.load_ruleset(config)
             result = _timed(
                 timings,
                 "segments",
@@ -529,11 +527,15 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: 
         timings[name] = time.perf_counter() - start
 
 
-def _check_order(store: Any, as_of: date, rebuild: bool) -> None:
+def _as_of_or_yesterday(as_of: str | None) -> date:
+    """The given date, or yesterday in UTC: the run on the morning of D+1 publishes as of D."""
+    return date.fromisoformat(as_of) if as_of else datetime.now(UTC).date() - timedelta(days=1)
+
+
+def _check_order(latest: date | None, as_of: date, rebuild: bool) -> None:
     """Fail before any work when the date is older than the latest published one."""
     from segmentation.store import OutOfOrderError
 
-    latest = _latest_as_of(store)
     if latest is not None and as_of < latest and not rebuild:
         raise OutOfOrderError(
             f"as_of {as_of} is older than the latest published as_of {latest}: run dates in"
@@ -546,16 +548,6 @@ def _latest_as_of(store: Any) -> date | None:
         return store.latest_as_of()
     except Exception as exc:  # a new store has no tables yet
         log.info("no published run yet: %s", exc)
-        return None
-
-
-def _previous_membership(store: Any):
-    try:
-        if store.latest_as_of() is None:
-            return None
-        return store.membership()
-    except Exception as exc:  # a new store has no tables yet
-        log.info("no previous membership: %s", exc)
         return None
 
 

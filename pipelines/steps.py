@@ -22,15 +22,20 @@ from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
 from models.cltv import CltvModel
 from segmentation.clustering import ClusterModel
-from segmentation.combine import assign_segments, segment_definitions
+from segmentation.combine import (
+    NOISE_SEGMENT_ID,
+    NOISE_SEGMENT_NAME,
+    assign_segments,
+    segment_definitions,
+)
 from segmentation.config import EngineConfig
 from segmentation.drift import DriftReference, fit_reference, psi
 from segmentation.rules import RuleSet, load_rules
+from segmentation.store import SCORES_INPUT
 
 log = logging.getLogger(__name__)
 
 BTYD_COLUMNS = ("frequency", "recency", "T", "monetary_value")
-NOISE_SEGMENT = "noise"
 
 
 @dataclass
@@ -159,16 +164,7 @@ def score_clients(
     """client_scores rows: p_alive, expected purchases and value, discounted CLTV, and
     cltv_percentile (share of tonight's scored clients with a predicted CLTV at most the
     client's own, 0..1; the rules define VIP as a top percentile, whatever the currency)."""
-    columns = [
-        "client_id",
-        "p_alive",
-        "expected_purchases",
-        "expected_avg_value",
-        "predicted_cltv",
-        "cltv_percentile",
-        "horizon_days",
-        "model_version",
-    ]
+    columns = [*SCORES_INPUT, "cltv_percentile"]
     if bundle is None:
         return pd.DataFrame(columns=columns)
     predicted = bundle.model.predict(btyd)
@@ -260,7 +256,7 @@ def quality_gate_failures(bundle: ClusterBundle, config: EngineConfig) -> list[s
     return failures
 
 
-def load_ruleset(config: EngineConfig, features: pd.DataFrame) -> RuleSet:
+def load_ruleset(config: EngineConfig) -> RuleSet:
     """The configured rules, checked against the feature catalog."""
     return load_rules(config.config_file(config.rules.file))
 
@@ -282,9 +278,9 @@ def segment_clients(
         model = clusters.model
         assigned = clusters.predict(features)
         assigned["segment_name"] = assigned["segment_id"].map(model.segment_names_)
-        assigned.loc[assigned["is_noise"], "segment_name"] = "unclustered"
+        assigned.loc[assigned["is_noise"], "segment_name"] = NOISE_SEGMENT_NAME
         for segment_id, profile in model.profiles_.items():
-            if segment_id == NOISE_SEGMENT:
+            if segment_id == NOISE_SEGMENT_ID:
                 continue
             reasons[segment_id] = _cluster_reason(profile)
             cluster_rows.append(
@@ -301,8 +297,8 @@ def segment_clients(
     )
     rule_rows = segment_definitions(rules).assign(model_version=rules_version)
     noise_row = {
-        "segment_id": NOISE_SEGMENT,
-        "segment_name": "unclustered",
+        "segment_id": NOISE_SEGMENT_ID,
+        "segment_name": NOISE_SEGMENT_NAME,
         "kind": "noise",
         "definition": json.dumps(
             {"description": "Clients in no dense behavioral group and matched by no rule."}

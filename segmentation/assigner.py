@@ -91,7 +91,23 @@ def hdbscan_geometry(
     return ClusterGeometry(core, birth, densest, int(min_samples))
 
 
-class NeighborAssigner:
+class _Assigner:
+    """What both assigners share: `predict` and the input check of `assign`."""
+
+    n_features_in_: int
+
+    def predict(self, Z: np.ndarray) -> np.ndarray:
+        """Cluster labels of new points (-1 = noise)."""
+        return self.assign(Z).labels
+
+    def _points(self, Z: np.ndarray) -> np.ndarray:
+        Z = _as_matrix(Z)
+        if Z.shape[1] != self.n_features_in_:
+            raise ValueError(f"expected {self.n_features_in_} columns, got {Z.shape[1]}")
+        return Z
+
+
+class NeighborAssigner(_Assigner):
     """Assigns new points like `hdbscan.approximate_predict`, vectorized (see module docstring).
 
     n_neighbors: neighbours per fitted point that define each cell's candidates (more is
@@ -167,15 +183,9 @@ class NeighborAssigner:
         self.n_features_in_ = Z.shape[1]
         return self
 
-    def predict(self, Z: np.ndarray) -> np.ndarray:
-        """Cluster labels of new points (-1 = noise)."""
-        return self.assign(Z).labels
-
     def assign(self, Z: np.ndarray) -> Assignment:
         """Labels and confidences of new points, processed cell by cell in a thread pool."""
-        Z = _as_matrix(Z)
-        if Z.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} columns, got {Z.shape[1]}")
+        Z = self._points(Z)
         n = len(Z)
         labels = np.full(n, NOISE, dtype=np.int64)
         mreach = np.zeros(n, dtype=np.float64)
@@ -274,7 +284,7 @@ class NeighborAssigner:
         return conf
 
 
-class CentroidAssigner:
+class CentroidAssigner(_Assigner):
     """Nearest-centre assignment for the k-means fallback; noise only far outside every cluster.
 
     A point is noise when its distance to the nearest centre exceeds `radius_factor` times that
@@ -301,15 +311,9 @@ class CentroidAssigner:
         self.n_features_in_ = Z.shape[1]
         return self
 
-    def predict(self, Z: np.ndarray) -> np.ndarray:
-        """Cluster labels of new points (-1 = noise)."""
-        return self.assign(Z).labels
-
     def assign(self, Z: np.ndarray) -> Assignment:
         """Labels and confidences: 1 at the centre, falling to 0.2 at the bound, noise below."""
-        Z = _as_matrix(Z)
-        if Z.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected {self.n_features_in_} columns, got {Z.shape[1]}")
+        Z = self._points(Z)
         labels = np.empty(len(Z), dtype=np.int64)
         dist = np.empty(len(Z))
         for s in range(0, len(Z), 65536):

@@ -184,15 +184,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    import duckdb
     import pyarrow.parquet as pq
 
     from features.build import build_features
-    from features.events import check_bad_share, load_configured_events
+    from features.events import check_bad_share, connect_duckdb, load_configured_events
 
     config = _config(args)
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{config.features.memory_limit}'")
+    con = connect_duckdb(config.features.memory_limit)
     check_bad_share(load_configured_events(con, config, args.events), config.events.max_bad_share)
     table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)

@@ -16,18 +16,10 @@ import numpy as np
 import pandas as pd
 
 from segmentation.rules import LIFECYCLE_COLUMN, RuleSet
+from segmentation.store import MEMBERSHIP_INPUT
 
-MEMBERSHIP_COLUMNS = (
-    "client_id",
-    "segment_id",
-    "segment_name",
-    "segment_source",
-    "cluster_id",
-    "confidence",
-    "lifecycle_stage",
-    "journey_stage",
-    "reason",
-)
+# The published membership columns, as the store's contract lists them.
+MEMBERSHIP_COLUMNS = tuple(MEMBERSHIP_INPUT)
 CLUSTER_COLUMNS = (
     "client_id",
     "cluster_id",

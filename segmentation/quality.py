@@ -79,7 +79,7 @@ def measure_quality(
     def night(as_of, previous=None, refit=True) -> Night:
         nonlocal rules
         features = steps.compute_features(con, as_of, config)
-        rules = rules or steps.load_ruleset(config, features)
+        rules = rules or steps.load_ruleset(config)
         btyd = steps.btyd_inputs(features)
         scores = steps.score_clients(steps.fit_cltv(con, as_of, btyd, config), btyd, config, "q")
         if refit or previous is None:

@@ -22,12 +22,19 @@ from segmentation.store._common import (
     parse_store_url,
 )
 from segmentation.store._core import Reader, Store
-from segmentation.store._request import PublishRequest, PublishResult
+from segmentation.store._request import (
+    MEMBERSHIP_INPUT,
+    SCORES_INPUT,
+    PublishRequest,
+    PublishResult,
+)
 from segmentation.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
 
 __all__ = [
+    "MEMBERSHIP_INPUT",
     "READABLE",
     "SCHEMA_VERSION",
+    "SCORES_INPUT",
     "TABLES",
     "VIEWS",
     "OutOfOrderError",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from features.events import CONTRACT_COLUMNS
+
 SCHEMA_VERSION = 1
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -149,17 +151,7 @@ RUNS = Table(
     ),
     (("id", "run_id", True),),
 )
-QUARANTINE_RAW = (
-    "client_id",
-    "event_time",
-    "event_type",
-    "channel",
-    "amount",
-    "category",
-    "sentiment",
-    "event_id",
-    "source_file",
-)
+QUARANTINE_RAW = (*CONTRACT_COLUMNS, "source_file")  # the raw text of a rejected event row
 QUARANTINE = Table(
     "quarantine",
     (("run_id", "text"), ("reason", "text"), *((c, "text") for c in QUARANTINE_RAW)),
