@@ -257,6 +257,7 @@ def nightly_run(
                 rules,
                 cluster_version,
                 f"rules-{config.digest()[:8]}",
+                previous,
             )
             stability = steps.stability_against(previous, result.membership)
 
@@ -482,9 +483,11 @@ def clusters_task(
 
 
 @task(name="segments", persist_result=False)
-def segments_task(features, scores, clusters, rules, cluster_version, rules_version):
+def segments_task(features, scores, clusters, rules, cluster_version, rules_version, previous):
     """Rules over clusters over noise, for every client."""
-    return steps.segment_clients(features, scores, clusters, rules, cluster_version, rules_version)
+    return steps.segment_clients(
+        features, scores, clusters, rules, cluster_version, rules_version, previous
+    )
 
 
 @task(name="publish", persist_result=False)

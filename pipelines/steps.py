@@ -268,9 +268,11 @@ def segment_clients(
     rules: RuleSet,
     cluster_version: str,
     rules_version: str,
+    previous: pd.DataFrame | None = None,
 ) -> Segmentation:
     """Assign every client: override rules, else their cluster, else noise; plus the
-    `segments` rows (definitions and profiles) for the store."""
+    `segments` rows (definitions and profiles) for the store. `previous` is the last published
+    membership (the rules' `stay_when` keeps members by it)."""
     assigned = None
     reasons: dict[str, str] = {}
     cluster_rows: list[dict[str, Any]] = []
@@ -293,7 +295,12 @@ def segment_clients(
                 }
             )
     membership = assign_segments(
-        features, assigned, rules, scores=scores if len(scores) else None, cluster_reasons=reasons
+        features,
+        assigned,
+        rules,
+        scores=scores if len(scores) else None,
+        cluster_reasons=reasons,
+        previous=previous,
     )
     rule_rows = segment_definitions(rules).assign(model_version=rules_version)
     noise_row = {

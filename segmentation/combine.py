@@ -1,7 +1,8 @@
 """Combine the layers into one membership row per client: override rule, else cluster, else noise.
 
 Precedence (DESIGN.md, segment_membership): the highest-priority matching business rule wins
-(source ``rule``, confidence 1.0, reason: the rule and its condition); a client no rule takes
+(source ``rule``, confidence 1.0, reason: the rule and its condition, or its `stay_when` for a
+member the rule keeps, given the last published membership); a client no rule takes
 keeps its behavioral cluster (source ``cluster``, the cluster's confidence, reason: the
 cluster's defining features); a client outside every cluster is ``noise``. Every client also
 gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
@@ -41,6 +42,7 @@ def assign_segments(
     rules: RuleSet,
     scores: pd.DataFrame | None = None,
     cluster_reasons: Mapping[str, str] | None = None,
+    previous: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One membership row per client of `features`, in the order of `features`.
 
@@ -50,7 +52,8 @@ def assign_segments(
     `scores`: client_id plus CLTV scores, joined in before the rules run (a client without
     scores reads null). `cluster_reasons`: segment_id -> the cluster's defining features,
     e.g. from the clustering profiles; it takes precedence over a `reason` column in
-    `clusters`. Returns exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype
+    `clusters`. `previous`: the last published membership (client_id, segment_id), which the
+    rules' `stay_when` conditions need; None means no previous state. Returns exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype
     (missing: NaN) and cluster_id is nullable Int64 when cluster ids are numeric.
     """
     _require(features, ("client_id", JOURNEY_COLUMN), "features")
@@ -59,7 +62,10 @@ def assign_segments(
     frame = _with_scores(features, scores)
 
     stage, _ = rules.assign_lifecycle(frame)
-    rule_id, _, _ = rules.match_segments(frame.assign(**{LIFECYCLE_COLUMN: stage}))
+    match = rules.match_segments(
+        frame.assign(**{LIFECYCLE_COLUMN: stage}), _previous_segments(previous, ids)
+    )
+    rule_id = match.segment_id
     by_rule = pd.notna(rule_id)
 
     cluster = _aligned_clusters(clusters, ids)
@@ -72,6 +78,7 @@ def assign_segments(
 
     names = {rule.segment_id: rule.name for rule in rules.segment_rules}
     reasons = {rule.segment_id: rule.reason for rule in rules.segment_rules}
+    stay_reasons = {rule.segment_id: rule.stay_reason for rule in rules.segment_rules}
     segment_id = np.where(by_rule, rule_id, cluster["segment_id"].to_numpy(dtype=object))
     segment_id[noise] = NOISE_SEGMENT_ID
     segment_name = cluster["segment_name"].to_numpy(dtype=object).copy()
@@ -87,6 +94,8 @@ def assign_segments(
 
     reason = np.full(len(ids), NOISE_REASON, dtype=object)
     reason[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(reasons).to_numpy()
+    stayed = match.stayed
+    reason[stayed] = pd.Series(rule_id[stayed], dtype=object).map(stay_reasons).to_numpy()
     reason[in_cluster] = _cluster_reasons(cluster.loc[in_cluster], cluster_reasons)
 
     out = pd.DataFrame(
@@ -158,6 +167,17 @@ def _with_scores(features: pd.DataFrame, scores: pd.DataFrame | None) -> pd.Data
     # Scores win over same-named columns already in the features.
     base = features.drop(columns=[c for c in columns if c in features.columns])
     return base.assign(**{column: aligned[column].to_numpy() for column in columns})
+
+
+def _previous_segments(previous: pd.DataFrame | None, ids: pd.Series) -> np.ndarray | None:
+    """Each client's segment id in the previous membership, aligned with `ids` (None if absent)."""
+    if previous is None:
+        return None
+    _require(previous, ("client_id", "segment_id"), "previous")
+    _unique(previous["client_id"], "previous")
+    position = pd.Index(previous["client_id"]).get_indexer(ids)
+    segments = previous["segment_id"].to_numpy(dtype=object)
+    return np.where(position >= 0, segments[position], None)
 
 
 def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:

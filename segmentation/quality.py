@@ -92,7 +92,9 @@ def measure_quality(
             )
         else:
             bundle = previous.bundle
-        seg = steps.segment_clients(features, scores, bundle, rules, "q", "q")
+        seg = steps.segment_clients(
+            features, scores, bundle, rules, "q", "q", previous.membership if previous else None
+        )
         return Night(as_of, features, scores, bundle, seg.membership)
 
     earlier = night(shift - timedelta(days=1 + week))
@@ -124,6 +126,10 @@ def measure_quality(
             "clients_before": len(ids),
             "shift_date": shift.isoformat(),
             "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
+            "changes_by_source": {
+                "same_model": _changes_by_source(before.membership, same_model.membership, truth),
+                "refit": _changes_by_source(before.membership, refitted.membership, truth),
+            },
             "k_selection": {
                 name: {key: m.get(key) for key in ("kmeans_k", "kmeans_init", "kmeans_k_scores")}
                 for name, m in (
@@ -154,3 +160,18 @@ def _change_rates(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataF
         "shifted": round(float(np.mean(changed[shifted])), 4),
         "unshifted": round(float(np.mean(changed[~shifted])), 4),
     }
+
+
+def _changes_by_source(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame):
+    """Per group (shifted / unshifted): the share of clients whose segment changed, by the
+    source of the segment before and after (e.g. "cluster->rule"): where the changes come from."""
+    cols = ["client_id", "segment_id", "segment_source"]
+    merged = previous[cols].merge(current[cols], on="client_id", suffixes=("_prev", ""))
+    shifted = truth["shifted"].reindex(merged["client_id"]).to_numpy(dtype=bool)
+    changed = (merged["segment_id"] != merged["segment_id_prev"]).to_numpy()
+    kind = (merged["segment_source_prev"] + "->" + merged["segment_source"]).to_numpy()
+    out = {}
+    for label, group in (("shifted", shifted), ("unshifted", ~shifted)):
+        kinds = pd.Series(kind[group & changed]).value_counts() / max(int(group.sum()), 1)
+        out[label] = {k: round(float(v), 4) for k, v in kinds.sort_index().items()}
+    return out

@@ -4,7 +4,10 @@ A rules file (configs/rules.yaml) has two sections. ``lifecycle`` gives every cl
 stage: rules are tried from the highest priority down, the first that matches wins, and the
 lowest-priority rule must be the fallback ``when: true``. ``segments`` are business overrides of
 the behavioral clusters: the highest-priority matching rule wins, no match leaves the client
-to the clusters (see segmentation.combine). Conditions use the language of
+to the clusters (see segmentation.combine). A segment rule may also give ``stay_when``, a
+looser condition that keeps a client already in its segment (in the last published membership)
+until it no longer holds: hysteresis, so that clients near a threshold do not enter and leave a
+segment night after night, each time triggering the campaigns bound to it. Conditions use the language of
 segmentation.expressions; every name is checked at load against the known features (the
 feature catalog plus the CLTV score columns, and, for segments, ``lifecycle_stage``), so a
 typo fails before any data is read, naming the file, the section, the rule and the position.
@@ -14,10 +17,10 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -56,6 +59,7 @@ __all__ = [
     "RuleSetError",
     "RuleSyntaxError",
     "RuleTypeError",
+    "SegmentMatch",
     "UnknownFeatureError",
     "evaluate",
     "load_rules",
@@ -96,21 +100,47 @@ class Rule:
     description: str = ""
     segment_id: str | None = None
     stage: str | None = None  # lifecycle rules: the stage given (defaults to the name)
+    stay_when: str | None = None  # segment rules: keeps members while true (hysteresis)
+    stay_expression: Node | None = None
 
     @property
     def features(self) -> frozenset[str]:
-        return self.expression.features
+        if self.stay_expression is None:
+            return self.expression.features
+        return self.expression.features | self.stay_expression.features
 
     @property
     def reason(self) -> str:
         """Why a client is in this rule's segment, as published in segment_membership.reason."""
         return f"rule {self.name}: {' '.join(self.when.split())}"
 
+    @property
+    def stay_reason(self) -> str:
+        """The reason of a member kept by `stay_when` though `when` no longer holds."""
+        return f"rule {self.name} (kept while {' '.join((self.stay_when or '').split())})"
+
     def matches(self, frame: pd.DataFrame, missing_as_null: Iterable[str] = ()) -> np.ndarray:
         """Bool array: where this rule's condition is true (null never matches)."""
         return evaluate(
             self.expression, frame, missing_as_null=tuple(missing_as_null), rule=self.name
         )
+
+    def stays(self, frame: pd.DataFrame, missing_as_null: Iterable[str] = ()) -> np.ndarray:
+        """Bool array: where `stay_when` is true (all false for a rule without one)."""
+        if self.stay_expression is None:
+            return np.zeros(len(frame), dtype=bool)
+        return evaluate(
+            self.stay_expression, frame, missing_as_null=tuple(missing_as_null), rule=self.name
+        )
+
+
+class SegmentMatch(NamedTuple):
+    """Per row, the segment rule that takes the client (None/NaN where none does)."""
+
+    segment_id: np.ndarray
+    rule: np.ndarray
+    priority: np.ndarray
+    stayed: np.ndarray  # bool: taken by `stay_when` only (a member kept), not by `when`
 
 
 @dataclass(frozen=True)
@@ -152,15 +182,42 @@ class RuleSet:
             )
         return stage, rule_name
 
-    def match_segments(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per row: (segment_id, rule name, priority) of the highest matching segment rule.
+    def match_segments(
+        self, frame: pd.DataFrame, previous: np.ndarray | pd.Series | None = None
+    ) -> SegmentMatch:
+        """Per row: the highest-priority segment rule that takes the client.
 
-        Rows no rule matches get None, None and NaN. When a rule reads `lifecycle_stage` and the
-        frame has no such column, the lifecycle rules are evaluated first.
+        A rule takes a client when its `when` holds, or when the client's `previous` segment id
+        (aligned with the rows; null for none) is the rule's and its `stay_when` holds. Rows no
+        rule takes get None, None, NaN. When a rule reads `lifecycle_stage` and the frame has
+        no such column, the lifecycle rules are evaluated first.
         """
         if LIFECYCLE_COLUMN in self.features and LIFECYCLE_COLUMN not in frame.columns:
             frame = frame.assign(**{LIFECYCLE_COLUMN: self.assign_lifecycle(frame)[0]})
-        return _first_match(self.segment_rules, frame, self.optional_names, lambda r: r.segment_id)
+        n = len(frame)
+        if previous is None:
+            was = np.full(n, None, dtype=object)
+        else:
+            was = np.asarray(previous, dtype=object)
+            if len(was) != n:
+                raise ValueError(f"previous has {len(was)} rows, the frame {n}")
+        kept_by: dict[str, np.ndarray] = {}
+
+        def hits(rule: Rule) -> np.ndarray:
+            now = rule.matches(frame, self.optional_names)
+            member = was == rule.segment_id
+            if rule.stay_expression is None or not member.any():
+                return now
+            kept_by[rule.segment_id] = member & ~now & rule.stays(frame, self.optional_names)
+            return now | kept_by[rule.segment_id]
+
+        ids, names, priorities = _first_match(
+            self.segment_rules, frame, self.optional_names, lambda r: r.segment_id, hits
+        )
+        stayed = np.zeros(n, dtype=bool)
+        for segment_id, kept in kept_by.items():
+            stayed |= kept & (ids == segment_id)
+        return SegmentMatch(ids, names, priorities, stayed)
 
 
 def load_rules(
@@ -264,6 +321,7 @@ class _LifecycleSpec(_Spec):
 
 class _SegmentSpec(_Spec):
     id: str | None = Field(None, pattern=_NAME_PATTERN)
+    stay_when: str | None = Field(None, min_length=1)
 
 
 class _RulesFile(BaseModel):
@@ -318,8 +376,10 @@ def _build(
     stage: str | None = None,
     segment_id: str | None = None,
 ) -> Rule:
+    stay_when = getattr(item, "stay_when", None)
     try:
         expression = compile_expression(item.when, kinds, rule=item.name)
+        stay = None if stay_when is None else compile_expression(stay_when, kinds, rule=item.name)
     except RuleError as exc:
         raise exc.located(rule=item.name, source=f"{source}: {section}") from None
     return Rule(
@@ -331,6 +391,8 @@ def _build(
         description=item.description,
         segment_id=segment_id,
         stage=stage,
+        stay_when=stay_when,
+        stay_expression=stay,
     )
 
 
@@ -377,6 +439,8 @@ def _check_unique(values: list[str], what: str, section: str, source: str) -> No
 def _check_stage_literals(rule: Rule, stages: tuple[str, ...], source: str) -> None:
     """`lifecycle_stage == 'lapsd'` can never match: fail at load, naming the known stages."""
     stack: list[Node] = [rule.expression]
+    if rule.stay_expression is not None:
+        stack.append(rule.stay_expression)
     while stack:
         node = stack.pop()
         stack.extend(node.children())
@@ -410,6 +474,7 @@ def _first_match(
     frame: pd.DataFrame,
     optional: frozenset[str],
     label: Any,
+    hits: Callable[[Rule], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(frame)
     labels = np.full(n, None, dtype=object)
@@ -419,7 +484,7 @@ def _first_match(
     for rule in rules:  # sorted by priority, highest first
         if not open_rows.any():
             break
-        hit = rule.matches(frame, optional) & open_rows
+        hit = (rule.matches(frame, optional) if hits is None else hits(rule)) & open_rows
         labels[hit] = label(rule)
         names[hit] = rule.name
         priorities[hit] = rule.priority

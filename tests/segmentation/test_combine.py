@@ -232,3 +232,30 @@ def test_segment_definitions(rules):
         "description": "unhappy",
         "features": ["sentiment_mean", "support_tickets_90d"],
     }
+
+
+def test_previous_membership_keeps_members_with_a_stay_reason(features, clusters):
+    sticky = {
+        **RULES,
+        "segments": [
+            {**RULES["segments"][0], "stay_when": "support_tickets_90d >= 1 and sentiment_mean < 0"}
+        ],
+    }
+    rules = rules_from_mapping(sticky, known_features=NAMES)
+    calmer = features.assign(support_tickets_90d=[3.0, 0.0, 0.0, 1.0, 0.0])
+    # previous rows in another order, with a client that is gone tonight
+    previous = pd.DataFrame(
+        {"client_id": ["z", "d", "a"], "segment_id": ["C1", "rule_support_risk", "C2"]}
+    )
+    out = assign_segments(calmer, clusters, rules, previous=previous).set_index("client_id")
+    assert out.loc["d", "segment_id"] == "rule_support_risk"  # one ticket left: kept
+    assert out.loc["d", "reason"].startswith("rule support_risk (kept while")
+    assert out.loc["a", "reason"].startswith("rule support_risk: ")  # entered by `when`
+    without = assign_segments(calmer, clusters, rules).set_index("client_id")
+    assert without.loc["d", "segment_id"] == "C2"
+
+
+def test_previous_membership_with_duplicate_clients_is_refused(features, clusters, rules):
+    previous = pd.DataFrame({"client_id": ["a", "a"], "segment_id": ["C1", "C2"]})
+    with pytest.raises(ValueError, match="previous: 1 duplicate client_id"):
+        assign_segments(features, clusters, rules, previous=previous)

@@ -140,7 +140,7 @@ def test_default_segments_on_hand_made_clients(default_rules):
             client(support_tickets_90d=3),  # no sentiment: unknown, no match
         ]
     )
-    ids, names, priorities = default_rules.match_segments(frame)
+    ids, names, priorities, _ = default_rules.match_segments(frame)
     assert list(ids) == [
         "rule_support_risk",
         "rule_vip",
@@ -203,7 +203,7 @@ def test_priority_order_not_file_order_and_first_match_wins(tmp_path):
     assert [rule.name for rule in rules.segment_rules] == ["narrow", "broad"]
     frame = pd.DataFrame({"x": [10.0, 3.0, -1.0, np.nan]})
     assert list(rules.assign_lifecycle(frame)[0]) == ["high", "low", "rest", "rest"]
-    ids, names, _ = rules.match_segments(frame)
+    ids, names, _, _ = rules.match_segments(frame)
     assert list(ids) == ["narrow_one", "rule_broad", None, None]
     assert list(names) == ["narrow", "broad", None, None]
 
@@ -457,3 +457,50 @@ def test_missing_file_and_mapping_source():
     assert rules.stages == ("active",)
     with pytest.raises(RuleSetError, match="^<mapping>: key 'lifecycle'"):
         rules_from_mapping({"lifecycle": "x"}, known_features=[])
+
+
+STICKY = """
+lifecycle:
+  - {name: active, priority: 0, when: "true"}
+segments:
+  - {name: carts, priority: 20, when: "x >= 2", stay_when: "x >= 1"}
+  - {name: other, priority: 10, when: "y > 0"}
+"""
+
+
+def test_stay_when_keeps_members_until_the_looser_condition_fails(tmp_path):
+    rules = load_rules(write(tmp_path, STICKY), known_features=["x", "y"])
+    frame = pd.DataFrame({"x": [2.0, 1.0, 1.0, 0.0, 1.0], "y": [0.0, 0.0, 0.0, 0.0, 1.0]})
+    previous = ["rule_carts", "rule_carts", None, "rule_carts", "rule_other"]
+    match = rules.match_segments(frame, previous)
+    # enters by when; kept by stay_when; x=1 alone does not enter; x=0 leaves; not a member
+    assert list(match.segment_id) == ["rule_carts", "rule_carts", None, None, "rule_other"]
+    assert list(match.stayed) == [False, True, False, False, False]
+    # Without a previous state nobody is kept.
+    assert list(rules.match_segments(frame).segment_id) == [
+        "rule_carts",
+        None,
+        None,
+        None,
+        "rule_other",
+    ]
+
+
+def test_a_kept_member_still_yields_to_a_higher_priority_rule(tmp_path):
+    text = STICKY.replace("priority: 10", "priority: 30")
+    rules = load_rules(write(tmp_path, text), known_features=["x", "y"])
+    frame = pd.DataFrame({"x": [1.0], "y": [1.0]})
+    match = rules.match_segments(frame, ["rule_carts"])
+    assert list(match.segment_id) == ["rule_other"] and not match.stayed.any()
+
+
+def test_stay_when_is_checked_at_load_like_when(tmp_path):
+    text = STICKY.replace('stay_when: "x >= 1"', 'stay_when: "x >= 1 and bogus > 2"')
+    with pytest.raises(UnknownFeatureError) as err:
+        load_rules(write(tmp_path, text), known_features=["x", "y"])
+    assert "carts" in str(err.value) and "bogus" in str(err.value)
+
+
+def test_default_override_rules_have_hysteresis(default_rules):
+    sticky = {rule.name for rule in default_rules.segment_rules if rule.stay_when}
+    assert {"vip", "support_risk", "cart_abandoner"} <= sticky
