@@ -1,16 +1,24 @@
 """Benchmark of the feature build on generated events: speed against bare DuckDB scans, and memory.
 
     python benchmarks/bench_features.py --events 20000000 [--workdir /tmp/bench-features]
+    python benchmarks/bench_features.py --events 20000000 --order time  # time-ordered copy
     python benchmarks/bench_features.py --events 20000000 --matrix   # all four runs below
 
 Generates (or reuses) a dataset of about `--events` events with `features.generator.write_dataset`
-(falling back to a numpy synthetic of the contract shape if the generator is missing), then in one
-process and one run, over the same Parquet files: two baselines, the bare scan
-`SELECT client_id, count(*) ... GROUP BY 1` and the same scan with a few aggregates (count,
-sum(amount), max(event_time) per client); the load (a plain CREATE TABLE AS over the Parquet
-files, or with --validate `features.events.load_events` with its checks); and the feature build.
-Each is timed; the build's events/s, its ratio to both baselines, the time of each build step and
-the peak resident memory (process, and sampled during load and build) are printed as one JSON
+(falling back to a numpy synthetic of the contract shape if the generator is missing). The
+generator writes events grouped by client, which makes scans by client unusually cache-friendly;
+`--order time` runs on a copy sorted by event_time (written once into the workdir), the order in
+which production event logs arrive, clients interleaved.
+
+In one process and one run, over the same Parquet files, it times: the bare scan
+`SELECT client_id, count(*) ... GROUP BY 1`; the same with a few aggregates (count, sum(amount),
+max(event_time)); the floor, a scan by client that reads every column the build reads with one
+trivial aggregate each (`max`, which looks at every value, and `count`, which may not); the load
+(a plain CREATE TABLE AS over the Parquet files, or with --validate `features.events.load_events`
+with its checks); the bare scan and the floor again over the loaded `events` table (what the
+build actually scans); and the feature build. Each scan and the build run `--repeat` times and
+the medians are printed, with the build's events/s, its ratio to each baseline, the time of each
+build step and the peak resident memory (process, and sampled during load and builds) as one JSON
 object. `--memory-limit 2GB` sets DuckDB's memory_limit (spilling to a temp directory under the
 workdir), as the nightly pipeline does from `features.memory_limit`. `--matrix` runs the four
 combinations (plain / load_events x no limit / --memory-limit) each in its own process, so each
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -60,10 +69,19 @@ def main(argv: list[str] | None = None) -> dict:
         help="run plain load and load_events, each without and with --memory-limit (default 2GB),"
         " in separate processes, and print all four results",
     )
+    parser.add_argument(
+        "--order",
+        choices=("client", "time"),
+        default="client",
+        help="client: the generator's files (grouped by client); time: a copy sorted by time",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each scan and build")
     parser.add_argument("--no-steps", action="store_true", help="skip the per-step re-timing")
     args = parser.parse_args(argv)
 
     data = prepare_data(Path(args.workdir), args.events)
+    if args.order == "time":
+        data = time_ordered(data)
     if args.matrix:
         return _matrix(args)
     glob = str(data / "events" / "*.parquet")
@@ -73,13 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
         spill.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET memory_limit = '{args.memory_limit}'")
         con.execute(f"SET temp_directory = '{spill}'")
-    scan = f"FROM read_parquet('{glob}') GROUP BY client_id"
-    t0 = time.perf_counter()
-    clients = con.sql(f"SELECT client_id, count(*) {scan}").to_arrow_table()
-    bare = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    con.sql(f"SELECT client_id, count(*), sum(amount), max(event_time) {scan}").to_arrow_table()
-    bare_aggs = time.perf_counter() - t0
+    source = f"read_parquet('{glob}')"
+    repeat = max(1, args.repeat)
+    clients = con.sql(f"SELECT client_id, count(*) FROM {source} GROUP BY 1").to_arrow_table()
+    bare = _median_time(con, _bare_sql(source), repeat)
+    bare_aggs = _median_time(
+        con,
+        f"SELECT client_id, count(*), sum(amount), max(event_time) FROM {source} GROUP BY 1",
+        repeat,
+    )
+    floor_pq = _median_time(con, _floor_sql(source, "max"), repeat)
+    floor_pq_count = _median_time(con, _floor_sql(source, "count"), repeat)
 
     load_peak = _PeakRss()
     t0 = time.perf_counter()
@@ -90,12 +112,19 @@ def main(argv: list[str] | None = None) -> dict:
     load = time.perf_counter() - t0
     load_peak.stop()
     n_events = con.sql("SELECT count(*) FROM events").fetchall()[0][0]
+    bare_table = _median_time(con, _bare_sql("events"), repeat)
+    floor_table = _median_time(con, _floor_sql("events", "max", stage=True), repeat)
+    floor_table_count = _median_time(con, _floor_sql("events", "count", stage=True), repeat)
 
     build_peak = _PeakRss()
-    t0 = time.perf_counter()
-    table = build_features(con, END, shards=args.shards)
-    build = time.perf_counter() - t0
+    builds = []
+    for _ in range(repeat):
+        table = None  # the previous result is freed before the next build
+        t0 = time.perf_counter()
+        table = build_features(con, END, shards=args.shards)
+        builds.append(time.perf_counter() - t0)
     build_peak.stop()
+    build = statistics.median(builds)
 
     steps = {} if args.no_steps else _step_times(con)
     result = {
@@ -103,13 +132,24 @@ def main(argv: list[str] | None = None) -> dict:
         "clients": clients.num_rows,
         "feature_rows": table.num_rows,
         "feature_columns": table.num_columns,
+        "order": args.order,
+        "repeat": repeat,
         "bare_scan_s": round(bare, 3),
         "bare_scan_aggs_s": round(bare_aggs, 3),
+        "floor_parquet_s": round(floor_pq, 3),
+        "floor_parquet_count_s": round(floor_pq_count, 3),
+        "bare_scan_table_s": round(bare_table, 3),
+        "floor_table_s": round(floor_table, 3),
+        "floor_table_count_s": round(floor_table_count, 3),
         "load_s": round(load, 2),
         "build_s": round(build, 2),
+        "build_runs_s": [round(b, 2) for b in builds],
         "build_events_per_s": round(n_events / build),
         "ratio_build_to_bare": round(build / bare, 1),
         "ratio_build_to_bare_aggs": round(build / bare_aggs, 1),
+        "ratio_build_to_floor_parquet": round(build / floor_pq, 1),
+        "ratio_build_to_floor_table": round(build / floor_table, 1),
+        "ratio_floor_parquet_to_bare": round(floor_pq / bare, 1),
         "ratio_load_plus_build_to_bare": round((load + build) / bare, 1),
         "load": "load_events" if args.validate else "create table as read_parquet",
         "memory_limit": args.memory_limit,
@@ -133,14 +173,17 @@ def _matrix(args: argparse.Namespace) -> dict:
         for mem in (None, limit):
             cmd = [sys.executable, __file__, "--events", str(args.events)]
             cmd += ["--workdir", args.workdir, "--shards", str(args.shards), "--no-steps"]
+            cmd += ["--order", args.order, "--repeat", str(args.repeat)]
             cmd += ["--validate"] if validate else []
             cmd += ["--memory-limit", mem] if mem else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             key = f"{'load_events' if validate else 'plain'}/{mem or 'no_limit'}"
             results[key] = json.loads(out)
-    keys = ("bare_scan_s", "bare_scan_aggs_s", "load_s", "build_s", "build_events_per_s",
-            "ratio_build_to_bare", "ratio_build_to_bare_aggs", "peak_rss_during_load_gb",
-            "peak_rss_during_build_gb", "peak_rss_process_gb")  # fmt: skip
+    keys = ("bare_scan_s", "bare_scan_aggs_s", "floor_parquet_s", "floor_table_s", "load_s",
+            "build_s", "build_events_per_s", "ratio_build_to_bare", "ratio_build_to_bare_aggs",
+            "ratio_build_to_floor_parquet", "ratio_build_to_floor_table",
+            "peak_rss_during_load_gb", "peak_rss_during_build_gb",
+            "peak_rss_process_gb")  # fmt: skip
     summary = {k: {key: r[key] for key in keys} for k, r in results.items()}
     print(json.dumps(summary, indent=2))
     return summary
@@ -160,6 +203,65 @@ def prepare_data(workdir: Path, n_events: int) -> Path:
     clients = max(1, round(n_events / (pilot.num_rows / 2000)))
     write_dataset(data, clients=clients, days=DAYS, end=END, seed=42, overwrite=True)
     return data
+
+
+def time_ordered(data: Path) -> Path:
+    """A copy of the dataset's events sorted by event_time (written once, then reused).
+
+    Same files count, row-group size and compression as the generator's, so only the order differs.
+    """
+    out = data.with_name(data.name + "-time")
+    if (out / "events").exists():
+        return out
+    tmp = out / "events.partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    files = sorted((data / "events").glob("*.parquet"))
+    per_file = -(-sum(pq.ParquetFile(f).metadata.num_rows for f in files) // len(files))
+    con = duckdb.connect()
+    reader = con.sql(
+        f"SELECT * FROM read_parquet('{data / 'events' / '*.parquet'}')"
+        " ORDER BY event_time, event_id"
+    ).fetch_record_batch(100_000)
+    writer, written, k = None, 0, 0
+    for batch in reader:
+        while batch.num_rows:
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    tmp / f"part-{k:05d}.parquet", batch.schema, compression="zstd"
+                )
+            take = batch.slice(0, per_file - written)
+            writer.write_batch(take, row_group_size=1024**2)
+            written += take.num_rows
+            batch = batch.slice(take.num_rows)
+            if written == per_file:
+                writer.close()
+                writer, written, k = None, 0, k + 1
+    if writer is not None:
+        writer.close()
+    tmp.rename(out / "events")
+    return out
+
+
+def _bare_sql(source: str) -> str:
+    return f"SELECT client_id, count(*) FROM {source} GROUP BY client_id"
+
+
+def _floor_sql(source: str, agg: str, stage: bool = False) -> str:
+    """A scan by client reading every column the build reads, one trivial aggregate each."""
+    cols = ["event_time", "event_type", "channel", "amount", "category", "sentiment"]
+    cols += ["stage"] if stage else []
+    aggs = ", ".join(f"{agg}({c})" for c in cols)
+    return f"SELECT client_id, count(*), {aggs} FROM {source} GROUP BY client_id"
+
+
+def _median_time(con: duckdb.DuckDBPyConnection, sql: str, repeat: int) -> float:
+    """Median wall time of `repeat` runs of a query, its result fetched as Arrow."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        con.sql(sql).to_arrow_table()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def _synthetic(out: Path, n: int, seed: int = 0) -> None:

@@ -31,10 +31,16 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         write_dataset(tmp, args.clients, args.days, date(2026, 6, 30), args.seed)
-        r = measure_quality(tmp)
+        r = measure_quality(tmp, supervised_ceiling=True)
     print(f"clients generated {args.clients}, present before the shift {r.extra['clients_before']}")
     print(
         f"ARI vs persona_before: segments {r.ari_segments:.3f}, clusters only {r.ari_clusters:.3f}"
+    )
+    print(
+        f"ceilings: true personas in place of the clusters, with the rules"
+        f" {r.extra['ari_personas_with_rules']:.3f}; a supervised classifier on the clustering"
+        f" features {r.extra['ari_supervised']:.3f}, with the rules"
+        f" {r.extra['ari_supervised_with_rules']:.3f}"
     )
     print(f"noise share (sample) {r.noise_share:.3f}; {r.quality_metric} {r.quality}")
     print(f"clusters {r.n_clusters}, fallback {r.fallback}; sources {r.extra['segment_sources']}")
@@ -47,10 +53,12 @@ def main() -> None:
         f"refit stability (unshifted keep segment, 7 days apart) {r.refit_stability_unshifted:.3f}"
     )
     for label, rates in (("same model", r.change_predict), ("refit", r.change_refit)):
+        ratio = rates["shifted"] / max(rates["unshifted"], 1e-9)
         print(
             f"changed segment by shift+60d ({label}): shifted {rates['shifted']:.3f}, "
-            f"unshifted {rates['unshifted']:.3f}"
+            f"unshifted {rates['unshifted']:.3f} ({ratio:.2f}x)"
         )
+    print(f"changes by segment source (share of each group): {r.extra['changes_by_source']}")
     print(f"elapsed {time.perf_counter() - start:.1f}s")
 
 

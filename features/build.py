@@ -2,10 +2,11 @@
 
 Every event later than the end of the as-of day is ignored (`features.events.day_end`), so a
 table built as of D never sees the future. The work is one pass by client over all events that
-yields every count by journey stage, channel, event type and window at once (packed counters:
-several counts summed in one HUGEINT, see `_packed`), plus small passes over subsets (purchase
-days, carts, sentiment, categories, the active-day bitmap), then per-client arithmetic on those
-rollups. No Python loop touches events.
+yields every count by journey stage, channel and window at once (packed counters: several counts
+summed in one integer, see `_packed`) and the active-day bitmap, plus small passes over subsets
+(rare event types with sentiment, purchase days, carts, categories), then per-client arithmetic
+on those rollups, sorted by client. No Python loop touches events. DuckDB pays per aggregate per
+event, so the main pass keeps few aggregates and whatever concerns few events has its own pass.
 
 Every per-client value depends on that client's events only, so the build can run shard by
 shard (clients hash-partitioned with DuckDB's `hash(client_id) % shards`) and gives the same
@@ -33,6 +34,7 @@ from features.catalog import (
     CHANNEL_WINDOWS,
     CHANNELS,
     FIXED_WINDOW,
+    RECENT_WEIGHT,
     STAGE_RANK,
     STAGES,
     feature_catalog,
@@ -48,13 +50,20 @@ SENTIMENT_SCALE = 1_000_000_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _TEMP_PREFIX = "_feat_"
 JS_SCALE = 10**12  # Jensen-Shannon terms are summed in integer pico-units: exact in any order
-_PIECES = ("main", "pday", "days", "cart", "sent", "cat")
-# Packed counters: several per-client counts summed in one HUGEINT, FIELD_BITS bits each. A field
-# never exceeds the client's event count (checked < 2**FIELD_BITS), so no carry between fields
-# and the sum stays far below the HUGEINT range. One sum instead of one FILTER per count: DuckDB
-# pays per aggregate per row, so this is what makes a single pass over the events cheap.
+_PIECES = ("main", "rare", "pday", "cart", "cat")
+# Packed counters: several per-client counts summed in one integer word, `bits` bits each (see
+# `_packed`). A field never exceeds the client's event count, so while that count is below
+# 2**bits no field carries into the next. One sum instead of one FILTER per count: DuckDB pays
+# per aggregate per row, so this is what makes a single pass over the events cheap. Narrow fields
+# (three in a BIGINT) are the fast path; a client with 2**NARROW_BITS events or more makes the
+# main pass run again with wide fields (three in a HUGEINT, about twice as slow).
+NARROW_BITS = 21
 FIELD_BITS = 32
 _FIELDS_PER_WORD = 3
+# Active days: one bit per day of age in HUGEINT words OR-ed per client (a few bit_or are much
+# cheaper per event than one bitstring_agg). 127 bits a word: the sign bit stays clear, so
+# bit_count (a TINYINT) cannot overflow.
+DAY_WORD_BITS = 127
 _RANK_SHIFT = 60  # furthest-stage key: rank * 2**60 + age in microseconds (< 36,000 years)
 _OTHER_TYPES = (
     ("return", "returns"),
@@ -112,10 +121,18 @@ def build_features_shard(
     _check_events_table(con, events_table)
     plan = _Plan(as_of, config, events_table, shard, shards)
     try:
-        for name, sql in plan.pieces():
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
-        # Sorted in Arrow: cheaper than sorting the wide rows in SQL.
-        table = _sorted_by_client([con.sql(plan.final_sql()).to_arrow_table()])
+        pieces = dict(plan.pieces())
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {pieces['main']}")
+        if plan.bits < FIELD_BITS and _max_events(con) >= 2**plan.bits:
+            plan.bits = FIELD_BITS  # a narrow field may have carried: count again, wide
+            pieces = dict(plan.pieces())
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {pieces['main']}")
+        for name, sql in pieces.items():
+            if name != "main":
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
+        # Sorted in SQL: sorting in Arrow is as fast only once its memory pool is warm, and a
+        # build is usually the only one in its process.
+        table = con.sql(plan.final_sql()).to_arrow_table()
         _check_key_ranges(table)
     finally:
         for name in _PIECES:
@@ -197,6 +214,11 @@ def _sorted_by_client(tables: list[pa.Table]) -> pa.Table:
     return pa.table(out, names=names)
 
 
+def _max_events(con: duckdb.DuckDBPyConnection) -> int:
+    """The most events of one client in the main rollup (0 when it is empty)."""
+    return con.sql(f"SELECT coalesce(max(n_events), 0) FROM {_TEMP_PREFIX}main").fetchall()[0][0]
+
+
 def _check_key_ranges(table: pa.Table) -> None:
     """Fail loudly where the packed counters or the stage keys could no longer be exact."""
     if not table.num_rows:
@@ -255,27 +277,32 @@ _Cell = Callable[[int, int], bool]
 
 
 def _packed(
-    prefix: str, fields: list[tuple[str, _Cell]], cells: list[tuple[int, int]], index: str
+    prefix: str,
+    fields: list[tuple[str, _Cell]],
+    cells: list[tuple[int, int]],
+    index: str,
+    bits: int,
 ) -> tuple[list[str], list[str]]:
     """Packed counters: the sums that count `fields` per group, and the columns unpacking them.
 
     Each field is a predicate on a cell (a code, an age bucket); `index` is the SQL of the 1-based
-    position of a row's cell in `cells`. A row adds, to word g, 1 << (FIELD_BITS * j) for every
-    field j of that word its cell satisfies; summing the words counts all fields at once.
+    position of a row's cell in `cells`. A row adds, to word g, 1 << (bits * j) for every field j
+    of that word its cell satisfies; summing the words counts all fields at once. Words are
+    BIGINT when their fields fit in 63 bits (DuckDB sums BIGINT into a HUGEINT: no overflow).
     """
     aggs, cols = [], []
-    mask = 2**FIELD_BITS - 1
+    mask = 2**bits - 1
+    word_type = "BIGINT" if bits * _FIELDS_PER_WORD < 64 else "HUGEINT"
     for g in range(0, len(fields), _FIELDS_PER_WORD):
         word = fields[g : g + _FIELDS_PER_WORD]
         name = f"{prefix}{g // _FIELDS_PER_WORD}"
         values = [
-            sum(1 << (FIELD_BITS * j) for j, (_, hit) in enumerate(word) if hit(*cell))
-            for cell in cells
+            sum(1 << (bits * j) for j, (_, hit) in enumerate(word) if hit(*cell)) for cell in cells
         ]
-        listed = ", ".join(f"CAST('{v}' AS HUGEINT)" for v in values)
+        listed = ", ".join(f"CAST('{v}' AS {word_type})" for v in values)
         aggs.append(f"sum([{listed}][{index}]) AS {name}")
         for j, (alias, _) in enumerate(word):
-            cols.append(f"CAST(({name} >> {FIELD_BITS * j}) & {mask} AS BIGINT) AS {alias}")
+            cols.append(f"CAST(({name} >> {bits * j}) & {mask} AS BIGINT) AS {alias}")
     return aggs, cols
 
 
@@ -293,6 +320,8 @@ class _Plan:
         self.m = config.momentum_days
         self.i = config.intent_days
         self.a = config.abandonment_days
+        self.bits = NARROW_BITS  # width of the packed counters' fields, see `FIELD_BITS`
+        self.day_words = -(-self.windows[-1] // DAY_WORD_BITS)
         # Buckets of event age (days before the end of the as-of day): every window used by a
         # packed counter is `b <= bucket_of(days)`.
         self.bounds = sorted(
@@ -326,18 +355,13 @@ class _Plan:
 
     def pieces(self) -> list[tuple[str, str]]:
         ev, w90 = self.ev, FIXED_WINDOW
-        max_w = self.windows[-1]
         return [
-            ("main", self._main_sql()),
+            ("main", self.main_sql()),
+            ("rare", self.rare_sql()),
             (
                 "pday",
                 f"""SELECT client_id, age, count(*) AS n, sum(amt_u) AS amt_u, max(ts) AS t1
                 FROM {ev} WHERE event_type = 'purchase' GROUP BY client_id, age""",
-            ),
-            (
-                "days",
-                f"SELECT client_id, bitstring_agg(age, 0, {max_w - 1}) AS bits"
-                f" FROM {ev} WHERE age < {max_w} GROUP BY client_id",
             ),
             (
                 "cart",
@@ -348,14 +372,6 @@ class _Plan:
                     FROM {ev}
                     WHERE event_type IN ('add_to_cart', 'checkout_start', 'purchase')
                       AND age < {w90}""",
-            ),
-            (
-                "sent",
-                f"""SELECT client_id, count(*) AS n,
-                       sum(CAST(round(sentiment * {SENTIMENT_SCALE}) AS BIGINT)) AS s_u,
-                       CAST(round(max_by(sentiment, (ts, sentiment)) * {SENTIMENT_SCALE})
-                            AS BIGINT) AS last_u
-                FROM {ev} WHERE sentiment IS NOT NULL GROUP BY client_id""",
             ),
             (
                 "cat",
@@ -369,9 +385,10 @@ class _Plan:
             ),
         ]
 
-    def _main_sql(self) -> str:
-        """One pass by client over all events: every count by stage, channel, type and window."""
-        kb, m, nb = self.bucket_of, self.m, len(self.bounds) + 1
+    def main_sql(self) -> str:
+        """One pass by client over all events: every count by stage, channel and window, and the
+        active-day bitmap (words `days0`, `days1`, ...: bit a of word k is age 127k + a)."""
+        kb, m = self.bucket_of, self.m
         stage: list[tuple[str, _Cell]] = [
             ("ev_recent", lambda sc, b: b <= kb(m)),
             ("ev_prev", lambda sc, b: kb(m) < b <= kb(2 * m)),
@@ -389,39 +406,69 @@ class _Plan:
                 chan.append(
                     (f"{c}_events_{w}d", lambda cc, b, w=w, k=k: cc == k + 1 and b <= kb(w))
                 )
-        types: list[tuple[str, _Cell]] = []
-        for k, (_, alias) in enumerate(_OTHER_TYPES):
-            types.append((f"{alias}_all", lambda tc, b, k=k: tc == k + 1))
-            types.append((f"{alias}_90", lambda tc, b, k=k: tc == k + 1 and b <= kb(FIXED_WINDOW)))
         aggs, cols = [], []
         for prefix, fields, keys, key in (
             ("ps", stage, range(len(STAGES) + 1), "sc"),
             ("pc", chan, range(len(_MIX) + 1), "cc"),
-            ("pt", types, range(len(_OTHER_TYPES) + 1), "tc"),
         ):
-            cells = [(k, b) for k in keys for b in range(nb)]
-            a, c = _packed(prefix, fields, cells, f"{key} * {nb} + b + 1")
+            a, c = self._packed(prefix, fields, keys, key)
             aggs += a
             cols += c
-        amounts = [
-            f"sum(CASE WHEN tc = {k + 1} THEN amt_u END) AS {alias}_u"
-            for k, (t, alias) in enumerate(_OTHER_TYPES)
-            if t in ("return", "refund")
+        max_w, d = self.windows[-1], DAY_WORD_BITS
+        day_words = [
+            f"bit_or(CASE WHEN age >= {d * k} AND age < {min(d * (k + 1), max_w)}"
+            f" THEN CAST(1 AS HUGEINT) << CAST(age - {d * k} AS HUGEINT) END) AS days{k}"
+            for k in range(self.day_words)
         ]
         return f"""
             SELECT client_id, n_events, first_ts, last_ts, last_before_m, first_in_m,
                    fkey >> {_RANK_SHIFT} AS furthest_rank,
                    {self.end_us} - (fkey & {2**_RANK_SHIFT - 1}) AS furthest_t0,
                    coalesce(((ckey % 8) + 8) % 8, 0) AS current_rank,
-                   returns_u, refunds_u, {", ".join(cols)}
+                   {", ".join(f"days{k}" for k in range(self.day_words))}, {", ".join(cols)}
             FROM (
                 SELECT client_id, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts,
                        max(CASE WHEN age >= {m} THEN ts END) AS last_before_m,
                        min(CASE WHEN age < {m} THEN ts END) AS first_in_m,
                        max(sc * {2**_RANK_SHIFT} + ({self.end_us} - ts)) AS fkey,
                        max(CASE WHEN sc > 0 THEN ts * 8 + sc END) AS ckey,
-                       {", ".join(amounts + aggs)}
+                       {", ".join(day_words)},
+                       {", ".join(aggs)}
                 FROM {self.ev} GROUP BY client_id)"""
+
+    def rare_sql(self) -> str:
+        """One pass by client over the few events of the rare types or with a sentiment: their
+        counts (all time and in the fixed window), return and refund amounts, sentiment sums.
+
+        Kept out of the main pass, where every aggregate costs a state update on every event."""
+        kb = self.bucket_of
+        types: list[tuple[str, _Cell]] = []
+        for k, (_, alias) in enumerate(_OTHER_TYPES):
+            types.append((f"{alias}_all", lambda tc, b, k=k: tc == k + 1))
+            types.append((f"{alias}_90", lambda tc, b, k=k: tc == k + 1 and b <= kb(FIXED_WINDOW)))
+        aggs, cols = self._packed("pt", types, range(len(_OTHER_TYPES) + 1), "tc")
+        amounts = [
+            f"sum(CASE WHEN tc = {k + 1} THEN amt_u END) AS {alias}_u"
+            for k, (t, alias) in enumerate(_OTHER_TYPES)
+            if t in ("return", "refund")
+        ]
+        ss = SENTIMENT_SCALE
+        return f"""
+            SELECT client_id, returns_u, refunds_u, n_sent, s_u, last_u, {", ".join(cols)}
+            FROM (
+                SELECT client_id, {", ".join(amounts + aggs)}, count(sentiment) AS n_sent,
+                       sum(CAST(round(sentiment * {ss}) AS BIGINT)) AS s_u,
+                       CAST(round(max_by(sentiment, (ts, sentiment))
+                                  FILTER (WHERE sentiment IS NOT NULL) * {ss}) AS BIGINT) AS last_u
+                FROM {self.ev} WHERE tc > 0 OR sentiment IS NOT NULL GROUP BY client_id)"""
+
+    def _packed(
+        self, prefix: str, fields: list[tuple[str, _Cell]], keys: range, key: str
+    ) -> tuple[list[str], list[str]]:
+        """`_packed` over the cells (code, age bucket) of the code column `key`."""
+        nb = len(self.bounds) + 1
+        cells = [(k, b) for k in keys for b in range(nb)]
+        return _packed(prefix, fields, cells, f"{key} * {nb} + b + 1", self.bits)
 
     def final_sql(self) -> str:
         t = _TEMP_PREFIX
@@ -486,10 +533,20 @@ class _Plan:
         FROM {t}main AS mn
         LEFT JOIN pu USING (client_id)
         LEFT JOIN ca USING (client_id)
-        LEFT JOIN {t}days AS dy USING (client_id)
-        LEFT JOIN {t}sent AS se USING (client_id)
+        LEFT JOIN {t}rare USING (client_id)
         LEFT JOIN ct USING (client_id)
+        ORDER BY client_id
         """
+
+    def _active_days(self, w: int) -> str:
+        """Days with an event among the last `w`: the set bits of ages below w, word by word."""
+        d, terms = DAY_WORD_BITS, []
+        for k in range(self.day_words):
+            n = min(max(w - d * k, 0), d)  # ages of word k inside the window
+            if n:
+                mask = f"CAST('{2**n - 1}' AS HUGEINT)"
+                terms.append(f"coalesce(CAST(bit_count(days{k} & {mask}) AS BIGINT), 0)")
+        return " + ".join(terms)
 
     def _columns(self) -> dict[str, str]:
         """SQL expression of every feature over the joined per-client rollups."""
@@ -554,11 +611,11 @@ class _Plan:
             f"returns_{w90}d": count("returns_90"),
             f"refunds_{w90}d": count("refunds_90"),
             "n_support_tickets": count("tickets_all"),
-            "n_sentiment": count("se.n"),
-            "sentiment_mean": f"CAST(s_u AS DOUBLE) / {ss} / se.n",
+            "n_sentiment": count("n_sent"),
+            "sentiment_mean": f"CAST(s_u AS DOUBLE) / {ss} / nullif(n_sent, 0)",
             "sentiment_last": f"CAST(last_u AS DOUBLE) / {ss}",
-            "sentiment_trend": f"CASE WHEN se.n = 1 THEN 0.0 ELSE (CAST(last_u AS DOUBLE)"
-            f" - CAST(s_u - last_u AS DOUBLE) / (se.n - 1)) / {ss} END",
+            "sentiment_trend": f"CASE WHEN n_sent = 1 THEN 0.0 ELSE (CAST(last_u AS DOUBLE)"
+            f" - CAST(s_u - last_u AS DOUBLE) / (n_sent - 1)) / {ss} END",
             "dominant_category_recent": "dom_recent",
             "dominant_category_before": "dom_before",
             "categories_recent": count("categories_recent"),
@@ -589,8 +646,7 @@ class _Plan:
             cols[f"share_{c}"] = f"CAST(coalesce(n_{c}, 0) AS DOUBLE) / nullif(n_chan, 0)"
         for w in self.windows:
             cols[f"events_{w}d"] = count(f"events_{w}d")
-            mask = "1" * w + "0" * (max_w - w)
-            cols[f"active_days_{w}d"] = count(f"bit_count(bits & CAST('{mask}' AS BIT))")
+            cols[f"active_days_{w}d"] = self._active_days(w)
             cols[f"purchases_{w}d"] = count(f"purchases_{w}d")
             cols[f"spend_{w}d"] = money(f"spend_u_{w}d")
             for s in STAGES:
@@ -598,4 +654,20 @@ class _Plan:
         for w in CHANNEL_WINDOWS:
             for c in CHANNELS:
                 cols[f"{c}_events_{w}d"] = count(f"{c}_events_{w}d")
+        # Recency-weighted mixes: the last w90 days' events count RECENT_WEIGHT times.
+        extra = RECENT_WEIGHT - 1
+        stage_total = f"{extra} * coalesce(events_{w90}d, 0) + coalesce(events_{max_w}d, 0)"
+        for s in STAGES:
+            cols[f"{s}_share_weighted"] = (
+                f"CAST({extra} * coalesce({s}_events_{w90}d, 0) + coalesce({s}_events_{max_w}d, 0)"
+                f" AS DOUBLE) / nullif({stage_total}, 0)"
+            )
+        channel_total = " + ".join(
+            f"coalesce(n_{c}, 0) + {extra} * coalesce({c}_events_{w90}d, 0)" for c in CHANNELS
+        )
+        for c in CHANNELS:
+            cols[f"share_{c}_weighted"] = (
+                f"CAST(coalesce(n_{c}, 0) + {extra} * coalesce({c}_events_{w90}d, 0) AS DOUBLE)"
+                f" / nullif({channel_total}, 0)"
+            )
         return cols

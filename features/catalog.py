@@ -29,6 +29,10 @@ CHANNELS = ("web", "app", "email", "messenger", "social", "store", "call_center"
 REQUIRED_WINDOWS = (30, 90)
 # Fixed window of the funnel and pain features (their names carry it).
 FIXED_WINDOW = 90
+# Weight of the last FIXED_WINDOW days' events in the recency-weighted mixes (*_weighted): for
+# steady behavior the last quarter then weighs a little more than the rest of the year, so a
+# change of behavior moves the mix within weeks while a quiet month does not erase the year.
+RECENT_WEIGHT = 4
 # Windows of the per-channel event counts (fixed, to keep the column count reasonable).
 CHANNEL_WINDOWS = (30, 90)
 
@@ -339,6 +343,25 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
             "rates",
             "float64",
             f"Share of the last {w} days' events in the {stage} stage; null if none.",
+        )
+    # Mixes that follow a change of behavior within weeks yet remember the year (the segments'
+    # default inputs, see segmentation/clustering.py).
+    times = {2: "twice", 3: "three times", 4: "four times"}.get(RECENT_WEIGHT, f"{RECENT_WEIGHT}x")
+    for stage in STAGES:
+        add(
+            f"{stage}_share_weighted",
+            "rates",
+            "float64",
+            f"Share of events in the {stage} stage over the last {w} days, those of the last"
+            f" {w90} days counting {times}; null if none.",
+        )
+    for channel in CHANNELS:
+        add(
+            f"share_{channel}_weighted",
+            "channel",
+            "float64",
+            f"Share of events on {channel} among the standard channels, all time, those of the"
+            f" last {w90} days counting {times}; null if none.",
         )
     return out
 

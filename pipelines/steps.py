@@ -48,8 +48,10 @@ class ClusterBundle:
     fitted_as_of: date
     config_digest: str
 
-    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
-        return self.model.predict(X)
+    def predict(self, X: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+        if previous is None:
+            return self.model.predict(X)
+        return self.model.predict(X, previous=previous)
 
 
 @dataclass
@@ -274,11 +276,12 @@ def segment_clients(
     `segments` rows (definitions and profiles) for the store. `previous` is the last published
     membership (the rules' `stay_when` keeps members by it)."""
     assigned = None
+    sticky = _cluster_members(previous)
     reasons: dict[str, str] = {}
     cluster_rows: list[dict[str, Any]] = []
     if clusters is not None:
         model = clusters.model
-        assigned = clusters.predict(features)
+        assigned = clusters.predict(features, sticky)
         assigned["segment_name"] = assigned["segment_id"].map(model.segment_names_)
         assigned.loc[assigned["is_noise"], "segment_name"] = NOISE_SEGMENT_NAME
         for segment_id, profile in model.profiles_.items():
@@ -302,6 +305,15 @@ def segment_clients(
         cluster_reasons=reasons,
         previous=previous,
     )
+    if clusters is not None and sticky is not None:
+        # Stickiness is for the clients the rules leave to the clusters: under a rule the
+        # membership shows the plain nearest cluster, as it will on a re-run of the same night
+        # (whose previous state then shows these clients under the rule).
+        by_rule = (membership["segment_source"] == "rule").to_numpy()
+        if by_rule.any():
+            plain = clusters.predict(features.loc[by_rule])
+            labels = plain["cluster_id"].where(~plain["is_noise"]).to_numpy()
+            membership.loc[by_rule, "cluster_id"] = pd.array(labels, dtype="Int64")
     rule_rows = segment_definitions(rules).assign(model_version=rules_version)
     noise_row = {
         "segment_id": NOISE_SEGMENT_ID,
@@ -327,6 +339,13 @@ def segment_clients(
     for stage, size in membership["lifecycle_stage"].value_counts().items():
         metrics[f"lifecycle.{stage}"] = float(size)
     return Segmentation(membership=membership, segments=segments, metrics=metrics)
+
+
+def _cluster_members(previous: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The clients of the previous membership who were in a cluster segment (for stickiness)."""
+    if previous is None or "segment_source" not in previous.columns:
+        return None
+    return previous.loc[previous["segment_source"] == "cluster", ["client_id", "segment_id"]]
 
 
 def stability_against(previous: pd.DataFrame | None, current: pd.DataFrame) -> float | None:

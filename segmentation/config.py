@@ -94,7 +94,7 @@ class ClusteringConfig(_Section):
     min_samples: int | None = Field(None, ge=1)
     cluster_selection_method: Literal["eom", "leaf"] = "eom"
     pca_components: int | None = Field(None, ge=1)
-    max_noise_share: float = Field(0.5, gt=0, le=1)
+    max_noise_share: float = Field(0.3, gt=0, le=1)
     max_cluster_share: float = Field(0.8, gt=0, le=1)
     kmeans_max_k: int = Field(12, ge=2)
     kmeans_k_selection: Literal["gap", "silhouette"] = "gap"
@@ -102,6 +102,7 @@ class ClusteringConfig(_Section):
     kmeans_references: int = Field(3, ge=1)
     assigner_neighbors: int = Field(10, ge=1)
     min_confidence: float = Field(0.0, ge=0, le=1)
+    stickiness: float = Field(0.15, ge=0, le=1)
 
 
 class RulesConfig(_Section):
@@ -119,7 +120,7 @@ class CltvConfig(_Section):
 class RefitConfig(_Section):
     every_days: int = Field(7, ge=1)
     max_psi: float = Field(0.25, gt=0)
-    max_noise_share: float = Field(0.5, gt=0, le=1)
+    max_noise_share: float = Field(0.3, gt=0, le=1)
     min_clusters: int = Field(2, ge=1)
     min_quality: float = Field(-1.0, ge=-1, le=1)
     min_stability: float = Field(0.0, ge=0, le=1)

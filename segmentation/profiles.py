@@ -72,6 +72,14 @@ VOCABULARY: dict[tuple[str, int], tuple[str, str]] = {
     ("shares", 1): ("noun", "sharers"),
     ("intent_shift", 1): ("adj", "intent-shifting"),
 }
+# The recency-weighted channel mixes (share_<channel>_weighted) read like the plain shares.
+VOCABULARY.update(
+    {
+        (f"{name}_weighted", sign): word
+        for (name, sign), word in list(VOCABULARY.items())
+        if name.startswith("share_")
+    }
+)
 DEFAULT_NOUN = "clients"
 
 

@@ -57,6 +57,7 @@ def measure_quality(
     config: EngineConfig | None = None,
     after_days: int = 60,
     week: int = 7,
+    supervised_ceiling: bool = False,
 ) -> QualityReport:
     """Run nights at shift-1-week, shift-1 and shift+after_days on a generated dataset.
 
@@ -64,6 +65,12 @@ def measure_quality(
     final segments give the ARI against persona_before. After the shift the clients are
     segmented by the same model (predict) and by a refit; the change rates compare each
     client's segment with its segment the day before the shift.
+
+    Ceilings of the persona ARI, in `extra`: `ari_personas_with_rules` puts the true personas
+    in place of the clusters under the same rule overrides (the best any clustering could do on
+    this measure); with `supervised_ceiling`, `ari_supervised*` replace the clusters by a
+    classifier trained on the personas (5-fold cross-validated predictions on the clustering
+    features), a bound no unsupervised method is expected to pass.
     """
     config = config or load_config()
     data_dir = Path(data_dir)
@@ -108,6 +115,20 @@ def measure_quality(
     kept = _kept(earlier.membership, before.membership)
     stability = float(kept[unshifted.reindex(kept.index).to_numpy()].mean())
 
+    by_rule = (before.membership["segment_source"] == "rule").to_numpy()
+    rule_ids = before.membership["segment_id"].to_numpy(dtype=object)
+    ceilings = {
+        "ari_personas_with_rules": round(
+            adjusted_rand_score(personas, np.where(by_rule, rule_ids, personas)), 4
+        )
+    }
+    if supervised_ceiling:
+        predicted = _supervised_personas(before, personas)
+        ceilings["ari_supervised"] = round(adjusted_rand_score(personas, predicted), 4)
+        ceilings["ari_supervised_with_rules"] = round(
+            adjusted_rand_score(personas, np.where(by_rule, rule_ids, predicted)), 4
+        )
+
     same_model = night(shift + timedelta(days=after_days), previous=before, refit=False)
     refitted = night(shift + timedelta(days=after_days), previous=before)
     return QualityReport(
@@ -123,6 +144,7 @@ def measure_quality(
         change_predict=_change_rates(before.membership, same_model.membership, truth),
         change_refit=_change_rates(before.membership, refitted.membership, truth),
         extra={
+            **ceilings,
             "clients_before": len(ids),
             "shift_date": shift.isoformat(),
             "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
@@ -140,6 +162,18 @@ def measure_quality(
             },
         },
     )
+
+
+def _supervised_personas(night: Night, personas: np.ndarray) -> np.ndarray:
+    """Cross-validated persona predictions of a logistic regression on the clustering inputs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+
+    model = night.bundle.model
+    frame = night.features.set_index("client_id").loc[night.membership["client_id"]]
+    Z = model.pipeline_.transform(frame.reset_index())
+    classifier = LogisticRegression(max_iter=3000)
+    return cross_val_predict(classifier, Z, personas, cv=5)
 
 
 def _kept(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:

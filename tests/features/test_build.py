@@ -20,7 +20,7 @@ from features.build import (
     purchase_log,
     write_features,
 )
-from features.catalog import CHANNELS, feature_names, feature_schema
+from features.catalog import CHANNELS, RECENT_WEIGHT, feature_names, feature_schema
 from features.events import EVENT_SCHEMA, day_end, load_taxonomy
 from segmentation.config import FeaturesConfig
 
@@ -203,6 +203,29 @@ def test_shards_give_the_same_table(events: pd.DataFrame, built) -> None:
     parts = [build_features_shard(con, AS_OF, None, k, 3, "events") for k in range(3)]
     assert sum(p.num_rows for p in parts) == table.num_rows
     assert all(p.num_rows > 0 for p in parts)
+
+
+def test_wide_counters_give_the_same_table(events: pd.DataFrame, built, monkeypatch) -> None:
+    # Narrow packed fields too small for these clients: the build must notice and count wide.
+    import features.build
+
+    table, frame = built
+    assert frame["n_events"].max() >= 2**3
+    monkeypatch.setattr(features.build, "NARROW_BITS", 3)
+    con = duckdb.connect()
+    make_events(con, events)
+    assert build_features(con, AS_OF).equals(table)
+
+
+def test_thread_count_does_not_change_the_table(events: pd.DataFrame, built) -> None:
+    table, _ = built
+    for threads in (1, 4):
+        con = duckdb.connect(config={"threads": threads})
+        make_events(con, pd.concat([events] * 3, ignore_index=True))  # duplicates: more ties
+        again = build_features(con, AS_OF)
+        con.execute("SET threads = 2")
+        assert build_features(con, AS_OF).equals(again)
+        assert again.num_rows == table.num_rows
 
 
 def test_schema_and_column_order_are_stable(built) -> None:
@@ -491,3 +514,39 @@ def test_events_before_1970_match_pandas(events: pd.DataFrame, built) -> None:
     assert build_features(con, as_of, shards=3).equals(table)
     # Every feature is relative to the as-of day, so the shifted build is the same table.
     assert table.equals(built[0])
+
+
+def test_recency_weighted_mixes_match_pandas(events: pd.DataFrame, built) -> None:
+    """The weighted stage and channel mixes, recomputed with a weight per event: RECENT_WEIGHT
+    for the last 90 days, 1 before (stages: within the longest window; channels: the standard
+    ones)."""
+    _, got = built
+    longest = FeaturesConfig().windows_days[-1]
+    stage_of = load_taxonomy().stage
+    ev = events[events["event_time"] < pd.Timestamp(END)].copy()
+    ev["age"] = (pd.Timestamp(AS_OF) - pd.to_datetime(ev["event_time"]).dt.normalize()).dt.days
+    ev["weight"] = np.where(ev["age"] < 90, float(RECENT_WEIGHT), 1.0)
+    ev["stage"] = ev["event_type"].map(stage_of)
+    checked = 0
+    for client, g in ev.groupby("client_id"):
+        year = g[g["age"] < longest]
+        for stage in ("awareness", "purchase", "retention"):
+            want = (
+                year.loc[year["stage"] == stage, "weight"].sum() / year["weight"].sum()
+                if len(year)
+                else np.nan
+            )
+            assert got.loc[client, f"{stage}_share_weighted"] == pytest.approx(want, nan_ok=True)
+        known = g[g["channel"].isin(CHANNELS)]
+        for channel in ("web", "app", "store"):
+            want = (
+                known.loc[known["channel"] == channel, "weight"].sum() / known["weight"].sum()
+                if len(known)
+                else np.nan
+            )
+            assert got.loc[client, f"share_{channel}_weighted"] == pytest.approx(want, nan_ok=True)
+        checked += 1
+    assert checked == len(got) > 10
+    # the weighting matters on this data: weighted and plain mixes differ
+    assert (got["share_web_weighted"] - got["share_web"]).abs().max() > 0.01
+    assert (got["purchase_share_weighted"] - got[f"purchase_share_{longest}d"]).abs().max() > 0.01

@@ -173,4 +173,9 @@ def _persona_rows(par: dict, m: int, rng: np.random.Generator) -> pd.DataFrame:
     frame["awareness_share_365d"] = np.clip(
         1 - frame[[f"{s}_share_365d" for s in stages]].sum(axis=1), 0, 1
     )
+    # steady behavior: the recency-weighted mixes equal the plain ones
+    for stage in (*stages, "awareness"):
+        frame[f"{stage}_share_weighted"] = frame[f"{stage}_share_365d"]
+    for channel in CHANNELS:
+        frame[f"share_{channel}_weighted"] = frame[f"share_{channel}"]
     return frame

@@ -82,8 +82,8 @@ def test_far_away_clients_are_noise(frame, model):
     odd["client_id"] = ["x1", "x2", "x3"]
     extreme = ["purchases_per_active_month", "avg_order_value", "tickets_per_purchase"]
     odd[[*extreme, "advocacy_per_purchase"]] = 1e9
-    odd["share_store"] = 1.0
-    odd[["share_web", "share_app", "share_email", "share_call_center"]] = 0.0
+    odd["share_store_weighted"] = 1.0
+    odd[["share_web_weighted", "share_app_weighted", "share_call_center_weighted"]] = 0.0
     pred = model.predict(odd)
     assert pred["is_noise"].all()
     assert (pred["confidence"] <= 0.2).all()
@@ -197,7 +197,7 @@ def test_from_config():
 
 def test_default_features_are_the_documented_subset():
     assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 14
-    assert {"purchases_per_active_month", "share_app", "tickets_per_purchase"} <= set(
+    assert {"purchases_per_active_month", "share_app_weighted", "tickets_per_purchase"} <= set(
         DEFAULT_FEATURES
     )
     # state features belong to the lifecycle rules, not to the clusters
@@ -213,7 +213,7 @@ def test_default_features_are_the_documented_subset():
             "avg_order_value, tickets_per_purchase",
         ),
         (lambda f: f.assign(client_id="same"), "not unique"),
-        (lambda f: f.assign(share_app="high"), "not numeric: share_app"),
+        (lambda f: f.assign(share_app_weighted="high"), "not numeric: share_app_weighted"),
         (lambda f: f.iloc[:0], "no rows"),
     ],
 )
@@ -317,3 +317,36 @@ def test_gap_rule_and_refit_hysteresis(monkeypatch):
     # but not a previous k the criterion clearly rejects
     assert model._select_k(np.zeros((10, 2)), ks, rng, previous_k=8)[0] == 5
     assert model._select_k(np.zeros((10, 2)), ks, rng, previous_k=3)[0] == 5
+
+
+def test_stickiness_keeps_border_clients_and_lets_real_moves_through():
+    frame, _ = _nested_blobs(seed=0)
+    model = _kmeans_model(stickiness=0.2).fit(frame)
+    centers = model.centers_
+    gaps = np.linalg.norm(centers - centers[0], axis=1)
+    a, b = 0, int(np.argsort(gaps)[1])  # the nearest other centre: its midpoint lies between them
+    # Points on the line from centre a to centre b, taken back to the feature space through
+    # the scaler (these values are far from the clip bound).
+    scale = model.pipeline_.named_steps["scale"]
+
+    def client(t, name):
+        z = (1 - t) * centers[a] + t * centers[b]
+        row = pd.DataFrame([scale.inverse_transform(z[None, :])[0]], columns=frame.columns[1:])
+        return row.assign(client_id=name)[frame.columns]
+
+    ids = model.segment_ids_
+    # 52% of the way: b is nearer, a within 1.08x of it; 95%: a is 19x farther than b.
+    clients = pd.concat([client(0.52, "border"), client(0.95, "moved")], ignore_index=True)
+    plain = model.predict(clients).set_index("client_id")
+    assert (
+        plain.loc["border", "segment_id"] == ids[b] and plain.loc["moved", "segment_id"] == ids[b]
+    )
+    previous = pd.DataFrame({"client_id": ["border", "moved"], "segment_id": [ids[a], ids[a]]})
+    sticky = model.predict(clients, previous=previous).set_index("client_id")
+    assert sticky.loc["border", "segment_id"] == ids[a]
+    assert sticky.loc["moved", "segment_id"] == ids[b]
+    assert sticky.loc["border", "confidence"] < plain.loc["border", "confidence"]
+    # Without stickiness, or without a previous state, predict is unchanged.
+    off = _kmeans_model(stickiness=0.0).fit(frame)
+    assert off.predict(clients, previous=previous)["segment_id"].tolist() == [ids[b], ids[b]]
+    pd.testing.assert_frame_equal(model.predict(clients), plain.reset_index())

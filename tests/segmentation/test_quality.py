@@ -18,14 +18,9 @@ def report(tmp_path_factory) -> QualityReport:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured (4000 and 20000 clients, seeds 7/11): same model shifted 0.40-0.45 vs "
-    "unshifted 0.23-0.25 (1.7-1.8x); clusters alone 0.29 vs 0.15 (2.0x, 4000 seed 7): the rest "
-    "is rule churn "
-    "of unshifted clients (90-day windows of cart_abandoner, support_risk, vip recency)",
-)
 def test_shifted_clients_change_segment_far_more_often(report):
+    # Measured here (4000 clients, seed 7): same model 0.372 vs 0.174 (2.13x), refit 0.374 vs
+    # 0.175 (2.14x). Seeds 3 and 11 give 2.2x; seed 5 1.9-2.0x (README, "Segment quality").
     for label, rates in (("same model", report.change_predict), ("refit", report.change_refit)):
         assert rates["shifted"] >= 2 * rates["unshifted"], (
             f"{label}: shifted {rates['shifted']:.3f} vs unshifted {rates['unshifted']:.3f}"
@@ -34,21 +29,30 @@ def test_shifted_clients_change_segment_far_more_often(report):
 
 @pytest.mark.slow
 def test_refit_a_week_later_keeps_unshifted_clients_in_their_segment(report):
-    assert report.refit_stability_unshifted >= 0.8, report.refit_stability_unshifted
+    # measured 0.95-0.98 with sticky assignment (0.90-0.92 without)
+    assert report.refit_stability_unshifted >= 0.9, report.refit_stability_unshifted
 
 
 @pytest.mark.slow
 def test_segments_are_never_all_noise(report):
     assert report.n_clusters >= 2
-    assert report.noise_share <= 0.5
+    assert report.noise_share <= 0.3  # clustering.max_noise_share
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured segments ARI 0.51-0.52, clusters alone 0.59-0.60 (4000 and 20000 clients, "
-    "seeds 7/11; k-means fallback, k=6 by the gap rule): rule segments take ~12% of clients "
-    "across personas, and dropped-out clients of every persona look alike",
+    reason="measured segments ARI 0.42-0.51, clusters alone 0.48-0.59 (4000 clients, seeds "
+    "3/5/7/11): the default business rules split personas (with the true personas in place of "
+    "the clusters they give 0.88; a classifier trained on the personas, plus the rules, 0.61), "
+    "and dropped-out clients of every persona look alike",
 )
 def test_segments_recover_personas_before_the_shift(report):
     assert report.ari_segments >= 0.6, (report.ari_segments, report.ari_clusters)
+
+
+@pytest.mark.slow
+def test_the_persona_ceiling_with_the_rules_is_reported(report):
+    # The true personas in place of the clusters, under the same rule overrides: what any
+    # clustering could reach at best on this measure.
+    assert report.ari_segments < report.extra["ari_personas_with_rules"] <= 1.0
