@@ -121,13 +121,12 @@ def build_features_shard(
     _check_events_table(con, events_table)
     plan = _Plan(as_of, config, events_table, shard, shards)
     try:
-        pieces = dict(plan.pieces())
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {pieces['main']}")
-        if plan.bits < FIELD_BITS and _max_events(con) >= 2**plan.bits:
-            plan.bits = FIELD_BITS  # a narrow field may have carried: count again, wide
-            pieces = dict(plan.pieces())
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {pieces['main']}")
-        for name, sql in pieces.items():
+        for bits in (plan.bits, FIELD_BITS):
+            plan.bits = bits
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {plan.main_sql()}")
+            if bits >= FIELD_BITS or _max_events(con) < 2**bits:
+                break  # else a narrow field may have carried: count again with wide fields
+        for name, sql in plan.pieces():  # rendered with the field width now chosen
             if name != "main":
                 con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
         # Sorted in SQL: sorting in Arrow is as fast only once its memory pool is warm, and a

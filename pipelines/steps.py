@@ -49,8 +49,6 @@ class ClusterBundle:
     config_digest: str
 
     def predict(self, X: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
-        if previous is None:
-            return self.model.predict(X)
         return self.model.predict(X, previous=previous)
 
 

@@ -84,8 +84,9 @@ QUALITY_MARGIN = 0.02  # DBCV gain needed to prefer the other cluster selection
 # 90 days count four times, features.catalog.RECENT_WEIGHT): measured on generated journeys
 # (benchmarks/quality_report.py, with sticky assignment), clients whose behavior shifted change
 # segment 2.1-2.2x as often as the others within 60 days, against 1.8-1.9x with the yearly
-# mixes, for a persona ARI lower by about 0.01 (README, "Segment quality"). Counts that grow with tenure, momentum and other state features are left
-# to the lifecycle rules; identifiers, text and BTYD inputs too.
+# mixes, for a persona ARI lower by about 0.01 (README, "Segment quality"). Counts that grow with
+# tenure, momentum and other state features are left to the lifecycle rules; identifiers, text
+# and BTYD inputs too.
 DEFAULT_FEATURES: tuple[str, ...] = (
     "recency_days",
     "purchases_per_active_month",
@@ -359,23 +360,26 @@ class ClusterModel(BaseEstimator):
         ids = X[CLIENT_ID].reset_index(drop=True)
         labels = np.empty(len(X), dtype=np.int64)
         conf = np.empty(len(X))
-        before = self._previous_labels(previous, ids)
-        centers = getattr(self, "centers_", None)  # models saved before stickiness lack it
-        sticky = self.stickiness > 0 and before is not None and centers is not None
+        # models saved before sticky assignment have neither stickiness nor centers_
+        stickiness = getattr(self, "stickiness", 0.0)
+        centers = getattr(self, "centers_", None)
+        before = (
+            self._previous_labels(previous, ids) if stickiness and centers is not None else None
+        )
         step = 250_000
         for start in range(0, len(X), step):
             Z = self.pipeline_.transform(X.iloc[start : start + step])
             result = self.assigner_.assign(Z)
             labels[start : start + step] = result.labels
             conf[start : start + step] = result.confidence
-            if sticky:
+            if before is not None:
                 _keep_previous(
                     Z,
                     labels[start : start + step],
                     conf[start : start + step],
                     before[start : start + step],
                     centers,
-                    self.stickiness,
+                    stickiness,
                 )
         if self.min_confidence > 0:
             weak = (labels >= 0) & (conf < self.min_confidence)
@@ -398,7 +402,7 @@ class ClusterModel(BaseEstimator):
 
     def _previous_labels(self, previous: pd.DataFrame | None, ids: pd.Series) -> np.ndarray | None:
         """Each client's label in `previous` (aligned with ids), NOISE where none applies."""
-        if previous is None or not self.stickiness:
+        if previous is None:
             return None
         for column in (CLIENT_ID, "segment_id"):
             if column not in previous.columns:

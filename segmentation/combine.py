@@ -53,8 +53,9 @@ def assign_segments(
     scores reads null). `cluster_reasons`: segment_id -> the cluster's defining features,
     e.g. from the clustering profiles; it takes precedence over a `reason` column in
     `clusters`. `previous`: the last published membership (client_id, segment_id), which the
-    rules' `stay_when` conditions need; None means no previous state. Returns exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype
-    (missing: NaN) and cluster_id is nullable Int64 when cluster ids are numeric.
+    rules' `stay_when` conditions need; None means no previous state. Returns exactly
+    MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype (missing: NaN) and cluster_id is
+    nullable Int64 when cluster ids are numeric.
     """
     _require(features, ("client_id", JOURNEY_COLUMN), "features")
     ids = features["client_id"]

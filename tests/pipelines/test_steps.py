@@ -28,7 +28,7 @@ class FakeModel:
     noise: float
     metrics_: dict
 
-    def predict(self, X):
+    def predict(self, X, previous=None):
         noise = np.arange(len(X)) < round(self.noise * len(X))
         return pd.DataFrame({"client_id": X["client_id"].to_numpy(), "is_noise": noise})
 

@@ -350,3 +350,12 @@ def test_stickiness_keeps_border_clients_and_lets_real_moves_through():
     off = _kmeans_model(stickiness=0.0).fit(frame)
     assert off.predict(clients, previous=previous)["segment_id"].tolist() == [ids[b], ids[b]]
     pd.testing.assert_frame_equal(model.predict(clients), plain.reset_index())
+
+
+def test_a_model_saved_before_sticky_assignment_still_predicts(frame):
+    model = ClusterModel(min_cluster_size=40, stickiness=0.2).fit(frame.head(600))
+    plain = model.predict(frame.head(600))
+    old = pickle.loads(pickle.dumps(model))
+    del old.__dict__["stickiness"], old.__dict__["centers_"]  # as unpickled from an older champion
+    again = old.predict(frame.head(600), previous=plain[["client_id", "segment_id"]])
+    pd.testing.assert_frame_equal(again, plain)
