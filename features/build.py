@@ -50,16 +50,17 @@ SENTIMENT_SCALE = 1_000_000_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _TEMP_PREFIX = "_feat_"
 JS_SCALE = 10**12  # Jensen-Shannon terms are summed in integer pico-units: exact in any order
-_PIECES = ("main", "rare", "pday", "cart", "cat")
+_PIECES = ("main", "rare", "pday", "cart", "cat", "wide")
 # Packed counters: several per-client counts summed in one integer word, `bits` bits each (see
 # `_packed`). A field never exceeds the client's event count, so while that count is below
 # 2**bits no field carries into the next. One sum instead of one FILTER per count: DuckDB pays
-# per aggregate per row, so this is what makes a single pass over the events cheap. Narrow fields
-# (three in a BIGINT) are the fast path; a client with 2**NARROW_BITS events or more makes the
-# main pass run again with wide fields (three in a HUGEINT, about twice as slow).
-NARROW_BITS = 21
+# per aggregate per row, and on events in time order mostly per byte of aggregate state, so few
+# and small states are what make a single pass over the events cheap. Narrow fields (five in a
+# BIGINT, summed without overflow checks since the fields cannot carry) are the fast path; the
+# main-pass rows of the few clients with 2**NARROW_BITS events or more are counted again with
+# wide fields (three in a HUGEINT) and replaced.
+NARROW_BITS = 12
 FIELD_BITS = 32
-_FIELDS_PER_WORD = 3
 # Active days: one bit per day of age in HUGEINT words OR-ed per client (a few bit_or are much
 # cheaper per event than one bitstring_agg). 127 bits a word: the sign bit stays clear, so
 # bit_count (a TINYINT) cannot overflow.
@@ -121,14 +122,9 @@ def build_features_shard(
     _check_events_table(con, events_table)
     plan = _Plan(as_of, config, events_table, shard, shards)
     try:
-        for bits in (plan.bits, FIELD_BITS):
-            plan.bits = bits
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}main AS {plan.main_sql()}")
-            if bits >= FIELD_BITS or _max_events(con) < 2**bits:
-                break  # else a narrow field may have carried: count again with wide fields
-        for name, sql in plan.pieces():  # rendered with the field width now chosen
-            if name != "main":
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
+        for name, sql in plan.pieces():
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}{name} AS {sql}")
+        _recount_heavy_clients(con, plan)
         # Sorted in SQL: sorting in Arrow is as fast only once its memory pool is warm, and a
         # build is usually the only one in its process.
         table = con.sql(plan.final_sql()).to_arrow_table()
@@ -213,9 +209,16 @@ def _sorted_by_client(tables: list[pa.Table]) -> pa.Table:
     return pa.table(out, names=names)
 
 
-def _max_events(con: duckdb.DuckDBPyConnection) -> int:
-    """The most events of one client in the main rollup (0 when it is empty)."""
-    return con.sql(f"SELECT coalesce(max(n_events), 0) FROM {_TEMP_PREFIX}main").fetchall()[0][0]
+def _recount_heavy_clients(con: duckdb.DuckDBPyConnection, plan: _Plan) -> None:
+    """Replace the main-pass rows of clients whose narrow packed fields may have carried."""
+    main, limit = f"{_TEMP_PREFIX}main", 2**NARROW_BITS
+    heavy = f"SELECT client_id FROM {main} WHERE n_events >= {limit}"
+    if not con.sql(f"SELECT count(*) FROM ({heavy})").fetchall()[0][0]:
+        return
+    wide = plan.main_sql(FIELD_BITS, only=heavy)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {_TEMP_PREFIX}wide AS {wide}")
+    con.execute(f"DELETE FROM {main} WHERE n_events >= {limit}")
+    con.execute(f"INSERT INTO {main} BY NAME SELECT * FROM {_TEMP_PREFIX}wide")
 
 
 def _check_key_ranges(table: pa.Table) -> None:
@@ -286,20 +289,25 @@ def _packed(
 
     Each field is a predicate on a cell (a code, an age bucket); `index` is the SQL of the 1-based
     position of a row's cell in `cells`. A row adds, to word g, 1 << (bits * j) for every field j
-    of that word its cell satisfies; summing the words counts all fields at once. Words are
-    BIGINT when their fields fit in 63 bits (DuckDB sums BIGINT into a HUGEINT: no overflow).
+    of that word its cell satisfies; summing the words counts all fields at once. Narrow fields
+    go 63 // bits to a BIGINT word, summed by `sum_no_overflow`: with every field below 2**bits
+    for the group, the sum stays below 2**63 (this is what the caller must guarantee). Wider
+    fields go three to a HUGEINT, summed by the checked `sum`.
     """
     aggs, cols = [], []
     mask = 2**bits - 1
-    word_type = "BIGINT" if bits * _FIELDS_PER_WORD < 64 else "HUGEINT"
-    for g in range(0, len(fields), _FIELDS_PER_WORD):
-        word = fields[g : g + _FIELDS_PER_WORD]
-        name = f"{prefix}{g // _FIELDS_PER_WORD}"
+    if bits < FIELD_BITS:
+        per_word, word_type, agg = 63 // bits, "BIGINT", "sum_no_overflow"
+    else:
+        per_word, word_type, agg = 127 // bits, "HUGEINT", "sum"
+    for g in range(0, len(fields), per_word):
+        word = fields[g : g + per_word]
+        name = f"{prefix}{g // per_word}"
         values = [
             sum(1 << (bits * j) for j, (_, hit) in enumerate(word) if hit(*cell)) for cell in cells
         ]
         listed = ", ".join(f"CAST('{v}' AS {word_type})" for v in values)
-        aggs.append(f"sum([{listed}][{index}]) AS {name}")
+        aggs.append(f"{agg}([{listed}][{index}]) AS {name}")
         for j, (alias, _) in enumerate(word):
             cols.append(f"CAST(({name} >> {bits * j}) & {mask} AS BIGINT) AS {alias}")
     return aggs, cols
@@ -319,7 +327,6 @@ class _Plan:
         self.m = config.momentum_days
         self.i = config.intent_days
         self.a = config.abandonment_days
-        self.bits = NARROW_BITS  # width of the packed counters' fields, see `FIELD_BITS`
         self.day_words = -(-self.windows[-1] // DAY_WORD_BITS)
         # Buckets of event age (days before the end of the as-of day): every window used by a
         # packed counter is `b <= bucket_of(days)`.
@@ -355,7 +362,7 @@ class _Plan:
     def pieces(self) -> list[tuple[str, str]]:
         ev, w90 = self.ev, FIXED_WINDOW
         return [
-            ("main", self.main_sql()),
+            ("main", self.main_sql(NARROW_BITS)),
             ("rare", self.rare_sql()),
             (
                 "pday",
@@ -384,9 +391,12 @@ class _Plan:
             ),
         ]
 
-    def main_sql(self) -> str:
+    def main_sql(self, bits: int, only: str | None = None) -> str:
         """One pass by client over all events: every count by stage, channel and window, and the
-        active-day bitmap (words `days0`, `days1`, ...: bit a of word k is age 127k + a)."""
+        active-day bitmap (words `days0`, `days1`, ...: bit a of word k is age 127k + a).
+
+        Counts are packed in fields of `bits` bits; `only` (a query of client_id) restricts the
+        pass to those clients."""
         kb, m = self.bucket_of, self.m
         stage: list[tuple[str, _Cell]] = [
             ("ev_recent", lambda sc, b: b <= kb(m)),
@@ -397,7 +407,7 @@ class _Plan:
             for s in STAGES:
                 r = STAGE_RANK[s]
                 stage.append((f"{s}_events_{w}d", lambda sc, b, w=w, r=r: sc == r and b <= kb(w)))
-        chan: list[tuple[str, _Cell]] = [("n_chan", lambda cc, b: cc > 0)]
+        chan: list[tuple[str, _Cell]] = []  # n_chan, events with a channel, is their sum
         for k, c in enumerate(_MIX):
             chan.append((f"n_{c}", lambda cc, b, k=k: cc == k + 1))
         for w in CHANNEL_WINDOWS:
@@ -410,7 +420,7 @@ class _Plan:
             ("ps", stage, range(len(STAGES) + 1), "sc"),
             ("pc", chan, range(len(_MIX) + 1), "cc"),
         ):
-            a, c = self._packed(prefix, fields, keys, key)
+            a, c = self._packed(prefix, fields, keys, key, bits)
             aggs += a
             cols += c
         max_w, d = self.windows[-1], DAY_WORD_BITS
@@ -424,7 +434,8 @@ class _Plan:
                    fkey >> {_RANK_SHIFT} AS furthest_rank,
                    {self.end_us} - (fkey & {2**_RANK_SHIFT - 1}) AS furthest_t0,
                    coalesce(((ckey % 8) + 8) % 8, 0) AS current_rank,
-                   {", ".join(f"days{k}" for k in range(self.day_words))}, {", ".join(cols)}
+                   {", ".join(f"days{k}" for k in range(self.day_words))}, {", ".join(cols)},
+                   {" + ".join(f"n_{c}" for c in _MIX)} AS n_chan
             FROM (
                 SELECT client_id, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts,
                        max(CASE WHEN age >= {m} THEN ts END) AS last_before_m,
@@ -433,7 +444,8 @@ class _Plan:
                        max(CASE WHEN sc > 0 THEN ts * 8 + sc END) AS ckey,
                        {", ".join(day_words)},
                        {", ".join(aggs)}
-                FROM {self.ev} GROUP BY client_id)"""
+                FROM {self.ev} {f"WHERE client_id IN ({only})" if only else ""}
+                GROUP BY client_id)"""
 
     def rare_sql(self) -> str:
         """One pass by client over the few events of the rare types or with a sentiment: their
@@ -445,7 +457,8 @@ class _Plan:
         for k, (_, alias) in enumerate(_OTHER_TYPES):
             types.append((f"{alias}_all", lambda tc, b, k=k: tc == k + 1))
             types.append((f"{alias}_90", lambda tc, b, k=k: tc == k + 1 and b <= kb(FIXED_WINDOW)))
-        aggs, cols = self._packed("pt", types, range(len(_OTHER_TYPES) + 1), "tc")
+        # Wide fields: these rows are few, and their counts are then exact for every client.
+        aggs, cols = self._packed("pt", types, range(len(_OTHER_TYPES) + 1), "tc", FIELD_BITS)
         amounts = [
             f"sum(CASE WHEN tc = {k + 1} THEN amt_u END) AS {alias}_u"
             for k, (t, alias) in enumerate(_OTHER_TYPES)
@@ -462,12 +475,12 @@ class _Plan:
                 FROM {self.ev} WHERE tc > 0 OR sentiment IS NOT NULL GROUP BY client_id)"""
 
     def _packed(
-        self, prefix: str, fields: list[tuple[str, _Cell]], keys: range, key: str
+        self, prefix: str, fields: list[tuple[str, _Cell]], keys: range, key: str, bits: int
     ) -> tuple[list[str], list[str]]:
         """`_packed` over the cells (code, age bucket) of the code column `key`."""
         nb = len(self.bounds) + 1
         cells = [(k, b) for k in keys for b in range(nb)]
-        return _packed(prefix, fields, cells, f"{key} * {nb} + b + 1", self.bits)
+        return _packed(prefix, fields, cells, f"{key} * {nb} + b + 1", bits)
 
     def final_sql(self) -> str:
         t = _TEMP_PREFIX
