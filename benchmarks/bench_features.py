@@ -10,19 +10,20 @@ generator writes events grouped by client, which makes scans by client unusually
 `--order time` runs on a copy sorted by event_time (written once into the workdir), the order in
 which production event logs arrive, clients interleaved.
 
-In one process and one run, over the same Parquet files, it times: the bare scan
-`SELECT client_id, count(*) ... GROUP BY 1`; the same with a few aggregates (count, sum(amount),
-max(event_time)); the floor, a scan by client that reads every column the build reads with one
-trivial aggregate each (`max`, which looks at every value, and `count`, which may not); the load
-(a plain CREATE TABLE AS over the Parquet files, or with --validate `features.events.load_events`
-with its checks); the bare scan and the floor again over the loaded `events` table (what the
-build actually scans); and the feature build. Each scan and the build run `--repeat` times and
-the medians are printed, with the build's events/s, its ratio to each baseline, the time of each
+In one process and one run, over the same Parquet files, it times: the load (a plain CREATE
+TABLE AS over the Parquet files, or with --validate `features.events.load_events` with its
+checks) and the feature build, first, so that the process's peak memory until then is theirs;
+then the bare scan `SELECT client_id, count(*) ... GROUP BY 1`; the same with a few aggregates
+(count, sum(amount), max(event_time)); the floor, a scan by client that reads every column the
+build reads with one trivial aggregate each (`max`, which looks at every value, and `count`,
+which may not); and the bare scan and the floor again over the loaded `events` table (what the
+build actually scans). Each scan and the build run `--repeat` times and the medians are printed, with the build's events/s, its ratio to each baseline, the time of each
 build step and the peak resident memory (process, and sampled during load and builds) as one JSON
-object. `--memory-limit 2GB` sets DuckDB's memory_limit (spilling to a temp directory under the
-workdir), as the nightly pipeline does from `features.memory_limit`. `--matrix` runs the four
-combinations (plain / load_events x no limit / --memory-limit) each in its own process, so each
-peak is its own, and prints them together.
+object. As the nightly pipeline does, the events go to a DuckDB file in a scratch folder under the
+workdir (`--storage memory` for an in-memory table) and DuckDB's memory_limit is
+`features.memory_limit` (`--memory-limit`, 'none' for no limit). `--matrix` runs the four
+combinations (plain / load_events x disk / memory) each in its own process, so each peak is its
+own, and prints them together.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.build import _TEMP_PREFIX, _Plan, build_features
-from features.events import load_events, load_taxonomy
+from features.events import connect_duckdb, load_events, load_taxonomy
 from segmentation.config import FeaturesConfig
 
 END = date(2025, 6, 30)
@@ -56,7 +58,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=20_000_000)
     parser.add_argument("--workdir", default="/tmp/bench-features")
     parser.add_argument("--shards", type=int, default=1)
-    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 2GB")
+    parser.add_argument(
+        "--memory-limit",
+        default=FeaturesConfig().memory_limit,
+        help="DuckDB memory_limit (default: the pipeline's features.memory_limit); 'none' for none",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=("disk", "memory"),
+        default="disk",
+        help="disk: events in a DuckDB file in the workdir, as the nightly pipeline keeps them;"
+        " memory: an in-memory table",
+    )
     parser.add_argument(
         "--validate",
         action="store_true",
@@ -85,24 +98,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.matrix:
         return _matrix(args)
     glob = str(data / "events" / "*.parquet")
-    con = duckdb.connect()
-    if args.memory_limit:
-        spill = Path(args.workdir) / "duckdb_tmp"
-        spill.mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET memory_limit = '{args.memory_limit}'")
-        con.execute(f"SET temp_directory = '{spill}'")
+    spill = Path(args.workdir) / "duckdb_tmp"
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    limit = None if args.memory_limit.lower() == "none" else args.memory_limit
+    database = spill / "events.duckdb" if args.storage == "disk" else None
+    con = connect_duckdb(limit, spill, database=database)
     source = f"read_parquet('{glob}')"
     repeat = max(1, args.repeat)
-    clients = con.sql(f"SELECT client_id, count(*) FROM {source} GROUP BY 1").to_arrow_table()
-    bare = _median_time(con, _bare_sql(source), repeat)
-    bare_aggs = _median_time(
-        con,
-        f"SELECT client_id, count(*), sum(amount), max(event_time) FROM {source} GROUP BY 1",
-        repeat,
-    )
-    floor_pq = _median_time(con, _floor_sql(source, "max"), repeat)
-    floor_pq_count = _median_time(con, _floor_sql(source, "count"), repeat)
-
+    # Load and build first, so that the peak memory of the process up to then is theirs alone.
     load_peak = _PeakRss()
     t0 = time.perf_counter()
     if args.validate:
@@ -112,9 +116,6 @@ def main(argv: list[str] | None = None) -> dict:
     load = time.perf_counter() - t0
     load_peak.stop()
     n_events = con.sql("SELECT count(*) FROM events").fetchall()[0][0]
-    bare_table = _median_time(con, _bare_sql("events"), repeat)
-    floor_table = _median_time(con, _floor_sql("events", "max", stage=True), repeat)
-    floor_table_count = _median_time(con, _floor_sql("events", "count", stage=True), repeat)
 
     build_peak = _PeakRss()
     builds = []
@@ -125,6 +126,20 @@ def main(argv: list[str] | None = None) -> dict:
         builds.append(time.perf_counter() - t0)
     build_peak.stop()
     build = statistics.median(builds)
+    peak_load_build = _maxrss_gb()
+
+    clients = con.sql(f"SELECT client_id, count(*) FROM {source} GROUP BY 1").to_arrow_table()
+    bare = _median_time(con, _bare_sql(source), repeat)
+    bare_aggs = _median_time(
+        con,
+        f"SELECT client_id, count(*), sum(amount), max(event_time) FROM {source} GROUP BY 1",
+        repeat,
+    )
+    floor_pq = _median_time(con, _floor_sql(source, "max"), repeat)
+    floor_pq_count = _median_time(con, _floor_sql(source, "count"), repeat)
+    bare_table = _median_time(con, _bare_sql("events"), repeat)
+    floor_table = _median_time(con, _floor_sql("events", "max", stage=True), repeat)
+    floor_table_count = _median_time(con, _floor_sql("events", "count", stage=True), repeat)
 
     steps = {} if args.no_steps else _step_times(con)
     result = {
@@ -152,10 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_floor_parquet_to_bare": round(floor_pq / bare, 1),
         "ratio_load_plus_build_to_bare": round((load + build) / bare, 1),
         "load": "load_events" if args.validate else "create table as read_parquet",
-        "memory_limit": args.memory_limit,
+        "memory_limit": limit,
+        "storage": args.storage,
         "peak_rss_during_load_gb": round(load_peak.peak / 1024**3, 2),
         "rss_before_build_gb": round(build_peak.start / 1024**3, 2),
         "peak_rss_during_build_gb": round(build_peak.peak / 1024**3, 2),
+        "peak_rss_load_and_build_gb": round(peak_load_build, 2),
         "peak_rss_process_gb": round(_maxrss_gb(), 2),
         "build_steps_s": steps,
         "shards": args.shards,
@@ -166,24 +183,22 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _matrix(args: argparse.Namespace) -> dict:
-    """The four runs (plain/load_events x no limit/memory limit), each in a fresh process."""
-    limit = args.memory_limit or "2GB"
+    """The four runs (plain/load_events x disk/memory storage), each in a fresh process."""
     results = {}
     for validate in (False, True):
-        for mem in (None, limit):
+        for storage in ("disk", "memory"):
             cmd = [sys.executable, __file__, "--events", str(args.events)]
             cmd += ["--workdir", args.workdir, "--shards", str(args.shards), "--no-steps"]
             cmd += ["--order", args.order, "--repeat", str(args.repeat)]
+            cmd += ["--memory-limit", args.memory_limit, "--storage", storage]
             cmd += ["--validate"] if validate else []
-            cmd += ["--memory-limit", mem] if mem else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            key = f"{'load_events' if validate else 'plain'}/{mem or 'no_limit'}"
-            results[key] = json.loads(out)
+            results[f"{'load_events' if validate else 'plain'}/{storage}"] = json.loads(out)
     keys = ("bare_scan_s", "bare_scan_aggs_s", "floor_parquet_s", "floor_table_s", "load_s",
             "build_s", "build_events_per_s", "ratio_build_to_bare", "ratio_build_to_bare_aggs",
             "ratio_build_to_floor_parquet", "ratio_build_to_floor_table",
             "peak_rss_during_load_gb", "peak_rss_during_build_gb",
-            "peak_rss_process_gb")  # fmt: skip
+            "peak_rss_load_and_build_gb")  # fmt: skip
     summary = {k: {key: r[key] for key in keys} for k, r in results.items()}
     print(json.dumps(summary, indent=2))
     return summary

@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 from prefect import flow, task
 
-from features.events import connect_duckdb
+from features.events import connect_for_events
 from pipelines import steps
 from pipelines.prefect_utils import retry_options
 from segmentation.config import EngineConfig, config_from_mapping, load_config
@@ -185,7 +185,7 @@ def nightly_run(
         tmp = stack.enter_context(
             tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path)
         )
-        con = connect_duckdb(config.features.memory_limit, tmp)
+        con = connect_for_events(config.features, tmp)
         stack.callback(con.close)
         try:
             latest = _latest_as_of(store)

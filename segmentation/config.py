@@ -74,9 +74,14 @@ class FeaturesConfig(_Section):
     intent_days: int = Field(30, ge=1)
     shards: int = Field(1, ge=1)
     memory_limit: str = Field(
-        "3GB",
+        "2GB",
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="DuckDB working memory for events and features; beyond it DuckDB spills",
+    )
+    event_storage: Literal["disk", "memory"] = Field(
+        "disk",
+        description="disk: events in a compressed DuckDB file in the run's scratch folder"
+        " (about a third of the memory); memory: an in-memory table (loads twice as fast)",
     )
 
     @field_validator("windows_days")

@@ -21,7 +21,7 @@ from features.build import (
     write_features,
 )
 from features.catalog import CHANNELS, RECENT_WEIGHT, feature_names, feature_schema
-from features.events import EVENT_SCHEMA, day_end, load_taxonomy
+from features.events import EVENT_SCHEMA, connect_for_events, day_end, load_taxonomy
 from segmentation.config import FeaturesConfig
 
 AS_OF = date(2025, 3, 31)
@@ -215,6 +215,20 @@ def test_wide_counters_give_the_same_table(events: pd.DataFrame, built, monkeypa
     con = duckdb.connect()
     make_events(con, events)
     assert build_features(con, AS_OF).equals(table)
+
+
+def test_events_on_disk_give_the_same_table(events: pd.DataFrame, built, tmp_path) -> None:
+    # The nightly default: events in a compressed DuckDB file, under a small memory limit.
+    table, _ = built
+    cfg = FeaturesConfig(memory_limit="200MB", event_storage="disk")
+    con = connect_for_events(cfg, tmp_path)
+    make_events(con, events)
+    paths = [row[0] for row in con.sql("SELECT path FROM duckdb_databases()").fetchall()]
+    assert str(tmp_path / "events.duckdb") in paths
+    assert build_features(con, AS_OF, cfg).equals(table)
+    con.close()
+    memory = connect_for_events(cfg.model_copy(update={"event_storage": "memory"}), tmp_path)
+    assert memory.sql("SELECT count(path) FROM duckdb_databases()").fetchall()[0][0] == 0
 
 
 def test_thread_count_does_not_change_the_table(events: pd.DataFrame, built) -> None:
