@@ -10,20 +10,20 @@ generator writes events grouped by client, which makes scans by client unusually
 `--order time` runs on a copy sorted by event_time (written once into the workdir), the order in
 which production event logs arrive, clients interleaved.
 
-In one process and one run, over the same Parquet files, it times: the load (a plain CREATE
-TABLE AS over the Parquet files, or with --validate `features.events.load_events` with its
-checks) and the feature build, first, so that the process's peak memory until then is theirs;
-then the bare scan `SELECT client_id, count(*) ... GROUP BY 1`; the same with a few aggregates
-(count, sum(amount), max(event_time)); the floor, a scan by client that reads every column the
-build reads with one trivial aggregate each (`max`, which looks at every value, and `count`,
-which may not); and the bare scan and the floor again over the loaded `events` table (what the
-build actually scans). Each scan and the build run `--repeat` times and the medians are printed, with the build's events/s, its ratio to each baseline, the time of each
-build step and the peak resident memory (process, and sampled during load and builds) as one JSON
-object. As the nightly pipeline does, the events go to a DuckDB file in a scratch folder under the
-workdir (`--storage memory` for an in-memory table) and DuckDB's memory_limit is
-`features.memory_limit` (`--memory-limit`, 'none' for no limit). `--matrix` runs the four
-combinations (plain / load_events x disk / memory) each in its own process, so each peak is its
-own, and prints them together.
+In one process and one run, over the same Parquet files, it times: the load (a plain CREATE TABLE
+AS over the Parquet files, or with --validate `features.events.load_events` with its checks) and
+the feature build, first, so that the process's peak memory until then is theirs; then the bare
+scan `SELECT client_id, count(*) ... GROUP BY 1`; the same with a few aggregates (count,
+sum(amount), max(event_time)); the floor, a scan by client that reads every column the build reads
+with one trivial aggregate each (`max`, which looks at every value, and `count`, which may not);
+and the bare scan and the floor again over the loaded `events` table (what the build actually
+scans). Each scan and the build run `--repeat` times and the medians are printed, with the build's
+events/s, its ratio to each baseline, the time of each build step and the peak resident memory
+(process, and sampled during load and builds) as one JSON object. As the nightly pipeline does, the
+events go to a DuckDB file in a scratch folder under the workdir (`--storage memory` for an
+in-memory table) and DuckDB's memory_limit is `features.memory_limit` (`--memory-limit`, 'none' for
+no limit). `--matrix` runs the four combinations (plain / load_events x disk / memory) each in its
+own process, so each peak is its own, and prints them together.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     build = statistics.median(builds)
     peak_load_build = _maxrss_gb()
 
+    # The client count; untimed, it also warms the file cache for the timed scans below.
     clients = con.sql(f"SELECT client_id, count(*) FROM {source} GROUP BY 1").to_arrow_table()
     bare = _median_time(con, _bare_sql(source), repeat)
     bare_aggs = _median_time(

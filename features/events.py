@@ -235,11 +235,8 @@ def connect_duckdb(
     if database is not None:
         # Dictionary+FSST would halve the size of client and event ids but double the load
         # time (20M events: 9 s against 5 s). See benchmarks/bench_features.py --storage.
-        con.execute(f"SET disabled_compression_methods = '{_SLOW_COMPRESSION}'")
+        con.execute("SET disabled_compression_methods = 'dict_fsst'")
     return con
-
-
-_SLOW_COMPRESSION = "dict_fsst"
 
 
 def connect_for_events(features: Any, scratch: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:

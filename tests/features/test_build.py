@@ -541,23 +541,21 @@ def test_recency_weighted_mixes_match_pandas(events: pd.DataFrame, built) -> Non
     ev["age"] = (pd.Timestamp(AS_OF) - pd.to_datetime(ev["event_time"]).dt.normalize()).dt.days
     ev["weight"] = np.where(ev["age"] < 90, float(RECENT_WEIGHT), 1.0)
     ev["stage"] = ev["event_type"].map(stage_of)
+
+    def share(frame: pd.DataFrame, column: str, value: str) -> float:
+        if not len(frame):
+            return np.nan
+        return frame.loc[frame[column] == value, "weight"].sum() / frame["weight"].sum()
+
     checked = 0
     for client, g in ev.groupby("client_id"):
         year = g[g["age"] < longest]
         for stage in ("awareness", "purchase", "retention"):
-            want = (
-                year.loc[year["stage"] == stage, "weight"].sum() / year["weight"].sum()
-                if len(year)
-                else np.nan
-            )
+            want = share(year, "stage", stage)
             assert got.loc[client, f"{stage}_share_weighted"] == pytest.approx(want, nan_ok=True)
         known = g[g["channel"].isin(CHANNELS)]
         for channel in ("web", "app", "store"):
-            want = (
-                known.loc[known["channel"] == channel, "weight"].sum() / known["weight"].sum()
-                if len(known)
-                else np.nan
-            )
+            want = share(known, "channel", channel)
             assert got.loc[client, f"share_{channel}_weighted"] == pytest.approx(want, nan_ok=True)
         checked += 1
     assert checked == len(got) > 10
