@@ -45,9 +45,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from configs import FeaturesConfig
 from features.build import _TEMP_PREFIX, _Plan, build_features
 from features.events import connect_duckdb, load_events, load_taxonomy
-from segmentation.config import FeaturesConfig
 
 END = date(2025, 6, 30)
 DAYS = 730

@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep everything here (default: a temp dir)")
     args = parser.parse_args()
 
+    from configs import config_from_mapping
     from features.generator import write_dataset
-    from segmentation.config import config_from_mapping
 
     with tempfile.TemporaryDirectory(prefix="bench-nightly-") as tmp:
         work = Path(args.workdir or tmp)

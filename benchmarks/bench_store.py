@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segmentation.store import PublishRequest, open_store
+from pipelines.store import PublishRequest, open_store
 
 N_SEGMENTS = 12
 LIFECYCLES = np.array(["new", "active", "at_risk", "lapsed"], dtype=object)

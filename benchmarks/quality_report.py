@@ -4,7 +4,7 @@ Usage: python benchmarks/quality_report.py [--clients 20000] [--days 365] [--see
 
 Generates journeys with known personas and a planned shift, runs the nightly steps at a week
 before the shift, the day before (refit matched to the first) and 60 days after (same model and
-refit), and prints the figures of `segmentation.quality.measure_quality`.
+refit), and prints the figures of `pipelines.quality.measure_quality`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from features.generator import write_dataset
-from segmentation.quality import measure_quality
+from pipelines.quality import measure_quality
 
 
 def main() -> None:

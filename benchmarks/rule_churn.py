@@ -25,10 +25,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from configs import load_config
 from features.events import load_events
 from features.generator import write_dataset
 from pipelines import steps
-from segmentation.config import load_config
 from segmentation.rules import rules_from_mapping
 
 

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from configs import FeaturesConfig, as_date
 from features.catalog import (
     CHANNEL_WINDOWS,
     CHANNELS,
@@ -42,7 +43,6 @@ from features.catalog import (
     feature_windows,
 )
 from features.events import EVENT_SCHEMA, day_end
-from segmentation.config import FeaturesConfig
 
 US_PER_DAY = 86_400_000_000
 MONEY_SCALE = 1_000_000  # money is summed in integer micro-units: exact in any order
@@ -114,7 +114,10 @@ def build_features_shard(
 ) -> pa.Table:
     """The feature rows of one hash partition: clients with `hash(client_id) % shards == shard`."""
     config = config or FeaturesConfig()
-    as_of = _as_date(as_of)
+    try:
+        as_of = as_date(as_of)
+    except TypeError as exc:
+        raise FeatureBuildError(str(exc)) from None
     if not isinstance(shards, int) or shards < 1:
         raise FeatureBuildError(f"shards must be a positive integer, got {shards!r}")
     if not isinstance(shard, int) or not 0 <= shard < shards:
@@ -161,7 +164,7 @@ def purchase_log(
 ) -> pd.DataFrame:
     """Purchases up to the end of `as_of`: client_id, event_time, amount (sorted), for backtests."""
     _check_events_table(con, events_table)
-    end = day_end(_as_date(as_of))
+    end = day_end(as_date(as_of))
     return con.sql(
         f"""
         SELECT client_id, event_time, amount FROM {events_table}
@@ -182,14 +185,6 @@ def write_features(table: pa.Table, out_path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _as_date(value: date) -> date:
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    raise FeatureBuildError(f"as_of must be a date, got {type(value).__name__}: {value!r}")
 
 
 def _sorted_by_client(tables: list[pa.Table]) -> pa.Table:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from segmentation.config import STAGES, FeaturesConfig
+from configs import STAGES, FeaturesConfig
 
 # Rank of each journey stage; events of unknown type (stage `other`) have rank 0.
 STAGE_RANK = {"other": 0, **{stage: i + 1 for i, stage in enumerate(STAGES)}}

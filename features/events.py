@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import yaml
 
-from configs import CONFIG_DIR
-from segmentation.config import STAGES
+from configs import STAGES
+from configs.paths import CONFIG_DIR
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
 OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
@@ -168,7 +168,7 @@ def load_events(
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
     reader = _reader_sql(kind, files)
-    columns = _describe(con, reader)
+    columns = _source_columns(con, reader)
     _check_required(con, kind, files, columns, path)
     now = now or datetime.now(UTC)
     cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
@@ -287,7 +287,7 @@ def _reader_sql(kind: str, files: list[str]) -> str:
     return f"read_parquet({listing}, union_by_name = true, filename = 'source_file')"
 
 
-def _describe(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, tuple[str, str]]:
+def _source_columns(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, tuple[str, str]]:
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
     except duckdb.Error as exc:
@@ -310,7 +310,7 @@ def _check_required(con, kind: str, files: list[str], columns: dict, path) -> No
     if len(files) == 1:
         return
     for file in files:
-        found = set(_describe(con, _reader_sql(kind, [file])))
+        found = set(_source_columns(con, _reader_sql(kind, [file])))
         lacking = [c for c in REQUIRED_COLUMNS if c not in found]
         if lacking:
             raise EventContractError(

@@ -7,10 +7,12 @@ import pandas as pd
 
 from models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel
 
-__all__ = ["BTYD_COLUMNS", "PREDICTION_COLUMNS", "CltvModel", "ConvergenceError"]
+__all__ = ["BTYD_COLUMNS", "PREDICTION_COLUMNS", "SCORE_COLUMNS", "CltvModel", "ConvergenceError"]
 
 BTYD_COLUMNS = ("frequency", "recency", "T", "monetary_value")
 PREDICTION_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_value", "predicted_cltv")
+# The client_scores columns a scoring step produces (the store adds as_of and run_id).
+SCORE_COLUMNS = ("client_id", *PREDICTION_COLUMNS, "horizon_days", "model_version")
 DAYS_PER_MONTH = 365.25 / 12
 
 

@@ -26,10 +26,10 @@ def run_demo(
     seed: int = 42,
 ) -> int:
     """Generate a data set, run `nights` nightly runs spanning the planned shift, summarize."""
+    from configs import config_from_mapping
     from features.generator import write_dataset
     from pipelines.nightly import nightly_flow_for_demo
-    from segmentation.config import config_from_mapping
-    from segmentation.store import open_store
+    from pipelines.store import open_store
 
     started = time.perf_counter()
     work = Path(workdir).expanduser().resolve()

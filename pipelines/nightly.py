@@ -20,10 +20,10 @@ from typing import Any
 import duckdb
 from prefect import flow, task
 
+from configs import EngineConfig, config_from_mapping, load_config
 from features.events import connect_for_events
 from pipelines import steps
 from pipelines.prefect_utils import retry_options
-from segmentation.config import EngineConfig, config_from_mapping, load_config
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,9 @@ def nightly_run(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The body of the nightly flow (called inside a flow run so the tasks are tracked)."""
-    from models.registry import ModelRegistry
-    from models.tracking import Tracker
-    from segmentation.store import PublishRequest, open_store
+    from pipelines.registry import ModelRegistry
+    from pipelines.store import PublishRequest, open_store
+    from pipelines.tracking import Tracker
 
     say = progress or (lambda message: log.info(message))
     run_id, started = steps.run_identity(as_of)
@@ -506,7 +506,7 @@ def serve(config: EngineConfig) -> None:
 
 def manage_models(config: EngineConfig, action: str, *, model: str, version: int | None) -> str:
     """`segmentation models list | promote VERSION | rollback` for analysts."""
-    from models.registry import ModelRegistry
+    from pipelines.registry import ModelRegistry
 
     registry = ModelRegistry(config.tracking_uri)
     name = (
@@ -537,7 +537,7 @@ def _as_of_or_yesterday(as_of: str | None) -> date:
 
 def _check_order(latest: date | None, as_of: date, rebuild: bool) -> None:
     """Fail before any work when the date is older than the latest published one."""
-    from segmentation.store import OutOfOrderError
+    from pipelines.store import OutOfOrderError
 
     if latest is not None and as_of < latest and not rebuild:
         raise OutOfOrderError(
@@ -564,7 +564,7 @@ def _record_failure(store, run_id, as_of, started, mlflow_run_id, exc) -> None:
 
 def _write_report(config, url, as_of, tracked, say) -> Path | None:
     try:
-        from segmentation.report import write_report
+        from pipelines.report import write_report
 
         path = write_report(config, store_url=url, as_of=as_of)
         tracked.log_artifacts({path.name: path}, folder="report")

@@ -17,10 +17,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from configs import EngineConfig
 from features.events import ValidationReport, check_bad_share, load_configured_events
 from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
-from models.cltv import CltvModel
+from models.cltv import BTYD_COLUMNS, SCORE_COLUMNS, CltvModel
 from segmentation.clustering import ClusterModel
 from segmentation.combine import (
     NOISE_SEGMENT_ID,
@@ -28,14 +29,10 @@ from segmentation.combine import (
     assign_segments,
     segment_definitions,
 )
-from segmentation.config import EngineConfig
 from segmentation.drift import DriftReference, fit_reference, psi
 from segmentation.rules import RuleSet, load_rules
-from segmentation.store import SCORES_INPUT
 
 log = logging.getLogger(__name__)
-
-BTYD_COLUMNS = ("frequency", "recency", "T", "monetary_value")
 
 
 @dataclass
@@ -164,7 +161,7 @@ def score_clients(
     """client_scores rows: p_alive, expected purchases and value, discounted CLTV, and
     cltv_percentile (share of tonight's scored clients with a predicted CLTV at most the
     client's own, 0..1; the rules define VIP as a top percentile, whatever the currency)."""
-    columns = [*SCORES_INPUT, "cltv_percentile"]
+    columns = [*SCORE_COLUMNS, "cltv_percentile"]
     if bundle is None:
         return pd.DataFrame(columns=columns)
     predicted = bundle.model.predict(btyd)

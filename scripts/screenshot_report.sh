@@ -8,7 +8,7 @@
 # self-contained, and the flags below turn off Chromium's own background traffic.
 #
 # The screenshot in docs/report.png is made from the synthetic sample report:
-#   python -m segmentation.report --sample /tmp/sample-report.html
+#   python -m pipelines.report --sample /tmp/sample-report.html
 #   scripts/screenshot_report.sh /tmp/sample-report.html docs/report.png
 set -euo pipefail
 

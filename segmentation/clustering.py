@@ -39,7 +39,7 @@ segments then stop switching night after night on small changes of their rates, 
 client whose behavior really moved goes past the margin and changes segment.
 
 Stable ids and names: `fit(X, previous=model)` matches the new clusters to the previous
-model's segments (`identity.match_segments`); a surviving segment keeps its id and name.
+model's segments (`stable_ids.match_cluster_ids`); a surviving segment keeps its id and name.
 Profiles (`profiles_`) give each segment its distinguishing features, a name and a description.
 """
 
@@ -62,7 +62,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from segmentation import identity, profiles
+from segmentation import profiles, stable_ids
 from segmentation.assigner import (
     NOISE,
     NOISE_CONFIDENCE_MAX,
@@ -73,7 +73,7 @@ from segmentation.assigner import (
 )
 
 CLIENT_ID = "client_id"
-NOISE_ID = identity.NOISE_ID
+NOISE_ID = stable_ids.NOISE_ID
 K_HYSTERESIS = 1 / 3  # share of kmeans_min_gap_gain within which a refit keeps the previous k
 QUALITY_MARGIN = 0.02  # DBCV gain needed to prefer the other cluster selection
 
@@ -673,13 +673,13 @@ class ClusterModel(BaseEstimator):
         start = getattr(previous, "next_segment_number_", 1)
         if previous is None and previous_assignments is None:
             sizes = sample_labels[sample_labels >= 0].value_counts()
-            match = identity.fresh_ids(sizes, start)
+            match = stable_ids.fresh_ids(sizes, start)
             kept_names: dict[str, str] = {}
         else:
             prev_ids = self._previous_ids(sample, previous, previous_assignments)
             new_centers = self._label_centers(cluster_profiles)
             prev_centers = self._centers_in(previous, self) if previous is not None else None
-            match = identity.match_segments(
+            match = stable_ids.match_cluster_ids(
                 prev_ids,
                 sample_labels,
                 prev_centers,
@@ -690,7 +690,7 @@ class ClusterModel(BaseEstimator):
             prev_names = dict(getattr(previous, "segment_names_", {}) or {})
             kept_names = {sid: prev_names[sid] for sid in match.kept if sid in prev_names}
             new_ids = sample_labels.map(match.ids).fillna(NOISE_ID)
-            stab = identity.stability(prev_ids, new_ids)
+            stab = stable_ids.stability(prev_ids, new_ids)
             stability = {
                 "stability": stab["kept_share"],
                 "stability_ari": stab["ari"],

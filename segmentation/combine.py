@@ -17,10 +17,21 @@ import numpy as np
 import pandas as pd
 
 from segmentation.rules import LIFECYCLE_COLUMN, RuleSet
-from segmentation.store import MEMBERSHIP_INPUT
 
-# The published membership columns, as the store's contract lists them.
-MEMBERSHIP_COLUMNS = tuple(MEMBERSHIP_INPUT)
+# The membership columns this layer produces: the store publishes exactly these.
+MEMBERSHIP_COLUMNS = (
+    "client_id",
+    "segment_id",
+    "segment_name",
+    "segment_source",
+    "cluster_id",
+    "confidence",
+    "lifecycle_stage",
+    "journey_stage",
+    "reason",
+)
+# The segment definition columns (`segments` table, before sizes and run ids).
+SEGMENT_COLUMNS = ("segment_id", "segment_name", "kind", "definition", "model_version")
 CLUSTER_COLUMNS = (
     "client_id",
     "cluster_id",

@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from configs import as_date
+
 TRANSITION_COLUMNS = [
     "as_of",
     "client_id",
@@ -63,7 +65,7 @@ def advance(previous: pd.DataFrame, current: pd.DataFrame, as_of: date) -> State
         valid_from.to_numpy(zero_copy_only=False), index=current.index, name="valid_from"
     ).astype("datetime64[us]")
     transitions = table.to_pandas()
-    transitions.insert(0, "as_of", _as_date(as_of))
+    transitions.insert(0, "as_of", as_date(as_of))
     return StateChange(valid_from=valid_from, transitions=transitions[TRANSITION_COLUMNS])
 
 
@@ -79,7 +81,7 @@ def advance_arrow(
     `current`) and the transitions without the as_of column. `check=False` skips the
     duplicate-client checks (for callers that validated already); `sort=False` keeps
     changed clients in current order followed by vanished clients."""
-    as_of = _as_date(as_of)
+    as_of = as_date(as_of)
     if check:
         _check_state(previous, "previous")
         _check_state(current, "current")
@@ -195,16 +197,6 @@ def _transition_table(
             "to_lifecycle": to_life,
         }
     )
-
-
-def _as_date(value: date) -> date:
-    if isinstance(value, pd.Timestamp):
-        return value.date()
-    if hasattr(value, "date") and callable(value.date):  # datetime
-        return value.date()
-    if isinstance(value, date):
-        return value
-    raise TypeError(f"as_of must be a date, got {type(value).__name__}: {value!r}")
 
 
 def _check_state(frame: pd.DataFrame, name: str) -> None:

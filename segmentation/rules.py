@@ -27,8 +27,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from configs import CONFIG_DIR
-from segmentation.config import ConfigError
+from configs import ConfigError
+from configs.paths import CONFIG_DIR
 from segmentation.expressions import (
     NUMBER,
     TEXT,
@@ -256,7 +256,7 @@ def rules_from_mapping(
     try:
         spec = _RulesFile.model_validate(raw)
     except ValidationError as exc:
-        raise RuleSetError(_describe(exc, raw), source=source) from None
+        raise RuleSetError(_describe_rule_errors(exc, raw), source=source) from None
 
     extras = tuple(extra_names)
     kinds = known_kinds(_catalog_kinds() if known_features is None else known_features)
@@ -331,7 +331,7 @@ class _RulesFile(BaseModel):
     segments: list[_SegmentSpec] = Field(default_factory=list)
 
 
-def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
+def _describe_rule_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
     lines = []
     for error in exc.errors():
         loc = error["loc"]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 from scipy.spatial.distance import jensenshannon
 
+from configs import FeaturesConfig
 from features.build import (
     FeatureBuildError,
     btyd_frame,
@@ -22,7 +23,6 @@ from features.build import (
 )
 from features.catalog import CHANNELS, RECENT_WEIGHT, feature_names, feature_schema
 from features.events import EVENT_SCHEMA, connect_for_events, day_end, load_taxonomy
-from segmentation.config import FeaturesConfig
 
 AS_OF = date(2025, 3, 31)
 END = day_end(AS_OF)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from configs import FeaturesConfig
 from features.catalog import FAMILIES, FEATURES, feature_catalog, feature_schema, render_markdown
-from segmentation.config import FeaturesConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "features.md"
 

@@ -8,10 +8,10 @@ import duckdb
 import pandas as pd
 import pytest
 
+from configs import config_from_mapping
 from features.generator import write_dataset
 from pipelines.nightly import run_nightly
-from segmentation.config import config_from_mapping
-from segmentation.store import OutOfOrderError, open_store
+from pipelines.store import OutOfOrderError, open_store
 
 END = date(2025, 6, 30)
 FIRST = date(2025, 5, 1)
@@ -40,8 +40,8 @@ def config(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_nightly_runs_publish_tables_and_track_models(prefect_harness, dataset, config):
-    from models.registry import ModelRegistry
-    from models.tracking import Tracker
+    from pipelines.registry import ModelRegistry
+    from pipelines.tracking import Tracker
 
     events = str(dataset / "events")
     first = run_nightly(config, as_of=FIRST, events=events)

@@ -18,9 +18,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import pipelines.schedule as schedule_module
+from configs import config_from_mapping
 from pipelines.prefect_utils import is_transient, retry_on_transient, retry_options
 from pipelines.schedule import ScheduleError, build_deployment, prefect_api, serve_nightly
-from segmentation.config import config_from_mapping
 
 
 @flow(name="nightly-test")

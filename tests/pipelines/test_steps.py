@@ -8,6 +8,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from configs import config_from_mapping
 from pipelines.steps import (
     ClusterBundle,
     btyd_inputs,
@@ -15,7 +16,6 @@ from pipelines.steps import (
     quality_gate_failures,
     stability_against,
 )
-from segmentation.config import config_from_mapping
 from segmentation.drift import fit_reference
 
 CONFIG = config_from_mapping({"refit": {"every_days": 7, "max_psi": 0.25, "max_noise_share": 0.4}})

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from configs import ClusteringConfig
 from segmentation.clustering import (
     DEFAULT_FEATURES,
     ClusterModel,
@@ -14,7 +15,6 @@ from segmentation.clustering import (
     fill_value_rule,
     is_log_feature,
 )
-from segmentation.config import ClusteringConfig
 from tests.segmentation.behavioral_data import make_behavioral_frame
 
 PREDICT_COLUMNS = ["client_id", "cluster_id", "segment_id", "confidence", "is_noise"]

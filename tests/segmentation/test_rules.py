@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from configs import ConfigError
 from features.catalog import FEATURES
-from segmentation.config import ConfigError
 from segmentation.rules import (
     DEFAULT_RULES_PATH,
     SCORE_COLUMNS,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from segmentation.store import Store, open_store
+from pipelines.store import Store, open_store
 
 PG_URL = os.environ.get("SEGMENTATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_UNREACHABLE = "PostgreSQL not reachable at 127.0.0.1:5432"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.registry import ModelRegistry, RegistryError, list_versions, register_model
-from models.tracking import (
+from pipelines.registry import ModelRegistry, RegistryError, list_versions, register_model
+from pipelines.tracking import (
     TRUNCATION_MARK,
     ClientIdLeakError,
     Tracker,

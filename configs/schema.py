@@ -14,19 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from configs import CONFIG_DIR
+from configs.base import STAGES, SegmentationError
+from configs.paths import CONFIG_DIR
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "default.yaml"
 ENV_CONFIG = "SEGMENTATION_CONFIG"
 ENV_STORE_URL = "SEGMENTATION_STORE_URL"
 ENV_MLFLOW_URI = "MLFLOW_TRACKING_URI"
 
-STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 
-
-class ConfigError(ValueError):
+class ConfigError(SegmentationError, ValueError):
     """A config file that cannot be read or does not validate; the message names file and key."""
 
 
@@ -119,7 +118,6 @@ class CltvConfig(_Section):
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     penalizer: float = Field(0.0, ge=0)
     holdout_days: int = Field(90, ge=7)
-    learned_model: bool = False
 
 
 class RefitConfig(_Section):
@@ -154,12 +152,6 @@ class EngineConfig(_Section):
     refit: RefitConfig = RefitConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     source: str | None = Field(None, description="file this config was loaded from")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EngineConfig:
-        if self.refit.max_noise_share > 1:
-            raise ValueError("refit.max_noise_share must be at most 1")
-        return self
 
     # Resolved locations: placeholders and environment overrides applied.
     @property
@@ -218,10 +210,10 @@ def config_from_mapping(raw: Any, source: str = "<mapping>") -> EngineConfig:
     try:
         return EngineConfig.model_validate({**raw, "source": source})
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
+        raise ConfigError(_describe_errors(exc, source)) from None
 
 
-def _describe(exc: ValidationError, source: str) -> str:
+def _describe_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "<top level>"

@@ -9,7 +9,7 @@ Tables, views and guarantees are documented in docs/store.md.
 
 from __future__ import annotations
 
-from segmentation.store._common import (
+from pipelines.store._common import (
     OutOfOrderError,
     PublishInputError,
     PublishLockedError,
@@ -21,14 +21,14 @@ from segmentation.store._common import (
     mask_url,
     parse_store_url,
 )
-from segmentation.store._core import Reader, Store
-from segmentation.store._request import (
+from pipelines.store._core import Reader, Store
+from pipelines.store._request import (
     MEMBERSHIP_INPUT,
     SCORES_INPUT,
     PublishRequest,
     PublishResult,
 )
-from segmentation.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
+from pipelines.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
 
 __all__ = [
     "MEMBERSHIP_INPUT",
@@ -77,11 +77,11 @@ def open_store(
         raise ValueError("lock_timeout must be > 0 and reader_retry >= 0 (seconds)")
     parsed = parse_store_url(url)
     if parsed.backend == "duckdb":
-        from segmentation.store._duckdb import DuckDbBackend
+        from pipelines.store._duckdb import DuckDbBackend
 
         backend = DuckDbBackend(parsed.path, parsed.masked, lock_timeout, reader_retry)
     else:
-        from segmentation.store._postgres import PostgresBackend
+        from pipelines.store._postgres import PostgresBackend
 
         backend = PostgresBackend(parsed.sqlalchemy_url, parsed.masked, schema, lock_timeout)
     return Store(backend, schema, lock_timeout=lock_timeout, reader_retry=reader_retry)

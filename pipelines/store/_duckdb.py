@@ -15,13 +15,13 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from segmentation.store._common import (
+from pipelines.store._common import (
     PublishLockedError,
     StoreBusyError,
     StoreConnectionError,
     StoreEmptyError,
 )
-from segmentation.store._schema import TYPES, validate_identifier
+from pipelines.store._schema import TYPES, validate_identifier
 
 
 class DuckDbConnection:

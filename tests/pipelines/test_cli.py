@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 
-from segmentation.cli import main
+from pipelines.cli import main
 
 
 def _generate(tmp_path, capsys, clients=300):

@@ -16,8 +16,8 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from segmentation.store._common import PublishLockedError, StoreConnectionError, scrub
-from segmentation.store._schema import TYPES, validate_identifier
+from pipelines.store._common import PublishLockedError, StoreConnectionError, scrub
+from pipelines.store._schema import TYPES, validate_identifier
 
 # PostgreSQL type OIDs -> Arrow types for reading COPY output.
 _OID_ARROW = {

@@ -16,15 +16,14 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segmentation.dynamics import STATE_COLUMNS, advance_arrow
-from segmentation.store._common import (
+from pipelines.store._common import (
     OutOfOrderError,
     PublishInputError,
     PublishLockedError,
     SchemaVersionError,
     StoreEmptyError,
 )
-from segmentation.store._request import (
+from pipelines.store._request import (
     CleanRequest,
     PublishRequest,
     PublishResult,
@@ -33,7 +32,7 @@ from segmentation.store._request import (
     to_arrow,
     validate_request,
 )
-from segmentation.store._schema import (
+from pipelines.store._schema import (
     HISTORY,
     MEMBERSHIP,
     QUARANTINE,
@@ -48,8 +47,9 @@ from segmentation.store._schema import (
     migration_statements,
     validate_identifier,
 )
+from segmentation.dynamics import STATE_COLUMNS, advance_arrow
 
-log = logging.getLogger("segmentation.store")
+log = logging.getLogger("pipelines.store")
 
 _MISSING_TABLE = (
     duckdb.CatalogException,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segmentation.config import ConfigError, EngineConfig, load_config
+from configs import ConfigError, EngineConfig, load_config
 
 
 def test_shipped_default_loads_with_embedded_locations(monkeypatch, tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from segmentation.clustering import ClusterModel
-from segmentation.identity import fresh_ids, match_segments, stability
+from segmentation.stable_ids import fresh_ids, match_cluster_ids, stability
 from tests.segmentation.behavioral_data import make_behavioral_frame
 
 
@@ -22,7 +22,7 @@ def test_fresh_ids_by_size():
 def test_overlap_matches_permuted_labels():
     prev = _series(["C001"] * 50 + ["C002"] * 30 + ["C003"] * 20)
     new = _series([2] * 50 + [0] * 30 + [1] * 20)
-    match = match_segments(prev, new, None, None, next_number=4)
+    match = match_cluster_ids(prev, new, None, None, next_number=4)
     assert match.ids == {2: "C001", 0: "C002", 1: "C003"}
     assert set(match.how.values()) == {"overlap"}
     assert match.new == [] and match.retired == [] and match.next_number == 4
@@ -33,7 +33,7 @@ def test_new_cluster_gets_new_id_and_vanished_is_retired():
     # C003's clients now fall into C001's cluster; a new cluster 5 appears among new clients
     new = _series([0] * 50 + [1] * 30 + [0] * 20)
     extra = pd.Series([5] * 25, index=[f"n{i}" for i in range(25)])
-    match = match_segments(prev, pd.concat([new, extra]), None, None, next_number=9)
+    match = match_cluster_ids(prev, pd.concat([new, extra]), None, None, next_number=9)
     assert match.ids[0] == "C001" and match.ids[1] == "C002"
     assert match.ids[5] == "C009" and match.new == ["C009"]
     assert match.retired == ["C003"]
@@ -43,7 +43,7 @@ def test_new_cluster_gets_new_id_and_vanished_is_retired():
 def test_noise_is_ignored_in_overlap():
     prev = _series(["C001"] * 40 + ["noise"] * 60)
     new = _series([0] * 40 + [-1] * 60)
-    match = match_segments(prev, new, None, None, next_number=2)
+    match = match_cluster_ids(prev, new, None, None, next_number=2)
     assert match.ids == {0: "C001"}
     assert "noise" not in match.retired
 
@@ -53,7 +53,7 @@ def test_profile_distance_matches_without_shared_clients():
     new = _series([0] * 10 + [1] * 10, prefix="new")
     prev_centers = pd.DataFrame([[0.0, 0.0], [5.0, 5.0]], index=["C001", "C002"])
     new_centers = pd.DataFrame([[5.1, 4.9], [20.0, 20.0]], index=[0, 1])
-    match = match_segments(prev, new, prev_centers, new_centers, next_number=3)
+    match = match_cluster_ids(prev, new, prev_centers, new_centers, next_number=3)
     assert match.ids[0] == "C002" and match.how[0] == "profile"
     assert match.ids[1] == "C003" and match.how[1] == "new"
     assert match.retired == ["C001"]
@@ -62,7 +62,7 @@ def test_profile_distance_matches_without_shared_clients():
 def test_low_overlap_is_not_a_match():
     prev = _series(["C001"] * 100)
     new = _series([0] * 10 + [1] * 90)
-    match = match_segments(prev, new, None, None, next_number=2, min_overlap=0.95)
+    match = match_cluster_ids(prev, new, None, None, next_number=2, min_overlap=0.95)
     assert "C001" not in match.ids.values()
     assert match.retired == ["C001"]
 

@@ -24,7 +24,7 @@ NOISE_ID = "noise"
 
 
 @dataclass(frozen=True)
-class SegmentMatch:
+class IdMatch:
     """The outcome of matching: id per new cluster label, how it was found, new and retired ids."""
 
     ids: dict[int, str]
@@ -41,11 +41,11 @@ def format_segment_id(number: int) -> str:
     return f"{ID_PREFIX}{number:03d}"
 
 
-def fresh_ids(sizes: pd.Series, next_number: int = 1) -> SegmentMatch:
+def fresh_ids(sizes: pd.Series, next_number: int = 1) -> IdMatch:
     """Ids for a first fit: by decreasing cluster size (ties by label), from `next_number`."""
     labels = _by_size(sizes)
     ids = {label: format_segment_id(next_number + i) for i, label in enumerate(labels)}
-    return SegmentMatch(
+    return IdMatch(
         ids=ids,
         how=dict.fromkeys(ids, "new"),
         score=dict.fromkeys(ids, float("nan")),
@@ -55,7 +55,7 @@ def fresh_ids(sizes: pd.Series, next_number: int = 1) -> SegmentMatch:
     )
 
 
-def match_segments(
+def match_cluster_ids(
     previous_assignments: pd.Series,
     new_assignments: pd.Series,
     previous_centers: pd.DataFrame | None,
@@ -64,7 +64,7 @@ def match_segments(
     previous_segments: list[str] | None = None,
     min_overlap: float = 0.3,
     max_profile_distance: float = 1.0,
-) -> SegmentMatch:
+) -> IdMatch:
     """Match the new clusters to the previous segments (see module docstring).
 
     previous_assignments: segment id per client (index client_id; noise/None ignored).
@@ -133,7 +133,7 @@ def match_segments(
             next_number += 1
     kept = sorted(set(ids.values()) - set(issued))
     retired = [s for s in prev_ids if s not in kept]
-    return SegmentMatch(ids, how, score, issued, retired, next_number, kept)
+    return IdMatch(ids, how, score, issued, retired, next_number, kept)
 
 
 def stability(previous_ids: pd.Series, new_ids: pd.Series) -> dict[str, float]:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segmentation.config import STAGES, EngineConfig
+from configs import STAGES, EngineConfig
 
 NEW = "(new clients)"
 GONE = "(left)"
@@ -90,7 +90,7 @@ def load_report_data(
 ) -> ReportData:
     """Read the published tables for one as-of date (default: the latest successful run).
 
-    The store is `segmentation.store.open_store(url)`. Membership and scores are the current
+    The store is `pipelines.store.open_store(url)`. Membership and scores are the current
     state; for an earlier as-of the membership is rebuilt from segment_history and scores are
     left out (the store keeps only the latest), with a note in the page. `metrics` (e.g. from
     the run's MLflow run) is merged into the run's metrics.
@@ -170,7 +170,7 @@ def write_report(
     and the run has an MLflow run id; with `attach=True` the page is also logged to that run
     as the artifact `report/<file name>`.
     """
-    from segmentation.store import open_store
+    from pipelines.store import open_store
 
     store = open_store(
         store_url or config.store_url,
@@ -1269,7 +1269,7 @@ def _rgba(hex_color: str, alpha: float) -> str:
 def sample_report_data(clients: int = 4000, seed: int = 7) -> ReportData:
     """A deterministic synthetic ReportData (3 runs, 7 segments incl. noise and a rule) for demos.
 
-    Used to make the screenshot in docs/ and by `python -m segmentation.report --sample PATH`.
+    Used to make the screenshot in docs/ and by `python -m pipelines.report --sample PATH`.
     """
     rng = np.random.default_rng(seed)
     days = [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
@@ -1430,8 +1430,8 @@ def sample_report_data(clients: int = 4000, seed: int = 7) -> ReportData:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m segmentation.report --sample PATH.html`: write the sample report."""
-    parser = argparse.ArgumentParser(prog="python -m segmentation.report")
+    """`python -m pipelines.report --sample PATH.html`: write the sample report."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.report")
     parser.add_argument(
         "--sample", required=True, metavar="PATH", help="write a sample report here"
     )

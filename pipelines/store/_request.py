@@ -12,30 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segmentation.store._common import PublishInputError
-from segmentation.store._schema import QUARANTINE_RAW, Table
+from models.cltv import SCORE_COLUMNS
+from pipelines.store._common import PublishInputError
+from pipelines.store._schema import QUARANTINE_RAW, Table
+from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS
 
-MEMBERSHIP_INPUT = [
-    "client_id",
-    "segment_id",
-    "segment_name",
-    "segment_source",
-    "cluster_id",
-    "confidence",
-    "lifecycle_stage",
-    "journey_stage",
-    "reason",
-]
-SEGMENTS_INPUT = ["segment_id", "segment_name", "kind", "definition", "model_version"]
-SCORES_INPUT = [
-    "client_id",
-    "p_alive",
-    "expected_purchases",
-    "expected_avg_value",
-    "predicted_cltv",
-    "horizon_days",
-    "model_version",
-]
 RUN_INFO_KEYS = (
     "events_read",
     "events_quarantined",
@@ -43,6 +24,9 @@ RUN_INFO_KEYS = (
     "cltv_model_version",
     "mlflow_run_id",
 )
+MEMBERSHIP_INPUT = list(MEMBERSHIP_COLUMNS)
+SEGMENTS_INPUT = list(SEGMENT_COLUMNS)
+SCORES_INPUT = list(SCORE_COLUMNS)
 SEGMENT_SOURCES = ("rule", "cluster", "noise")
 SEGMENT_KINDS = ("cluster", "rule", "noise")
 

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
+from configs import EngineConfig, load_config
 from features.events import load_events
 from pipelines import steps
-from segmentation.config import EngineConfig, load_config
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from segmentation.store import open_store
-from tests.segmentation.store_worker import make_request
-from tests.segmentation.test_store import published_tables, rows
+from pipelines.store import open_store
+from tests.pipelines.store_worker import make_request
+from tests.pipelines.test_store import published_tables, rows
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 500
@@ -29,7 +29,7 @@ def start_publisher(url, schema, days, tmp_path, stage, seconds) -> tuple[subpro
     command = [
         sys.executable,
         "-m",
-        "tests.segmentation.store_worker",
+        "tests.pipelines.store_worker",
         "--url",
         url,
         "--schema",

@@ -5,7 +5,7 @@ from datetime import date
 import pytest
 
 from features.generator import write_dataset
-from segmentation.quality import QualityReport, measure_quality
+from pipelines.quality import QualityReport, measure_quality
 
 END = date(2026, 6, 30)
 

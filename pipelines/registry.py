@@ -29,7 +29,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from models.tracking import (
+from pipelines.tracking import (
     Tracker,
     TrackingError,
     clean_metrics,

@@ -9,8 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from segmentation.dynamics import compute_transitions, entries_exits
-from segmentation.store import (
+from pipelines.store import (
     READABLE,
     SCHEMA_VERSION,
     OutOfOrderError,
@@ -22,7 +21,8 @@ from segmentation.store import (
     open_store,
     parse_store_url,
 )
-from tests.segmentation.store_worker import make_request
+from segmentation.dynamics import compute_transitions, entries_exits
+from tests.pipelines.store_worker import make_request
 
 N = 300
 DAYS = [date(2024, 5, 1) + timedelta(days=i) for i in range(4)]
@@ -388,7 +388,7 @@ def _location_of(store) -> tuple[str, str]:
 def test_same_tables_and_columns_on_both_backends(tmp_path, pg_url):
     import uuid
 
-    from tests.segmentation.conftest import drop_schema
+    from tests.pipelines.conftest import drop_schema
 
     duck = open_store(f"duckdb://{tmp_path / 'x.duckdb'}", "segmentation")
     schema = f"t_{uuid.uuid4().hex[:8]}"
@@ -466,14 +466,14 @@ def test_credentials_never_appear_in_errors():
 def test_credentials_never_appear_in_logs(pg_url, caplog):
     import uuid
 
-    from tests.segmentation.conftest import drop_schema
+    from tests.pipelines.conftest import drop_schema
 
     secret = "s3cret-Pa55"
     schema = f"t_{uuid.uuid4().hex[:8]}"
     url = pg_url.replace("postgres@", f"postgres:{secret}@")
     store = open_store(url, schema)
     try:
-        with caplog.at_level(logging.DEBUG, logger="segmentation.store"):
+        with caplog.at_level(logging.DEBUG, logger="pipelines.store"):
             store.publish(make_request(DAYS[0], 20))
             with pytest.raises(OutOfOrderError) as info:
                 store.publish(make_request(date(2024, 1, 1), 20))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from segmentation.config import EngineConfig, load_config
+from configs import EngineConfig, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from segmentation.report import write_report
+    from pipelines.report import write_report
 
     config = _config(args)
     path = write_report(config, store_url=args.store, as_of=args.as_of, out=args.out)

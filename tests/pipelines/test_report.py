@@ -10,7 +10,7 @@ from datetime import date, datetime
 import pandas as pd
 import pytest
 
-from segmentation.report import (
+from pipelines.report import (
     ReportData,
     describe_features,
     feature_label,
@@ -406,7 +406,7 @@ def test_sample_report_renders() -> None:
 
 
 def _publish(store, data: ReportData, as_of: date, plan_index: int, quarantine=None):
-    from segmentation.store import PublishRequest
+    from pipelines.store import PublishRequest
 
     m = data.membership if plan_index == 2 else membership_at(data.history, D1, data.segments)
     m = m[["client_id", "segment_id"]].assign(
@@ -445,8 +445,8 @@ def _publish(store, data: ReportData, as_of: date, plan_index: int, quarantine=N
 
 
 def test_load_report_data_and_write_report_from_a_duckdb_store(tmp_path) -> None:
-    store_mod = pytest.importorskip("segmentation.store")
-    from segmentation.config import config_from_mapping
+    store_mod = pytest.importorskip("pipelines.store")
+    from configs import config_from_mapping
 
     url = f"duckdb:///{tmp_path}/store.duckdb"
     store = store_mod.open_store(url)
@@ -501,7 +501,7 @@ def test_load_report_data_and_write_report_from_a_duckdb_store(tmp_path) -> None
 def test_report_is_attached_to_the_mlflow_run_and_reads_its_metrics(tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from segmentation.report import attach_report, mlflow_metrics
+    from pipelines.report import attach_report, mlflow_metrics
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)

@@ -1,6 +1,6 @@
 """Test helper for the store: synthetic publish requests, and a publisher process to kill or poll.
 
-Run as `python -m tests.segmentation.store_worker --url URL --schema S --dates D1,D2 ...`
+Run as `python -m tests.pipelines.store_worker --url URL --schema S --dates D1,D2 ...`
 from the project root; with `--pause-stage` it touches `<signal>.<as_of>` at that stage of
 each publish (inside the transaction) and sleeps `--pause-seconds` there.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from segmentation.store import PublishRequest, open_store
+from pipelines.store import PublishRequest, open_store
 
 N_SEGMENTS = 6
 LIFECYCLES = ("new", "active", "at_risk", "lapsed")
