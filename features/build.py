@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from configs import FeaturesConfig, as_date
+from configs import FeaturesConfig, SegmentationError, as_date
 from features.catalog import (
     CHANNEL_WINDOWS,
     CHANNELS,
@@ -76,7 +76,7 @@ _OTHER_TYPES = (
 )
 
 
-class FeatureBuildError(ValueError):
+class FeatureBuildError(SegmentationError, ValueError):
     """The feature build cannot run on this input (missing table or column, bad arguments)."""
 
 

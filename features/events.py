@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import yaml
 
-from configs import STAGES
+from configs import STAGES, SegmentationError
 from configs.paths import CONFIG_DIR
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
@@ -55,11 +55,11 @@ EVENT_SCHEMA = {
 }
 
 
-class EventContractError(ValueError):
+class EventContractError(SegmentationError, ValueError):
     """The input does not meet the event contract (missing file or required column)."""
 
 
-class BadInputError(ValueError):
+class BadInputError(SegmentationError, ValueError):
     """The share of bad rows passes the configured threshold."""
 
 

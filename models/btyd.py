@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from configs import SegmentationError
+
 __all__ = [
     "BetaGeoModel",
     "ConvergenceError",
@@ -24,7 +26,7 @@ _LOG_BOUND = 18.0  # |log parameter| bound in scaled units; hitting it means no 
 _CHUNK_CELLS = 4_000_000  # rows x nodes per quadrature chunk (memory bound)
 
 
-class ConvergenceError(RuntimeError):
+class ConvergenceError(SegmentationError, RuntimeError):
     """The maximum-likelihood fit did not converge to a valid interior optimum.
 
     The caller should keep its previous model (never use the numbers of a failed fit).

@@ -29,6 +29,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from configs import SegmentationError
 from pipelines.tracking import (
     Tracker,
     TrackingError,
@@ -63,7 +64,7 @@ METRIC_PREFIX = "metric."
 ARTIFACT_NAME = "model"
 
 
-class RegistryError(LookupError):
+class RegistryError(SegmentationError, LookupError):
     """A registered model, version or champion that does not exist; the message names it."""
 
 

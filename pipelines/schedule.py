@@ -36,11 +36,13 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import ValidationError
 
+from configs import SegmentationError
+
 DEFAULT_PORT = 4200
 SERVER_STARTUP_TIMEOUT = 120.0
 
 
-class ScheduleError(RuntimeError):
+class ScheduleError(SegmentationError, RuntimeError):
     """The schedule cannot be built or served; the message says what to change."""
 
 

@@ -45,17 +45,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from configs import SegmentationError
+
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 TRUNCATION_MARK = "...[truncated]"
 
 
-class ClientIdLeakError(ValueError):
+class ClientIdLeakError(SegmentationError, ValueError):
     """A payload meant for MLflow contains client identifiers."""
 
 
-class TrackingError(RuntimeError):
+class TrackingError(SegmentationError, RuntimeError):
     """MLflow could not be set up or written as asked; the message says what and where."""
 
 

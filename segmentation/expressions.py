@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from configs import SegmentationError
+
 MAX_LENGTH = 10_000  # characters of one expression
 MAX_DEPTH = 64  # nesting of parentheses, `not` and unary signs
 
@@ -66,7 +68,7 @@ KEYWORDS = frozenset({"and", "or", "not", "in", "between", "is", "null", "true",
 # Errors
 
 
-class RuleError(ValueError):
+class RuleError(SegmentationError, ValueError):
     """A rule expression that cannot be parsed, checked or evaluated.
 
     The message names the rule (when known), what is wrong and the 1-based column in the

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from configs import SegmentationError
 
-class StoreError(RuntimeError):
+
+class StoreError(SegmentationError, RuntimeError):
     """A store operation failed; the message never contains credentials."""
 
 
@@ -37,7 +39,7 @@ class SchemaVersionError(StoreError):
     """The store's schema was written by a newer engine than this one."""
 
 
-class PublishInputError(ValueError):
+class PublishInputError(SegmentationError, ValueError):
     """A publish request that breaks the contract (missing column, duplicate client, ...)."""
 
 
