@@ -1,6 +1,10 @@
-"""The engine's configuration: the shipped YAML files and the schema that validates them.
+"""The engine's configuration: the shipped YAML files, the schema that validates them, and
+what every layer shares (the exception root `SegmentationError`, the journey `STAGES`).
 
-The lowest layer: every other package may import it, and it imports none of them.
+Layer: base, the lowest. Every other package may import it; it imports none of them, nor
+SQLAlchemy, psycopg, MLflow, Prefect or plotly (import-linter contracts in pyproject.toml;
+docs/architecture.md). Importing it is cheap (pydantic and PyYAML), so its names are
+imported eagerly.
 """
 
 from configs.base import STAGES, SegmentationError, as_date
@@ -16,6 +20,7 @@ from configs.schema import (
     EngineConfig,
     EventsConfig,
     FeaturesConfig,
+    InvalidParameterError,
     MlflowConfig,
     RefitConfig,
     RulesConfig,
@@ -23,6 +28,7 @@ from configs.schema import (
     StoreConfig,
     config_from_mapping,
     load_config,
+    validate_parameters,
 )
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "EngineConfig",
     "EventsConfig",
     "FeaturesConfig",
+    "InvalidParameterError",
     "MlflowConfig",
     "RefitConfig",
     "RulesConfig",
@@ -47,4 +54,5 @@ __all__ = [
     "as_date",
     "config_from_mapping",
     "load_config",
+    "validate_parameters",
 ]

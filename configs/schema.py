@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -91,8 +93,70 @@ class FeaturesConfig(_Section):
         return value
 
 
+class InvalidParameterError(ConfigError, TypeError):
+    """An estimator parameter that breaks the constraint of its config key; the message names
+    the estimator and the parameter (as scikit-learn's InvalidParameterError, a ValueError
+    and a TypeError)."""
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def validate_parameters(
+    section: type[SectionT], params: Mapping[str, object], owner: str
+) -> SectionT:
+    """An estimator's parameters (`get_params()`) checked against the fields of `section`.
+
+    The one place where an estimator's constraints are enforced: `section` is the config
+    section the estimator is built from (or a subclass adding the parameters that are not
+    config keys). Types are checked strictly, so that no value is silently converted (10.0 is
+    not an int, "0.5" not a float); numpy scalars count as Python scalars and any non-string
+    iterable (list, array, pandas Index) as a tuple. Section fields absent from `params` take
+    their defaults (config keys that are not parameters of the estimator).
+
+    Raises InvalidParameterError naming `owner` and each offending parameter.
+    """
+    try:
+        return section.model_validate({k: _plain(v) for k, v in params.items()}, strict=True)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "<parameters>"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"{owner} has no parameter {name!r} in {section.__name__}")
+            else:
+                got = params.get(name, error.get("input"))
+                problems.append(f"{owner} parameter {name!r}: {error['msg']}, got {got!r}")
+        raise InvalidParameterError("; ".join(dict.fromkeys(problems))) from None
+
+
+def _plain(value: object) -> object:
+    """numpy scalars and other registered numbers as Python scalars, non-string iterables as
+    tuples: what a strict check of a bool, int, float, str or tuple field accepts."""
+    item = getattr(value, "item", None)
+    if getattr(value, "shape", None) == () and callable(item):
+        value = item()  # a numpy scalar (np.int64, np.bool_, np.str_ ...) or a 0-d array
+    if isinstance(value, bool | str | bytes | Mapping):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Iterable):
+        return tuple(value)
+    return value
+
+
 class ClusteringConfig(_Section):
-    features: tuple[str, ...] | None = None
+    """The `clustering` section: the parameters of `segmentation.clustering.ClusterModel`.
+
+    Every key is the `ClusterModel` parameter of the same name, with the same default, and
+    its constraints are declared here only: the model validates its parameters through this
+    class when it is fit (`validate_parameters`), and `ClusterModel.from_config` passes each
+    key as the keyword argument of that name. What each parameter does: `ClusterModel`.
+    """
+
+    features: tuple[str, ...] | None = Field(None, min_length=1)
     sample_size: int = Field(20_000, ge=100)
     min_cluster_size: int = Field(50, ge=2)
     min_samples: int | None = Field(None, ge=1)
@@ -114,6 +178,15 @@ class RulesConfig(_Section):
 
 
 class CltvConfig(_Section):
+    """The `cltv` section: the parameters of `models.cltv.CltvModel`, and the backtest window.
+
+    `horizon_days`, `annual_discount_rate` and `penalizer` are the `CltvModel` parameters of
+    the same names and defaults; their constraints are declared here only (the model validates
+    through this class, `CltvModel.from_config` passes them by name). `holdout_days` is not a
+    model parameter: it is the calibration/holdout split of the backtest that qualifies a fit
+    (`models.backtest.split_btyd` and `backtest`, called by the pipeline).
+    """
+
     horizon_days: int = Field(365, ge=1)
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     penalizer: float = Field(0.0, ge=0)

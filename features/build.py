@@ -91,7 +91,33 @@ def build_features(
 
     With `shards > 1` the clients are hash-partitioned and built one shard at a time (less
     memory per step); the result is the same table. Rows are sorted by client_id; columns and
-    types follow `features.catalog.feature_catalog(config)`.
+    types follow `features.catalog.feature_catalog(config)`. No event after the end of the
+    as-of day (UTC) is read.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection holding the events table.
+    as_of : datetime.date
+        The as-of day: every event before the end of that day counts.
+    config : FeaturesConfig, optional
+        Windows, momentum, intent and abandonment periods; default `FeaturesConfig()`.
+    events_table : str, default "events"
+        The events table, as `features.events.load_events` makes it (a plain name).
+    shards : int, default 1
+        The number of hash partitions of the clients built one after the other.
+
+    Returns
+    -------
+    pyarrow.Table
+        One row per client, sorted by client_id, with the schema
+        `features.catalog.feature_schema(config)`.
+
+    Raises
+    ------
+    FeatureBuildError
+        A bad argument, or the events table is missing or lacks a contract column (the message
+        names the table and the columns).
     """
     config = config or FeaturesConfig()
     if not isinstance(shards, int) or shards < 1:
@@ -112,7 +138,38 @@ def build_features_shard(
     shards: int,
     events_table: str = "events",
 ) -> pa.Table:
-    """The feature rows of one hash partition: clients with `hash(client_id) % shards == shard`."""
+    """The feature rows of one hash partition: clients with `hash(client_id) % shards == shard`.
+
+    Every per-client value depends on that client's events only, so the shards of a build,
+    concatenated and sorted by client_id, are the table `build_features` gives.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection holding the events table (temporary tables are made and dropped on it).
+    as_of : datetime.date
+        The as-of day: every event before the end of that day counts.
+    config : FeaturesConfig or None
+        Windows, momentum, intent and abandonment periods; None means `FeaturesConfig()`.
+    shard : int
+        This partition, in ``0 .. shards - 1``.
+    shards : int
+        The number of partitions (>= 1).
+    events_table : str, default "events"
+        The events table, as `features.events.load_events` makes it (a plain name).
+
+    Returns
+    -------
+    pyarrow.Table
+        The rows of the partition's clients, sorted by client_id, with the schema
+        `features.catalog.feature_schema(config)`.
+
+    Raises
+    ------
+    FeatureBuildError
+        A bad argument, the events table is missing or lacks a contract column, or a count
+        would pass the exact range of the packed counters.
+    """
     config = config or FeaturesConfig()
     try:
         as_of = as_date(as_of)
@@ -200,7 +257,7 @@ def _sorted_by_client(tables: list[pa.Table]) -> pa.Table:
     out = []
     for k in range(len(columns)):
         out.append(columns[k].take(order))
-        columns[k] = None  # type: ignore[call-overload]
+        columns[k] = None
     return pa.table(out, names=names)
 
 
@@ -271,6 +328,17 @@ def _ratio(recent: str, previous: str) -> str:
 
 
 _Cell = Callable[[int, int], bool]
+
+
+def _cell(code: int | None = None, above: int = -1, upto: int | None = None) -> _Cell:
+    """A packed field's predicate on a cell (code, age bucket): the code is `code` (any code
+    when None) and the bucket is in (above, upto] (no upper bound when `upto` is None)."""
+
+    def hit(cell_code: int, bucket: int) -> bool:
+        in_code = code is None or cell_code == code
+        return in_code and above < bucket and (upto is None or bucket <= upto)
+
+    return hit
 
 
 def _packed(
@@ -394,30 +462,28 @@ class _Plan:
         pass to those clients."""
         kb, m = self.bucket_of, self.m
         stage: list[tuple[str, _Cell]] = [
-            ("ev_recent", lambda sc, b: b <= kb(m)),
-            ("ev_prev", lambda sc, b: kb(m) < b <= kb(2 * m)),
+            ("ev_recent", _cell(upto=kb(m))),
+            ("ev_prev", _cell(above=kb(m), upto=kb(2 * m))),
         ]
         for w in self.windows:
-            stage.append((f"events_{w}d", lambda sc, b, w=w: b <= kb(w)))
+            stage.append((f"events_{w}d", _cell(upto=kb(w))))
             for s in STAGES:
-                r = STAGE_RANK[s]
-                stage.append((f"{s}_events_{w}d", lambda sc, b, w=w, r=r: sc == r and b <= kb(w)))
+                stage.append((f"{s}_events_{w}d", _cell(STAGE_RANK[s], upto=kb(w))))
         chan: list[tuple[str, _Cell]] = []  # n_chan, events with a channel, is their sum
         for k, c in enumerate(_MIX):
-            chan.append((f"n_{c}", lambda cc, b, k=k: cc == k + 1))
+            chan.append((f"n_{c}", _cell(k + 1)))
         for w in CHANNEL_WINDOWS:
             for k, c in enumerate(CHANNELS):
-                chan.append(
-                    (f"{c}_events_{w}d", lambda cc, b, w=w, k=k: cc == k + 1 and b <= kb(w))
-                )
-        aggs, cols = [], []
+                chan.append((f"{c}_events_{w}d", _cell(k + 1, upto=kb(w))))
+        aggs: list[str] = []
+        cols: list[str] = []
         for prefix, fields, keys, key in (
             ("ps", stage, range(len(STAGES) + 1), "sc"),
             ("pc", chan, range(len(_MIX) + 1), "cc"),
         ):
-            a, c = self._packed(prefix, fields, keys, key, bits)
-            aggs += a
-            cols += c
+            piece_aggs, piece_cols = self._packed(prefix, fields, keys, key, bits)
+            aggs += piece_aggs
+            cols += piece_cols
         max_w, d = self.windows[-1], DAY_WORD_BITS
         day_words = [
             f"bit_or(CASE WHEN age >= {d * k} AND age < {min(d * (k + 1), max_w)}"
@@ -450,8 +516,8 @@ class _Plan:
         kb = self.bucket_of
         types: list[tuple[str, _Cell]] = []
         for k, (_, alias) in enumerate(_OTHER_TYPES):
-            types.append((f"{alias}_all", lambda tc, b, k=k: tc == k + 1))
-            types.append((f"{alias}_90", lambda tc, b, k=k: tc == k + 1 and b <= kb(FIXED_WINDOW)))
+            types.append((f"{alias}_all", _cell(k + 1)))
+            types.append((f"{alias}_90", _cell(k + 1, upto=kb(FIXED_WINDOW))))
         # Wide fields: these rows are few, and their counts are then exact for every client.
         aggs, cols = self._packed("pt", types, range(len(_OTHER_TYPES) + 1), "tc", FIELD_BITS)
         amounts = [

@@ -14,12 +14,11 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import yaml
 
-from configs import STAGES, SegmentationError
+from configs import STAGES, EngineConfig, FeaturesConfig, SegmentationError
 from configs.paths import CONFIG_DIR
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
@@ -88,7 +87,7 @@ class ValidationReport:
     def bad_share(self) -> float:
         return self.quarantined / self.rows if self.rows else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | dict[str, int]]:
         return {
             "rows": self.rows,
             "valid": self.valid,
@@ -157,12 +156,40 @@ def load_events(
     """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
 
     Timestamps are converted to naive UTC (a naive input means UTC). A row later than `now`
-    plus the tolerance is quarantined as a future event. Raises EventContractError when the
-    input, or a required column in any of its files, is missing.
+    plus the tolerance is quarantined as a future event; every other bad row is quarantined
+    with the first reason of `REASONS` that applies, and duplicates by event_id are dropped
+    (the first by time, client and type is kept) and counted.
 
     Two scans of the input: one typed pass keeps the valid rows (raw text is never built for
     them), and a second pass keeps the raw text of the rejected rows only. Deduplication
     sorts only the rows whose event_id occurs more than once.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection that receives the two tables (its time zone is set to UTC).
+    path : str or os.PathLike
+        A Parquet or CSV file, a folder of them (searched recursively), or a glob; one format.
+    taxonomy : Taxonomy, optional
+        Event type to journey stage; default the shipped ``configs/taxonomy.yaml``.
+    future_tolerance_hours : float, default 24.0
+        How far past `now` an event may be before it is quarantined as a future event.
+    now : datetime.datetime, optional
+        The time future events are measured against; default the current time.
+    events_table, quarantine_table : str
+        Names of the tables created (replaced if they exist).
+
+    Returns
+    -------
+    ValidationReport
+        Rows read, valid, duplicates dropped and quarantined (by reason), and the unknown
+        event types (kept with stage ``other``).
+
+    Raises
+    ------
+    EventContractError
+        The input, or a required column in any of its files, is missing (the message names
+        the file and the column).
     """
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
@@ -189,6 +216,13 @@ def load_events(
         f" ) AS q WHERE reason IS NOT NULL"
     )
     duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
+    return _validation_report(con, events_table, quarantine_table, duplicates)
+
+
+def _validation_report(
+    con: duckdb.DuckDBPyConnection, events_table: str, quarantine_table: str, duplicates: int
+) -> ValidationReport:
+    """The counts of a load: valid rows, quarantined rows by reason, unknown event types."""
     by_reason = dict(
         con.execute(
             f"SELECT reason, count(*) FROM {quarantine_table} GROUP BY reason ORDER BY reason"
@@ -239,7 +273,9 @@ def connect_duckdb(
     return con
 
 
-def connect_for_events(features: Any, scratch: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+def connect_for_events(
+    features: FeaturesConfig, scratch: str | os.PathLike[str]
+) -> duckdb.DuckDBPyConnection:
     """`connect_duckdb` as a features config (`FeaturesConfig`) asks: its memory limit, and the
     events on disk in `scratch` (an existing folder the caller removes) or in memory."""
     database = Path(scratch) / "events.duckdb" if features.event_storage == "disk" else None
@@ -247,9 +283,37 @@ def connect_for_events(features: Any, scratch: str | os.PathLike[str]) -> duckdb
 
 
 def load_configured_events(
-    con: duckdb.DuckDBPyConnection, config: Any, path: str, now: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    config: EngineConfig,
+    path: str | os.PathLike[str],
+    now: datetime | None = None,
 ) -> ValidationReport:
-    """`load_events` with the taxonomy and tolerance of an engine config (`EngineConfig`)."""
+    """`load_events` with the taxonomy and tolerance of an engine config.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        The connection that receives the ``events`` and ``quarantine`` tables.
+    config : EngineConfig
+        Its ``events`` section gives the taxonomy file, the extra event types and the
+        future-time tolerance.
+    path : str or os.PathLike
+        A Parquet or CSV file, a folder of them, or a glob.
+    now : datetime.datetime, optional
+        The time future events are measured against; default the current time.
+
+    Returns
+    -------
+    ValidationReport
+        Rows read, valid, duplicates dropped and quarantined (by reason), and the unknown
+        event types.
+
+    Raises
+    ------
+    EventContractError
+        The input, or a required column in any of its files, is missing, or the taxonomy
+        file is bad (the message names the file and key).
+    """
     taxonomy = load_taxonomy(
         config.config_file(config.events.taxonomy_file), config.events.extra_event_types
     )
@@ -299,7 +363,13 @@ def _source_columns(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, tu
     }
 
 
-def _check_required(con, kind: str, files: list[str], columns: dict, path) -> None:
+def _check_required(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    files: list[str],
+    columns: dict[str, tuple[str, str]],
+    path: str | os.PathLike[str],
+) -> None:
     """Every required column in the union and in each file (a stray file fails, named)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from configs import SegmentationError
 from features.catalog import CHANNELS
 
 EVENT_TYPES = (
@@ -105,6 +106,32 @@ TRUTH_SCHEMA = pa.schema(
 )
 
 
+class GeneratorError(SegmentationError, ValueError):
+    """An argument of the generator is out of range (the message names it)."""
+
+
+class OutputExistsError(SegmentationError, FileExistsError):
+    """The output folder already holds part files of an earlier data set."""
+
+
+class DatasetSummary(TypedDict):
+    """The summary `write_dataset` returns (and `segmentation generate` prints as JSON)."""
+
+    out: str
+    events_dir: str
+    truth: str
+    files: int
+    events: int
+    clients: int
+    days: int
+    start: str
+    end: str
+    seed: int
+    shift_date: str
+    shifted: int
+    personas: dict[str, int]
+
+
 def generate(
     clients: int,
     days: int,
@@ -118,7 +145,35 @@ def generate(
     Events cover `days` (>= 2) days ending at `end` (inclusive). `shift_share` of the clients
     (taken among those eligible: a shiftable persona active well before the shift) change persona
     and dominant category at the start of `shift_date` (default `end - days // 4`).
-    Raises ValueError naming the bad argument. Use `write_dataset` for large sizes.
+    Use `write_dataset` for large sizes: this holds everything in memory.
+
+    Parameters
+    ----------
+    clients : int
+        Number of clients (>= 1).
+    days : int
+        Number of days of events (>= 2), ending at `end`.
+    end : datetime.date
+        The last day of events (inclusive).
+    seed : int
+        Seed (>= 0) of the random draws: the same seed gives the same events.
+    shift_share : float, default 0.2
+        Share of the clients, in [0, 1], that change persona at the shift.
+    shift_date : datetime.date, optional
+        The first day of the shift; default ``end - days // 4``.
+
+    Returns
+    -------
+    events : pyarrow.Table
+        The events, in the event contract (`EVENT_SCHEMA`), sorted by client and time.
+    truth : pandas.DataFrame
+        One row per client (`TRUTH_SCHEMA`): personas before and after, shift, categories,
+        dropout and the latent rates.
+
+    Raises
+    ------
+    ValueError
+        An argument is out of range (the message names it).
     """
     events, truths = [], []
     for chunk_events, chunk_truth in _chunks(clients, days, end, seed, shift_share, shift_date):
@@ -138,34 +193,53 @@ def write_dataset(
     shift_date: date | None = None,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> DatasetSummary:
     """Write `out/events/part-NNNNN.parquet` and `out/truth.parquet`; return a summary.
 
     Memory stays bounded by one chunk of clients. A chunk's rows go to one file, or to several
     when it has more than `rows_per_file` rows (the events do not depend on this split).
-    Refuses to write over existing part files unless `overwrite` is true (then they are removed).
+    The same `seed` gives the same events whatever `rows_per_file`.
+
+    Parameters
+    ----------
+    out : str or os.PathLike
+        The output folder (created if needed).
+    clients : int
+        Number of clients (>= 1); client ids are ``c`` + an 8-digit index.
+    days : int
+        Number of days of events (>= 2), ending at `end`.
+    end : datetime.date
+        The last day of events (inclusive).
+    seed : int
+        Seed (>= 0) of the random draws.
+    shift_share : float, default 0.2
+        Share of the clients, in [0, 1], that change persona at the shift.
+    shift_date : datetime.date, optional
+        The first day of the shift; default ``end - days // 4``.
+    rows_per_file : int, default DEFAULT_ROWS_PER_FILE
+        The most rows in one part file.
+    overwrite : bool, default False
+        Remove existing part files first; without it they make this fail.
+
+    Returns
+    -------
+    DatasetSummary
+        What was written (the JSON that `segmentation generate` prints): paths, number of
+        files, events and clients, the window, the seed, the shift date, the number of shifted
+        clients and the clients per persona.
+
+    Raises
+    ------
+    ValueError
+        An argument is out of range (the message names it).
+    FileExistsError
+        `out/events` already holds part files and `overwrite` is false.
     """
     if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
-        raise ValueError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
-    events_dir = Path(out) / "events"
-    events_dir.mkdir(parents=True, exist_ok=True)
-    stale = sorted(events_dir.glob("part-*.parquet"))
-    if stale and not overwrite:
-        raise FileExistsError(
-            f"{events_dir} already holds {len(stale)} part file(s); use an empty directory"
-            " or overwrite=True"
-        )
-    for file in stale:
-        file.unlink()
-    files, rows, truths = 0, 0, []
-    for table, truth in _chunks(clients, days, end, seed, shift_share, shift_date):
-        truths.append(truth)
-        for offset in range(0, max(table.num_rows, 1), rows_per_file):
-            part = table.slice(offset, rows_per_file)
-            pq.write_table(part, events_dir / f"part-{files:05d}.parquet", compression="zstd")
-            files += 1
-            rows += part.num_rows
-    truth_table = pa.concat_tables(truths)
+        raise GeneratorError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
+    events_dir = _empty_events_dir(Path(out) / "events", overwrite)
+    chunks = _chunks(clients, days, end, seed, shift_share, shift_date)
+    files, rows, truth_table = _write_parts(events_dir, chunks, rows_per_file)
     pq.write_table(truth_table, Path(out) / "truth.parquet", compression="zstd")
     window = _window(days, end, shift_date)
     personas = pc.value_counts(truth_table["persona_before"]).to_pylist()
@@ -184,6 +258,36 @@ def write_dataset(
         "shifted": int(pc.sum(truth_table["shifted"]).as_py() or 0),
         "personas": {p["values"]: p["counts"] for p in sorted(personas, key=lambda p: p["values"])},
     }
+
+
+def _empty_events_dir(events_dir: Path, overwrite: bool) -> Path:
+    """Create the folder; refuse (or, with `overwrite`, remove) part files already in it."""
+    events_dir.mkdir(parents=True, exist_ok=True)
+    stale = sorted(events_dir.glob("part-*.parquet"))
+    if stale and not overwrite:
+        raise OutputExistsError(
+            f"{events_dir} already holds {len(stale)} part file(s); use an empty directory"
+            " or overwrite=True"
+        )
+    for file in stale:
+        file.unlink()
+    return events_dir
+
+
+def _write_parts(
+    events_dir: Path, chunks: Iterator[tuple[pa.Table, pa.Table]], rows_per_file: int
+) -> tuple[int, int, pa.Table]:
+    """Write each chunk's events as numbered part files of at most `rows_per_file` rows (one,
+    possibly empty, file for an empty chunk); return (files, rows, the truth of all chunks)."""
+    files, rows, truths = 0, 0, []
+    for table, truth in chunks:
+        truths.append(truth)
+        for offset in range(0, max(table.num_rows, 1), rows_per_file):
+            part = table.slice(offset, rows_per_file)
+            pq.write_table(part, events_dir / f"part-{files:05d}.parquet", compression="zstd")
+            files += 1
+            rows += part.num_rows
+    return files, rows, pa.concat_tables(truths)
 
 
 # --------------------------------------------------------------------------- persona parameters
@@ -420,22 +524,26 @@ def _window(days: int, end: date, shift_date: date | None) -> _Window:
     start = end - timedelta(days=days - 1)
     shift = shift_date if shift_date is not None else end - timedelta(days=days // 4)
     if not start < shift <= end:
-        raise ValueError(
+        raise GeneratorError(
             f"shift_date {shift.isoformat()} must be after the first day {start.isoformat()}"
             f" and not after end {end.isoformat()}"
         )
     return _Window(start, days, shift, (shift - start).days)
 
 
-def _check(clients: Any, days: Any, end: Any, seed: Any, shift_share: Any) -> None:
+def _check(clients: object, days: object, end: object, seed: object, shift_share: object) -> None:
+    """The arguments as callers may pass them (any object): fail naming the first bad one."""
     for name, value, low in (("clients", clients, 1), ("days", days, 2), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise GeneratorError(f"{name} must be an integer >= {low}, got {value!r}")
     if not isinstance(end, date) or isinstance(end, datetime):
-        raise ValueError(f"end must be a datetime.date, got {end!r}")
-    number = isinstance(shift_share, int | float) and not isinstance(shift_share, bool)
-    if not (number and 0.0 <= shift_share <= 1.0):
-        raise ValueError(f"shift_share must be a number in [0, 1], got {shift_share!r}")
+        raise GeneratorError(f"end must be a datetime.date, got {end!r}")
+    if (
+        isinstance(shift_share, bool)
+        or not isinstance(shift_share, int | float)
+        or not 0.0 <= shift_share <= 1.0
+    ):
+        raise GeneratorError(f"shift_share must be a number in [0, 1], got {shift_share!r}")
 
 
 def _chunks(
@@ -454,7 +562,9 @@ def _chunks(
         yield _chunk(rng, first, n, window, float(shift_share))
 
 
-def _draw(rng: np.random.Generator, cum: np.ndarray, last: np.ndarray, rows: np.ndarray):
+def _draw(
+    rng: np.random.Generator, cum: np.ndarray, last: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
     """One categorical draw per element of `rows` from the row `rows[i]` of a cumulative table.
 
     Rows are laid end to end on [0, R) so a single searchsorted serves every row at once.
@@ -466,22 +576,105 @@ def _draw(rng: np.random.Generator, cum: np.ndarray, last: np.ndarray, rows: np.
     return np.minimum(pos, last[rows]).astype(np.int8)
 
 
+# The draws of a chunk happen in one fixed order (clients, rates, lifetimes, browse stream,
+# purchase stream, funnel, follow-ups, missing channels/categories/sentiment): the helpers
+# below are called in that order by `_chunk`, and each keeps the order of its own draws, so the
+# same seed gives the same events.
+
+
+@dataclass(frozen=True)
+class _Clients:
+    """Per client of a chunk: persona before/after the shift, first activity, categories."""
+
+    persona: np.ndarray  # profile index before the shift
+    after: np.ndarray  # profile index after the shift (= persona when not shifted)
+    shifted: np.ndarray  # bool
+    start: np.ndarray  # first active day (days from the window start)
+    cat_before: np.ndarray  # dominant category index before the shift
+    cat_after: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Rates:
+    """Per client individual variation: multipliers of activity, purchases and spend; mood."""
+
+    activity: np.ndarray
+    buy_factor: np.ndarray
+    spend_factor: np.ndarray
+    mood: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Stretches:
+    """Four stretches per client (before alive, before dormant, after alive, after dormant).
+
+    Flattened arrays have 4 * n entries: entry 4 * i + s is stretch s of local client i.
+    """
+
+    alive_before_end: np.ndarray  # per client: end of the alive stretch before the shift
+    alive_after_end: np.ndarray  # per client: end of the alive stretch after the shift
+    lo: np.ndarray  # flattened: start day of the stretch
+    length: np.ndarray  # flattened: length in days
+    prof: np.ndarray  # flattened: profile index (DORMANT for a dormant stretch)
+    cat_dom: np.ndarray  # flattened: dominant category
+    activity: np.ndarray  # flattened: the client's activity multiplier
+    nu: np.ndarray  # flattened: Gamma-Gamma per-order rate
+    buy_factor: np.ndarray  # flattened: the client's purchase-rate multiplier
+
+
+@dataclass(frozen=True)
+class _Purchases:
+    """The purchase stream of a chunk, one entry per purchase."""
+
+    stretch: np.ndarray  # 4 * local client index + stretch number
+    time: np.ndarray  # days from the window start
+    prof: np.ndarray  # int64 profile index
+    amount: np.ndarray
+    chan: np.ndarray
+    cat: np.ndarray
+
+
 def _chunk(
     rng: np.random.Generator, first: int, n: int, w: _Window, shift_share: float
 ) -> tuple[pa.Table, pa.Table]:
-    D = float(w.days)
-    sh = float(w.shift_day)
-    zeros = np.zeros(n, dtype=np.int64)
+    """Events and truth of the clients `first` .. `first + n - 1`, drawn from `rng`."""
+    clients = _draw_clients(rng, n, w, shift_share)
+    rates = _draw_rates(rng, n, clients.persona)
+    stretches = _draw_stretches(rng, n, w, clients, rates)
+    browse = _browse_part(rng, stretches)
+    purchases = _draw_purchases(rng, stretches)
+    parts = [
+        _part(
+            purchases.stretch,
+            purchases.time,
+            _T["purchase"],
+            purchases.prof,
+            purchases.chan,
+            purchases.cat,
+            purchases.amount,
+        ),
+        *_funnel_parts(rng, purchases),
+        *_follow_up_parts(rng, purchases),
+        browse,
+    ]
+    ev = _inside_window(parts, float(w.days))
+    sentiment = _fill_missing(rng, ev, stretches.cat_dom, rates.mood)
+    table = _to_arrow(first, n, w, ev, sentiment)
+    return table, _truth(first, n, w, clients, rates, stretches)
 
-    # Clients: persona, first activity, shift, categories, individual rates.
-    persona = _draw(rng, _TAB["share"], _TAB["share_last"], zeros).astype(np.int64)
+
+def _draw_clients(rng: np.random.Generator, n: int, w: _Window, shift_share: float) -> _Clients:
+    """Persona, first activity, who shifts (among the eligible) and dominant categories."""
+    D = float(w.days)
+    persona = _draw(rng, _TAB["share"], _TAB["share_last"], np.zeros(n, dtype=np.int64))
+    persona = persona.astype(np.int64)
     pre_existing = rng.random(n) < 0.6
     u_start = rng.random(n)
     start = np.where(pre_existing, 0.0, u_start * 0.8 * D)
     start = np.where(persona == _LAPSED, np.where(pre_existing, 0.0, u_start * 0.3 * D), start)
     start = np.where(persona == _NEW, (0.75 + 0.25 * u_start) * D, start)
 
-    eligible = np.flatnonzero(_TAB["can_shift"][persona] & (start < 0.5 * sh))
+    eligible = np.flatnonzero(_TAB["can_shift"][persona] & (start < 0.5 * float(w.shift_day)))
     n_shift = min(round(shift_share * n), eligible.size)
     shifted = np.zeros(n, dtype=bool)
     shifted[rng.choice(eligible, size=n_shift, replace=False)] = True
@@ -492,52 +685,78 @@ def _chunk(
     other = (cat_before + 1 + rng.integers(0, len(CATEGORIES) - 1, n)) % len(CATEGORIES)
     cat_after = np.where(shifted & (cat_after == cat_before), other, cat_after)
     cat_after = np.where(shifted, cat_after, cat_before)
+    return _Clients(persona, after, shifted, start, cat_before, cat_after)
 
+
+def _draw_rates(rng: np.random.Generator, n: int, persona: np.ndarray) -> _Rates:
+    """Gamma multipliers of activity, purchase rate (persona shape) and spend; a mood offset."""
     activity = rng.gamma(2.0, 0.5, n)
     shape = _TAB["buy_shape"][persona]
     buy_factor = rng.gamma(shape, 1.0 / shape)
     spend_factor = rng.gamma(_SPEND_Q, 1.0 / _SPEND_Q, n)
     mood = rng.normal(0.0, 0.15, n)
+    return _Rates(activity, buy_factor, spend_factor, mood)
 
+
+def _draw_stretches(
+    rng: np.random.Generator, n: int, w: _Window, clients: _Clients, rates: _Rates
+) -> _Stretches:
+    """Lifetimes (dropout before and after the shift) and the four stretches they bound."""
+    D = float(w.days)
+    persona, after, start = clients.persona, clients.after, clients.start
     death_before = start + rng.exponential(_TAB["life"][persona])
     lapse = start + rng.uniform(0.1, 0.5, n) * (D - start)
     death_before = np.where(persona == _LAPSED, lapse, death_before)
-    shift_at = np.where(shifted, sh, D)
+    shift_at = np.where(clients.shifted, float(w.shift_day), D)
     death_after = shift_at + np.where(
         after == _LAPSED, rng.exponential(7.0, n), rng.exponential(_TAB["life"][after])
     )
 
-    # Four stretches per client: before alive, before dormant, after alive, after dormant.
     b = np.clip(death_before, start, shift_at)
     e = np.clip(death_after, shift_at, D)
     bounds = np.stack([start, b, shift_at, e, np.full(n, D)], axis=1)
-    length = np.diff(bounds, axis=1).ravel()
-    lo = bounds[:, :4].ravel()
     prof = np.stack([persona, np.full(n, DORMANT), after, np.full(n, DORMANT)], axis=1).ravel()
-    cat_dom = np.stack([cat_before, cat_before, cat_after, cat_after], axis=1).ravel()
-    act4 = np.repeat(activity, 4)
-    nu = np.repeat(spend_factor * _SPEND_Q, 4) / _TAB["gg_gamma"][prof]
+    cat_before, cat_after = clients.cat_before, clients.cat_after
+    return _Stretches(
+        alive_before_end=b,
+        alive_after_end=e,
+        lo=bounds[:, :4].ravel(),
+        length=np.diff(bounds, axis=1).ravel(),
+        prof=prof,
+        cat_dom=np.stack([cat_before, cat_before, cat_after, cat_after], axis=1).ravel(),
+        activity=np.repeat(rates.activity, 4),
+        nu=np.repeat(rates.spend_factor * _SPEND_Q, 4) / _TAB["gg_gamma"][prof],
+        buy_factor=np.repeat(rates.buy_factor, 4),
+    )
 
-    # Browse stream: Poisson events in each stretch.
-    counts = rng.poisson(_TAB["browse"][prof] * act4 * length)
-    rep = np.repeat(np.arange(4 * n), counts)
-    b_time = lo[rep] + rng.random(rep.size) * length[rep]
-    b_prof = prof[rep]
+
+def _browse_part(rng: np.random.Generator, st: _Stretches) -> dict[str, np.ndarray]:
+    """Browse stream: Poisson events in each stretch, their type drawn from the profile's mix."""
+    counts = rng.poisson(_TAB["browse"][st.prof] * st.activity * st.length)
+    rep = np.repeat(np.arange(st.prof.size), counts)
+    b_time = st.lo[rep] + rng.random(rep.size) * st.length[rep]
+    b_prof = st.prof[rep]
     b_type = _draw(rng, _TAB["type"], _TAB["type_last"], b_prof.astype(np.int64))
+    return _part(rep, b_time, b_type, b_prof, None, None)
 
-    # Purchase stream: Poisson while alive (rate 0 when dormant), Gamma-Gamma amounts.
-    buy_rate = _TAB["buy"][prof] * np.repeat(buy_factor, 4)
-    counts = rng.poisson(buy_rate * length)
-    rep_p = np.repeat(np.arange(4 * n), counts)
-    p_time = lo[rep_p] + rng.random(rep_p.size) * length[rep_p]
-    p_prof = prof[rep_p].astype(np.int64)
-    p_amount = np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / nu[rep_p]), 2), 0.01)
+
+def _draw_purchases(rng: np.random.Generator, st: _Stretches) -> _Purchases:
+    """Purchase stream: Poisson while alive (rate 0 when dormant), Gamma-Gamma amounts."""
+    buy_rate = _TAB["buy"][st.prof] * st.buy_factor
+    counts = rng.poisson(buy_rate * st.length)
+    rep_p = np.repeat(np.arange(st.prof.size), counts)
+    p_time = st.lo[rep_p] + rng.random(rep_p.size) * st.length[rep_p]
+    p_prof = st.prof[rep_p].astype(np.int64)
+    p_amount = np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / st.nu[rep_p]), 2), 0.01)
     p_chan = _draw(rng, _TAB["chan"], _TAB["chan_last"], p_prof * len(EVENT_TYPES) + _T["purchase"])
-    p_cat = _pick_category(rng, p_prof, cat_dom[rep_p])
+    p_cat = _pick_category(rng, p_prof, st.cat_dom[rep_p])
+    return _Purchases(rep_p, p_time, p_prof, p_amount, p_chan, p_cat)
 
-    parts = [_part(rep_p, p_time, _T["purchase"], p_prof, p_chan, p_cat, p_amount)]
-    # Funnel minutes before an online purchase.
-    online = np.flatnonzero(p_chan <= _C["app"])
+
+def _funnel_parts(rng: np.random.Generator, p: _Purchases) -> list[dict[str, np.ndarray]]:
+    """The funnel minutes before an online purchase: checkout_start, add_to_cart, product_view."""
+    parts = []
+    online = np.flatnonzero(p.chan <= _C["app"])
     minute = 1.0 / 1440.0
     for etype, prob, lo_min, hi_min in (
         ("checkout_start", 1.0, 2, 30),
@@ -545,47 +764,63 @@ def _chunk(
         ("product_view", 0.9, 15, 240),
     ):
         keep = online[rng.random(online.size) < prob]
-        t = p_time[keep] - rng.uniform(lo_min, hi_min, keep.size) * minute
-        parts.append(_part(rep_p[keep], t, _T[etype], p_prof[keep], p_chan[keep], p_cat[keep]))
-    # Follow-ups days after a purchase.
-    follow = _TAB["follow"][p_prof]
-    returned = np.flatnonzero(rng.random(p_prof.size) < follow[:, _FOLLOW["return"]])
-    r_time = p_time[returned] + rng.uniform(2, 30, returned.size)
+        t = p.time[keep] - rng.uniform(lo_min, hi_min, keep.size) * minute
+        parts.append(_part(p.stretch[keep], t, _T[etype], p.prof[keep], p.chan[keep], p.cat[keep]))
+    return parts
+
+
+def _follow_up_parts(rng: np.random.Generator, p: _Purchases) -> list[dict[str, np.ndarray]]:
+    """Follow-ups days after a purchase: a return (then maybe a refund and a ticket), a review,
+    a referral, a share, a survey response, each with the profile's probability."""
+    follow = _TAB["follow"][p.prof]
+    returned = np.flatnonzero(rng.random(p.prof.size) < follow[:, _FOLLOW["return"]])
+    r_time = p.time[returned] + rng.uniform(2, 30, returned.size)
     r_amount = np.maximum(
-        np.round(p_amount[returned] * rng.uniform(0.3, 1.0, returned.size), 2), 0.01
+        np.round(p.amount[returned] * rng.uniform(0.3, 1.0, returned.size), 2), 0.01
     )
-    parts.append(
+    parts = [
         _part(
-            rep_p[returned], r_time, _T["return"], p_prof[returned], None, p_cat[returned], r_amount
+            p.stretch[returned],
+            r_time,
+            _T["return"],
+            p.prof[returned],
+            None,
+            p.cat[returned],
+            r_amount,
         )
-    )
-    for etype, key, base, base_time, lo_d, hi_d in (
-        ("refund", "refund", returned, r_time, 1, 10),
-        ("support_ticket", "ticket", returned, r_time, 0, 2),
-    ):
-        keep = rng.random(base.size) < follow[base, _FOLLOW[key]]
-        idx = base[keep]
-        t = base_time[keep] + rng.uniform(lo_d, hi_d, idx.size)
+    ]
+    for etype, key, lo_d, hi_d in (("refund", "refund", 1, 10), ("support_ticket", "ticket", 0, 2)):
+        keep = rng.random(returned.size) < follow[returned, _FOLLOW[key]]
+        idx = returned[keep]
+        t = r_time[keep] + rng.uniform(lo_d, hi_d, idx.size)
         amount = r_amount[keep] if etype == "refund" else None
-        parts.append(_part(rep_p[idx], t, _T[etype], p_prof[idx], None, p_cat[idx], amount))
+        parts.append(_part(p.stretch[idx], t, _T[etype], p.prof[idx], None, p.cat[idx], amount))
     for etype, key, lo_d, hi_d in (
         ("review", "review", 3, 21),
         ("referral", "referral", 1, 60),
         ("share", "share", 0, 3),
         ("survey_response", "survey", 1, 14),
     ):
-        idx = np.flatnonzero(rng.random(p_prof.size) < follow[:, _FOLLOW[key]])
-        t = p_time[idx] + rng.uniform(lo_d, hi_d, idx.size)
-        parts.append(_part(rep_p[idx], t, _T[etype], p_prof[idx], None, p_cat[idx]))
-    parts.append(_part(rep, b_time, b_type, b_prof, None, None))
+        idx = np.flatnonzero(rng.random(p.prof.size) < follow[:, _FOLLOW[key]])
+        t = p.time[idx] + rng.uniform(lo_d, hi_d, idx.size)
+        parts.append(_part(p.stretch[idx], t, _T[etype], p.prof[idx], None, p.cat[idx]))
+    return parts
 
+
+def _inside_window(parts: list[dict[str, np.ndarray]], days: float) -> dict[str, np.ndarray]:
+    """The parts' columns concatenated in order, keeping the events inside [0, days)."""
     ev = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    inside = (ev["time"] >= 0.0) & (ev["time"] < D)
-    ev = {key: value[inside] for key, value in ev.items()}
+    inside = (ev["time"] >= 0.0) & (ev["time"] < days)
+    return {key: value[inside] for key, value in ev.items()}
+
+
+def _fill_missing(
+    rng: np.random.Generator, ev: dict[str, np.ndarray], cat_dom: np.ndarray, mood: np.ndarray
+) -> np.ndarray:
+    """Draw the channel and category (in place) where the stream did not set them; return the
+    sentiment of every event (NaN for event types without one)."""
     ev_prof = ev["prof"].astype(np.int64)
     ev_type = ev["type"].astype(np.int64)
-
-    # Channel, category and sentiment where the stream did not set them.
     missing = np.flatnonzero(ev["chan"] < 0)
     ev["chan"][missing] = _draw(
         rng, _TAB["chan"], _TAB["chan_last"], ev_prof[missing] * len(EVENT_TYPES) + ev_type[missing]
@@ -601,23 +836,7 @@ def _chunk(
         + mood[ev["client"][has_sent]]
     )
     sentiment[has_sent] = np.round(np.clip(rng.normal(mean, 0.3), -1.0, 1.0), 2)
-
-    table = _to_arrow(first, n, w, ev, sentiment)
-    latent = {
-        "persona": persona,
-        "after": after,
-        "shifted": shifted,
-        "cat_before": cat_before,
-        "cat_after": cat_after,
-        "start": start,
-        "b": b,
-        "e": e,
-        "activity": activity,
-        "buy_factor": buy_factor,
-        "spend_factor": spend_factor,
-    }
-    truth = _truth(first, n, w, latent)
-    return table, truth
+    return sentiment
 
 
 def _pick_category(rng: np.random.Generator, prof: np.ndarray, dominant: np.ndarray) -> np.ndarray:
@@ -627,7 +846,15 @@ def _pick_category(rng: np.random.Generator, prof: np.ndarray, dominant: np.ndar
     return np.where(keep, dominant, drawn).astype(np.int8)
 
 
-def _part(stretch, time, etype, prof, chan, cat, amount=None) -> dict[str, np.ndarray]:
+def _part(
+    stretch: np.ndarray,
+    time: np.ndarray,
+    etype: int | np.ndarray,
+    prof: np.ndarray,
+    chan: np.ndarray | None,
+    cat: np.ndarray | None,
+    amount: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Columns of one kind of event; `stretch` = 4 * local client index + stretch number."""
     size = time.size
     return {
@@ -675,12 +902,14 @@ def _to_arrow(
     return pa.Table.from_arrays(list(columns.values()), schema=EVENT_SCHEMA)
 
 
-def _truth(first: int, n: int, w: _Window, latent: dict[str, np.ndarray]) -> pa.Table:
+def _truth(
+    first: int, n: int, w: _Window, clients: _Clients, rates: _Rates, stretches: _Stretches
+) -> pa.Table:
     """One row per client: personas, shift, categories, dropout and the latent rates."""
-    persona, after, shifted = latent["persona"], latent["after"], latent["shifted"]
-    cat_before, cat_after, start = latent["cat_before"], latent["cat_after"], latent["start"]
-    b, e, activity = latent["b"], latent["e"], latent["activity"]
-    buy_factor, spend_factor = latent["buy_factor"], latent["spend_factor"]
+    persona, after, shifted = clients.persona, clients.after, clients.shifted
+    cat_before, cat_after, start = clients.cat_before, clients.cat_after, clients.start
+    b, e = stretches.alive_before_end, stretches.alive_after_end
+    activity, buy_factor, spend_factor = rates.activity, rates.buy_factor, rates.spend_factor
     names, cats = np.array(PERSONAS), np.array(CATEGORIES)
     origin = (w.start - date(1970, 1, 1)).days
     last_drop = np.where(shifted, e, b)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 
-from models.cltv import BTYD_COLUMNS
+from models.cltv import BTYD_COLUMNS, CltvModel
 
 __all__ = ["backtest", "split_btyd"]
 
@@ -70,13 +70,14 @@ def split_btyd(
 
 
 def backtest(
-    calibration: pd.DataFrame, holdout: pd.DataFrame, model, holdout_days: float
+    calibration: pd.DataFrame, holdout: pd.DataFrame, model: CltvModel, holdout_days: float
 ) -> dict[str, float]:
-    """Fit a copy of `model` on calibration and score its holdout predictions per client.
+    """Fit a clone of `model` (same parameters, `model` itself untouched) on calibration and
+    score its holdout predictions per client.
 
     `holdout` has columns purchases and spend (actuals in the holdout window), index aligned
-    with `calibration` (missing clients count as 0). The model needs fit(df),
-    expected_purchases(df, days) and expected_avg_value(df) (CltvModel has them).
+    with `calibration` (missing clients count as 0). `holdout_days` is the config's
+    `cltv.holdout_days` (the window `split_btyd` made).
     Predicted spend = expected purchases x expected average value (undiscounted).
     Bias is relative: (sum predicted - sum actual) / sum actual (NaN when actual sum is 0);
     corr is Pearson per client (NaN when either side is constant).
@@ -90,7 +91,7 @@ def backtest(
     if len(calibration) == 0:
         raise ValueError("calibration frame is empty")
     actual = holdout.reindex(calibration.index).fillna(0.0)
-    fitted = copy.deepcopy(model).fit(calibration)
+    fitted = clone(model).fit(calibration)
     pred_n = np.asarray(fitted.expected_purchases(calibration, holdout_days), dtype=float)
     pred_s = pred_n * np.asarray(fitted.expected_avg_value(calibration), dtype=float)
     out: dict[str, float] = {}

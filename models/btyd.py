@@ -7,11 +7,16 @@ Identical input rows are compressed to weighted unique rows, so millions of clie
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import optimize, special
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from configs import SegmentationError
 
@@ -69,7 +74,7 @@ class _Nodes:
     tau_lo: np.ndarray
 
 
-def _node_plan(a: float, beta: np.ndarray, m: np.ndarray, u: np.ndarray):
+def _node_plan(a: float, beta: np.ndarray, m: np.ndarray, u: np.ndarray) -> tuple[_Nodes, int]:
     """Center, scale and left end of the tau grid per row; the common grid length."""
     h = _TAU_STEP
     c = np.log(a) - np.log(beta)
@@ -89,7 +94,15 @@ def _node_plan(a: float, beta: np.ndarray, m: np.ndarray, u: np.ndarray):
 _TAU_STEP = 0.1
 
 
-def _integrate_rows(a, beta, m, A, t, nodes: _Nodes, n_max):
+def _integrate_rows(
+    a: float,
+    beta: np.ndarray,
+    m: np.ndarray,
+    A: np.ndarray,
+    t: np.ndarray,
+    nodes: _Nodes,
+    n_max: int,
+) -> np.ndarray:
     k = np.arange(n_max) * _TAU_STEP
     tau = nodes.tau_lo[:, None] + k[None, :]
     sh = np.sinh(tau)
@@ -120,21 +133,68 @@ def _phi(z: np.ndarray, m: np.ndarray) -> np.ndarray:
 # BG/NBD
 
 
-class BetaGeoModel:
+class BetaGeoModel(BaseEstimator):
     """BG/NBD (Fader, Hardie & Lee 2005): repeat purchases and alive-ness.
 
     Inputs per client: frequency x (repeat purchases), recency t_x (first -> last purchase),
-    T (first purchase -> end of observation), all time in one unit. `penalizer` adds
-    penalizer * sum(log(param)^2) (parameters in scaled time) to the mean negative
-    log-likelihood, shrinking toward 1 and keeping degenerate data fit-able.
+    T (first purchase -> end of observation), all time in one unit.
+
+    Parameters
+    ----------
+    penalizer : float, default=0.0
+        Adds penalizer * sum(log(param)^2) (parameters in scaled time) to the mean negative
+        log-likelihood, shrinking toward 1 and keeping degenerate data fit-able; >= 0
+        (checked by `CltvModel`, whose parameter it is).
+    max_iter : int, default=2000
+        L-BFGS-B iterations per start.
+
+    Attributes
+    ----------
+    r_, alpha_, a_, b_ : float
+        The fitted parameters; alpha in the time unit of the input.
+    params_ : dict of str to float
+        The same as r, alpha, a, b.
+    log_likelihood_ : float
+        Log-likelihood of the fit, in the time unit of the input.
+    time_scale_ : float
+        The rescaling of time the optimizer worked with.
+    n_clients_ : float
+        Total weight (clients) fit on.
+    n_unique_rows_ : int
+        Distinct (frequency, recency, T) rows after compression.
     """
 
     def __init__(self, penalizer: float = 0.0, max_iter: int = 2000):
         self.penalizer = penalizer
         self.max_iter = max_iter
 
-    def fit(self, frequency, recency, T, weights=None) -> BetaGeoModel:
-        """Maximum-likelihood fit; raises ConvergenceError when there is no valid optimum."""
+    def fit(
+        self,
+        frequency: ArrayLike,
+        recency: ArrayLike,
+        T: ArrayLike,
+        weights: ArrayLike | None = None,
+    ) -> BetaGeoModel:
+        """Maximum-likelihood fit.
+
+        Parameters
+        ----------
+        frequency, recency, T : array-like of float
+            Per client: repeat purchases (whole numbers), first -> last purchase, first
+            purchase -> end of observation (recency <= T).
+        weights : array-like of float or None, default=None
+            Per client weight (a count of identical clients); None: 1 each.
+
+        Returns
+        -------
+        BetaGeoModel
+            self, fitted.
+
+        Raises
+        ------
+        ConvergenceError
+            There is no valid interior optimum (e.g. no repeat buyer, no visible dropout).
+        """
         x, tx, TT, w = _check_btyd(frequency, recency, T, weights)
         if w.sum() <= 0 or not np.any(x > 0):
             raise ConvergenceError("BG/NBD needs at least one client with a repeat purchase")
@@ -162,15 +222,40 @@ class BetaGeoModel:
 
     @property
     def params_(self) -> dict[str, float]:
+        """r, alpha, a, b."""
+        check_is_fitted(self, "r_")
         return {"r": self.r_, "alpha": self.alpha_, "a": self.a_, "b": self.b_}
 
-    def p_alive(self, frequency, recency, T) -> np.ndarray:
-        """P(alive at T | x, t_x, T); 1 for clients without a repeat purchase."""
+    def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> np.ndarray:
+        """P(alive at T | x, t_x, T) per client; 1 for clients without a repeat purchase.
+
+        Returns
+        -------
+        ndarray of float
+            One probability per client.
+        """
+        check_is_fitted(self, "r_")
         x, tx, TT, _ = _check_btyd(frequency, recency, T, None)
         return _p_alive(x, tx, TT, self.r_, self.alpha_, self.a_, self.b_)
 
-    def conditional_expected_purchases(self, t, frequency, recency, T) -> np.ndarray:
-        """E[purchases in (T, T+t] | x, t_x, T]; t scalar -> 1-D, t array -> (clients, len(t))."""
+    def conditional_expected_purchases(
+        self, t: ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
+    ) -> np.ndarray:
+        """E[purchases in (T, T+t] | x, t_x, T] per client.
+
+        Parameters
+        ----------
+        t : float or array-like of float
+            Horizon(s) after T, >= 0.
+        frequency, recency, T : array-like of float
+            As for `fit`.
+
+        Returns
+        -------
+        ndarray of float
+            Shape (n_clients,) for a scalar t, (n_clients, len(t)) for an array.
+        """
+        check_is_fitted(self, "r_")
         x, tx, TT, _ = _check_btyd(frequency, recency, T, None)
         ts = np.atleast_1d(np.asarray(t, dtype=float))
         if np.any(~np.isfinite(ts)) or np.any(ts < 0):
@@ -180,14 +265,23 @@ class BetaGeoModel:
         out = pa[:, None] * ex
         return out[:, 0] if np.ndim(t) == 0 else out
 
-    def expected_purchases(self, t) -> np.ndarray:
-        """E[X(t)] for a client just acquired (unconditional)."""
+    def expected_purchases(self, t: ArrayLike) -> np.ndarray:
+        """E[X(t)] for a client just acquired (unconditional).
+
+        Returns
+        -------
+        ndarray of float
+            A 0-d value for a scalar t, one value per horizon for an array.
+        """
+        check_is_fitted(self, "r_")
         ts = np.atleast_1d(np.asarray(t, dtype=float))
         out = bgnbd_expectation_factor(ts, np.zeros(1), np.zeros(1), *self.params_.values())[0]
         return out[0] if np.ndim(t) == 0 else out
 
 
-def _check_btyd(frequency, recency, T, weights):
+def _check_btyd(
+    frequency: ArrayLike, recency: ArrayLike, T: ArrayLike, weights: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     arrs = []
     for name, v in (("frequency", frequency), ("recency", recency), ("T", T)):
         a = np.asarray(v, dtype=float).ravel()
@@ -211,14 +305,14 @@ def _check_btyd(frequency, recency, T, weights):
     return x, tx, TT, w
 
 
-def _compress(w, *cols):
+def _compress(w: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
     """Unique rows of `cols` with summed weights."""
     codes, first = _row_codes(*cols)
     wsum = np.bincount(codes, weights=w, minlength=first.size)
     return (*(np.asarray(c, dtype=float)[first] for c in cols), wsum)
 
 
-def _row_codes(*cols):
+def _row_codes(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group code per row of identical `cols` values, and the first row of each group."""
     key = np.zeros(len(cols[0]), dtype=np.int64)
     for c in cols:
@@ -230,7 +324,9 @@ def _row_codes(*cols):
     return codes, first
 
 
-def _bgnbd_data(x, tx, T, w):
+def _bgnbd_data(
+    x: np.ndarray, tx: np.ndarray, T: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """Rows sorted by frequency, with the per-frequency index and weight totals."""
     order = np.argsort(x, kind="stable")
     x, tx, T, w = x[order], tx[order], T[order], w[order]
@@ -238,7 +334,9 @@ def _bgnbd_data(x, tx, T, w):
     return xs, xi, x, tx, T, w, np.bincount(xi, weights=w, minlength=xs.size)
 
 
-def _bgnbd_objective(theta, data, penalizer):
+def _bgnbd_objective(
+    theta: np.ndarray, data: tuple[np.ndarray, ...], penalizer: float
+) -> tuple[float, np.ndarray]:
     """Mean negative log-likelihood and its gradient in log-parameters.
 
     Terms that depend on the frequency only are computed per unique frequency and combined
@@ -281,7 +379,9 @@ def _bgnbd_objective(theta, data, penalizer):
     return f, grad + 2.0 * penalizer * theta
 
 
-def _p_alive(x, tx, T, r, alpha, a, b):
+def _p_alive(
+    x: np.ndarray, tx: np.ndarray, T: np.ndarray, r: float, alpha: float, a: float, b: float
+) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         lr = (
             np.log(a)
@@ -292,7 +392,9 @@ def _p_alive(x, tx, T, r, alpha, a, b):
     return special.expit(-lr)
 
 
-def _expectation_unique(ts, x, T, r, alpha, a, b):
+def _expectation_unique(
+    ts: np.ndarray, x: np.ndarray, T: np.ndarray, r: float, alpha: float, a: float, b: float
+) -> np.ndarray:
     """bgnbd_expectation_factor on unique (x, T) pairs, scattered back to rows."""
     if x.size == 0:
         return np.empty((0, ts.size))
@@ -304,22 +406,72 @@ def _expectation_unique(ts, x, T, r, alpha, a, b):
 # --------------------------------------------------------------------------------------------
 # Gamma-Gamma
 
+# Per-row arrays of the Gamma-Gamma likelihood and its parameter-free sums (`_gg_data`).
+_GgData = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, float]
+]
 
-class GammaGammaModel:
+
+class GammaGammaModel(BaseEstimator):
     """Gamma-Gamma spend model (Fader & Hardie 2013) on repeat buyers.
 
     Fit on clients with frequency > 0 and monetary_value > 0 (mean spend per repeat
-    purchase). v is reported in the money unit of the input. q > 1 is required for a
-    finite population mean spend (used for clients without repeat purchases); a fit with
-    q <= 1 raises ConvergenceError.
+    purchase). q > 1 is required for a finite population mean spend (used for clients
+    without repeat purchases); a fit with q <= 1 raises ConvergenceError.
+
+    Parameters
+    ----------
+    penalizer : float, default=0.0
+        Adds penalizer * sum(log(param)^2) (money in scaled units) to the mean negative
+        log-likelihood; >= 0 (checked by `CltvModel`, whose parameter it is).
+    max_iter : int, default=2000
+        L-BFGS-B iterations per start.
+
+    Attributes
+    ----------
+    p_, q_, v_ : float
+        The fitted parameters; v in the money unit of the input.
+    params_ : dict of str to float
+        The same as p, q, v.
+    population_mean_ : float
+        Mean spend per purchase of the population, p v / (q - 1).
+    log_likelihood_ : float
+        Log-likelihood of the fit, in the money unit of the input.
+    money_scale_ : float
+        The rescaling of money the optimizer worked with.
+    n_clients_ : float
+        Total weight (repeat buyers with spend) fit on.
     """
 
     def __init__(self, penalizer: float = 0.0, max_iter: int = 2000):
         self.penalizer = penalizer
         self.max_iter = max_iter
 
-    def fit(self, frequency, monetary_value, weights=None) -> GammaGammaModel:
-        """Maximum-likelihood fit on the rows with frequency > 0 and monetary_value > 0."""
+    def fit(
+        self,
+        frequency: ArrayLike,
+        monetary_value: ArrayLike,
+        weights: ArrayLike | None = None,
+    ) -> GammaGammaModel:
+        """Maximum-likelihood fit on the rows with frequency > 0 and monetary_value > 0.
+
+        Parameters
+        ----------
+        frequency, monetary_value : array-like of float
+            Per client: repeat purchases, mean spend per repeat purchase (>= 0).
+        weights : array-like of float or None, default=None
+            Per client weight; None: 1 each.
+
+        Returns
+        -------
+        GammaGammaModel
+            self, fitted.
+
+        Raises
+        ------
+        ConvergenceError
+            Fewer than 2 repeat buyers with spend, no valid optimum, or q <= 1.
+        """
         x = np.asarray(frequency, dtype=float).ravel()
         mv = np.asarray(monetary_value, dtype=float).ravel()
         w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float).ravel()
@@ -353,15 +505,27 @@ class GammaGammaModel:
 
     @property
     def params_(self) -> dict[str, float]:
+        """p, q, v."""
+        check_is_fitted(self, "p_")
         return {"p": self.p_, "q": self.q_, "v": self.v_}
 
     @property
     def population_mean_(self) -> float:
         """Mean spend per purchase of the population: p v / (q - 1)."""
+        check_is_fitted(self, "p_")
         return self.p_ * self.v_ / (self.q_ - 1.0)
 
-    def conditional_expected_average_value(self, frequency, monetary_value) -> np.ndarray:
-        """E[spend per purchase | x, mean spend]; the population mean for x = 0."""
+    def conditional_expected_average_value(
+        self, frequency: ArrayLike, monetary_value: ArrayLike
+    ) -> np.ndarray:
+        """E[spend per purchase | x, mean spend] per client; the population mean for x = 0.
+
+        Returns
+        -------
+        ndarray of float
+            One value per client.
+        """
+        check_is_fitted(self, "p_")
         x = np.asarray(frequency, dtype=float).ravel()
         mv = np.asarray(monetary_value, dtype=float).ravel()
         if np.any(~np.isfinite(mv)) or np.any(mv < 0):
@@ -373,7 +537,7 @@ class GammaGammaModel:
         return wgt * self.population_mean_ + (1.0 - wgt) * mv
 
 
-def _gg_data(x, m, w):
+def _gg_data(x: np.ndarray, m: np.ndarray, w: np.ndarray) -> _GgData:
     """Per-row arrays and the parameter-free sums of the Gamma-Gamma likelihood."""
     xs, xi = np.unique(x, return_inverse=True)
     logm, logx = np.log(m), np.log(x)
@@ -382,7 +546,7 @@ def _gg_data(x, m, w):
     return xs, x, m, w, w * x, wx, const
 
 
-def _gg_objective(theta, data, penalizer):
+def _gg_objective(theta: np.ndarray, data: _GgData, penalizer: float) -> tuple[float, np.ndarray]:
     """Mean negative log-likelihood and gradient in log-parameters (sums precomputed)."""
     xs, x, m, w, wxr, wx, c = data
     p, q, v = np.exp(theta)
@@ -413,7 +577,17 @@ def _gg_objective(theta, data, penalizer):
 # optimizer
 
 
-def _minimize(fun, starts, data, penalizer, max_iter, name):
+_Data = TypeVar("_Data")
+
+
+def _minimize(
+    fun: Callable[[np.ndarray, _Data, float], tuple[float, np.ndarray]],
+    starts: list[np.ndarray],
+    data: _Data,
+    penalizer: float,
+    max_iter: int,
+    name: str,
+) -> np.ndarray:
     """L-BFGS-B on log-parameters from several starts; best converged interior optimum."""
     best = None
     reasons = []

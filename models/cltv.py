@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
+from configs import CltvConfig
+from configs.schema import validate_parameters
 from models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel
 
 __all__ = ["BTYD_COLUMNS", "PREDICTION_COLUMNS", "SCORE_COLUMNS", "CltvModel", "ConvergenceError"]
@@ -16,15 +20,48 @@ SCORE_COLUMNS = ("client_id", *PREDICTION_COLUMNS, "horizon_days", "model_versio
 DAYS_PER_MONTH = 365.25 / 12
 
 
-class CltvModel:
+class CltvModel(BaseEstimator):
     """Per-client CLTV over `horizon_days`, discounted monthly at `annual_discount_rate`.
 
-    Input frame (time in days, as the feature builder gives it): frequency (repeat purchase
-    days), recency (first -> last purchase), T (first purchase -> as-of end), monetary_value
-    (mean spend per repeat purchase day). BG/NBD is fit on all rows, Gamma-Gamma on
-    frequency > 0 and monetary_value > 0. Clients who never purchased (frequency 0, T 0 or
-    missing) get the model's values for a client just acquired, and the population mean spend.
-    Parameters are reported in days (alpha) and in the money unit of the input (v).
+    BG/NBD (purchases and alive-ness) is fit on all rows, Gamma-Gamma (spend per purchase) on
+    the rows with frequency > 0 and monetary_value > 0. Clients who never purchased
+    (frequency 0, T 0 or missing) get the model's values for a client just acquired, and the
+    population mean spend. The parameters are the `cltv` config keys of the same names
+    (`configs.CltvConfig`), with the same defaults; their constraints are declared there once
+    and checked at fit and predict (`InvalidParameterError` names the parameter). The config's
+    `holdout_days` is the backtest's (`models.backtest`), not a parameter of the model.
+
+    Parameters
+    ----------
+    horizon_days : int, default=365
+        The CLTV horizon, split into whole months; >= 1.
+    annual_discount_rate : float in [0, 1), default=0.10
+        Yearly discount rate applied to each month's expected spend.
+    penalizer : float, default=0.0
+        L2 penalty on the log-parameters of both fits (shrinks toward 1; makes degenerate
+        data fit-able); >= 0.
+
+    Attributes
+    ----------
+    bgnbd_ : BetaGeoModel
+        The BG/NBD fit; alpha in days.
+    gamma_gamma_ : GammaGammaModel
+        The Gamma-Gamma fit; v in the money unit of the input.
+    params_ : dict of str to float
+        r, alpha, a, b (BG/NBD) and p, q, v (Gamma-Gamma).
+    n_clients_ : int
+        Rows fit on.
+
+    See Also
+    --------
+    configs.CltvConfig : the config section, where the constraints live.
+    models.backtest.backtest : calibration/holdout quality of a fit.
+
+    Notes
+    -----
+    Input frames (time in days, as the feature builder gives it) have the columns
+    `BTYD_COLUMNS`: frequency (repeat purchase days), recency (first -> last purchase), T
+    (first purchase -> as-of end), monetary_value (mean spend per repeat purchase day).
     """
 
     def __init__(
@@ -37,20 +74,76 @@ class CltvModel:
         self.annual_discount_rate = annual_discount_rate
         self.penalizer = penalizer
 
-    def fit(self, df: pd.DataFrame) -> CltvModel:
-        """Fit BG/NBD and Gamma-Gamma; raises ConvergenceError if either fails."""
-        self._check_settings()
-        x, tx, T, mv = _btyd_arrays(df)
-        self.bgnbd_ = BetaGeoModel(penalizer=self.penalizer).fit(x, tx, T)
-        self.gamma_gamma_ = GammaGammaModel(penalizer=self.penalizer).fit(x, mv)
-        self.n_clients_ = len(df)
-        self.params_ = {**self.bgnbd_.params_, **self.gamma_gamma_.params_}
+    @classmethod
+    def from_config(cls, config: CltvConfig) -> CltvModel:
+        """A model with the keys of `config` that are its parameters (all but holdout_days).
+
+        Parameters
+        ----------
+        config : configs.CltvConfig
+            The `cltv` section of the engine config.
+
+        Returns
+        -------
+        CltvModel
+            Unfitted.
+        """
+        model = cls()
+        model.set_params(**{name: getattr(config, name) for name in model.get_params(deep=False)})
+        return model
+
+    def fit(self, X: pd.DataFrame, y: None = None) -> CltvModel:
+        """Fit BG/NBD and Gamma-Gamma.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client with the columns `BTYD_COLUMNS` (days).
+        y : None
+            Ignored (scikit-learn convention).
+
+        Returns
+        -------
+        CltvModel
+            self, fitted.
+
+        Raises
+        ------
+        InvalidParameterError
+            A parameter breaks its constraint (`configs.CltvConfig`).
+        ConvergenceError
+            Either fit has no valid optimum; a model fitted before keeps its previous fit.
+        """
+        self._validate_params()
+        x, tx, T, mv = _btyd_arrays(X)
+        bgnbd = BetaGeoModel(penalizer=self.penalizer).fit(x, tx, T)
+        gamma_gamma = GammaGammaModel(penalizer=self.penalizer).fit(x, mv)
+        self.bgnbd_, self.gamma_gamma_ = bgnbd, gamma_gamma
+        self.n_clients_ = len(X)
+        self.params_ = {**bgnbd.params_, **gamma_gamma.params_}
         return self
 
-    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
-        """p_alive, expected_purchases (horizon), expected_avg_value, predicted_cltv per row."""
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Alive-ness, expected purchases and spend, and the discounted CLTV of each client.
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client with the columns `BTYD_COLUMNS` (days).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index of `X`; columns `PREDICTION_COLUMNS`: p_alive, expected_purchases (over the
+            horizon, undiscounted), expected_avg_value, predicted_cltv (discounted).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The model is not fitted.
+        """
         self._check_fitted()
-        x, tx, T, mv = _btyd_arrays(df)
+        x, tx, T, mv = _btyd_arrays(X)
         steps = self._step_days()
         cum = self.bgnbd_.conditional_expected_purchases(steps, x, tx, T)
         p_alive = self.bgnbd_.p_alive(x, tx, T)
@@ -65,23 +158,53 @@ class CltvModel:
                 "expected_avg_value": value,
                 "predicted_cltv": cltv,
             },
-            index=df.index,
+            index=X.index,
         )
 
-    def expected_purchases(self, df: pd.DataFrame, days: float) -> np.ndarray:
-        """Expected purchases in the next `days` (undiscounted), e.g. a backtest holdout."""
+    def expected_purchases(self, X: pd.DataFrame, days: float) -> np.ndarray:
+        """Expected purchases of each client in the next `days` (undiscounted).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client with the columns `BTYD_COLUMNS` (days).
+        days : float
+            The window, e.g. a backtest holdout.
+
+        Returns
+        -------
+        ndarray of float
+            One value per row of `X`.
+        """
         self._check_fitted()
-        x, tx, T, _ = _btyd_arrays(df)
+        x, tx, T, _ = _btyd_arrays(X)
         return self.bgnbd_.conditional_expected_purchases(float(days), x, tx, T)
 
-    def expected_avg_value(self, df: pd.DataFrame) -> np.ndarray:
-        """Expected spend per purchase (Gamma-Gamma)."""
+    def expected_avg_value(self, X: pd.DataFrame) -> np.ndarray:
+        """Expected spend per purchase of each client (Gamma-Gamma).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client with the columns `BTYD_COLUMNS`.
+
+        Returns
+        -------
+        ndarray of float
+            One value per row of `X`.
+        """
         self._check_fitted()
-        x, _, _, mv = _btyd_arrays(df)
+        x, _, _, mv = _btyd_arrays(X)
         return self.gamma_gamma_.conditional_expected_average_value(x, mv)
 
     def summary(self) -> pd.DataFrame:
-        """Fitted parameters and log-likelihoods, one row per parameter."""
+        """Fitted parameters and log-likelihoods.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns model, parameter, value; one row per parameter.
+        """
         self._check_fitted()
         rows = [("bgnbd", k, v) for k, v in self.bgnbd_.params_.items()]
         rows.append(("bgnbd", "log_likelihood", self.bgnbd_.log_likelihood_))
@@ -94,23 +217,17 @@ class CltvModel:
         n = max(1, round(self.horizon_days / DAYS_PER_MONTH))
         return self.horizon_days * np.arange(1, n + 1) / n
 
-    def _check_settings(self) -> None:
-        if not (np.isfinite(self.horizon_days) and self.horizon_days > 0):
-            raise ValueError(f"horizon_days must be > 0, got {self.horizon_days}")
-        if not (0 <= self.annual_discount_rate < 1):
-            raise ValueError(
-                f"annual_discount_rate must be in [0, 1), got {self.annual_discount_rate}"
-            )
-        if not (self.penalizer >= 0):
-            raise ValueError(f"penalizer must be >= 0, got {self.penalizer}")
+    def _validate_params(self) -> CltvConfig:
+        """The parameters, checked against their constraints (`configs.CltvConfig`)."""
+        return validate_parameters(CltvConfig, self.get_params(deep=False), type(self).__name__)
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "bgnbd_"):
-            raise RuntimeError("CltvModel is not fitted: call fit() first")
-        self._check_settings()
+        """Fitted, and the parameters predictions use (horizon, discount) are valid."""
+        check_is_fitted(self, ("bgnbd_", "gamma_gamma_"))
+        self._validate_params()
 
 
-def _btyd_arrays(df: pd.DataFrame):
+def _btyd_arrays(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validated float arrays; NaN recency/T/monetary of never-repeat clients become 0."""
     missing = [c for c in BTYD_COLUMNS if c not in df.columns]
     if missing:
@@ -118,7 +235,7 @@ def _btyd_arrays(df: pd.DataFrame):
     x = pd.to_numeric(df["frequency"], errors="raise").to_numpy(dtype=float)
     if np.any(~np.isfinite(x)) or np.any(x < 0):
         raise ValueError("frequency must be finite and >= 0")
-    out = [x]
+    out = []
     for c in ("recency", "T", "monetary_value"):
         v = pd.to_numeric(df[c], errors="raise").to_numpy(dtype=float)
         bad = ~np.isfinite(v)
@@ -128,4 +245,5 @@ def _btyd_arrays(df: pd.DataFrame):
         if np.any(v < 0):
             raise ValueError(f"{c} has negative values")
         out.append(v)
-    return tuple(out)
+    recency, T, monetary_value = out
+    return x, recency, T, monetary_value

@@ -1,8 +1,10 @@
 """The `segmentation` command line: demo, generate, validate, features, run, backfill, serve, report, models.
 
 Every command exits 0 on success and non-zero with a one-line reason on stderr on failure.
-Heavy imports (Prefect, MLflow, hdbscan) happen inside the commands that need them, so
-`segmentation validate` stays quick.
+An engine error (`configs.SegmentationError`: bad input, config, store, model) is the whole
+story in that line; any other exception is a bug, so its line names the exception type and
+says that `-v` shows the traceback. Heavy imports (Prefect, MLflow, hdbscan, scikit-learn)
+happen inside the commands that need them, so `segmentation validate` stays quick.
 """
 
 from __future__ import annotations
@@ -19,11 +21,34 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
-from configs import EngineConfig, load_config
+from configs import EngineConfig, SegmentationError, load_config
+
+__all__ = ["CommandLineError", "main"]
+
+VERBOSE_HINT = "(unexpected error: run again with -v to see the traceback)"
+
+
+class CommandLineError(SegmentationError, ValueError):
+    """Arguments that parse but do not fit together (an --end before --start, a missing
+    VERSION); the message names them."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script `segmentation`.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The arguments after the program name (default: `sys.argv[1:]`).
+
+    Returns
+    -------
+    int
+        The exit code: 0 on success; 1 after a failure, reported as one line on stderr
+        (for an exception that is not a `SegmentationError`, the line names its type and
+        says that `-v` shows the traceback; with `-v` the traceback is logged); 130 when
+        interrupted. Argument errors exit with 2 (argparse).
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     _quiet_libraries(args.verbose)
@@ -39,14 +64,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line on stderr, whatever failed
         if args.verbose:
             logging.exception("command failed")
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"segmentation {args.command}: error: {message}", file=sys.stderr)
+        line = _one_line(exc, args.verbose)
+        print(f"segmentation {args.command}: error: {line}", file=sys.stderr)
         # Drop the frames that still hold open DuckDB connections, so they close now
         # rather than being reported as leaked at interpreter exit.
         traceback.clear_frames(exc.__traceback__)
         del exc
         gc.collect()
         return 1
+
+
+def _one_line(exc: Exception, verbose: bool) -> str:
+    """The error as one line: an engine error's message; for anything else (a bug), the
+    exception type too and, without -v, the hint that -v shows the traceback."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, SegmentationError):
+        return message or type(exc).__name__
+    line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return line if verbose else f"{line} {VERBOSE_HINT}"
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -226,10 +261,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _backfill(args: argparse.Namespace) -> int:
+    if args.end < args.start:
+        raise CommandLineError(f"--end {args.end} is before --start {args.start}")
     from pipelines.nightly import run_backfill
 
-    if args.end < args.start:
-        raise ValueError(f"--end {args.end} is before --start {args.start}")
     results = run_backfill(
         _config(args), start=args.start, end=args.end, events=args.events, store_url=args.store
     )
@@ -255,11 +290,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from pipelines.nightly import manage_models
-
     config = _config(args)
     if args.action == "promote" and args.version is None:
-        raise ValueError("models promote needs a VERSION")
+        raise CommandLineError("models promote needs a VERSION")
+    from pipelines.nightly import manage_models
+
     output = manage_models(config, args.action, model=args.model, version=args.version)
     print(output)
     return 0

@@ -12,8 +12,17 @@ import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from pipelines.nightly import RunSummary
+
+__all__ = [
+    "DEMO_END",
+    "run_demo",
+]
 
 DEMO_END = date(2025, 12, 31)
 
@@ -86,7 +95,14 @@ def run_demo(
     return 0
 
 
-def _print_summary(membership, segments, transitions, scores, results) -> None:
+def _print_summary(
+    membership: pd.DataFrame,
+    segments: pd.DataFrame,
+    transitions: pd.DataFrame,
+    scores: pd.DataFrame,
+    results: list[RunSummary],
+) -> None:
+    """Segments with sizes and mean CLTV, the lifecycle, each run's moves, the top transitions."""
     last = results[-1]
     print(
         f"Latest run {last['run_id']} as of {last['as_of']}: {last['clients']:,} clients,"
@@ -118,9 +134,10 @@ def _print_summary(membership, segments, transitions, scores, results) -> None:
         flows = moved.groupby(["from_segment_id", "to_segment_id"]).size().nlargest(5)
         if len(flows):
             print(f"\nLargest transitions as of {last['as_of']}:")
-            for (src, dst), n in flows.items():
+            for src, dst, n in flows.reset_index(name="clients").itertuples(index=False):
                 print(f"  {names.get(src, src)} -> {names.get(dst, dst)}: {n:,} clients")
 
 
 def _say(message: str) -> None:
+    """One line of the demo's progress."""
     print(message, file=sys.stdout, flush=True)

@@ -4,6 +4,11 @@ Everything is computed before the store is touched; the publish is one atomic st
 store's publish lock, so a failure anywhere leaves the published tables as they were (the
 failed run is logged in `runs` with status `failed`). Tasks retry only transient errors
 (a database connection), never bad input.
+
+`nightly_run` is the whole run as a short sequence: `_compute` (the steps before the store,
+`pipelines/steps.py`), `_publish`, then the promotions `pipelines/policy.py` allows only after
+a publish, `_track` (MLflow) and the report (whose failure never undoes the publish). The
+Prefect tasks at the bottom are thin wrappers of the steps, so Prefect tracks and retries them.
 """
 
 from __future__ import annotations
@@ -11,23 +16,84 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar
 
 import duckdb
+import pandas as pd
 from prefect import flow, task
 
-from configs import EngineConfig, config_from_mapping, load_config
+from configs import EngineConfig, SegmentationError, config_from_mapping, load_config
 from features.events import connect_for_events
-from pipelines import steps
+from pipelines import policy, steps
+from pipelines.policy import Candidate, ModelChoice, Promotion, RefitDecision
 from pipelines.prefect_utils import retry_options
+from pipelines.steps import (
+    Champions,
+    CltvBundle,
+    ClusterBundle,
+    EventsRead,
+    Registration,
+    Segmentation,
+)
+
+if TYPE_CHECKING:
+    from pipelines.registry import ModelRegistry
+    from pipelines.store import PublishRequest, PublishResult, Store
+    from pipelines.tracking import TrackedRun
+    from segmentation.rules import RuleSet
+
+__all__ = [
+    "FlowArgumentError",
+    "Progress",
+    "RunSummary",
+    "backfill",
+    "manage_models",
+    "nightly",
+    "nightly_flow_for_demo",
+    "nightly_run",
+    "refit",
+    "run_backfill",
+    "run_nightly",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class FlowArgumentError(SegmentationError, ValueError):
+    """A flow or command called with arguments that contradict each other."""
+
+
+class RunSummary(TypedDict):
+    """What one nightly run returns (`segmentation run` prints it as JSON)."""
+
+    run_id: str
+    as_of: str
+    store: str
+    events_read: int
+    events_quarantined: int
+    duplicates: int
+    clients: int
+    segments: int
+    entries: int
+    exits: int
+    moves: int
+    refit: bool
+    refit_reason: str
+    cluster_model_version: str
+    cltv_model_version: str
+    mlflow_run_id: str | None
+    report: str | None
+    seconds: dict[str, float]
 
 
 def run_nightly(
@@ -38,7 +104,7 @@ def run_nightly(
     store_url: str | None = None,
     force_refit: bool = False,
     rebuild: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run the nightly flow once (in this process, through Prefect) and return its summary."""
     return nightly(
         config=_config_payload(config),
@@ -57,7 +123,7 @@ def run_backfill(
     end: date,
     events: str | None = None,
     store_url: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[RunSummary]:
     """The nightly flow for each date from start to end, in order."""
     return backfill(
         config=_config_payload(config),
@@ -77,7 +143,7 @@ def nightly(
     force_refit: bool = False,
     rebuild: bool = False,
     show_progress: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """One nightly run as of a date (default: yesterday, UTC): the whole pipeline."""
     cfg = _config_from_payload(config)
     day = _as_of_or_yesterday(as_of)
@@ -94,7 +160,7 @@ def nightly(
 
 def nightly_flow_for_demo(
     config: EngineConfig, dates: list[date], events: str, show_progress: bool = True
-) -> list[dict[str, Any]]:
+) -> list[RunSummary]:
     """One nightly flow run per date, in order, printing progress (the demo)."""
     return [
         nightly(
@@ -107,10 +173,6 @@ def nightly_flow_for_demo(
     ]
 
 
-def _print_progress(message: str) -> None:
-    print("    " + message, flush=True)
-
-
 @flow(name="segmentation-backfill")
 def backfill(
     config: dict[str, Any] | None = None,
@@ -118,12 +180,12 @@ def backfill(
     end: str = "",
     events: str | None = None,
     store_url: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[RunSummary]:
     """The nightly run for every date from start to end (inclusive), oldest first."""
     cfg = _config_from_payload(config)
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     if last < first:
-        raise ValueError(f"backfill end {last} is before start {first}")
+        raise FlowArgumentError(f"backfill end {last} is before start {first}")
     results = []
     day = first
     while day <= last:
@@ -138,363 +200,11 @@ def refit(
     as_of: str | None = None,
     events: str | None = None,
     store_url: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """A nightly run that refits the clustering and CLTV models whatever the policy says."""
     cfg = _config_from_payload(config)
     day = _as_of_or_yesterday(as_of)
     return nightly_run(cfg, day, events=events, store_url=store_url, force_refit=True)
-
-
-def nightly_run(
-    config: EngineConfig,
-    as_of: date,
-    *,
-    events: str | None = None,
-    store_url: str | None = None,
-    force_refit: bool = False,
-    rebuild: bool = False,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """The body of the nightly flow (called inside a flow run so the tasks are tracked)."""
-    from pipelines.registry import ModelRegistry
-    from pipelines.store import PublishRequest, open_store
-    from pipelines.tracking import Tracker
-
-    say = progress or (lambda message: log.info(message))
-    run_id, started = steps.run_identity(as_of)
-    events_path = events or config.events_path
-    url = store_url or config.store_url
-    config.workdir_path.mkdir(parents=True, exist_ok=True)
-    store = open_store(
-        url,
-        config.store.schema_name,
-        lock_timeout=config.store.lock_timeout_seconds,
-        reader_retry=config.store.reader_retry_seconds,
-    )
-    tracker = Tracker.from_config(config)
-    registry = ModelRegistry(config.tracking_uri) if config.mlflow.enabled else None
-    timings: dict[str, float] = {}
-    opts = retry_options(config.schedule)
-
-    with ExitStack() as stack:
-        tracked = stack.enter_context(
-            tracker.start_run(
-                f"nightly {as_of}", tags={"as_of": as_of.isoformat(), "run_id": run_id}
-            )
-        )
-        tmp = stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path)
-        )
-        con = connect_for_events(config.features, tmp)
-        stack.callback(con.close)
-        try:
-            latest = _latest_as_of(store)
-            _check_order(latest, as_of, rebuild)
-            say(f"[{as_of}] reading and validating events from {events_path}")
-            report = _timed(
-                timings, "validate", read_events_task.with_options(**opts), con, config, events_path
-            )
-            quarantine = con.execute("SELECT * FROM quarantine").df()
-
-            say(f"[{as_of}] building features ({report.valid:,} valid events)")
-            features = _timed(timings, "features", features_task, con, as_of, config)
-
-            previous = store.membership() if latest is not None else None
-            cluster_champion, cltv_champion = _timed(
-                timings, "load_models", load_champions_task.with_options(**opts), registry, config
-            )
-            decision = steps.decide_refit(
-                cluster_champion[0] if cluster_champion else None,
-                features,
-                as_of,
-                config,
-                force=force_refit,
-            )
-            say(
-                f"[{as_of}] clustering: {'refit' if decision.refit else 'champion'} ({decision.reason})"
-            )
-
-            btyd = steps.btyd_inputs(features)
-            cltv, cltv_version, cltv_info = _timed(
-                timings,
-                "cltv",
-                cltv_task,
-                con,
-                as_of,
-                btyd,
-                config,
-                cltv_champion,
-                decision.refit,
-                registry,
-                tracked.run_id,
-            )
-            scores = steps.score_clients(cltv, btyd, config, cltv_version)
-            con.execute("DROP TABLE events")  # its last reader was the CLTV backtest
-
-            clusters, cluster_version, cluster_info = _timed(
-                timings,
-                "clusters",
-                clusters_task,
-                features,
-                as_of,
-                config,
-                cluster_champion,
-                decision,
-                previous,
-                registry,
-                tracked.run_id,
-            )
-
-            say(f"[{as_of}] assigning segments to {len(features):,} clients")
-            rules = steps.load_ruleset(config)
-            result = _timed(
-                timings,
-                "segments",
-                segments_task,
-                features,
-                scores,
-                clusters,
-                rules,
-                cluster_version,
-                f"rules-{config.digest()[:8]}",
-                previous,
-            )
-            stability = steps.stability_against(previous, result.membership)
-
-            say(f"[{as_of}] publishing to {store.url}")
-            published = _timed(
-                timings,
-                "publish",
-                publish_task.with_options(**opts),
-                store,
-                PublishRequest(
-                    run_id=run_id,
-                    as_of=as_of,
-                    started_at=started,
-                    membership=result.membership,
-                    segments=result.segments,
-                    scores=scores,
-                    quarantine=quarantine,
-                    run_info={
-                        "events_read": report.rows,
-                        "events_quarantined": report.quarantined,
-                        "cluster_model_version": cluster_version,
-                        "cltv_model_version": cltv_version,
-                        "mlflow_run_id": tracked.run_id,
-                    },
-                ),
-                rebuild,
-            )
-        except Exception as exc:
-            _record_failure(store, run_id, as_of, started, tracked.run_id, exc)
-            raise
-        # Only a run that published may change the champions.
-        for promotion in (cluster_info.get("promote"), cltv_info.get("promote")):
-            if promotion and registry is not None:
-                registry.promote(*promotion)
-
-        metrics = {
-            "events_read": report.rows,
-            "events_valid": report.valid,
-            "duplicates": report.duplicates,
-            "events_quarantined": report.quarantined,
-            **{f"quarantined_by_reason.{k}": v for k, v in report.by_reason.items()},
-            "unknown_event_types": sum(report.unknown_event_types.values()),
-            "clients": len(features),
-            **decision.metrics(),
-            **cluster_info.get("metrics", {}),
-            **cltv_info.get("metrics", {}),
-            **result.metrics,
-            "stability": stability,
-            "entries": published.entries,
-            "exits": published.exits,
-            "moves": published.moves,
-            "lifecycle_changes": published.lifecycle_changes,
-            **{f"seconds.{k}": v for k, v in timings.items()},
-        }
-        params = {
-            "as_of": as_of.isoformat(),
-            "run_id": run_id,
-            "config_digest": config.digest(),
-            "features": list(features.columns[1:]),
-            "clustering": config.clustering.model_dump(mode="json"),
-            "cltv": config.cltv.model_dump(mode="json"),
-            "refit_policy": config.refit.model_dump(mode="json"),
-            "refit_reason": decision.reason,
-            "cluster_model_version": cluster_version,
-            "cltv_model_version": cltv_version,
-        }
-        track_start = time.perf_counter()
-        tracked.log_params(params)
-        tracked.log_metrics(metrics)
-        artifacts: dict[str, Any] = {"segments.json": result.segments.to_dict(orient="records")}
-        if clusters is not None:
-            artifacts["profiles.json"] = clusters.model.profiles_
-        tracked.log_artifacts(artifacts)
-        timings["track"] = time.perf_counter() - track_start
-        report_path = _timed(timings, "report", _write_report, config, url, as_of, tracked, say)
-
-    summary = {
-        "run_id": run_id,
-        "as_of": as_of.isoformat(),
-        "store": store.url,
-        "events_read": report.rows,
-        "events_quarantined": report.quarantined,
-        "duplicates": report.duplicates,
-        "clients": published.clients,
-        "segments": published.segments,
-        "entries": published.entries,
-        "exits": published.exits,
-        "moves": published.moves,
-        "refit": decision.refit,
-        "refit_reason": decision.reason,
-        "cluster_model_version": cluster_version,
-        "cltv_model_version": cltv_version,
-        "mlflow_run_id": tracked.run_id,
-        "report": str(report_path) if report_path else None,
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-    }
-    store.close()
-    return summary
-
-
-@task(name="read-events", persist_result=False)
-def read_events_task(con: duckdb.DuckDBPyConnection, config: EngineConfig, path: str):
-    """Validate events into DuckDB (quarantine kept); fail above the bad share."""
-    return steps.read_events(con, config, path)
-
-
-@task(name="features", persist_result=False)
-def features_task(con: duckdb.DuckDBPyConnection, as_of: date, config: EngineConfig):
-    """The point-in-time feature table."""
-    return steps.compute_features(con, as_of, config)
-
-
-@task(name="load-champions", persist_result=False)
-def load_champions_task(registry: Any, config: EngineConfig):
-    """The champion clustering and CLTV models, or None where there is none yet."""
-    if registry is None:
-        return None, None
-    return (
-        registry.load_champion(config.mlflow.cluster_model_name),
-        registry.load_champion(config.mlflow.cltv_model_name),
-    )
-
-
-@task(name="cltv", persist_result=False)
-def cltv_task(
-    con: duckdb.DuckDBPyConnection,
-    as_of: date,
-    btyd: Any,
-    config: EngineConfig,
-    champion: tuple[steps.CltvBundle, int] | None,
-    refit_now: bool,
-    registry: Any,
-    mlflow_run_id: str | None,
-) -> tuple[steps.CltvBundle | None, str, dict[str, Any]]:
-    """Load the champion CLTV model or refit it (with the clustering, or when there is none);
-    a refit that does not converge keeps the previous model."""
-    from models.btyd import ConvergenceError
-
-    usable = champion is not None and champion[0].fitted_as_of <= as_of
-    if usable and not refit_now:
-        bundle, version = champion
-        return bundle, str(version), {"metrics": _prefixed("backtest", bundle.backtest)}
-    try:
-        bundle = steps.fit_cltv(con, as_of, btyd, config)
-    except ConvergenceError as exc:
-        log.warning("CLTV refit failed to converge (%s); keeping the previous model", exc)
-        if usable:
-            bundle, version = champion
-            return bundle, str(version), {"metrics": {"cltv_refit_failed": 1.0}}
-        return None, "none", {"metrics": {"cltv_refit_failed": 1.0}}
-    metrics = {
-        **_prefixed("backtest", bundle.backtest),
-        **{f"cltv.{k}": v for k, v in bundle.model.params_.items()},
-    }
-    version = "unregistered"
-    if registry is not None and mlflow_run_id:
-        number = registry.register(
-            config.mlflow.cltv_model_name,
-            bundle,
-            mlflow_run_id,
-            metrics={k: v for k, v in bundle.backtest.items()},
-            tags={"as_of": as_of.isoformat()},
-        )
-        version = str(number)
-        return (
-            bundle,
-            version,
-            {"metrics": metrics, "promote": (config.mlflow.cltv_model_name, number)},
-        )
-    return bundle, version, {"metrics": metrics}
-
-
-@task(name="clusters", persist_result=False)
-def clusters_task(
-    features: Any,
-    as_of: date,
-    config: EngineConfig,
-    champion: tuple[steps.ClusterBundle, int] | None,
-    decision: steps.RefitDecision,
-    previous_membership: Any,
-    registry: Any,
-    mlflow_run_id: str | None,
-) -> tuple[steps.ClusterBundle, str, dict[str, Any]]:
-    """The champion clustering, or a refit that becomes champion when it passes the gates."""
-    current = champion[0] if champion else None
-    if not decision.refit and champion is not None:
-        return champion[0], str(champion[1]), {"metrics": {"cluster_refit": 0.0}}
-    bundle = steps.fit_clusters(features, as_of, config, current, previous_membership)
-    failures = steps.quality_gate_failures(bundle, config)
-    model_metrics = {
-        k: float(v)
-        for k, v in bundle.model.metrics_.items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    metrics = {
-        **{f"cluster.{k}": v for k, v in model_metrics.items()},
-        "noise_share": model_metrics.get("noise_share"),
-        "cluster_quality": model_metrics.get("quality"),
-        "cluster_gates_failed": float(len(failures)),
-        "cluster_refit": 1.0,
-    }
-    if failures:
-        log.warning("refit failed the quality gates: %s", "; ".join(failures))
-    version = "unregistered"
-    if registry is not None and mlflow_run_id:
-        number = registry.register(
-            config.mlflow.cluster_model_name,
-            _without_client_ids(bundle),
-            mlflow_run_id,
-            metrics=model_metrics,
-            tags={
-                "as_of": as_of.isoformat(),
-                "gates": "; ".join(failures) or "passed",
-                "refit_reason": decision.reason,
-            },
-        )
-        version = str(number)
-    if failures and champion is not None:
-        return champion[0], str(champion[1]), {"metrics": metrics}
-    # Promoted to champion by the flow only once the run has published.
-    promote = (config.mlflow.cluster_model_name, int(version)) if version.isdigit() else None
-    return bundle, version, {"metrics": metrics, "promote": promote}
-
-
-@task(name="segments", persist_result=False)
-def segments_task(features, scores, clusters, rules, cluster_version, rules_version, previous):
-    """Rules over clusters over noise, for every client."""
-    return steps.segment_clients(
-        features, scores, clusters, rules, cluster_version, rules_version, previous
-    )
-
-
-@task(name="publish", persist_result=False)
-def publish_task(store: Any, request: Any, rebuild: bool):
-    """The one atomic publish, under the store's publish lock."""
-    with store.lock():
-        return store.publish(request, rebuild_from=request.as_of if rebuild else None)
 
 
 def serve(config: EngineConfig) -> None:
@@ -516,18 +226,393 @@ def manage_models(config: EngineConfig, action: str, *, model: str, version: int
         table = registry.list_versions(name)
         return table.to_string(index=False) if len(table) else f"no versions of {name}"
     if action == "promote":
-        previous = registry.promote(name, int(version))
+        if version is None:
+            raise FlowArgumentError("models promote needs a VERSION")
+        previous = registry.promote(name, version)
         return f"{name}: version {version} is champion (was {previous})"
     restored = registry.rollback(name)
     return f"{name}: rolled back; version {restored} is champion"
 
 
-def _timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    start = time.perf_counter()
-    try:
-        return fn(*args)
-    finally:
-        timings[name] = time.perf_counter() - start
+def nightly_run(
+    config: EngineConfig,
+    as_of: date,
+    *,
+    events: str | None = None,
+    store_url: str | None = None,
+    force_refit: bool = False,
+    rebuild: bool = False,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """The body of the nightly flow (called inside a flow run so the tasks are tracked).
+
+    Every step is computed before the store is touched, then published in one atomic step;
+    a failure up to there is recorded as a failed run and raised. Only a published run
+    promotes its refits to champion; tracking and the report follow the publish.
+    """
+    from pipelines.registry import ModelRegistry
+    from pipelines.tracking import Tracker
+
+    url = store_url or config.store_url
+    config.workdir_path.mkdir(parents=True, exist_ok=True)
+    registry = ModelRegistry(config.tracking_uri) if config.mlflow.enabled else None
+    run_id, started = steps.run_identity(as_of)
+    with ExitStack() as stack:
+        store = _open_store(config, url)
+        stack.callback(store.close)
+        tags = {"as_of": as_of.isoformat(), "run_id": run_id}
+        tracked = stack.enter_context(
+            Tracker.from_config(config).start_run(f"nightly {as_of}", tags=tags)
+        )
+        con = stack.enter_context(_events_connection(config))
+        clock = _Clock(as_of, progress or log.info)
+        run = _Run(config, as_of, run_id, started, clock, store, registry, tracked)
+        try:
+            latest = _latest_as_of(store)
+            _check_order(latest, as_of, rebuild)
+            tonight = _compute(run, con, events or config.events_path, latest, force_refit)
+            published = _publish(run, tonight, rebuild)
+        except Exception as exc:
+            _record_failure(run, exc)
+            raise
+        _promote(registry, policy.promotions([tonight.clusters, tonight.cltv], published=True))
+        _track(run, tonight, published)
+        report = clock.time("report", _write_report, config, url, as_of, tracked, clock)
+        return _summary(run, tonight, published, report)
+
+
+@dataclass
+class _Clock:
+    """Seconds per stage of one run (the summary's `seconds`), and its progress lines."""
+
+    as_of: date
+    progress: Progress
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def say(self, message: str) -> None:
+        """One progress line, naming the run's as-of date."""
+        self.progress(f"[{self.as_of}] {message}")
+
+    def time(self, stage: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`fn(*args, **kwargs)`, its wall time recorded as `stage` (also when it raises)."""
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[stage] = time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One nightly run's identity and what its steps write to: the store, MLflow, the clock."""
+
+    config: EngineConfig
+    as_of: date
+    run_id: str
+    started: datetime
+    clock: _Clock
+    store: Store
+    registry: ModelRegistry | None
+    tracked: TrackedRun
+
+
+@dataclass(frozen=True)
+class _Tonight:
+    """Everything the run computes before it touches the store."""
+
+    events: EventsRead
+    features: pd.DataFrame
+    decision: RefitDecision
+    cltv: ModelChoice[CltvBundle]
+    scores: pd.DataFrame
+    clusters: ModelChoice[ClusterBundle]
+    segmentation: Segmentation
+    stability: float | None
+
+
+def _compute(
+    run: _Run,
+    con: duckdb.DuckDBPyConnection,
+    events_path: str,
+    latest: date | None,
+    force_refit: bool,
+) -> _Tonight:
+    """The steps before the publish: events, features, the refit decision, the CLTV model and
+    scores, the clustering, the segments. The store is only read (the last membership)."""
+    config, as_of, clock = run.config, run.as_of, run.clock
+    retrying = retry_options(config.schedule)
+    clock.say(f"reading and validating events from {events_path}")
+    events = clock.time(
+        "validate", read_events_task.with_options(**retrying), con, config, events_path
+    )
+    clock.say(f"building features ({events.report.valid:,} valid events)")
+    features = clock.time("features", features_task, con, as_of, config)
+    previous = run.store.membership() if latest is not None else None
+    champions = clock.time(
+        "load_models", load_champions_task.with_options(**retrying), run.registry, config
+    )
+    current = champions.clusters.bundle if champions.clusters is not None else None
+    decision = steps.decide_refit(current, features, as_of, config, force=force_refit)
+    clock.say(f"clustering: {'refit' if decision.refit else 'champion'} ({decision.reason})")
+    registration = _registration(run)
+    btyd = steps.btyd_inputs(features)
+    cltv = clock.time(
+        "cltv", cltv_task, con, as_of, btyd, config, champions.cltv, decision.refit, registration
+    )
+    scores = steps.score_clients(cltv.bundle, btyd, config, cltv.version)
+    con.execute("DROP TABLE events")  # its last reader was the CLTV backtest
+    clusters = clock.time(
+        "clusters",
+        clusters_task,
+        features,
+        as_of,
+        config,
+        champions.clusters,
+        decision,
+        previous,
+        registration,
+    )
+    clock.say(f"assigning segments to {len(features):,} clients")
+    rules = steps.load_ruleset(config)
+    rules_version = f"rules-{config.digest()[:8]}"
+    segmentation = clock.time(
+        "segments",
+        segments_task,
+        features,
+        scores,
+        clusters.bundle,
+        rules,
+        clusters.version,
+        rules_version,
+        previous,
+    )
+    stability = steps.stability_against(previous, segmentation.membership)
+    return _Tonight(events, features, decision, cltv, scores, clusters, segmentation, stability)
+
+
+def _publish(run: _Run, tonight: _Tonight, rebuild: bool) -> PublishResult:
+    """The one atomic publish of everything the run computed (retried on transient errors)."""
+    from pipelines.store import PublishRequest
+
+    run.clock.say(f"publishing to {run.store.url}")
+    report = tonight.events.report
+    request = PublishRequest(
+        run_id=run.run_id,
+        as_of=run.as_of,
+        started_at=run.started,
+        membership=tonight.segmentation.membership,
+        segments=tonight.segmentation.segments,
+        scores=tonight.scores,
+        quarantine=tonight.events.quarantine,
+        run_info={
+            "events_read": report.rows,
+            "events_quarantined": report.quarantined,
+            "cluster_model_version": tonight.clusters.version,
+            "cltv_model_version": tonight.cltv.version,
+            "mlflow_run_id": run.tracked.run_id,
+        },
+    )
+    publish = publish_task.with_options(**retry_options(run.config.schedule))
+    return run.clock.time("publish", publish, run.store, request, rebuild)
+
+
+def _promote(registry: ModelRegistry | None, promotions: list[Promotion]) -> None:
+    """Make the run's refits champion (the policy lists them only for a published run)."""
+    if registry is None:  # without MLflow nothing is registered, so nothing to promote
+        return
+    for promotion in promotions:
+        registry.promote(promotion.name, promotion.version)
+
+
+def _track(run: _Run, tonight: _Tonight, published: PublishResult) -> None:
+    """Log the run to MLflow: its params, metrics, and the segments and cluster profiles."""
+    config, decision = run.config, tonight.decision
+    report = tonight.events.report
+    metrics = {
+        "events_read": report.rows,
+        "events_valid": report.valid,
+        "duplicates": report.duplicates,
+        "events_quarantined": report.quarantined,
+        **{f"quarantined_by_reason.{k}": v for k, v in report.by_reason.items()},
+        "unknown_event_types": sum(report.unknown_event_types.values()),
+        "clients": len(tonight.features),
+        **decision.metrics(),
+        **tonight.clusters.metrics,
+        **tonight.cltv.metrics,
+        **tonight.segmentation.metrics,
+        "stability": tonight.stability,
+        "entries": published.entries,
+        "exits": published.exits,
+        "moves": published.moves,
+        "lifecycle_changes": published.lifecycle_changes,
+        **{f"seconds.{k}": v for k, v in run.clock.seconds.items()},
+    }
+    params = {
+        "as_of": run.as_of.isoformat(),
+        "run_id": run.run_id,
+        "config_digest": config.digest(),
+        "features": list(tonight.features.columns[1:]),
+        "clustering": config.clustering.model_dump(mode="json"),
+        "cltv": config.cltv.model_dump(mode="json"),
+        "refit_policy": config.refit.model_dump(mode="json"),
+        "refit_reason": decision.reason,
+        "cluster_model_version": tonight.clusters.version,
+        "cltv_model_version": tonight.cltv.version,
+    }
+    artifacts: dict[str, object] = {
+        "segments.json": tonight.segmentation.segments.to_dict(orient="records")
+    }
+    if tonight.clusters.bundle is not None:
+        artifacts["profiles.json"] = tonight.clusters.bundle.model.profiles_
+    run.clock.time("track", _log_run, run.tracked, params, metrics, artifacts)
+
+
+def _summary(
+    run: _Run, tonight: _Tonight, published: PublishResult, report_path: Path | None
+) -> RunSummary:
+    """The run's summary: counts, the refit decision, model versions, where things are."""
+    report = tonight.events.report
+    return {
+        "run_id": run.run_id,
+        "as_of": run.as_of.isoformat(),
+        "store": run.store.url,
+        "events_read": report.rows,
+        "events_quarantined": report.quarantined,
+        "duplicates": report.duplicates,
+        "clients": published.clients,
+        "segments": published.segments,
+        "entries": published.entries,
+        "exits": published.exits,
+        "moves": published.moves,
+        "refit": tonight.decision.refit,
+        "refit_reason": tonight.decision.reason,
+        "cluster_model_version": tonight.clusters.version,
+        "cltv_model_version": tonight.cltv.version,
+        "mlflow_run_id": run.tracked.run_id,
+        "report": str(report_path) if report_path else None,
+        "seconds": {k: round(v, 2) for k, v in run.clock.seconds.items()},
+    }
+
+
+@task(name="read-events", persist_result=False)
+def read_events_task(con: duckdb.DuckDBPyConnection, config: EngineConfig, path: str) -> EventsRead:
+    """Validate events into DuckDB (quarantine kept); fail above the bad share."""
+    return steps.read_events(con, config, path)
+
+
+@task(name="features", persist_result=False)
+def features_task(
+    con: duckdb.DuckDBPyConnection, as_of: date, config: EngineConfig
+) -> pd.DataFrame:
+    """The point-in-time feature table."""
+    return steps.compute_features(con, as_of, config)
+
+
+@task(name="load-champions", persist_result=False)
+def load_champions_task(registry: ModelRegistry | None, config: EngineConfig) -> Champions:
+    """The champion clustering and CLTV models, or None where there is none yet."""
+    return steps.load_champions(registry, config)
+
+
+@task(name="cltv", persist_result=False)
+def cltv_task(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    btyd: pd.DataFrame,
+    config: EngineConfig,
+    champion: Candidate[CltvBundle] | None,
+    refit_clusters: bool,
+    registration: Registration | None,
+) -> ModelChoice[CltvBundle]:
+    """Load the champion CLTV model or refit it (with the clustering, or when there is none);
+    a refit that does not converge keeps the previous model."""
+    return steps.choose_cltv_model(con, as_of, btyd, config, champion, refit_clusters, registration)
+
+
+@task(name="clusters", persist_result=False)
+def clusters_task(
+    features: pd.DataFrame,
+    as_of: date,
+    config: EngineConfig,
+    champion: Candidate[ClusterBundle] | None,
+    decision: RefitDecision,
+    previous_membership: pd.DataFrame | None,
+    registration: Registration | None,
+) -> ModelChoice[ClusterBundle]:
+    """The champion clustering, or a refit that becomes champion when it passes the gates."""
+    return steps.choose_cluster_model(
+        features, as_of, config, champion, decision, previous_membership, registration
+    )
+
+
+@task(name="segments", persist_result=False)
+def segments_task(
+    features: pd.DataFrame,
+    scores: pd.DataFrame,
+    clusters: ClusterBundle | None,
+    rules: RuleSet,
+    cluster_version: str,
+    rules_version: str,
+    previous: pd.DataFrame | None,
+) -> Segmentation:
+    """Rules over clusters over noise, for every client."""
+    return steps.segment_clients(
+        features, scores, clusters, rules, cluster_version, rules_version, previous
+    )
+
+
+@task(name="publish", persist_result=False)
+def publish_task(store: Store, request: PublishRequest, rebuild: bool) -> PublishResult:
+    """The one atomic publish, under the store's publish lock."""
+    with store.lock():
+        return store.publish(request, rebuild_from=request.as_of if rebuild else None)
+
+
+def _print_progress(message: str) -> None:
+    """A progress line on stdout, indented under the demo's own lines."""
+    print("    " + message, flush=True)
+
+
+def _open_store(config: EngineConfig, url: str) -> Store:
+    """The store at `url` with the config's schema, lock timeout and reader retry."""
+    from pipelines.store import open_store
+
+    return open_store(
+        url,
+        config.store.schema_name,
+        lock_timeout=config.store.lock_timeout_seconds,
+        reader_retry=config.store.reader_retry_seconds,
+    )
+
+
+@contextmanager
+def _events_connection(config: EngineConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection for tonight's events, spilling to a temporary folder in the workdir."""
+    with tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path) as tmp:
+        con = connect_for_events(config.features, tmp)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def _registration(run: _Run) -> Registration | None:
+    """Where refits are registered: the registry under the tracked run (None: MLflow off)."""
+    if run.registry is None or not run.tracked.run_id:
+        return None
+    return Registration(run.registry, run.tracked.run_id)
+
+
+def _log_run(
+    tracked: TrackedRun,
+    params: Mapping[str, object],
+    metrics: Mapping[str, float | None],
+    artifacts: Mapping[str, object],
+) -> None:
+    """Params, metrics and artifacts into the run's MLflow run."""
+    tracked.log_params(params)
+    tracked.log_metrics(metrics)
+    tracked.log_artifacts(artifacts)
 
 
 def _as_of_or_yesterday(as_of: str | None) -> date:
@@ -546,7 +631,8 @@ def _check_order(latest: date | None, as_of: date, rebuild: bool) -> None:
         )
 
 
-def _latest_as_of(store: Any) -> date | None:
+def _latest_as_of(store: Store) -> date | None:
+    """The latest published as-of date; None for a store without tables yet."""
     try:
         return store.latest_as_of()
     except Exception as exc:  # a new store has no tables yet
@@ -554,48 +640,41 @@ def _latest_as_of(store: Any) -> date | None:
         return None
 
 
-def _record_failure(store, run_id, as_of, started, mlflow_run_id, exc) -> None:
+def _record_failure(run: _Run, exc: Exception) -> None:
+    """Log the failed run in `runs` (status failed); the caller raises the error."""
+    info = {"mlflow_run_id": run.tracked.run_id}
     try:
-        store.record_failed_run(run_id, as_of, started, run_info={"mlflow_run_id": mlflow_run_id})
+        run.store.record_failed_run(run.run_id, run.as_of, run.started, run_info=info)
     except Exception as inner:  # the original error matters more
-        log.error("could not record the failed run %s: %s", run_id, inner)
-    log.info("run %s as of %s failed: %s", run_id, as_of, exc)  # the caller reports it
+        log.error("could not record the failed run %s: %s", run.run_id, inner)
+    log.info("run %s as of %s failed: %s", run.run_id, run.as_of, exc)  # the caller reports it
 
 
-def _write_report(config, url, as_of, tracked, say) -> Path | None:
+def _write_report(
+    config: EngineConfig, url: str, as_of: date, tracked: TrackedRun, clock: _Clock
+) -> Path | None:
+    """The run's HTML report, attached to its MLflow run; None when it cannot be written."""
     try:
         from pipelines.report import write_report
 
         path = write_report(config, store_url=url, as_of=as_of)
         tracked.log_artifacts({path.name: path}, folder="report")
-        say(f"[{as_of}] report: {path}")
+        clock.say(f"report: {path}")
         return path
     except Exception as exc:  # the run is published; a report failure must not undo it
         log.warning("report for %s not written: %s", as_of, exc)
         return None
 
 
-def _without_client_ids(bundle: steps.ClusterBundle) -> steps.ClusterBundle:
-    """A copy for MLflow without the training sample's client ids (no client ids in MLflow)."""
-    import copy
-
-    clean = copy.copy(bundle)
-    clean.model = copy.copy(bundle.model)
-    clean.model.sample_ids_ = None
-    return clean
-
-
-def _prefixed(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
-    return {f"{prefix}.{k}": v for k, v in (values or {}).items()}
-
-
 def _config_payload(config: EngineConfig) -> dict[str, Any]:
+    """The config as a JSON flow parameter (with its resolved work directory)."""
     payload = config.model_dump(mode="json")
     payload["workdir"] = str(config.workdir_path)
     return payload
 
 
 def _config_from_payload(payload: dict[str, Any] | None) -> EngineConfig:
+    """The config back from a flow parameter; None: the default config (and environment)."""
     if payload is None:
         return load_config()
     raw = dict(payload)

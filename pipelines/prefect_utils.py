@@ -21,11 +21,28 @@ transient as well: the cause chain is followed.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import duckdb
 import psycopg
 import sqlalchemy.exc
+
+from configs import ScheduleConfig
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
+
+__all__ = [
+    "PERMANENT_MESSAGES",
+    "TRANSIENT_ERRORS",
+    "RetryOptions",
+    "is_transient",
+    "retry_on_transient",
+    "retry_options",
+    "state_exception",
+]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
@@ -53,27 +70,34 @@ def is_transient(exc: BaseException | None) -> bool:
     return False
 
 
-def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+class RetryOptions(TypedDict):
+    """The retry keywords of `@task(...)` and `task.with_options(...)`."""
+
+    retries: int
+    retry_delay_seconds: float
+    retry_condition_fn: Callable[[Task[..., Any], TaskRun, State], bool]
+
+
+def retry_on_transient(task: Task[..., Any], task_run: TaskRun, state: State) -> bool:
     """Prefect `retry_condition_fn`: retry the failed task run only if its error is transient."""
     return is_transient(state_exception(state))
 
 
-def retry_options(schedule_config: Any | None = None) -> dict[str, Any]:
+def retry_options(schedule_config: ScheduleConfig | None = None) -> RetryOptions:
     """Keyword arguments for `@task(...)` / `task.with_options(...)`: retries, delay, condition.
 
     Takes the `schedule` section of the engine config (retries, retry_delay_seconds); without
-    one, 2 retries 10 seconds apart.
+    one, its defaults: 2 retries 10 seconds apart.
     """
-    retries = getattr(schedule_config, "retries", 2)
-    delay = getattr(schedule_config, "retry_delay_seconds", 10.0)
+    schedule = schedule_config if schedule_config is not None else ScheduleConfig()
     return {
-        "retries": int(retries),
-        "retry_delay_seconds": float(delay),
+        "retries": int(schedule.retries),
+        "retry_delay_seconds": float(schedule.retry_delay_seconds),
         "retry_condition_fn": retry_on_transient,
     }
 
 
-def state_exception(state: Any) -> BaseException | None:
+def state_exception(state: State) -> BaseException | None:
     """The exception carried by a failed Prefect state, or None."""
     data = getattr(state, "data", None)
     if isinstance(data, BaseException):

@@ -8,10 +8,10 @@ the shift, `earlier` a week before that, `after` the shift plus `after_days`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -21,6 +21,7 @@ from sklearn.metrics import adjusted_rand_score
 from configs import EngineConfig, load_config
 from features.events import load_events
 from pipelines import steps
+from segmentation.rules import RuleSet
 
 
 @dataclass
@@ -49,7 +50,7 @@ class QualityReport:
     refit_stability_unshifted: float
     change_predict: dict[str, float]  # same model after the shift: shifted / unshifted
     change_refit: dict[str, float]  # refit after the shift: shifted / unshifted
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def measure_quality(
@@ -75,18 +76,74 @@ def measure_quality(
     config = config or load_config()
     data_dir = Path(data_dir)
     truth = pd.read_parquet(data_dir / "truth.parquet").set_index("client_id")
+    shift = _first_shift(truth, data_dir)
+    con = duckdb.connect()
+    load_events(con, str(data_dir / "events"))
+    nights = _Nights(con, config)
+
+    earlier = nights.run(shift - timedelta(days=1 + week))
+    before = nights.run(shift - timedelta(days=1), previous=earlier)
+    personas = truth.loc[before.membership["client_id"], "persona_before"].to_numpy()
+    figures = _before_shift(truth, earlier, before, personas, supervised_ceiling)
+    metrics = before.bundle.model.metrics_
+    sizes = before.membership["segment_id"].value_counts().sort_index()
+
+    same_model = nights.run(shift + timedelta(days=after_days), previous=before, refit=False)
+    refitted = nights.run(shift + timedelta(days=after_days), previous=before)
+    return QualityReport(
+        ari_segments=figures.ari_segments,
+        ari_clusters=figures.ari_clusters,
+        noise_share=float(metrics["noise_share"]),
+        quality=metrics.get("quality"),
+        quality_metric=metrics.get("quality_metric"),
+        fallback=metrics.get("fallback"),
+        n_clusters=int(metrics["n_clusters"]),
+        sizes={str(k): int(v) for k, v in sizes.items()},
+        refit_stability_unshifted=figures.stability,
+        change_predict=_change_rates(before.membership, same_model.membership, truth),
+        change_refit=_change_rates(before.membership, refitted.membership, truth),
+        extra={
+            **figures.ceilings,
+            "clients_before": len(personas),
+            "shift_date": shift.isoformat(),
+            "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
+            "changes_by_source": {
+                "same_model": _changes_by_source(before.membership, same_model.membership, truth),
+                "refit": _changes_by_source(before.membership, refitted.membership, truth),
+            },
+            "k_selection": _k_selection(
+                {
+                    "earlier": earlier.bundle.model.metrics_,
+                    "before": metrics,
+                    "after_refit": refitted.bundle.model.metrics_,
+                }
+            ),
+        },
+    )
+
+
+def _first_shift(truth: pd.DataFrame, data_dir: Path) -> date:
+    """The planned shift date of the generated data (the earliest, should there be several)."""
     shift_dates = truth["shift_date"].dropna()
     if shift_dates.empty:
         raise ValueError(f"{data_dir}/truth.parquet has no shifted client")
-    shift = pd.Timestamp(shift_dates.min()).date()
-    con = duckdb.connect()
-    load_events(con, str(data_dir / "events"))
-    rules = None
+    return pd.Timestamp(shift_dates.min()).date()
 
-    def night(as_of, previous=None, refit=True) -> Night:
-        nonlocal rules
+
+class _Nights:
+    """Runs nights on one connection with the production steps; the rules load once."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, config: EngineConfig) -> None:
+        self.con = con
+        self.config = config
+        self.rules: RuleSet | None = None
+
+    def run(self, as_of: date, previous: Night | None = None, refit: bool = True) -> Night:
+        """One night as of `as_of`: refit the clusters (matched to `previous`), or with
+        `refit=False` segment with the previous night's model."""
+        con, config = self.con, self.config
         features = steps.compute_features(con, as_of, config)
-        rules = rules or steps.load_ruleset(config)
+        self.rules = self.rules or steps.load_ruleset(config)
         btyd = steps.btyd_inputs(features)
         scores = steps.score_clients(steps.fit_cltv(con, as_of, btyd, config), btyd, config, "q")
         if refit or previous is None:
@@ -100,17 +157,37 @@ def measure_quality(
         else:
             bundle = previous.bundle
         seg = steps.segment_clients(
-            features, scores, bundle, rules, "q", "q", previous.membership if previous else None
+            features,
+            scores,
+            bundle,
+            self.rules,
+            "q",
+            "q",
+            previous.membership if previous else None,
         )
         return Night(as_of, features, scores, bundle, seg.membership)
 
-    earlier = night(shift - timedelta(days=1 + week))
-    before = night(shift - timedelta(days=1), previous=earlier)
-    ids = before.membership["client_id"]
-    personas = truth.loc[ids, "persona_before"].to_numpy()
-    clusters = before.bundle.predict(before.features).set_index("client_id").loc[ids]
-    metrics = before.bundle.model.metrics_
 
+@dataclass(frozen=True)
+class _BeforeShift:
+    """The figures of the night before the shift."""
+
+    ari_segments: float
+    ari_clusters: float
+    stability: float  # unshifted clients that kept their segment since the earlier night
+    ceilings: dict[str, float]
+
+
+def _before_shift(
+    truth: pd.DataFrame,
+    earlier: Night,
+    before: Night,
+    personas: np.ndarray,
+    supervised_ceiling: bool,
+) -> _BeforeShift:
+    """Persona recovery (ARI of segments and of clusters alone), the ceilings, and stability."""
+    ids = before.membership["client_id"]
+    clusters = before.bundle.predict(before.features).set_index("client_id").loc[ids]
     unshifted = ~truth["shifted"]
     kept = _kept(earlier.membership, before.membership)
     stability = float(kept[unshifted.reindex(kept.index).to_numpy()].mean())
@@ -128,40 +205,20 @@ def measure_quality(
         ceilings["ari_supervised_with_rules"] = round(
             adjusted_rand_score(personas, np.where(by_rule, rule_ids, predicted)), 4
         )
-
-    same_model = night(shift + timedelta(days=after_days), previous=before, refit=False)
-    refitted = night(shift + timedelta(days=after_days), previous=before)
-    return QualityReport(
+    return _BeforeShift(
         ari_segments=round(adjusted_rand_score(personas, before.membership["segment_id"]), 4),
         ari_clusters=round(adjusted_rand_score(personas, clusters["segment_id"]), 4),
-        noise_share=float(metrics["noise_share"]),
-        quality=metrics.get("quality"),
-        quality_metric=metrics.get("quality_metric"),
-        fallback=metrics.get("fallback"),
-        n_clusters=int(metrics["n_clusters"]),
-        sizes=before.membership["segment_id"].value_counts().sort_index().to_dict(),
-        refit_stability_unshifted=round(stability, 4),
-        change_predict=_change_rates(before.membership, same_model.membership, truth),
-        change_refit=_change_rates(before.membership, refitted.membership, truth),
-        extra={
-            **ceilings,
-            "clients_before": len(ids),
-            "shift_date": shift.isoformat(),
-            "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
-            "changes_by_source": {
-                "same_model": _changes_by_source(before.membership, same_model.membership, truth),
-                "refit": _changes_by_source(before.membership, refitted.membership, truth),
-            },
-            "k_selection": {
-                name: {key: m.get(key) for key in ("kmeans_k", "kmeans_init", "kmeans_k_scores")}
-                for name, m in (
-                    ("earlier", earlier.bundle.model.metrics_),
-                    ("before", metrics),
-                    ("after_refit", refitted.bundle.model.metrics_),
-                )
-            },
-        },
+        stability=round(stability, 4),
+        ceilings=ceilings,
     )
+
+
+def _k_selection(metrics: dict[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    """Per night, from its cluster metrics: how k-means chose k (k, initialization, scores)."""
+    return {
+        name: {key: m.get(key) for key in ("kmeans_k", "kmeans_init", "kmeans_k_scores")}
+        for name, m in metrics.items()
+    }
 
 
 def _supervised_personas(night: Night, personas: np.ndarray) -> np.ndarray:
@@ -187,7 +244,9 @@ def _kept(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
     )
 
 
-def _change_rates(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame):
+def _change_rates(
+    previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame
+) -> dict[str, float]:
     changed = ~_kept(previous, current)
     shifted = truth["shifted"].reindex(changed.index).to_numpy(dtype=bool)
     return {
@@ -196,7 +255,9 @@ def _change_rates(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataF
     }
 
 
-def _changes_by_source(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame):
+def _changes_by_source(
+    previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame
+) -> dict[str, dict[str, float]]:
     """Per group (shifted / unshifted): the share of clients whose segment changed, by the
     source of the segment before and after (e.g. "cluster->rule"): where the changes come from."""
     cols = ["client_id", "segment_id", "segment_source"]
@@ -207,5 +268,5 @@ def _changes_by_source(previous: pd.DataFrame, current: pd.DataFrame, truth: pd.
     out = {}
     for label, group in (("shifted", shifted), ("unshifted", ~shifted)):
         kinds = pd.Series(kind[group & changed]).value_counts() / max(int(group.sum()), 1)
-        out[label] = {k: round(float(v), 4) for k, v in kinds.sort_index().items()}
+        out[label] = {str(k): round(float(v), 4) for k, v in kinds.sort_index().items()}
     return out

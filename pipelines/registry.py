@@ -1,8 +1,9 @@
 """MLflow model registry for the engine: register, promote, roll back and load the champion.
 
-Any picklable model object (the ClusterModel, the CltvModel: sklearn-style objects with
-`predict(DataFrame) -> DataFrame`) is wrapped in `PickledModel`, logged as an MLflow pyfunc
-model under a run and registered as a new version of a registered model. The alias `champion`
+`ModelRegistry` is the whole interface. Any picklable `Predictor` (an object with
+`predict(DataFrame) -> DataFrame`: the pipeline's ClusterBundle and CltvBundle) is wrapped in
+`PickledModel`, logged as an MLflow pyfunc model under a run and registered as a new version
+of a registered model. The alias `champion`
 marks the version the nightly run loads; `promote` moves it and records on the new champion
 the version it replaced (tag `previous_champion`), so `rollback` can walk back one step at a
 time. Metrics given at registration are kept as version tags `metric.<name>` and come back as
@@ -22,16 +23,18 @@ import io
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Protocol
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow.pyfunc.model import PythonModel
 
 from configs import SegmentationError
 from pipelines.tracking import (
-    Tracker,
     TrackingError,
     clean_metrics,
     fluent_context,
@@ -40,17 +43,38 @@ from pipelines.tracking import (
     truncate,
 )
 
+__all__ = [
+    "ARTIFACT_NAME",
+    "CHAMPION",
+    "METRIC_PREFIX",
+    "PREVIOUS_TAG",
+    "ModelRegistry",
+    "PickledModel",
+    "Predictor",
+    "RegistryError",
+]
+
 log = logging.getLogger(__name__)
 
 
-class PickledModel(mlflow.pyfunc.PythonModel):
+class Predictor(Protocol):
+    """What the registry stores: a picklable object with `predict(DataFrame) -> DataFrame`
+    (the pipeline's ClusterBundle and CltvBundle)."""
+
+    def predict(self, X: pd.DataFrame, /) -> pd.DataFrame:
+        """One row of predictions per row of `X`."""
+        ...
+
+
+class PickledModel(PythonModel):
     """An MLflow pyfunc model holding any picklable object with `predict(DataFrame)`."""
 
     # The wrapped objects take and return DataFrames of their own shape: skip MLflow 3's
-    # type-hint validation of `predict` (and its warning asking for hints).
+    # type-hint validation of `predict` (and its warning asking for hints). `predict` keeps
+    # MLflow's untyped signature for the same reason: MLflow reads hints there as a schema.
     _skip_type_hint_validation = True
 
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Predictor) -> None:
         self.obj = obj
 
     def predict(self, context, model_input, params=None):
@@ -69,14 +93,20 @@ class RegistryError(SegmentationError, LookupError):
 
 
 class ModelRegistry:
-    """The MLflow model registry at one tracking URI (registry and tracking share it)."""
+    """The MLflow model registry at one tracking URI (registry and tracking share it).
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow tracking URI (`EngineConfig.tracking_uri`, the `Tracker`'s URI).
+    """
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self._client = None
+        self._client: MlflowClient | None = None
 
     @property
-    def client(self) -> mlflow.MlflowClient:
+    def client(self) -> MlflowClient:
         """An MLflow client for this URI, made on first use."""
         if self._client is None:
             self._client = make_client(self.tracking_uri)
@@ -85,15 +115,36 @@ class ModelRegistry:
     def register(
         self,
         name: str,
-        obj: Any,
+        obj: Predictor,
         run_id: str,
         *,
-        metrics: Mapping[str, Any] | None = None,
-        tags: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | None = None,
     ) -> int:
-        """Log `obj` as a pyfunc model under the run `run_id` and register it; returns the version.
+        """Log `obj` as a pyfunc model under a run and register it as a new version of `name`.
 
-        The run must exist (open or finished); its experiment holds the model's artifacts.
+        Parameters
+        ----------
+        name : str
+            The registered model's name (created on its first version).
+        obj : Predictor
+            A picklable object with `predict(DataFrame) -> DataFrame`.
+        run_id : str
+            An existing MLflow run (open or finished); its experiment holds the artifacts.
+        metrics : mapping, optional
+            Numbers kept as version tags `metric.<name>` (columns of `list_versions`).
+        tags : mapping, optional
+            Version tags (values as text); `previous_champion` is reserved.
+
+        Returns
+        -------
+        int
+            The new version number.
+
+        Raises
+        ------
+        RegistryError
+            The run does not exist.
         """
         if not hasattr(obj, "predict"):
             raise TypeError(f"model {name!r}: {type(obj).__name__} has no predict method")
@@ -104,47 +155,55 @@ class ModelRegistry:
         except MlflowException as exc:
             raise RegistryError(f"model {name!r}: MLflow run {run_id!r} not found") from exc
         version_tags = _version_tags(metrics, tags)
-        pyfunc_logger = logging.getLogger("mlflow.pyfunc")
-        level = pyfunc_logger.level
-        pyfunc_logger.setLevel(logging.ERROR)  # the cloudpickle caution is expected here
-        try:
-            # MLflow prints "Registered model ... already exists" to stderr; keep it in the log.
-            chatter = io.StringIO()
-            with (
-                fluent_context(self.tracking_uri, run.info.experiment_id),
-                contextlib.redirect_stderr(chatter),
-            ):
-                # `mlflow.pyfunc.log_model` is `Model.log(flavor=mlflow.pyfunc)` without the
-                # run_id argument; passing it links the model to the run without resuming it.
-                info = Model.log(
-                    artifact_path=None,
-                    name=ARTIFACT_NAME,
-                    flavor=mlflow.pyfunc,
-                    python_model=PickledModel(obj),
-                    pip_requirements=[],
-                    registered_model_name=name,
-                    await_registration_for=0,
-                    run_id=run.info.run_id,
-                )
-        finally:
-            pyfunc_logger.setLevel(level)
-        log.info("%s", " ".join(chatter.getvalue().split()))
-        version = int(info.registered_model_version)
+        version = self._log_model(name, obj, run.info.run_id, run.info.experiment_id)
         for key, value in version_tags.items():
             self.client.set_model_version_tag(name, str(version), key, value)
         return version
 
     def champion_version(self, name: str) -> int | None:
-        """The version carrying the champion alias, or None when there is none."""
+        """The version carrying the champion alias.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+
+        Returns
+        -------
+        int or None
+            The champion's version, or None when no version is champion.
+
+        Raises
+        ------
+        RegistryError
+            No registered model has this name.
+        """
         aliases = self._model(name).aliases or {}
         version = aliases.get(CHAMPION)
         return int(version) if version is not None else None
 
     def promote(self, name: str, version: int) -> int | None:
-        """Make `version` the champion; returns the previous champion (None if there was none).
+        """Make `version` the champion.
 
         The new champion's tag `previous_champion` records the version it replaced, which is
         what `rollback` returns to. Promoting the current champion changes nothing.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+        version : int
+            An existing version of it.
+
+        Returns
+        -------
+        int or None
+            The previous champion (None if there was none).
+
+        Raises
+        ------
+        RegistryError
+            The model or the version does not exist.
         """
         version = self._existing_version(name, version)
         previous = self.champion_version(name)
@@ -158,12 +217,24 @@ class ModelRegistry:
         self.client.set_registered_model_alias(name, CHAMPION, str(version))
         return previous
 
-    def set_champion(self, name: str, version: int) -> int | None:
-        """Same as `promote` (kept so either word works); returns the previous champion."""
-        return self.promote(name, version)
-
     def rollback(self, name: str) -> int:
-        """Move the champion back to the version it replaced; returns that version."""
+        """Move the champion alias back to the version the current champion replaced.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+
+        Returns
+        -------
+        int
+            The version that is champion again.
+
+        Raises
+        ------
+        RegistryError
+            The model does not exist, has no champion, or its champion replaced none.
+        """
         current = self.champion_version(name)
         if current is None:
             raise RegistryError(f"model {name!r}: no champion to roll back")
@@ -181,15 +252,51 @@ class ModelRegistry:
         )
         return target
 
-    def load_version(self, name: str, version: int) -> Any:
-        """The Python object registered as `version` of `name`."""
+    def load_version(self, name: str, version: int) -> Predictor:
+        """The object registered as one version.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+        version : int
+            An existing version of it.
+
+        Returns
+        -------
+        Predictor
+            The unpickled object (loading needs the same code and compatible libraries).
+
+        Raises
+        ------
+        RegistryError
+            The model or the version does not exist, or the version was not registered by
+            `register`.
+        """
         version = self._existing_version(name, version)
         with fluent_context(self.tracking_uri):
             loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        return loaded.unwrap_python_model().obj
+        model = loaded.unwrap_python_model()
+        if not isinstance(model, PickledModel):
+            raise RegistryError(
+                f"model {name!r} version {version} is a {type(model).__name__}, not a model"
+                " registered by this engine"
+            )
+        return model.obj
 
-    def load_champion(self, name: str) -> tuple[Any, int] | None:
-        """(object, version) of the champion, or None when the model or its champion is missing."""
+    def load_champion(self, name: str) -> tuple[Predictor, int] | None:
+        """The champion object and its version.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+
+        Returns
+        -------
+        tuple of (Predictor, int) or None
+            None when the model does not exist or has no champion.
+        """
         try:
             version = self.champion_version(name)
         except RegistryError:
@@ -199,14 +306,30 @@ class ModelRegistry:
         return self.load_version(name, version), version
 
     def list_versions(self, name: str) -> pd.DataFrame:
-        """One row per version, oldest first: version, created (UTC), aliases, run_id, status,
-        previous_champion, then `metric.*` columns (float) and other tags (text)."""
+        """Every version of a registered model, oldest first.
+
+        Parameters
+        ----------
+        name : str
+            The registered model.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per version: version, created (UTC), aliases, run_id, status,
+            previous_champion, then `metric.*` columns (float) and other tags (text).
+
+        Raises
+        ------
+        RegistryError
+            No registered model has this name.
+        """
         aliases: dict[int, list[str]] = {}
         for alias, version in (self._model(name).aliases or {}).items():
             aliases.setdefault(int(version), []).append(alias)
         rows = []
         for mv in self.client.search_model_versions(f"name = '{_quote(name)}'"):
-            row: dict[str, Any] = {
+            row: dict[str, object] = {
                 "version": int(mv.version),
                 "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
                 "aliases": ",".join(sorted(aliases.get(int(mv.version), []))),
@@ -224,7 +347,36 @@ class ModelRegistry:
         extra = sorted(c for c in frame.columns if c not in base)
         return frame[base + extra].sort_values("version", ignore_index=True)
 
-    def _model(self, name: str) -> Any:
+    def _log_model(self, name: str, obj: Predictor, run_id: str, experiment_id: str) -> int:
+        """Log `obj` under the run and register it; the new version number."""
+        pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_logger.level
+        pyfunc_logger.setLevel(logging.ERROR)  # the cloudpickle caution is expected here
+        try:
+            # MLflow prints "Registered model ... already exists" to stderr; keep it in the log.
+            chatter = io.StringIO()
+            with (
+                fluent_context(self.tracking_uri, experiment_id),
+                contextlib.redirect_stderr(chatter),
+            ):
+                # `mlflow.pyfunc.log_model` is `Model.log(flavor=mlflow.pyfunc)` without the
+                # run_id argument; passing it links the model to the run without resuming it.
+                info = Model.log(
+                    artifact_path=None,
+                    name=ARTIFACT_NAME,
+                    flavor=mlflow.pyfunc,
+                    python_model=PickledModel(obj),
+                    pip_requirements=[],
+                    registered_model_name=name,
+                    await_registration_for=0,
+                    run_id=run_id,
+                )
+        finally:
+            pyfunc_logger.setLevel(level)
+        log.info("%s", " ".join(chatter.getvalue().split()))
+        return int(info.registered_model_version)
+
+    def _model(self, name: str) -> RegisteredModel:
         try:
             return self.client.get_registered_model(name)
         except MlflowException as exc:
@@ -240,60 +392,11 @@ class ModelRegistry:
         return number
 
 
-def registry_for(tracker_or_uri: Tracker | ModelRegistry | str) -> ModelRegistry:
-    """A ModelRegistry for a Tracker, a tracking URI, or itself."""
-    if isinstance(tracker_or_uri, ModelRegistry):
-        return tracker_or_uri
-    if isinstance(tracker_or_uri, Tracker):
-        return ModelRegistry(tracker_or_uri.tracking_uri)
-    if isinstance(tracker_or_uri, str):
-        return ModelRegistry(tracker_or_uri)
-    raise TypeError(f"expected a Tracker, ModelRegistry or URI, got {type(tracker_or_uri)}")
-
-
-def register_model(
-    tracker_or_uri: Tracker | ModelRegistry | str,
-    name: str,
-    obj: Any,
-    run_id: str,
-    *,
-    metrics: Mapping[str, Any] | None = None,
-    tags: Mapping[str, Any] | None = None,
-) -> int:
-    """Log and register `obj` as a new version of `name` under run `run_id`; returns the version."""
-    return registry_for(tracker_or_uri).register(name, obj, run_id, metrics=metrics, tags=tags)
-
-
-def promote(tracker_or_uri: Tracker | ModelRegistry | str, name: str, version: int) -> int | None:
-    """Make `version` the champion of `name`; returns the previous champion."""
-    return registry_for(tracker_or_uri).promote(name, version)
-
-
-set_champion = promote
-
-
-def rollback(tracker_or_uri: Tracker | ModelRegistry | str, name: str) -> int:
-    """Give the champion alias back to the version the current champion replaced."""
-    return registry_for(tracker_or_uri).rollback(name)
-
-
-def load_champion(
-    tracker_or_uri: Tracker | ModelRegistry | str, name: str
-) -> tuple[Any, int] | None:
-    """(object, version) of the champion of `name`, or None when there is no champion."""
-    return registry_for(tracker_or_uri).load_champion(name)
-
-
-def list_versions(tracker_or_uri: Tracker | ModelRegistry | str, name: str) -> pd.DataFrame:
-    """The versions of `name` with aliases, run ids, metrics and tags."""
-    return registry_for(tracker_or_uri).list_versions(name)
-
-
 # --- private helpers -------------------------------------------------------------------------
 
 
 def _version_tags(
-    metrics: Mapping[str, Any] | None, tags: Mapping[str, Any] | None
+    metrics: Mapping[str, object] | None, tags: Mapping[str, object] | None
 ) -> dict[str, str]:
     out = {sanitize_name(k): truncate(str(v), 5000) for k, v in (tags or {}).items()}
     reserved = {PREVIOUS_TAG} & set(out)
@@ -304,7 +407,7 @@ def _version_tags(
     return out
 
 
-def _has_tag(client: Any, name: str, version: int, key: str) -> bool:
+def _has_tag(client: MlflowClient, name: str, version: int, key: str) -> bool:
     return key in (client.get_model_version(name, str(version)).tags or {})
 
 

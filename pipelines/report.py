@@ -14,16 +14,19 @@ import html
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, SupportsFloat, SupportsIndex, TypeAlias
 
 import numpy as np
 import pandas as pd
 
-from configs import STAGES, EngineConfig
+from configs import STAGES, EngineConfig, SegmentationError
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 NEW = "(new clients)"
 GONE = "(left)"
@@ -39,6 +42,32 @@ _PALETTE = (
 )  # fmt: skip
 _GREY = "#B0B0B0"
 
+# A parsed JSON value, or a value as read back from a table cell or MLflow (text, number, date
+# or timestamp, null, a list or mapping): arbitrary by nature; the report formats it or reads
+# it through the coercing helpers at the end of this module.
+JsonValue: TypeAlias = Any
+# One row of the `runs` table as a dict, plus `metrics` (see ReportData).
+RunRecord: TypeAlias = Mapping[str, JsonValue]
+# What `metrics_from_mlflow` picks: numbers, and `quarantined_by_reason` {reason: rows}.
+MlflowMetrics: TypeAlias = dict[str, float | dict[str, int]]
+
+
+class ReportError(SegmentationError, ValueError):
+    """There is nothing to report yet (no run, or none successful as of the date asked)."""
+
+
+class TableSource(Protocol):
+    """The store's reader API the report reads (`pipelines.store.Store` or a snapshot reader)."""
+
+    def runs(self) -> pd.DataFrame: ...
+    def latest_as_of(self) -> date | None: ...
+    def segments(self) -> pd.DataFrame: ...
+    def history(self) -> pd.DataFrame: ...
+    def transitions(self, as_of: date | None = None) -> pd.DataFrame: ...
+    def membership(self) -> pd.DataFrame: ...
+    def scores(self) -> pd.DataFrame: ...
+    def read_sql(self, name: str) -> pd.DataFrame: ...
+
 
 @dataclass(frozen=True, eq=False)
 class ReportData:
@@ -53,7 +82,7 @@ class ReportData:
     """
 
     as_of: date
-    run: Mapping[str, Any]
+    run: RunRecord
     membership: pd.DataFrame
     segments: pd.DataFrame
     transitions: pd.DataFrame | None = None
@@ -86,7 +115,7 @@ def render_report(data: ReportData) -> str:
 
 
 def load_report_data(
-    store: Any, as_of: date | None = None, metrics: Mapping | None = None
+    store: TableSource, as_of: date | None = None, metrics: Mapping[str, JsonValue] | None = None
 ) -> ReportData:
     """Read the published tables for one as-of date (default: the latest successful run).
 
@@ -102,22 +131,24 @@ def load_report_data(
     return _load(store, as_of, metrics)
 
 
-def _load(store: Any, as_of: date | None, metrics: Mapping | None) -> ReportData:
+def _load(
+    store: TableSource, as_of: date | None, metrics: Mapping[str, JsonValue] | None
+) -> ReportData:
     runs = _frame(store.runs())
     if runs.empty:
-        raise ValueError("the store has no runs yet: run `segmentation run` first")
+        raise ReportError("the store has no runs yet: run `segmentation run` first")
     runs = runs.assign(as_of=_to_date(runs["as_of"]))
     latest = store.latest_as_of()
     latest = _to_date(pd.Series([latest])).iloc[0] if latest is not None else None
     chosen = as_of or latest
     if chosen is None:
-        raise ValueError("the store has no successful run yet")
+        raise ReportError("the store has no successful run yet")
     ok = runs[(runs["as_of"] == chosen) & (runs["status"].astype(str) == "success")]
     if ok.empty:
         known = ", ".join(sorted({_date_text(d) for d in runs["as_of"].dropna()}))
-        raise ValueError(f"no successful run as of {_date_text(chosen)} (runs as of: {known})")
+        raise ReportError(f"no successful run as of {_date_text(chosen)} (runs as of: {known})")
     run_row = ok.sort_values("finished_at", kind="stable").iloc[-1].to_dict()
-    run = {k: _plain(v) for k, v in run_row.items()}
+    run = {str(k): _plain(v) for k, v in run_row.items()}
     run_metrics = dict(_parse_json(run.pop("metrics", None)) or {})
     run_metrics.update(metrics or {})
 
@@ -166,9 +197,34 @@ def write_report(
 ) -> Path:
     """Open the store, load one run's data, render it and write the HTML file; return its path.
 
-    The run's MLflow metrics (duplicates, quality, backtest) are read when MLflow is enabled
-    and the run has an MLflow run id; with `attach=True` the page is also logged to that run
-    as the artifact `report/<file name>`.
+    This is what `segmentation report` calls. The run's MLflow metrics (duplicates, quality,
+    backtest) are read when MLflow is enabled and the run has an MLflow run id; with
+    `attach=True` the page is also logged to that run as the artifact `report/<file name>`.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        The engine config: store, MLflow and work directory settings.
+    store_url : str, optional
+        The store to read (``duckdb:///...`` or ``postgresql://...``); default the config's.
+    as_of : datetime.date, optional
+        The run to report; default the latest successful run.
+    out : str or Path, optional
+        The HTML file to write; default ``<workdir>/reports/report-<as_of>.html``. Parent
+        folders are created.
+    attach : bool, default False
+        Also log the page to the run's MLflow run (when MLflow is enabled and the run has one).
+
+    Returns
+    -------
+    Path
+        The HTML file written.
+
+    Raises
+    ------
+    ValueError
+        The store has no runs, or no successful run as of `as_of` (the message lists the
+        as-of dates it has).
     """
     from pipelines.store import open_store
 
@@ -187,7 +243,7 @@ def write_report(
     mlflow_run_id = data.run.get("mlflow_run_id")
     if config.mlflow.enabled and mlflow_run_id:
         extra = mlflow_metrics(config.tracking_uri, str(mlflow_run_id))
-        merged = {**extra, **dict(data.run.get("metrics") or {})}
+        merged = {**extra, **_metrics(data.run)}
         data = _replace_run(data, {**data.run, "metrics": merged})
     path = Path(out) if out else config.workdir_path / "reports" / f"report-{data.as_of}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +260,7 @@ def attach_report(path: str | Path, mlflow_run_id: str, tracking_uri: str) -> No
     MlflowClient(tracking_uri=tracking_uri).log_artifact(mlflow_run_id, str(path), "report")
 
 
-def mlflow_metrics(tracking_uri: str, mlflow_run_id: str) -> dict[str, Any]:
+def mlflow_metrics(tracking_uri: str, mlflow_run_id: str) -> MlflowMetrics:
     """The report's metrics from an MLflow run: the known keys (bare or under `backtest.`),
     and the quarantine counts as `quarantined_by_reason.<reason>` (or `quarantined.<reason>`).
 
@@ -220,11 +276,11 @@ def mlflow_metrics(tracking_uri: str, mlflow_run_id: str) -> dict[str, Any]:
     return metrics_from_mlflow(logged)
 
 
-def metrics_from_mlflow(logged: Mapping[str, float]) -> dict[str, Any]:
+def metrics_from_mlflow(logged: Mapping[str, float]) -> MlflowMetrics:
     """Pick the report's metrics from a flat MLflow metrics dict (see `mlflow_metrics`)."""
     keys = {"duplicates", "noise_share", "cluster_quality", "stability"}
     keys |= {f"{t}_{s}" for t in BACKTEST_TARGETS for s, _ in BACKTEST_STATS}
-    out: dict[str, Any] = {}
+    out: MlflowMetrics = {}
     for k, v in logged.items():
         for prefix in ("", "backtest_", "backtest.", "events_", "events."):
             if k.startswith(prefix) and k[len(prefix) :] in keys:
@@ -292,7 +348,7 @@ def segment_summary(data: ReportData) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def describe_definition(definition: Any) -> tuple[str, str]:
+def describe_definition(definition: object) -> tuple[str, str]:
     """(readable profile, description) from a segment definition: profile JSON, rule JSON or text."""
     if definition is None or (isinstance(definition, float) and math.isnan(definition)):
         return "", ""
@@ -307,7 +363,7 @@ def describe_definition(definition: Any) -> tuple[str, str]:
     return "", description
 
 
-def describe_features(top_features: Sequence[Mapping[str, Any]], k: int = 3) -> str:
+def describe_features(top_features: Sequence[Mapping[str, object]], k: int = 3) -> str:
     """Readable text for a cluster's distinguishing features, e.g. "total spend 3.2x population".
 
     A feature whose median is a clear multiple of the population median is said as that ratio;
@@ -379,7 +435,7 @@ def feature_label(feature: str) -> str:
 
 
 def membership_at(
-    history: pd.DataFrame, as_of: date, segments: pd.DataFrame | None = None
+    history: pd.DataFrame | None, as_of: date, segments: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """The membership on a date, rebuilt from segment_history stretches.
 
@@ -403,13 +459,13 @@ def membership_at(
 
 
 def sizes_over_time(
-    runs: pd.DataFrame, history: pd.DataFrame, until: date | None = None
+    runs: pd.DataFrame | None, history: pd.DataFrame | None, until: date | None = None
 ) -> pd.DataFrame:
     """Segment sizes (as_of, segment_id, size) at each successful run's as-of, from history."""
     cols = ["as_of", "segment_id", "size"]
     if runs is None or runs.empty or history is None or history.empty:
         return pd.DataFrame(columns=cols)
-    ok = runs[runs["status"].astype(str) == "success"] if "status" in runs else runs
+    ok = _successful(runs)
     days = sorted(set(_to_date(ok["as_of"]).dropna()))
     if until is not None:
         days = [d for d in days if d <= until]
@@ -487,7 +543,7 @@ def previous_as_of(data: ReportData) -> date | None:
     if data.runs is None or data.runs.empty:
         return None
     runs = data.runs
-    ok = runs[runs["status"].astype(str) == "success"] if "status" in runs else runs
+    ok = _successful(runs)
     earlier = [d for d in _to_date(ok["as_of"]).dropna() if d < data.as_of]
     return max(earlier) if earlier else None
 
@@ -529,7 +585,7 @@ def _funnel_from_ranks(rank: np.ndarray) -> pd.DataFrame:
 
 def _header(data: ReportData, summary: pd.DataFrame) -> str:
     run = data.run
-    metrics = run.get("metrics") or {}
+    metrics = _metrics(run)
     started, finished = run.get("started_at"), run.get("finished_at")
     duration = ""
     if started is not None and finished is not None:
@@ -652,8 +708,8 @@ def _largest_flows(flows: pd.DataFrame, labels: Mapping[str, str], n: int = 5) -
     moves = flows[flows["kind"] == "move"].head(n)
     if not moves.empty:
         items = "".join(
-            f"<li><b>{_e(_flow_label(r.from_segment_id, labels))} &rarr; "
-            f"{_e(_flow_label(r.to_segment_id, labels))}</b>: {r.clients:,} clients</li>"
+            f"<li><b>{_e(_flow_label(str(r.from_segment_id), labels))} &rarr; "
+            f"{_e(_flow_label(str(r.to_segment_id), labels))}</b>: {r.clients:,} clients</li>"
             for r in moves.itertuples(index=False)
         )
         out += f'<p class="flows-title">Largest moves between segments</p><ol class="flows">{items}</ol>'
@@ -717,29 +773,58 @@ def _over_time_section(
 
 
 def _funnel_section(data: ReportData, summary: pd.DataFrame, labels: dict[str, str]) -> str:
-    import plotly.graph_objects as go
-
     title = "Journey funnel"
+    stages = _funnel_stages(data)
+    if stages is None:
+        return _section("funnel", title, "No journey stages are available for this run.", "")
+    m, basis, note = stages
+    overall = funnel_table(m["stage"])
+    none = len(m) - int(overall["reached"].iloc[0])
+    keep = list(summary["segment_id"].head(data.top_n))
+    explain = (
+        f"Clients by {basis}: how many reached at least each stage and how many were lost "
+        "between stages, overall and (below) per segment as the share reaching each stage."
+    )
+    body = (
+        note
+        + '<div class="two">'
+        + f"<div>{_figure(_funnel_figure(overall), 'fig-funnel', 360)}</div>"
+        + f"<div>{_funnel_table_html(overall, none)}</div></div>"
+        + _figure(
+            _segment_funnel_figure(m, keep, labels), "fig-funnel-segments", 110 + 34 * len(keep)
+        )
+    )
+    return _section("funnel", title, explain, body)
+
+
+def _funnel_stages(data: ReportData) -> tuple[pd.DataFrame, str, str] | None:
+    """(client_id, segment_id, stage) per member, the basis in words and a note on it.
+
+    The stage is the furthest stage reached when the data has it, else the current journey
+    stage (with a note saying what that means); None when neither is there.
+    """
     m = data.membership[["client_id", "segment_id"]].assign(
         segment_id=lambda d: d["segment_id"].astype(str)
     )
-    note = ""
     if data.funnel is not None and not data.funnel.empty:
         stages = data.funnel.drop_duplicates("client_id", keep="last").set_index("client_id")
         m = m.assign(stage=m["client_id"].map(stages["furthest_stage"]))
-        basis = "the furthest journey stage each client has reached"
-    elif "journey_stage" in data.membership:
+        return m, "the furthest journey stage each client has reached", ""
+    if "journey_stage" in data.membership:
         m = m.assign(stage=data.membership["journey_stage"].to_numpy())
-        basis = "each client's journey stage"
         note = (
             '<p class="note">The furthest stage reached is not in this data: the funnel uses the '
             "current journey stage, so a client who bought and then only browses counts at the "
             "stage they are in now.</p>"
         )
-    else:
-        return _section("funnel", title, "No journey stages are available for this run.", "")
-    overall = funnel_table(m["stage"])
-    none = len(m) - int(overall["reached"].iloc[0])
+        return m, "each client's journey stage", note
+    return None
+
+
+def _funnel_figure(overall: pd.DataFrame) -> go.Figure:
+    """The overall funnel: clients reaching at least each stage."""
+    import plotly.graph_objects as go
+
     fig = go.Figure(
         go.Funnel(
             y=[s.title() for s in overall["stage"]],
@@ -751,8 +836,13 @@ def _funnel_section(data: ReportData, summary: pd.DataFrame, labels: dict[str, s
         )
     )
     fig.update_layout(margin={"l": 130})
+    return fig
+
+
+def _funnel_table_html(overall: pd.DataFrame, none: int) -> str:
+    """The funnel as a table, with a note on the clients that reached no stage."""
     rows = "".join(
-        f"<tr><td>{_e(r.stage.title())}</td><td class=num>{r.furthest:,}</td>"
+        f"<tr><td>{_e(str(r.stage).title())}</td><td class=num>{r.furthest:,}</td>"
         f"<td class=num>{r.reached:,}</td><td class=num>{_pct(r.share)}</td>"
         f"<td class=num>{_pct(r.drop_off) if r.drop_off is not None else '&ndash;'}</td></tr>"
         for r in overall.itertuples(index=False)
@@ -764,7 +854,13 @@ def _funnel_section(data: ReportData, summary: pd.DataFrame, labels: dict[str, s
     )
     if none:
         table += f'<p class="note">{none:,} clients have no event in the five journey stages.</p>'
-    keep = list(summary["segment_id"].head(data.top_n))
+    return table
+
+
+def _segment_funnel_figure(m: pd.DataFrame, keep: list[str], labels: dict[str, str]) -> go.Figure:
+    """A heatmap of the share of each kept segment's members reaching each stage."""
+    import plotly.graph_objects as go
+
     z, text, names = [], [], []
     ranks = _stage_ranks(m["stage"])
     codes, uniques = pd.factorize(m["segment_id"])
@@ -789,17 +885,7 @@ def _funnel_section(data: ReportData, summary: pd.DataFrame, labels: dict[str, s
         )
     )
     heat.update_layout(margin={"l": 220}, yaxis={"automargin": True})
-    explain = (
-        f"Clients by {basis}: how many reached at least each stage and how many were lost "
-        "between stages, overall and (below) per segment as the share reaching each stage."
-    )
-    body = (
-        note
-        + '<div class="two">'
-        + f"<div>{_figure(fig, 'fig-funnel', 360)}</div><div>{table}</div></div>"
-        + _figure(heat, "fig-funnel-segments", 110 + 34 * len(keep))
-    )
-    return _section("funnel", title, explain, body)
+    return heat
 
 
 def _cltv_section(
@@ -808,12 +894,11 @@ def _cltv_section(
     import plotly.graph_objects as go
 
     title = "Customer lifetime value"
-    metrics = (data.run.get("metrics") or {}) if data.run else {}
+    metrics = _metrics(data.run)
     backtest = _backtest_table(metrics)
-    scores = data.scores
-    if scores is None or scores.empty or "predicted_cltv" not in scores:
+    scores, cltv = data.scores, _cltv_by_client(data.scores)
+    if scores is None or cltv is None:
         return _section("cltv", title, "No client scores are available for this run.", backtest)
-    cltv = scores.drop_duplicates("client_id", keep="last").set_index("client_id")["predicted_cltv"]
     m = data.membership[["client_id", "segment_id"]]
     values = m.assign(segment_id=m["segment_id"].astype(str), cltv=m["client_id"].map(cltv))
     values = values.dropna(subset=["cltv"])
@@ -869,7 +954,7 @@ def _use_log(stats: Sequence[tuple[float, float]]) -> bool:
     return max(medians) / min(medians) >= 20
 
 
-def _backtest_table(metrics: Mapping[str, Any]) -> str:
+def _backtest_table(metrics: Mapping[str, object]) -> str:
     present = [t for t in BACKTEST_TARGETS if any(f"{t}_{s}" in metrics for s, _ in BACKTEST_STATS)]
     if not present:
         return '<p class="note">No backtest figures were recorded for the current CLTV model.</p>'
@@ -893,7 +978,7 @@ def _quality_section(data: ReportData) -> str:
     import plotly.graph_objects as go
 
     run = data.run
-    metrics = run.get("metrics") or {}
+    metrics = _metrics(run)
     read = _int(run.get("events_read"))
     quarantined = _int(run.get("events_quarantined"))
     duplicates = _int(metrics.get("duplicates"))
@@ -947,7 +1032,7 @@ def _quality_section(data: ReportData) -> str:
 # ----------------------------------------------------------------------------- plotly helpers
 
 
-def _sankey(grouped: pd.DataFrame, labels: dict[str, str], colors: dict[str, str]) -> Any:
+def _sankey(grouped: pd.DataFrame, labels: dict[str, str], colors: dict[str, str]) -> go.Figure:
     """A Sankey of flows (src, dst, clients): previous segments left, current ones right."""
     import plotly.graph_objects as go
 
@@ -962,7 +1047,7 @@ def _sankey(grouped: pd.DataFrame, labels: dict[str, str], colors: dict[str, str
     index_left = {s: i for i, s in enumerate(left)}
     index_right = {s: len(left) + i for i, s in enumerate(right)}
     link_colors = [
-        _rgba(colors.get(r.src, _GREY), 0.18 if r.src == r.dst else 0.55)
+        _rgba(colors.get(str(r.src), _GREY), 0.18 if str(r.src) == str(r.dst) else 0.55)
         for r in grouped.itertuples(index=False)
     ]
     fig = go.Figure(
@@ -987,7 +1072,7 @@ def _sankey(grouped: pd.DataFrame, labels: dict[str, str], colors: dict[str, str
     return fig
 
 
-def _figure(fig: Any, div_id: str, height: int) -> str:
+def _figure(fig: go.Figure, div_id: str, height: int) -> str:
     """A figure as an HTML fragment with a fixed div id and no script bundle (inlined once)."""
     fig.update_layout(
         template="plotly_white",
@@ -1004,7 +1089,7 @@ def _figure(fig: Any, div_id: str, height: int) -> str:
     )
 
 
-def _margin(fig: Any) -> dict[str, int]:
+def _margin(fig: go.Figure) -> dict[str, int]:
     current = fig.layout.margin
     return {k: getattr(current, k) for k in ("l", "r", "t", "b") if getattr(current, k) is not None}
 
@@ -1075,7 +1160,7 @@ def _check(data: ReportData) -> None:
 
 
 def _labels(summary: pd.DataFrame) -> dict[str, str]:
-    labels = {r.segment_id: str(r.segment_name) for r in summary.itertuples(index=False)}
+    labels = {str(r.segment_id): str(r.segment_name) for r in summary.itertuples(index=False)}
     counts = pd.Series(list(labels.values())).value_counts()
     return {s: (f"{n} ({s})" if counts[n] > 1 else n) for s, n in labels.items()}
 
@@ -1084,9 +1169,9 @@ def _colors(summary: pd.DataFrame) -> dict[str, str]:
     colors, i = {}, 0
     for r in summary.itertuples(index=False):
         if str(r.kind) in NOISE_KINDS:
-            colors[r.segment_id] = _GREY
+            colors[str(r.segment_id)] = _GREY
         else:
-            colors[r.segment_id] = _PALETTE[i % len(_PALETTE)]
+            colors[str(r.segment_id)] = _PALETTE[i % len(_PALETTE)]
             i += 1
     colors[OTHER] = "#8C8C8C"
     colors[NEW] = "#C7C7C7"
@@ -1094,15 +1179,31 @@ def _colors(summary: pd.DataFrame) -> dict[str, str]:
     return colors
 
 
+def _successful(runs: pd.DataFrame) -> pd.DataFrame:
+    """The successful runs (all of them when the frame has no status)."""
+    return runs[runs["status"].astype(str) == "success"] if "status" in runs else runs
+
+
+def _metrics(run: RunRecord) -> Mapping[str, JsonValue]:
+    """The run's metrics (empty when it has none)."""
+    return dict(run.get("metrics") or {}) if run else {}
+
+
 def _flow_label(segment_id: str, labels: Mapping[str, str]) -> str:
     return labels.get(segment_id, segment_id)
 
 
-def _mean_cltv(data: ReportData) -> pd.Series | None:
-    s = data.scores
-    if s is None or s.empty or "predicted_cltv" not in s:
+def _cltv_by_client(scores: pd.DataFrame | None) -> pd.Series | None:
+    """Predicted CLTV by client_id (the last row of a client), None without scores."""
+    if scores is None or scores.empty or "predicted_cltv" not in scores:
         return None
-    cltv = s.drop_duplicates("client_id", keep="last").set_index("client_id")["predicted_cltv"]
+    return scores.drop_duplicates("client_id", keep="last").set_index("client_id")["predicted_cltv"]
+
+
+def _mean_cltv(data: ReportData) -> pd.Series | None:
+    cltv = _cltv_by_client(data.scores)
+    if cltv is None:
+        return None
     m = data.membership
     values = pd.DataFrame(
         {"segment_id": m["segment_id"].astype(str), "v": m["client_id"].map(cltv)}
@@ -1110,7 +1211,7 @@ def _mean_cltv(data: ReportData) -> pd.Series | None:
     return values.groupby("segment_id")["v"].mean()
 
 
-def _quarantine_counts(store: Any, run_id: Any) -> dict[str, int] | None:
+def _quarantine_counts(store: TableSource, run_id: str) -> dict[str, int] | None:
     """Quarantined rows of one run by reason, from the store's quarantine table (None if unreadable)."""
     reader = getattr(store, "quarantine", None)
     try:
@@ -1129,11 +1230,12 @@ def _quarantine_counts(store: Any, run_id: Any) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in sorted(counts.items())}
 
 
-def _replace_run(data: ReportData, run: Mapping[str, Any]) -> ReportData:
+def _replace_run(data: ReportData, run: RunRecord) -> ReportData:
     return replace(data, run=run)
 
 
-def _frame(value: Any) -> pd.DataFrame:
+def _frame(value: object) -> pd.DataFrame:
+    """A table as read from a store, as a DataFrame (None: an empty one)."""
     if value is None:
         return pd.DataFrame()
     if isinstance(value, pd.DataFrame):
@@ -1141,11 +1243,13 @@ def _frame(value: Any) -> pd.DataFrame:
     to_pandas = getattr(value, "to_pandas", None) or getattr(value, "df", None)
     if callable(to_pandas):
         return to_pandas()
+    if not isinstance(value, Iterable):
+        raise TypeError(f"not a table: {type(value).__name__}")
     return pd.DataFrame(value)
 
 
 def _to_date(values: pd.Series) -> pd.Series:
-    def one(v: Any) -> date | None:
+    def one(v: object) -> date | None:
         if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT:
             return None
         if isinstance(v, datetime | pd.Timestamp):
@@ -1159,7 +1263,8 @@ def _to_date(values: pd.Series) -> pd.Series:
     return pd.Series([one(v) for v in values], index=values.index, dtype=object)
 
 
-def _parse_json(value: Any) -> Any:
+def _parse_json(value: object) -> JsonValue:
+    """A mapping as it is, JSON text parsed, anything else (or bad JSON) None."""
     if isinstance(value, Mapping):
         return value
     if not isinstance(value, str):
@@ -1170,20 +1275,24 @@ def _parse_json(value: Any) -> Any:
         return None
 
 
-def _plain(v: Any) -> Any:
+def _plain(v: JsonValue) -> JsonValue:
+    """A numpy scalar as the Python value; anything else as it is."""
     if isinstance(v, np.generic):
         return v.item()
     return v
 
 
-def _first_text(*values: Any) -> str:
+def _first_text(*values: object) -> str:
     for v in values:
         if v is not None and not (isinstance(v, float) and math.isnan(v)) and str(v) != "":
             return str(v)
     return ""
 
 
-def _finite(v: Any) -> float | None:
+def _finite(v: object) -> float | None:
+    """The value as a finite float, or None (null, NaN, infinite, not a number)."""
+    if not isinstance(v, str | bytes | bytearray | SupportsFloat | SupportsIndex):
+        return None  # float() would raise TypeError
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -1191,7 +1300,7 @@ def _finite(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _int(v: Any) -> int | None:
+def _int(v: object) -> int | None:
     f = _finite(v)
     return int(f) if f is not None else None
 
@@ -1200,17 +1309,18 @@ def _r(v: float) -> float:
     return round(float(v), 2)
 
 
-def _e(v: Any) -> str:
+def _e(v: object) -> str:
     return html.escape("" if v is None else str(v))
 
 
-def _date_text(d: Any) -> str:
+def _date_text(d: object) -> str:
     if d is None:
         return ""
     return d.isoformat() if isinstance(d, date) else str(d)[:10]
 
 
-def _time_text(t: Any) -> str:
+def _time_text(t: date | str | None) -> str:
+    """A timestamp cell as 'YYYY-MM-DD HH:MM UTC' (text that is no time as it is)."""
     if t is None or t is pd.NaT:
         return ""
     try:
@@ -1229,24 +1339,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _int_text(v: Any) -> str:
+def _int_text(v: object) -> str:
     i = _int(v)
     return f"{i:,}" if i is not None else ""
 
 
-def _pct(v: Any) -> str:
+def _pct(v: object) -> str:
     f = _finite(v)
     if f is None:
         return ""
     return f"{100 * f:.1f}%" if abs(f) >= 0.001 or f == 0 else f"{100 * f:.2g}%"
 
 
-def _num(v: Any, digits: int) -> str:
+def _num(v: object, digits: int) -> str:
     f = _finite(v)
     return f"{f:,.{digits}f}" if f is not None else ""
 
 
-def _money(v: Any) -> str:
+def _money(v: object) -> str:
     f = _finite(v)
     return f"{f:,.2f}" if f is not None else "&ndash;"
 
@@ -1265,124 +1375,222 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 # ----------------------------------------------------------------------------- sample data
 
+# (feature, z, median, population median) of a sample cluster's distinguishing features
+_SampleFeature = tuple[str, float, float, float]
+# (segment id, name, kind, distinguishing features): 5 clusters, a rule and the noise
+_SAMPLE_SEGMENTS: tuple[tuple[str, str, str, tuple[_SampleFeature, ...]], ...] = (
+    ("C1", "Loyal app buyers", "cluster", (("share_app", 2.1, 0.62, 0.18), ("n_purchases", 1.6, 9, 2.8), ("sentiment_mean", 1.1, 0.5, 0.1))),
+    ("C2", "Cart abandoners", "cluster", (("cart_abandon_rate_90d", 2.4, 0.78, 0.2), ("events_90d", 1.2, 41, 18), ("n_purchases", -0.8, 1, 2.8))),
+    ("C3", "Dormant email readers", "cluster", (("recency_days", 2.0, 210, 35), ("share_email", 1.7, 0.55, 0.15), ("events_30d", -1.3, 0, 6))),
+    ("C4", "Support-strained", "cluster", (("support_tickets_90d", 2.6, 4, 0.2), ("sentiment_mean", -2.0, -0.55, 0.1), ("share_call_center", 1.9, 0.4, 0.03))),
+    ("C5", "Store regulars", "cluster", (("share_store", 2.3, 0.7, 0.1), ("avg_order_value", 1.0, 120, 64), ("channel_entropy", -1.1, 0.4, 1.2))),
+    ("R_vip", "VIP (rule)", "rule", ()),
+    ("NOISE", "Unclustered", "noise", ()),
+)  # fmt: skip
+_SAMPLE_IDS = [s[0] for s in _SAMPLE_SEGMENTS]
+_SAMPLE_WEIGHTS = np.array([0.22, 0.2, 0.18, 0.08, 0.14, 0.06, 0.12])
+_SAMPLE_DAYS = (date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21))
+_SAMPLE_CLTV_SCALE = np.array([900, 120, 60, 300, 700, 5200, 150.0])  # per segment
+# Per segment: the share of clients reaching at least each journey stage.
+_SAMPLE_REACH = np.array(
+    [[1, .95, .9, .85, .4], [1, .97, .35, .2, .02], [1, .8, .6, .5, .05], [1, .9, .8, .75, .1],
+     [1, .85, .8, .7, .15], [1, 1, 1, .98, .7], [1, .6, .3, .2, .02]]
+)  # fmt: skip
+# A row of segment_history or segment_transitions while the sample is built.
+_SampleRow = list[str | date | None]
+
+
+@dataclass
+class _SampleHistory:
+    """The sample's segment history, built night by night: who is where, since when."""
+
+    current: dict[str, int] = field(default_factory=dict)  # client -> segment index
+    open_row: dict[str, int] = field(default_factory=dict)  # client -> its open history row
+    history: list[_SampleRow] = field(default_factory=list)  # client, segment, from, to
+    transitions: list[_SampleRow] = field(default_factory=list)  # as_of, client, from, to
+
+    def enter(self, client: str, segment: int, day: date) -> None:
+        """The client is in `segment` from `day` on (a new history row, left open)."""
+        self.current[client] = segment
+        self.open_row[client] = len(self.history)
+        self.history.append([client, _SAMPLE_IDS[segment], day, None])
+
+    def move(self, client: str, segment: int, day: date) -> None:
+        """Close the client's open history row on `day` and enter `segment`, as a transition."""
+        old = self.current[client]
+        self.history[self.open_row[client]][3] = day
+        self.enter(client, segment, day)
+        self.transitions.append([day, client, _SAMPLE_IDS[old], _SAMPLE_IDS[segment]])
+
 
 def sample_report_data(clients: int = 4000, seed: int = 7) -> ReportData:
     """A deterministic synthetic ReportData (3 runs, 7 segments incl. noise and a rule) for demos.
 
     Used to make the screenshot in docs/ and by `python -m pipelines.report --sample PATH`.
+
+    Parameters
+    ----------
+    clients : int, default 4000
+        Number of client ids: 90% present at the first run, 5% more new at each later run.
+    seed : int, default 7
+        Seed of the random draws: the same seed gives the same data.
+
+    Returns
+    -------
+    ReportData
+        Three nightly runs a day apart, the last one as of 2026-11-21.
     """
     rng = np.random.default_rng(seed)
-    days = [date(2026, 11, 19), date(2026, 11, 20), date(2026, 11, 21)]
-    segs = [
-        ("C1", "Loyal app buyers", "cluster", [("share_app", 2.1, 0.62, 0.18), ("n_purchases", 1.6, 9, 2.8), ("sentiment_mean", 1.1, 0.5, 0.1)]),
-        ("C2", "Cart abandoners", "cluster", [("cart_abandon_rate_90d", 2.4, 0.78, 0.2), ("events_90d", 1.2, 41, 18), ("n_purchases", -0.8, 1, 2.8)]),
-        ("C3", "Dormant email readers", "cluster", [("recency_days", 2.0, 210, 35), ("share_email", 1.7, 0.55, 0.15), ("events_30d", -1.3, 0, 6)]),
-        ("C4", "Support-strained", "cluster", [("support_tickets_90d", 2.6, 4, 0.2), ("sentiment_mean", -2.0, -0.55, 0.1), ("share_call_center", 1.9, 0.4, 0.03)]),
-        ("C5", "Store regulars", "cluster", [("share_store", 2.3, 0.7, 0.1), ("avg_order_value", 1.0, 120, 64), ("channel_entropy", -1.1, 0.4, 1.2)]),
-        ("R_vip", "VIP (rule)", "rule", None),
-        ("NOISE", "Unclustered", "noise", None),
-    ]  # fmt: skip
-    weights = np.array([0.22, 0.2, 0.18, 0.08, 0.14, 0.06, 0.12])
-    ids = [s[0] for s in segs]
-    rows, definitions = [], []
-    for sid, name, kind, feats in segs:
-        if kind == "cluster":
-            d = {
-                "name": name,
-                "description": f"Cluster of clients: {name.lower()}.",
-                "top_features": [
-                    {"feature": f, "z": z, "median": m, "population_median": p}
-                    for f, z, m, p in feats
-                ],
-            }
-        elif kind == "rule":
-            d = {"when": "total_spend > 5000 and recency_days < 30", "priority": 10,
-                 "description": "Top spenders active in the last month."}  # fmt: skip
-        else:
-            d = {"name": name, "description": "Clients no cluster claims (HDBSCAN noise)."}
-        definitions.append(json.dumps(d))
-        rows.append((sid, name, "cluster" if kind == "noise" else kind))
+    p = _SAMPLE_WEIGHTS / _SAMPLE_WEIGHTS.sum()
     client_ids = [f"c{i:08d}" for i in range(clients)]
     n_first = int(clients * 0.9)
-    first = rng.choice(len(ids), size=n_first, p=weights / weights.sum())
-    # each later night: 4% move (cart abandoners drift to dormant more), 5% new clients
-    history, transitions, runs = [], [], []
-    current = dict(zip(client_ids[:n_first], first.tolist(), strict=True))
-    open_row: dict[str, int] = {}
-    for c, s in current.items():
-        open_row[c] = len(history)
-        history.append([c, ids[s], days[0], None])
-    for k, d in enumerate(days):
+    first = rng.choice(len(_SAMPLE_IDS), size=n_first, p=p)
+    built = _SampleHistory()
+    for c, s in zip(client_ids[:n_first], first.tolist(), strict=True):
+        built.enter(c, s, _SAMPLE_DAYS[0])
+    runs = []
+    for k, day in enumerate(_SAMPLE_DAYS):
         if k > 0:
             new = client_ids[
                 int(n_first + (k - 1) * clients * 0.05) : int(n_first + k * clients * 0.05)
             ]
-            for c in new:
-                s = int(rng.choice(len(ids), p=weights / weights.sum()))
-                current[c] = s
-                open_row[c] = len(history)
-                history.append([c, ids[s], d, None])
-                transitions.append([d, c, None, ids[s]])
-            for c in sorted(current):
-                if c in new or rng.random() > 0.05:
-                    continue
-                old = current[c]
-                target = 2 if old == 1 and rng.random() < 0.6 else int(rng.integers(len(ids)))
-                if target == old:
-                    continue
-                current[c] = target
-                history[open_row[c]][3] = d
-                open_row[c] = len(history)
-                history.append([c, ids[target], d, None])
-                transitions.append([d, c, ids[old], ids[target]])
+            _sample_night(rng, built, new, day, p)
         else:
-            transitions += [[d, c, None, ids[s]] for c, s in current.items()]
-        runs.append(
-            {
-                "run_id": f"run-{d.isoformat()}",
-                "as_of": d,
-                "started_at": datetime(d.year, d.month, d.day + 1, 2, 0),
-                "finished_at": datetime(d.year, d.month, d.day + 1, 2, 3, 41),
-                "status": "success",
-                "events_read": 1_250_000 + 31_000 * k,
-                "events_quarantined": 412 + k,
-                "clients": len(current),
-                "segments": len(ids),
-                "cluster_model_version": "3",
-                "cltv_model_version": "2",
-                "mlflow_run_id": f"{seed:02d}{k:02d}" + "ab4f1c9e0d2b7a6e5f3c1d9b8a7e",
+            built.transitions += [[day, c, None, _SAMPLE_IDS[s]] for c, s in built.current.items()]
+        runs.append(_sample_run(day, k, len(built.current), seed))
+    current = built.current
+    membership = _sample_membership(rng, current)
+    seg_index = np.array(list(current.values()))
+    scores = _sample_scores(rng, list(current), seg_index)
+    funnel = _sample_funnel(rng, list(current), seg_index)
+    run = dict(runs[-1])
+    run["metrics"] = _sample_metrics(float(_SAMPLE_WEIGHTS[-1]))
+    return ReportData(
+        as_of=_SAMPLE_DAYS[-1],
+        run=run,
+        membership=membership,
+        segments=_sample_segments(),
+        transitions=pd.DataFrame(
+            built.transitions, columns=["as_of", "client_id", "from_segment_id", "to_segment_id"]
+        ),
+        runs=pd.DataFrame(runs),
+        history=pd.DataFrame(
+            built.history, columns=["client_id", "segment_id", "valid_from", "valid_to"]
+        ),
+        scores=scores,
+        funnel=funnel,
+        title="Segmentation run report (sample data)",
+    )
+
+
+def _sample_night(
+    rng: np.random.Generator, built: _SampleHistory, new: list[str], day: date, p: np.ndarray
+) -> None:
+    """One later night: the `new` clients enter, then 5% of the others move (cart abandoners
+    drift to the dormant readers more often)."""
+    for c in new:
+        s = int(rng.choice(len(_SAMPLE_IDS), p=p))
+        built.enter(c, s, day)
+        built.transitions.append([day, c, None, _SAMPLE_IDS[s]])
+    for c in sorted(built.current):
+        if c in new or rng.random() > 0.05:
+            continue
+        old = built.current[c]
+        target = 2 if old == 1 and rng.random() < 0.6 else int(rng.integers(len(_SAMPLE_IDS)))
+        if target == old:
+            continue
+        built.move(c, target, day)
+
+
+def _sample_run(day: date, k: int, clients: int, seed: int) -> dict[str, object]:
+    """The `runs` row of the sample's k-th night."""
+    return {
+        "run_id": f"run-{day.isoformat()}",
+        "as_of": day,
+        "started_at": datetime(day.year, day.month, day.day + 1, 2, 0),
+        "finished_at": datetime(day.year, day.month, day.day + 1, 2, 3, 41),
+        "status": "success",
+        "events_read": 1_250_000 + 31_000 * k,
+        "events_quarantined": 412 + k,
+        "clients": clients,
+        "segments": len(_SAMPLE_IDS),
+        "cluster_model_version": "3",
+        "cltv_model_version": "2",
+        "mlflow_run_id": f"{seed:02d}{k:02d}" + "ab4f1c9e0d2b7a6e5f3c1d9b8a7e",
+    }
+
+
+def _sample_segments() -> pd.DataFrame:
+    """The sample's `segments` table, with profile and rule definitions as JSON."""
+    definitions = []
+    for _, name, kind, feats in _SAMPLE_SEGMENTS:
+        definition: dict[str, object]
+        if kind == "cluster":
+            definition = {
+                "name": name,
+                "description": f"Cluster of clients: {name.lower()}.",
+                "top_features": [
+                    {"feature": f, "z": z, "median": m, "population_median": pop}
+                    for f, z, m, pop in feats
+                ],
             }
-        )
-    membership = pd.DataFrame(
+        elif kind == "rule":
+            definition = {"when": "total_spend > 5000 and recency_days < 30", "priority": 10,
+                          "description": "Top spenders active in the last month."}  # fmt: skip
+        else:
+            definition = {"name": name, "description": "Clients no cluster claims (HDBSCAN noise)."}
+        definitions.append(json.dumps(definition))
+    return pd.DataFrame(
         {
-            "client_id": list(current),
-            "segment_id": [ids[s] for s in current.values()],
-            "segment_name": [segs[s][1] for s in current.values()],
-            "segment_source": [segs[s][2] for s in current.values()],
-            "journey_stage": rng.choice(list(STAGES), size=len(current)),
-            "as_of": days[-1],
+            "segment_id": _SAMPLE_IDS,
+            "segment_name": [s[1] for s in _SAMPLE_SEGMENTS],
+            "kind": ["cluster" if s[2] == "noise" else s[2] for s in _SAMPLE_SEGMENTS],
+            "definition": definitions,
         }
     )
-    base = np.array([900, 120, 60, 300, 700, 5200, 150.0])
-    seg_index = np.array(list(current.values()))
-    cltv = rng.gamma(2.0, base[seg_index] / 2.0)
-    scores = pd.DataFrame(
+
+
+def _sample_membership(rng: np.random.Generator, current: dict[str, int]) -> pd.DataFrame:
+    """The current membership of the sample, with a random journey stage per client."""
+    return pd.DataFrame(
         {
             "client_id": list(current),
-            "as_of": days[-1],
+            "segment_id": [_SAMPLE_IDS[s] for s in current.values()],
+            "segment_name": [_SAMPLE_SEGMENTS[s][1] for s in current.values()],
+            "segment_source": [_SAMPLE_SEGMENTS[s][2] for s in current.values()],
+            "journey_stage": rng.choice(list(STAGES), size=len(current)),
+            "as_of": _SAMPLE_DAYS[-1],
+        }
+    )
+
+
+def _sample_scores(
+    rng: np.random.Generator, client_ids: list[str], seg_index: np.ndarray
+) -> pd.DataFrame:
+    """Gamma-distributed predicted CLTV around each segment's scale."""
+    cltv = rng.gamma(2.0, _SAMPLE_CLTV_SCALE[seg_index] / 2.0)
+    return pd.DataFrame(
+        {
+            "client_id": client_ids,
+            "as_of": _SAMPLE_DAYS[-1],
             "predicted_cltv": np.round(cltv, 2),
             "horizon_days": 365,
         }
     )
-    reach = np.array(
-        [[1, .95, .9, .85, .4], [1, .97, .35, .2, .02], [1, .8, .6, .5, .05], [1, .9, .8, .75, .1],
-         [1, .85, .8, .7, .15], [1, 1, 1, .98, .7], [1, .6, .3, .2, .02]]
-    )  # fmt: skip
-    u = rng.random(len(current))
-    furthest = [STAGES[int((u[i] < reach[s]).sum()) - 1] for i, s in enumerate(seg_index)]
-    funnel = pd.DataFrame({"client_id": list(current), "furthest_stage": furthest})
-    run = dict(runs[-1])
-    run["metrics"] = {
+
+
+def _sample_funnel(
+    rng: np.random.Generator, client_ids: list[str], seg_index: np.ndarray
+) -> pd.DataFrame:
+    """The furthest journey stage per client, drawn from its segment's reach shares."""
+    u = rng.random(len(client_ids))
+    furthest = [STAGES[int((u[i] < _SAMPLE_REACH[s]).sum()) - 1] for i, s in enumerate(seg_index)]
+    return pd.DataFrame({"client_id": client_ids, "furthest_stage": furthest})
+
+
+def _sample_metrics(noise_share: float) -> dict[str, object]:
+    """The sample run's metrics: quality, quarantine counts and the CLTV backtest."""
+    return {
         "duplicates": 2_318,
         "quarantined_by_reason": {
             "future_event_time": 181,
@@ -1391,7 +1599,7 @@ def sample_report_data(clients: int = 4000, seed: int = 7) -> ReportData:
             "unparseable_event_time": 41,
             "sentiment_out_of_range": 31,
         },
-        "noise_share": float(weights[-1]),
+        "noise_share": noise_share,
         "cluster_quality": 0.412,
         "stability": 0.93,
         "purchases_bias": -0.08,
@@ -1403,30 +1611,6 @@ def sample_report_data(clients: int = 4000, seed: int = 7) -> ReportData:
         "spend_mae": 88.1,
         "spend_corr": 0.768,
     }
-    segments = pd.DataFrame(
-        {
-            "segment_id": ids,
-            "segment_name": [r[1] for r in rows],
-            "kind": [r[2] for r in rows],
-            "definition": definitions,
-        }
-    )
-    return ReportData(
-        as_of=days[-1],
-        run=run,
-        membership=membership,
-        segments=segments,
-        transitions=pd.DataFrame(
-            transitions, columns=["as_of", "client_id", "from_segment_id", "to_segment_id"]
-        ),
-        runs=pd.DataFrame(runs),
-        history=pd.DataFrame(
-            history, columns=["client_id", "segment_id", "valid_from", "valid_to"]
-        ),
-        scores=scores,
-        funnel=funnel,
-        title="Segmentation run report (sample data)",
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

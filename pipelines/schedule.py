@@ -28,18 +28,34 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, ParamSpec, TypeVar
 
+from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.deployments.runner import EntrypointType
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import ValidationError
 
-from configs import SegmentationError
+from configs import EngineConfig, SegmentationError
+
+__all__ = [
+    "DEFAULT_PORT",
+    "SERVER_STARTUP_TIMEOUT",
+    "ScheduleError",
+    "build_deployment",
+    "cron_schedule",
+    "local_server",
+    "prefect_api",
+    "serve_nightly",
+    "server_healthy",
+]
 
 DEFAULT_PORT = 4200
 SERVER_STARTUP_TIMEOUT = 120.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class ScheduleError(SegmentationError, RuntimeError):
@@ -47,12 +63,12 @@ class ScheduleError(SegmentationError, RuntimeError):
 
 
 def build_deployment(
-    flow: Any,
-    config: Any,
+    flow: Flow[P, R],
+    config: EngineConfig,
     *,
-    parameters: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, object] | None = None,
     tags: list[str] | None = None,
-) -> Any:
+) -> RunnerDeployment:
     """The flow's deployment on `config.schedule` (cron, timezone, deployment_name).
 
     `parameters` are the default parameters of every scheduled run (e.g. the config path).
@@ -67,7 +83,7 @@ def build_deployment(
     entrypoint_type = (
         EntrypointType.FILE_PATH if module in (None, "__main__") else EntrypointType.MODULE_PATH
     )
-    return flow.to_deployment(
+    deployment = flow.to_deployment(
         entrypoint_type=entrypoint_type,
         name=schedule.deployment_name,
         schedules=[Cron(schedule.cron, timezone=schedule.timezone)],
@@ -78,6 +94,10 @@ def build_deployment(
             "(publishes as of the previous day)."
         ),
     )
+    if not isinstance(deployment, RunnerDeployment):  # Prefect's coroutine, in an event loop
+        deployment.close()
+        raise ScheduleError("build_deployment is synchronous: call it outside an event loop")
+    return deployment
 
 
 def cron_schedule(cron: str, timezone: str) -> CronSchedule:
@@ -92,10 +112,10 @@ def cron_schedule(cron: str, timezone: str) -> CronSchedule:
 
 
 def serve_nightly(
-    flow: Any,
-    config: Any,
+    flow: Flow[P, R],
+    config: EngineConfig,
     *,
-    parameters: Mapping[str, Any] | None = None,
+    parameters: Mapping[str, object] | None = None,
     server: Literal["auto", "external"] = "auto",
     port: int = DEFAULT_PORT,
     limit: int | None = 1,
@@ -115,7 +135,7 @@ def serve_nightly(
 
 @contextlib.contextmanager
 def prefect_api(
-    config: Any,
+    config: EngineConfig,
     *,
     server: Literal["auto", "external"] = "auto",
     port: int = DEFAULT_PORT,
@@ -212,7 +232,8 @@ def _use_api(url: str) -> Iterator[None]:
             os.environ["PREFECT_API_URL"] = previous
 
 
-def _stop(process: subprocess.Popen[Any], grace: float = 15.0) -> None:
+def _stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
+    """Stop the server's process group: SIGTERM, then SIGKILL after `grace` seconds."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

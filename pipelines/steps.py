@@ -1,27 +1,33 @@
-"""The nightly run's steps as plain functions: no Prefect here, so each step is testable alone.
+"""The nightly run's steps as plain functions over typed values: no Prefect here, so each
+step is testable alone.
 
 The flow in `pipelines/nightly.py` wires these into Prefect tasks. Kedro-like split: the
-steps take data and config and return data; where they read or write (DuckDB, the store,
-MLflow) is decided by the flow.
+steps take data and config and return data (frames and dataclasses); where they read or write
+(the DuckDB connection, the MLflow registry) is handed to them by the flow, and what to decide
+(refit or not, the quality gates, champion or refit) is asked of `pipelines.policy`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from configs import EngineConfig
+from configs import EngineConfig, SegmentationError
 from features.events import ValidationReport, check_bad_share, load_configured_events
 from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
 from models.cltv import BTYD_COLUMNS, SCORE_COLUMNS, CltvModel
+from pipelines import policy
+from pipelines.policy import Candidate, ChampionFit, ModelChoice, RefitDecision
 from segmentation.clustering import ClusterModel
 from segmentation.combine import (
     NOISE_SEGMENT_ID,
@@ -32,7 +38,42 @@ from segmentation.combine import (
 from segmentation.drift import DriftReference, fit_reference, psi
 from segmentation.rules import RuleSet, load_rules
 
+if TYPE_CHECKING:
+    from pipelines.registry import ModelRegistry
+
+__all__ = [
+    "Champions",
+    "CltvBundle",
+    "ClusterBundle",
+    "EventsRead",
+    "NothingToSegmentError",
+    "Registration",
+    "Segmentation",
+    "btyd_inputs",
+    "champion_fit",
+    "choose_cltv_model",
+    "choose_cluster_model",
+    "compute_features",
+    "decide_refit",
+    "fit_cltv",
+    "fit_clusters",
+    "load_champions",
+    "load_ruleset",
+    "quality_gate_failures",
+    "read_events",
+    "run_identity",
+    "score_clients",
+    "segment_clients",
+    "stability_against",
+]
+
 log = logging.getLogger(__name__)
+
+_BundleT = TypeVar("_BundleT", "ClusterBundle", "CltvBundle")
+
+
+class NothingToSegmentError(SegmentationError, ValueError):
+    """No client has a valid event up to the as-of date."""
 
 
 @dataclass
@@ -46,6 +87,7 @@ class ClusterBundle:
     config_digest: str
 
     def predict(self, X: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Each client's segment (sticky to `previous` memberships; the registry's contract)."""
         return self.model.predict(X, previous=previous)
 
 
@@ -58,29 +100,44 @@ class CltvBundle:
     fitted_as_of: date
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Each client's CLTV figures from BTYD inputs (the registry's contract)."""
         return self.model.predict(X)
 
 
 @dataclass(frozen=True)
-class RefitDecision:
-    """Whether to refit the clustering tonight, why, and the figures behind it."""
+class EventsRead:
+    """Tonight's events as read: the validation counts, and the rejected rows with their
+    reasons for the store's quarantine table (the valid ones are `events` on the connection)."""
 
-    refit: bool
-    reason: str
-    age_days: int | None = None
-    max_psi: float | None = None
-    drifted_features: tuple[str, ...] = ()
-    champion_noise_share: float | None = None
+    report: ValidationReport
+    quarantine: pd.DataFrame
 
-    def metrics(self) -> dict[str, float]:
-        out = {"refit": float(self.refit)}
-        if self.age_days is not None:
-            out["champion_age_days"] = float(self.age_days)
-        if self.max_psi is not None:
-            out["max_psi"] = self.max_psi
-        if self.champion_noise_share is not None:
-            out["champion_noise_share"] = self.champion_noise_share
-        return out
+
+@dataclass(frozen=True)
+class Champions:
+    """The registered champions the run starts from (None where there is none yet)."""
+
+    clusters: Candidate[ClusterBundle] | None = None
+    cltv: Candidate[CltvBundle] | None = None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where tonight's refits are registered: the MLflow registry, under the tracked run
+    that fitted them (a registered version becomes champion only by a promotion)."""
+
+    registry: ModelRegistry
+    mlflow_run_id: str
+
+    def register(
+        self,
+        name: str,
+        bundle: ClusterBundle | CltvBundle,
+        metrics: Mapping[str, float],
+        tags: Mapping[str, str],
+    ) -> int:
+        """Register `bundle` as a new version of `name`; returns the version number."""
+        return self.registry.register(name, bundle, self.mlflow_run_id, metrics=metrics, tags=tags)
 
 
 @dataclass
@@ -89,7 +146,7 @@ class Segmentation:
 
     membership: pd.DataFrame
     segments: pd.DataFrame
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def read_events(
@@ -97,11 +154,11 @@ def read_events(
     config: EngineConfig,
     events_path: str,
     now: datetime | None = None,
-) -> ValidationReport:
+) -> EventsRead:
     """Load and validate events into `events`/`quarantine` on `con`; fail above the bad share."""
     report = load_configured_events(con, config, events_path, now=now)
     check_bad_share(report, config.events.max_bad_share)
-    return report
+    return EventsRead(report, con.execute("SELECT * FROM quarantine").df())
 
 
 def compute_features(
@@ -112,10 +169,49 @@ def compute_features(
 
     table = build_features(con, as_of, config.features, shards=config.features.shards)
     if table.num_rows == 0:
-        raise ValueError(f"no client has an event up to {as_of}: nothing to segment")
+        raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
     frame = table.to_pandas()
     frame["client_id"] = frame["client_id"].astype(str)
     return frame
+
+
+def load_champions(registry: ModelRegistry | None, config: EngineConfig) -> Champions:
+    """The champion clustering and CLTV models (none without MLflow); a CLTV champion brings
+    the backtest that qualified it to tonight's log."""
+    if registry is None:
+        return Champions()
+    clusters = _champion(registry, config.mlflow.cluster_model_name, ClusterBundle)
+    cltv = _champion(registry, config.mlflow.cltv_model_name, CltvBundle)
+    if cltv is not None:
+        cltv = Candidate(cltv.bundle, cltv.version, _prefixed("backtest", cltv.bundle.backtest))
+    return Champions(clusters=clusters, cltv=cltv)
+
+
+def decide_refit(
+    champion: ClusterBundle | None,
+    features: pd.DataFrame,
+    as_of: date,
+    config: EngineConfig,
+    force: bool = False,
+) -> RefitDecision:
+    """Whether to refit the clustering tonight (`policy.refit_decision`), measuring how the
+    champion fits tonight's features only when the decision depends on it."""
+    fitted = champion.fitted_as_of if champion is not None else None
+    fit = None
+    if champion is not None and policy.needs_champion_fit(as_of, fitted, force=force):
+        fit = champion_fit(champion, features, config)
+    return policy.refit_decision(as_of, fitted, fit, config.refit, force=force)
+
+
+def champion_fit(
+    champion: ClusterBundle, features: pd.DataFrame, config: EngineConfig
+) -> ChampionFit:
+    """PSI of each feature against the champion's training sample, and the noise share the
+    champion gives a sample of tonight's clients (at most 20,000, seeded)."""
+    drift = psi(champion.reference, features)
+    sample = features.sample(n=min(len(features), 20_000), random_state=config.seed)
+    noise = float(champion.predict(sample)["is_noise"].mean())
+    return ChampionFit(psi=drift, noise_share=noise)
 
 
 def btyd_inputs(features: pd.DataFrame) -> pd.DataFrame:
@@ -128,6 +224,30 @@ def btyd_inputs(features: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def choose_cltv_model(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    btyd: pd.DataFrame,
+    config: EngineConfig,
+    champion: Candidate[CltvBundle] | None,
+    refit_clusters: bool,
+    registration: Registration | None,
+) -> ModelChoice[CltvBundle]:
+    """The CLTV model tonight (`policy.choose_cltv`): the champion, or a refit (with the
+    clustering, or when no champion may serve) registered in MLflow; a refit that does not
+    converge keeps the previous model."""
+    refit = None
+    if policy.cltv_refit_needed(champion, as_of, refit_clusters):
+        refit = _refit_cltv(con, as_of, btyd, config, registration)
+    return policy.choose_cltv(
+        champion,
+        refit,
+        as_of=as_of,
+        refit_clusters=refit_clusters,
+        model_name=config.mlflow.cltv_model_name,
+    )
+
+
 def fit_cltv(
     con: duckdb.DuckDBPyConnection, as_of: date, btyd: pd.DataFrame, config: EngineConfig
 ) -> CltvBundle:
@@ -137,11 +257,7 @@ def fit_cltv(
     """
     from features.build import purchase_log
 
-    model = CltvModel(
-        horizon_days=config.cltv.horizon_days,
-        annual_discount_rate=config.cltv.annual_discount_rate,
-        penalizer=config.cltv.penalizer,
-    )
+    model = CltvModel.from_config(config.cltv)
     purchases = purchase_log(con, as_of).rename(columns={"event_time": "day"})
     metrics: dict[str, float] = {}
     calibration, holdout = split_btyd(purchases, as_of, config.cltv.holdout_days)
@@ -173,42 +289,29 @@ def score_clients(
     return predicted[columns]
 
 
-def decide_refit(
-    champion: ClusterBundle | None,
+def choose_cluster_model(
     features: pd.DataFrame,
     as_of: date,
     config: EngineConfig,
-    force: bool = False,
-) -> RefitDecision:
-    """Refit weekly, or earlier on feature drift (PSI) or a high noise share; never reuse a
-    model fitted on data later than tonight's as-of date (that would leak the future)."""
-    if force:
-        return RefitDecision(True, "forced")
-    if champion is None:
-        return RefitDecision(True, "no champion model")
-    age = (as_of - champion.fitted_as_of).days
-    if age < 0:
-        return RefitDecision(True, "champion was fitted after this as-of date", age_days=age)
-    drift = psi(champion.reference, features)
-    max_psi = max(drift.values(), default=0.0)
-    drifted = tuple(sorted(k for k, v in drift.items() if v > config.refit.max_psi))
-    sample = features.sample(n=min(len(features), 20_000), random_state=config.seed)
-    noise = float(champion.predict(sample)["is_noise"].mean())
-    figures = {"age_days": age, "max_psi": round(max_psi, 4), "champion_noise_share": noise}
-    if age >= config.refit.every_days:
-        return RefitDecision(True, f"scheduled: champion is {age} days old", **figures)
-    if drifted:
-        return RefitDecision(
-            True,
-            f"feature drift: PSI > {config.refit.max_psi} on {', '.join(drifted)}",
-            drifted_features=drifted,
-            **figures,
-        )
-    if noise > config.refit.max_noise_share:
-        return RefitDecision(
-            True, f"noise share {noise:.2f} above {config.refit.max_noise_share}", **figures
-        )
-    return RefitDecision(False, "champion is fresh and fits", **figures)
+    champion: Candidate[ClusterBundle] | None,
+    decision: RefitDecision,
+    previous_membership: pd.DataFrame | None,
+    registration: Registration | None,
+) -> ModelChoice[ClusterBundle]:
+    """The clustering tonight (`policy.choose_clusters`): the champion, or a refit that is
+    registered (tagged with the gates it failed) and serves when it passes the quality gates
+    or there is no champion."""
+    refit, failures = None, []
+    if policy.cluster_refit_needed(decision, champion):
+        previous = champion.bundle if champion is not None else None
+        bundle = fit_clusters(features, as_of, config, previous, previous_membership)
+        failures = quality_gate_failures(bundle, config)
+        if failures:
+            log.warning("refit failed the quality gates: %s", "; ".join(failures))
+        refit = _registered_clusters(bundle, as_of, config, decision, failures, registration)
+    return policy.choose_clusters(
+        champion, refit, failures, as_of=as_of, model_name=config.mlflow.cluster_model_name
+    )
 
 
 def fit_clusters(
@@ -231,26 +334,17 @@ def fit_clusters(
         previous_assignments=assignments,
     )
     used = list(model.feature_names_in_)
-    in_sample = pd.Index(model.sample_ids_).get_indexer(features["client_id"]) >= 0
+    in_sample = pd.Index(model.sample_ids_).get_indexer(pd.Index(features["client_id"])) >= 0
     reference = fit_reference(features[in_sample], used)
     return ClusterBundle(model, reference, as_of, config.digest())
 
 
 def quality_gate_failures(bundle: ClusterBundle, config: EngineConfig) -> list[str]:
-    """The configured quality gates a refit fails; empty means it may become champion."""
-    metrics = bundle.model.metrics_
-    failures = []
-    if metrics.get("n_clusters", 0) < config.refit.min_clusters:
-        failures.append(f"n_clusters {metrics.get('n_clusters')} < {config.refit.min_clusters}")
-    if metrics.get("noise_share", 1.0) > config.refit.max_noise_share:
-        failures.append(f"noise_share {metrics['noise_share']} > {config.refit.max_noise_share}")
-    quality = metrics.get("quality")
-    if quality is not None and np.isfinite(quality) and quality < config.refit.min_quality:
-        failures.append(f"quality {quality:.3f} < {config.refit.min_quality}")
-    stability = metrics.get("stability")
-    if stability is not None and np.isfinite(stability) and stability < config.refit.min_stability:
-        failures.append(f"stability {stability:.3f} < {config.refit.min_stability}")
-    return failures
+    """The configured quality gates a refit fails (`policy.gate_failures`); empty means it
+    may become champion."""
+    return policy.gate_failures(
+        policy.ClusterQuality.from_metrics(bundle.model.metrics_), config.refit
+    )
 
 
 def load_ruleset(config: EngineConfig) -> RuleSet:
@@ -279,19 +373,12 @@ def segment_clients(
         assigned = clusters.predict(features, sticky)
         assigned["segment_name"] = assigned["segment_id"].map(model.segment_names_)
         assigned.loc[assigned["is_noise"], "segment_name"] = NOISE_SEGMENT_NAME
-        for segment_id, profile in model.profiles_.items():
-            if segment_id == NOISE_SEGMENT_ID:
-                continue
-            reasons[segment_id] = _cluster_reason(profile)
-            cluster_rows.append(
-                {
-                    "segment_id": segment_id,
-                    "segment_name": model.segment_names_.get(segment_id, segment_id),
-                    "kind": "cluster",
-                    "definition": json.dumps(_jsonable(profile), sort_keys=True),
-                    "model_version": cluster_version,
-                }
-            )
+        cluster_rows = _cluster_segment_rows(model, cluster_version)
+        reasons = {
+            segment_id: _cluster_reason(profile)
+            for segment_id, profile in model.profiles_.items()
+            if segment_id != NOISE_SEGMENT_ID
+        }
     membership = assign_segments(
         features,
         assigned,
@@ -322,25 +409,7 @@ def segment_clients(
     segments = pd.concat(
         [pd.DataFrame(cluster_rows), rule_rows, pd.DataFrame([noise_row])], ignore_index=True
     )
-    sizes = membership["segment_source"].value_counts()
-    metrics = {
-        "clients": float(len(membership)),
-        "share_rule": float(sizes.get("rule", 0) / len(membership)),
-        "share_cluster": float(sizes.get("cluster", 0) / len(membership)),
-        "share_noise": float(sizes.get("noise", 0) / len(membership)),
-    }
-    for segment_id, size in membership["segment_id"].value_counts().items():
-        metrics[f"size.{segment_id}"] = float(size)
-    for stage, size in membership["lifecycle_stage"].value_counts().items():
-        metrics[f"lifecycle.{stage}"] = float(size)
-    return Segmentation(membership=membership, segments=segments, metrics=metrics)
-
-
-def _cluster_members(previous: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The clients of the previous membership who were in a cluster segment (for stickiness)."""
-    if previous is None or "segment_source" not in previous.columns:
-        return None
-    return previous.loc[previous["segment_source"] == "cluster", ["client_id", "segment_id"]]
+    return Segmentation(membership, segments, _membership_metrics(membership))
 
 
 def stability_against(previous: pd.DataFrame | None, current: pd.DataFrame) -> float | None:
@@ -359,6 +428,142 @@ def run_identity(as_of: date) -> tuple[str, datetime]:
     """A run id that sorts by time and names its as-of date, and the start time (UTC)."""
     started = datetime.now(UTC)
     return f"run-{as_of.isoformat()}-{started.strftime('%Y%m%dT%H%M%S%f')}", started
+
+
+def _cluster_segment_rows(model: ClusterModel, cluster_version: str) -> list[dict[str, Any]]:
+    """The `segments` rows of the model's clusters (noise apart): name and profile as JSON."""
+    return [
+        {
+            "segment_id": segment_id,
+            "segment_name": model.segment_names_.get(segment_id, segment_id),
+            "kind": "cluster",
+            "definition": json.dumps(_jsonable(profile), sort_keys=True),
+            "model_version": cluster_version,
+        }
+        for segment_id, profile in model.profiles_.items()
+        if segment_id != NOISE_SEGMENT_ID
+    ]
+
+
+def _membership_metrics(membership: pd.DataFrame) -> dict[str, float]:
+    """Shares by segment source, and sizes by segment and by lifecycle stage, for MLflow."""
+    sizes = membership["segment_source"].value_counts()
+    metrics = {
+        "clients": float(len(membership)),
+        "share_rule": float(sizes.get("rule", 0) / len(membership)),
+        "share_cluster": float(sizes.get("cluster", 0) / len(membership)),
+        "share_noise": float(sizes.get("noise", 0) / len(membership)),
+    }
+    for segment_id, size in membership["segment_id"].value_counts().items():
+        metrics[f"size.{segment_id}"] = float(size)
+    for stage, size in membership["lifecycle_stage"].value_counts().items():
+        metrics[f"lifecycle.{stage}"] = float(size)
+    return metrics
+
+
+def _cluster_members(previous: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The clients of the previous membership who were in a cluster segment (for stickiness)."""
+    if previous is None or "segment_source" not in previous.columns:
+        return None
+    return previous.loc[previous["segment_source"] == "cluster", ["client_id", "segment_id"]]
+
+
+def _champion(
+    registry: ModelRegistry, name: str, kind: type[_BundleT]
+) -> Candidate[_BundleT] | None:
+    """The champion of `name` with its version, None when there is none yet."""
+    loaded = registry.load_champion(name)
+    if loaded is None:
+        return None
+    bundle, version = loaded
+    if not isinstance(bundle, kind):
+        from pipelines.registry import RegistryError
+
+        raise RegistryError(
+            f"model {name!r}: champion version {version} is a {type(bundle).__name__},"
+            f" not a {kind.__name__}"
+        )
+    return Candidate(bundle, version)
+
+
+def _refit_cltv(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    btyd: pd.DataFrame,
+    config: EngineConfig,
+    registration: Registration | None,
+) -> Candidate[CltvBundle] | None:
+    """A new CLTV model, registered when MLflow is on; None when it does not converge."""
+    try:
+        bundle = fit_cltv(con, as_of, btyd, config)
+    except ConvergenceError as exc:
+        log.warning("CLTV refit failed to converge (%s); keeping the previous model", exc)
+        return None
+    version = None
+    if registration is not None:
+        version = registration.register(
+            config.mlflow.cltv_model_name,
+            bundle,
+            metrics=dict(bundle.backtest),
+            tags={"as_of": as_of.isoformat()},
+        )
+    metrics = {
+        **_prefixed("backtest", bundle.backtest),
+        **{f"cltv.{k}": v for k, v in bundle.model.params_.items()},
+    }
+    return Candidate(bundle, version, metrics)
+
+
+def _registered_clusters(
+    bundle: ClusterBundle,
+    as_of: date,
+    config: EngineConfig,
+    decision: RefitDecision,
+    failures: list[str],
+    registration: Registration | None,
+) -> Candidate[ClusterBundle]:
+    """The refit as a candidate, registered (without client ids) when MLflow is on."""
+    model_metrics = _numeric(bundle.model.metrics_)
+    version = None
+    if registration is not None:
+        version = registration.register(
+            config.mlflow.cluster_model_name,
+            _without_client_ids(bundle),
+            metrics=model_metrics,
+            tags={
+                "as_of": as_of.isoformat(),
+                "gates": "; ".join(failures) or "passed",
+                "refit_reason": decision.reason,
+            },
+        )
+    metrics = {
+        **{f"cluster.{k}": v for k, v in model_metrics.items()},
+        "noise_share": model_metrics.get("noise_share"),
+        "cluster_quality": model_metrics.get("quality"),
+    }
+    return Candidate(bundle, version, metrics)
+
+
+def _numeric(metrics: Mapping[str, object]) -> dict[str, float]:
+    """The numeric figures of a fit's diagnostics (no flags, texts or nested values)."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def _without_client_ids(bundle: ClusterBundle) -> ClusterBundle:
+    """A copy for MLflow without the training sample's client ids (no client ids in MLflow)."""
+    clean = copy.copy(bundle)
+    clean.model = copy.copy(bundle.model)
+    clean.model.__dict__["sample_ids_"] = None  # typed as an array once fitted
+    return clean
+
+
+def _prefixed(prefix: str, values: Mapping[str, float] | None) -> dict[str, float]:
+    """Metric names under `prefix.` (e.g. the backtest's)."""
+    return {f"{prefix}.{k}": v for k, v in (values or {}).items()}
 
 
 def _cluster_reason(profile: dict[str, Any]) -> str:

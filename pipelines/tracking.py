@@ -35,17 +35,41 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from numbers import Number
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 # Imported after the telemetry switch so it applies from the first MLflow call.
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from configs import SegmentationError
+from configs import EngineConfig, SegmentationError
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_PARAM_LENGTH",
+    "MAX_TAG_LENGTH",
+    "TRUNCATION_MARK",
+    "ClientIdLeakError",
+    "TrackedRun",
+    "Tracker",
+    "TrackingError",
+    "assert_no_client_ids",
+    "clean_metrics",
+    "clean_params",
+    "default_artifact_location",
+    "ensure_sqlite_parent",
+    "fluent_context",
+    "make_client",
+    "sanitize_name",
+    "sqlite_path",
+    "to_json",
+    "truncate",
+]
+
+_T = TypeVar("_T")
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -64,8 +88,16 @@ class TrackingError(SegmentationError, RuntimeError):
 class Tracker:
     """One MLflow experiment at one tracking URI; `start_run` opens a tracked run.
 
-    `enabled=False` gives a tracker whose runs accept every call and record nothing
-    (`run_id` is None), so a pipeline can call it unconditionally.
+    Parameters
+    ----------
+    tracking_uri : str
+        The MLflow tracking URI (the model registry shares it), e.g.
+        `sqlite:///<workdir>/mlflow.db`; a SQLite database's folder is created on first use.
+    experiment : str
+        The experiment's name; created (or restored when deleted) on first use.
+    enabled : bool
+        False gives a tracker whose runs accept every call and record nothing (`run_id` is
+        None), so a pipeline can call it unconditionally.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, enabled: bool = True) -> None:
@@ -76,8 +108,19 @@ class Tracker:
         self._experiment_id: str | None = None
 
     @classmethod
-    def from_config(cls, config: Any) -> Tracker:
-        """The tracker an `EngineConfig` describes (URI with overrides applied, experiment)."""
+    def from_config(cls, config: EngineConfig) -> Tracker:
+        """The tracker a config describes.
+
+        Parameters
+        ----------
+        config : EngineConfig
+            Its `tracking_uri` (with the MLFLOW_TRACKING_URI override applied) and its
+            `mlflow` section (experiment, enabled).
+
+        Returns
+        -------
+        Tracker
+        """
         return cls(config.tracking_uri, config.mlflow.experiment, enabled=config.mlflow.enabled)
 
     @property
@@ -100,11 +143,32 @@ class Tracker:
     def start_run(
         self,
         run_name: str,
-        tags: Mapping[str, Any] | None = None,
+        tags: Mapping[str, object] | None = None,
         *,
         client_ids: Iterable[str] | None = None,
     ) -> Iterator[TrackedRun]:
-        """Open a run; it ends FINISHED, or FAILED if the block raises (the error propagates)."""
+        """Open a run; it ends FINISHED, or FAILED if the block raises (the error propagates).
+
+        Parameters
+        ----------
+        run_name : str
+            The run's name in MLflow.
+        tags : mapping, optional
+            Run tags (values as text, names cleaned for MLflow).
+        client_ids : iterable of str, optional
+            A sample of client ids: every name, value and artifact logged in the run is
+            checked against it, and ClientIdLeakError is raised instead of logging one.
+
+        Yields
+        ------
+        TrackedRun
+            The open run: `log_params`, `log_metrics`, `set_tags`, `log_artifacts`, `run_id`.
+
+        Raises
+        ------
+        TrackingError
+            The experiment cannot be created or read (the message says which and why).
+        """
         guard = frozenset(str(c) for c in client_ids) if client_ids is not None else None
         if not self.enabled:
             yield TrackedRun(None, None, guard)
@@ -112,17 +176,28 @@ class Tracker:
         clean_tags = _clean_tags(tags or {})
         if guard:
             assert_no_client_ids({"run_name": run_name, "tags": clean_tags}, guard)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=clean_tags)
-        tracked = TrackedRun(self.client, run.info.run_id, guard)
+        run_id = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags=clean_tags
+        ).info.run_id
         try:
-            yield tracked
+            yield TrackedRun(self.client, run_id, guard)
         except BaseException:
-            self.client.set_terminated(tracked.run_id, status="FAILED")
+            self.client.set_terminated(run_id, status="FAILED")
             raise
-        self.client.set_terminated(tracked.run_id, status="FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED")
 
-    def get_run(self, run_id: str) -> Any:
-        """The MLflow run (info and data) with this id."""
+    def get_run(self, run_id: str) -> Run:
+        """The MLflow run (info and data) with this id.
+
+        Parameters
+        ----------
+        run_id : str
+            The MLflow run id (`TrackedRun.run_id`).
+
+        Returns
+        -------
+        mlflow.entities.Run
+        """
         return self.client.get_run(run_id)
 
 
@@ -144,28 +219,28 @@ class TrackedRun:
         """
         clean = clean_params(params)
         self._check(clean)
-        if self.client is not None and clean:
+        if self.client is not None and self.run_id is not None and clean:
             items = [Param(k, v) for k, v in clean.items()]
             for chunk in _chunks(items, 100):
                 self.client.log_batch(self.run_id, params=chunk)
         return clean
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> dict[str, float]:
+    def log_metrics(self, metrics: Mapping[str, object], step: int = 0) -> dict[str, float]:
         """Log numeric metrics; None, NaN and infinite values are skipped. Returns what was logged."""
         clean = clean_metrics(metrics)
         self._check(list(clean))
-        if self.client is not None and clean:
+        if self.client is not None and self.run_id is not None and clean:
             stamp = int(time.time() * 1000)
             items = [Metric(k, v, stamp, step) for k, v in clean.items()]
             for chunk in _chunks(items, 1000):
                 self.client.log_batch(self.run_id, metrics=chunk)
         return clean
 
-    def set_tags(self, tags: Mapping[str, Any]) -> dict[str, str]:
+    def set_tags(self, tags: Mapping[str, object]) -> dict[str, str]:
         """Set run tags (values as strings); returns what was set."""
         clean = _clean_tags(tags)
         self._check(clean)
-        if self.client is not None and clean:
+        if self.client is not None and self.run_id is not None and clean:
             items = [RunTag(k, v) for k, v in clean.items()]
             for chunk in _chunks(items, 100):
                 self.client.log_batch(self.run_id, tags=chunk)
@@ -197,17 +272,17 @@ class TrackedRun:
                         _check_text(text, self.client_ids, name)
                     local = Path(tmp) / target_name
                     local.write_text(text)
-                if self.client is not None:
+                if self.client is not None and self.run_id is not None:
                     self.client.log_artifact(self.run_id, str(local), artifact_path=folder)
                 names.append(f"{folder}/{target_name}" if folder else target_name)
         return names
 
-    def _check(self, payload: Any) -> None:
+    def _check(self, payload: object) -> None:
         if self.client_ids:
             assert_no_client_ids(payload, self.client_ids)
 
 
-def assert_no_client_ids(payload: Any, client_ids: Iterable[str]) -> None:
+def assert_no_client_ids(payload: object, client_ids: Iterable[str]) -> None:
     """Raise ClientIdLeakError when any client id appears in the payload.
 
     The payload is walked recursively (mapping keys and values, sequences, strings; a
@@ -232,7 +307,7 @@ def clean_params(params: Mapping[str, Any]) -> dict[str, str]:
     return clean
 
 
-def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+def clean_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     """Finite float metrics with sanitized names; None/NaN/inf are dropped, text is an error."""
     clean: dict[str, float] = {}
     for key, value in _flatten(metrics).items():
@@ -254,7 +329,7 @@ def clean_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
-def sanitize_name(name: Any) -> str:
+def sanitize_name(name: object) -> str:
     """A param/metric/tag name MLflow accepts: other characters become `_`, max 250 chars."""
     text = _BAD_NAME_CHARS.sub("_", str(name)).strip()
     text = re.sub(r"/{2,}", "/", text).strip("/")
@@ -326,18 +401,20 @@ def fluent_context(tracking_uri: str, experiment_id: str | None = None) -> Itera
     env_names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     with _FLUENT_LOCK:
         old_env = {name: os.environ.get(name) for name in env_names}
-        old_tracking = tracking_utils._tracking_uri
+        old_tracking: str | None = tracking_utils._tracking_uri
         old_registry = registry_utils._registry_uri
-        old_experiment = fluent._active_experiment_id
+        old_experiment: str | None = fluent._active_experiment_id
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         if experiment_id is not None:
-            fluent._active_experiment_id = experiment_id
+            # MLflow declares these module globals as `= None` without a type.
+            fluent._active_experiment_id = experiment_id  # type: ignore[assignment]
         try:
             yield
         finally:
-            fluent._active_experiment_id = old_experiment
-            mlflow.set_tracking_uri(old_tracking)
+            fluent._active_experiment_id = old_experiment  # type: ignore[assignment]
+            # None unsets the URI: MLflow's own `_use_tracking_uri` restores it the same way.
+            mlflow.set_tracking_uri(old_tracking)  # type: ignore[arg-type]
             registry_utils._registry_uri = old_registry
             for name, value in old_env.items():  # MLflow mirrors URIs into the environment
                 if value is None:
@@ -366,10 +443,10 @@ def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str |
         raise TrackingError(f"MLflow experiment {name!r}: {exc.message}") from exc
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(mapping: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     if not isinstance(mapping, Mapping):
         raise TypeError(f"expected a mapping of names to values, got {type(mapping).__name__}")
-    flat: dict[str, Any] = {}
+    flat: dict[str, object] = {}
     for key, value in mapping.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
@@ -379,7 +456,7 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _param_text(value: Any) -> str:
+def _param_text(value: object) -> str:
     if isinstance(value, str):
         return value
     if value is None or isinstance(value, bool | int | float):
@@ -390,7 +467,7 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+def _clean_tags(tags: Mapping[str, object]) -> dict[str, str]:
     return {sanitize_name(k): truncate(_param_text(v), MAX_TAG_LENGTH) for k, v in tags.items()}
 
 
@@ -414,7 +491,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _as_file(value: Any) -> Path | None:
+def _as_file(value: object) -> Path | None:
     if isinstance(value, os.PathLike):
         return Path(value)
     if isinstance(value, str) and "\n" not in value and 0 < len(value) < 4096:
@@ -424,7 +501,7 @@ def _as_file(value: Any) -> Path | None:
     return None
 
 
-def _artifact_name(name: str, value: Any) -> str:
+def _artifact_name(name: str, value: object) -> str:
     base = str(name).replace("\\", "/").strip("/")
     if not base or "/" in base or base in (".", ".."):
         raise TrackingError(f"artifact name {name!r}: give a plain file name (no folders)")
@@ -444,7 +521,7 @@ def _check_text(text: str, ids: frozenset[str], where: str) -> None:
             raise ClientIdLeakError(f"{where}: contains client id {token!r}")
 
 
-def _strings(payload: Any, where: str) -> Iterator[tuple[str, str]]:
+def _strings(payload: object, where: str) -> Iterator[tuple[str, str]]:
     if isinstance(payload, str):
         yield where, payload
     elif isinstance(payload, Path):
@@ -460,6 +537,6 @@ def _strings(payload: Any, where: str) -> Iterator[tuple[str, str]]:
         yield from _strings(json.loads(to_json(payload)), where)
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

@@ -32,9 +32,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
-from threadpoolctl import threadpool_limits
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
 NOISE = -1
 NOISE_CONFIDENCE_MAX = 0.2
@@ -91,16 +93,32 @@ def hdbscan_geometry(
     return ClusterGeometry(core, birth, densest, int(min_samples))
 
 
-class _Assigner:
+class _Assigner(BaseEstimator):
     """What both assigners share: `predict` and the input check of `assign`."""
 
     n_features_in_: int
 
+    def assign(self, Z: np.ndarray) -> Assignment:
+        """Labels (-1 = noise) and confidences in [0, 1] of new points (rows of `Z`)."""
+        raise NotImplementedError
+
     def predict(self, Z: np.ndarray) -> np.ndarray:
-        """Cluster labels of new points (-1 = noise)."""
+        """Cluster labels of new points (-1 = noise).
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_points, n_features_in_)
+            Points in the space the assigner was fit in.
+
+        Returns
+        -------
+        ndarray of int
+            One label per point.
+        """
         return self.assign(Z).labels
 
     def _points(self, Z: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "n_features_in_")
         Z = _as_matrix(Z)
         if Z.shape[1] != self.n_features_in_:
             raise ValueError(f"expected {self.n_features_in_} columns, got {Z.shape[1]}")
@@ -110,9 +128,40 @@ class _Assigner:
 class NeighborAssigner(_Assigner):
     """Assigns new points like `hdbscan.approximate_predict`, vectorized (see module docstring).
 
-    n_neighbors: neighbours per fitted point that define each cell's candidates (more is
-    more exact and slower); cells_per_sqrt: number of cells per sqrt(fitted points);
-    batch_size: rows per distance block; n_jobs: worker threads (-1 = all cores).
+    Parameters
+    ----------
+    n_neighbors : int, default=10
+        Neighbours per fitted point that define each cell's candidates (more is more exact
+        and slower); `ClusterModel(assigner_neighbors=...)`.
+    cells_per_sqrt : float, default=4.0
+        Number of cells per square root of the number of fitted points.
+    batch_size : int, default=512
+        Rows per distance block.
+    n_jobs : int or None, default=-1
+        Worker threads; -1: all cores, 0 or None: one.
+    random_state : int, default=0
+        Seed of the k-means that makes the cells.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Dimensions of the fitted points.
+    labels_ : ndarray of int
+        Label of each fitted point (-1: noise).
+    centers_ : ndarray of float32, shape (n_cells, n_features_in_)
+        The cell centres.
+    candidates_ : list of ndarray of int32
+        Per cell, the fitted points a new point of that cell is compared with.
+    birth_, densest_ : ndarray of float
+        Per label, then noise last: birth distance and smallest core distance.
+    core_, core2_ : ndarray of float32
+        Core distance of each fitted point, and its square.
+    reference_, center_block_ : ndarray of float32
+        Fitted points and cell centres in the augmented form of the distance products.
+    reference_birth_ : float
+        Median finite birth distance (the scale of noise confidences).
+    min_count_ : float
+        Fitted points a new point needs within a cluster's birth distance.
     """
 
     def __init__(
@@ -138,8 +187,22 @@ class NeighborAssigner(_Assigner):
     ) -> NeighborAssigner:
         """Index the fitted points `Z` with their labels and `geometry`.
 
-        count_scale: share of the fitted sample that `Z` holds (1.0 in production); the
-        density test needs proportionally fewer neighbours when `Z` is a subset (validation).
+        Parameters
+        ----------
+        Z : ndarray of shape (n_points, n_features)
+            The points HDBSCAN was fit on (transformed sample).
+        labels : ndarray of int
+            Their HDBSCAN labels (-1: noise).
+        geometry : ClusterGeometry
+            Core and birth distances of that fit (`hdbscan_geometry`).
+        count_scale : float, default=1.0
+            Share of the fitted sample that `Z` holds (1.0 in production); the density test
+            needs proportionally fewer neighbours when `Z` is a subset (validation).
+
+        Returns
+        -------
+        NeighborAssigner
+            self, fitted.
         """
         Z = _as_matrix(Z)
         labels = np.asarray(labels, dtype=np.int64)
@@ -184,7 +247,18 @@ class NeighborAssigner(_Assigner):
         return self
 
     def assign(self, Z: np.ndarray) -> Assignment:
-        """Labels and confidences of new points, processed cell by cell in a thread pool."""
+        """Labels and confidences of new points, processed cell by cell in a thread pool.
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_points, n_features_in_)
+            Points in the space the assigner was fit in.
+
+        Returns
+        -------
+        Assignment
+            labels (-1: noise) and confidences in [0, 1].
+        """
         Z = self._points(Z)
         n = len(Z)
         labels = np.full(n, NOISE, dtype=np.int64)
@@ -289,6 +363,22 @@ class CentroidAssigner(_Assigner):
 
     A point is noise when its distance to the nearest centre exceeds `radius_factor` times that
     cluster's `radius_quantile` member distance on the sample.
+
+    Parameters
+    ----------
+    radius_quantile : float, default=0.99
+        Quantile of the members' distances to their centre that bounds a cluster.
+    radius_factor : float, default=1.5
+        Multiple of that bound beyond which a point is noise.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Dimensions of the fitted points.
+    centers_ : ndarray of shape (n_clusters, n_features_in_)
+        The cluster centres.
+    radius_ : ndarray of float
+        Per cluster, the distance beyond which a point is noise.
     """
 
     def __init__(self, radius_quantile: float = 0.99, radius_factor: float = 1.5):
@@ -296,7 +386,22 @@ class CentroidAssigner(_Assigner):
         self.radius_factor = radius_factor
 
     def fit(self, Z: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> CentroidAssigner:
-        """Learn each cluster's distance bound from the sample points `Z` and their labels."""
+        """Learn each cluster's distance bound from the sample points `Z` and their labels.
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_points, n_features)
+            The sample points.
+        labels : ndarray of int
+            Their cluster (index into `centers`).
+        centers : ndarray of shape (n_clusters, n_features)
+            The cluster centres.
+
+        Returns
+        -------
+        CentroidAssigner
+            self, fitted.
+        """
         Z = _as_matrix(Z)
         labels = np.asarray(labels, dtype=np.int64)
         self.centers_ = np.asarray(centers, dtype=np.float64)
@@ -312,7 +417,18 @@ class CentroidAssigner(_Assigner):
         return self
 
     def assign(self, Z: np.ndarray) -> Assignment:
-        """Labels and confidences: 1 at the centre, falling to 0.2 at the bound, noise below."""
+        """Labels and confidences: 1 at the centre, falling to 0.2 at the bound, noise below.
+
+        Parameters
+        ----------
+        Z : ndarray of shape (n_points, n_features_in_)
+            Points in the space the assigner was fit in.
+
+        Returns
+        -------
+        Assignment
+            labels (-1: noise) and confidences in [0, 1].
+        """
         Z = self._points(Z)
         labels = np.empty(len(Z), dtype=np.int64)
         dist = np.empty(len(Z))

@@ -49,19 +49,24 @@ import copy
 import itertools
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import hdbscan
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped, unused-ignore]
 
+from configs import ClusteringConfig
+from configs.schema import validate_parameters
 from segmentation import profiles, stable_ids
 from segmentation.assigner import (
     NOISE,
@@ -137,14 +142,41 @@ def fill_value_rule(name: str) -> str:
 class FeatureEncoder(TransformerMixin, BaseEstimator):
     """Selects the feature columns, imputes nulls, applies log1p to counts/money/durations.
 
-    log_features: names to log-transform (None: by name, see `is_log_feature`).
+    Parameters
+    ----------
+    features : sequence of str or None, default=None
+        The columns to encode, in order; None: every column of the frame fit on.
+    log_features : sequence of str or None, default=None
+        The columns that get log1p (negatives clipped to 0); None: by name
+        (`is_log_feature`).
+
+    Attributes
+    ----------
+    feature_names_in_ : ndarray of str
+        The encoded columns, in order.
+    n_features_in_ : int
+        Their number.
+    log_mask_ : ndarray of bool
+        Per column, whether it gets log1p.
+    fill_values_ : ndarray of float
+        Per column, the value a null or infinite value is replaced with (`fill_value_rule`:
+        zero, or the median of the frame fit on).
     """
 
-    def __init__(self, features: Sequence[str] | None = None, log_features=None):
+    def __init__(
+        self, features: Sequence[str] | None = None, log_features: Sequence[str] | None = None
+    ):
         self.features = features
         self.log_features = log_features
 
-    def fit(self, X: pd.DataFrame, y=None) -> FeatureEncoder:
+    def fit(self, X: pd.DataFrame, y: None = None) -> FeatureEncoder:
+        """Learn the fill values of `X`'s feature columns (numeric).
+
+        Returns
+        -------
+        FeatureEncoder
+            self, fitted.
+        """
         names = list(self.features) if self.features is not None else list(X.columns)
         values = _numeric_block(X, names)
         logs = (
@@ -161,6 +193,14 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """The encoded feature columns of `X`.
+
+        Returns
+        -------
+        ndarray of shape (n_rows, n_features_in_)
+            Float64, nulls imputed, log1p applied where `log_mask_`.
+        """
+        check_is_fitted(self, "fill_values_")
         names = list(self.feature_names_in_)
         _check_columns(X, names)
         out = np.empty((len(X), len(names)), dtype=np.float64, order="F")
@@ -175,21 +215,49 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):
             out[:, j] = col
         return out
 
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+    def get_feature_names_out(self, input_features: Sequence[str] | None = None) -> np.ndarray:
+        """The output column names: `feature_names_in_` (`input_features` is ignored)."""
+        check_is_fitted(self, "feature_names_in_")
         return self.feature_names_in_.copy()
 
 
 class ClipTransformer(TransformerMixin, BaseEstimator):
-    """Clips scaled values to [-limit, limit] (no clipping when limit is None)."""
+    """Clips scaled values to [-limit, limit].
+
+    Parameters
+    ----------
+    limit : float or None, default=5.0
+        The bound; None: no clipping.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Columns of the array fit on.
+    """
 
     def __init__(self, limit: float | None = 5.0):
         self.limit = limit
 
-    def fit(self, X, y=None) -> ClipTransformer:
+    def fit(self, X: np.ndarray, y: None = None) -> ClipTransformer:
+        """Record the number of columns; nothing else is learned.
+
+        Returns
+        -------
+        ClipTransformer
+            self, fitted.
+        """
         self.n_features_in_ = np.asarray(X).shape[1]
         return self
 
-    def transform(self, X) -> np.ndarray:
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """`X` as float64, clipped to [-limit, limit].
+
+        Returns
+        -------
+        ndarray
+            Same shape as `X`.
+        """
+        check_is_fitted(self, "n_features_in_")
         X = np.asarray(X, dtype=np.float64)
         return X if self.limit is None else np.clip(X, -self.limit, self.limit)
 
@@ -201,7 +269,7 @@ def build_pipeline(
     random_state: int = 42,
 ) -> Pipeline:
     """The feature transform pipeline (unfitted): encode -> robust scale -> clip [-> PCA]."""
-    steps: list[tuple[str, Any]] = [
+    steps: list[tuple[str, BaseEstimator]] = [
         ("encode", FeatureEncoder(features=list(features))),
         ("scale", StandardScaler()),
         ("clip", ClipTransformer(clip)),
@@ -211,15 +279,162 @@ def build_pipeline(
     return Pipeline(steps)
 
 
+class _ClusterModelParams(ClusteringConfig):
+    """All `ClusterModel` parameters with their constraints: the config keys (inherited from
+    `ClusteringConfig`, declared there once) and the ones that are not config keys."""
+
+    clip: float | None = Field(5.0, gt=0)
+    validate_assigner: bool = True
+    select_by_quality: bool = True
+    n_jobs: int = -1
+    random_state: int = Field(42, ge=0, lt=2**32)
+
+
+class ClusterMetrics(TypedDict, total=False):
+    """`ClusterModel.metrics_`: how a fit went (JSON-serialisable; logged to MLflow).
+
+    Every fit has the keys from `degenerate` to `quality_metric` (but `selection`, only with
+    an HDBSCAN result) and from `n_clusters` to `assigner_agreement`; the kmeans_* keys come
+    with the k-means fallback, the stability and segments_* keys with a refit (`previous` or
+    `previous_assignments` given).
+    """
+
+    degenerate: bool  # the configured density fit was not publishable
+    degenerate_reason: str | None
+    fallback: str | None  # None, "retry_leaf", "kmeans" or "single"
+    algorithm: str  # "hdbscan", "kmeans" or "single"
+    min_cluster_size_used: int | None
+    cluster_selection_method_used: str | None
+    selection: str  # the cluster selection kept, and why when it is not the configured one
+    quality: float | None  # DBCV (hdbscan) or silhouette (kmeans)
+    quality_metric: str | None  # "dbcv" or "silhouette"
+    kmeans_k: int
+    kmeans_k_selection: str
+    kmeans_k_scores: dict[str, float]  # per k, the gap statistic or the silhouette
+    kmeans_init: str  # "previous" (a refit from the previous centres) or "k-means++"
+    n_clusters: int
+    noise_share: float  # of the sample
+    sizes: dict[str, int]  # sample clients per segment id, "noise" included
+    sample_size: int
+    assigner_agreement: float | None  # hold-out agreement of the assigner (None: not measured)
+    stability: float  # kept share of the shared clients (the refit quality gate)
+    stability_ari: float
+    stability_kept_share: float
+    stability_shared_clients: float
+    segments_kept: list[str]
+    segments_new: list[str]
+    segments_retired: list[str]
+    segment_match: dict[str, dict[str, str | float]]  # new id -> how it was matched, score
+
+
+@dataclass(frozen=True)
+class _Clustering:
+    """The outcome of `ClusterModel._cluster` on the transformed sample: labels (-1 noise),
+    the fitted model behind them, what the assigner needs, and the metrics describing it."""
+
+    labels: np.ndarray
+    centers: np.ndarray | None  # k-means or single-segment centres (CentroidAssigner)
+    hdbscan: hdbscan.HDBSCAN | None
+    kmeans: KMeans | None
+    geometry: ClusterGeometry | None  # what NeighborAssigner needs of an HDBSCAN fit
+    metrics: ClusterMetrics
+
+
 class ClusterModel(BaseEstimator):
     """HDBSCAN behavioral clusters fit on a sample, assigned to every client with stable ids.
 
-    See the module docstring for the pipeline, guard rails and fallback. Learned attributes:
-    feature_names_in_, pipeline_, hdbscan_ (None after the k-means fallback), kmeans_,
-    sample_ids_, sample_labels_, assigner_, segment_ids_ (label -> stable id),
-    segment_names_ (stable id -> name), profiles_ (stable id -> profile dict, "noise"
-    included), centers_ (label -> centre of its sample members in the transformed space),
-    metrics_, next_segment_number_.
+    The module docstring explains the transform pipeline, the guard rails and the fallback.
+    Every parameter but the last five is the `clustering` config key of the same name
+    (`configs.ClusteringConfig`), with the same default; the constraints are declared there
+    once and checked when the model is fit (`InvalidParameterError` names the parameter).
+
+    Parameters
+    ----------
+    features : sequence of str or None, default=None
+        Feature columns to cluster on; None: `DEFAULT_FEATURES`. At least one if given.
+    sample_size : int, default=20_000
+        Clients the transforms and HDBSCAN are fit on (a deterministic sample); >= 100.
+    min_cluster_size : int, default=50
+        HDBSCAN's smallest cluster; >= 2.
+    min_samples : int or None, default=None
+        HDBSCAN's density neighbourhood; None: `min_cluster_size`.
+    cluster_selection_method : {"eom", "leaf"}, default="eom"
+        HDBSCAN's cluster selection on the condensed tree.
+    pca_components : int or None, default=None
+        Principal components kept after scaling; None: no PCA.
+    max_noise_share : float in (0, 1], default=0.3
+        A density fit leaving a larger share of the sample as noise is degenerate.
+    max_cluster_share : float in (0, 1], default=0.8
+        A density fit with one cluster above this share of the clustered clients is
+        degenerate.
+    kmeans_max_k : int, default=12
+        The k-means fallback tries k in 2..kmeans_max_k; >= 2.
+    kmeans_k_selection : {"gap", "silhouette"}, default="gap"
+        How the fallback chooses k.
+    kmeans_min_gap_gain : float, default=0.03
+        Least gap-statistic gain for one more k-means cluster; >= 0.
+    kmeans_references : int, default=3
+        Uniform reference samples of the gap statistic; >= 1.
+    assigner_neighbors : int, default=10
+        Neighbours per fitted point that define the assigner's search candidates (more is
+        more exact and slower); >= 1. (`n_neighbors` in models saved before this name.)
+    min_confidence : float in [0, 1], default=0.0
+        Clients assigned with a lower confidence are noise.
+    stickiness : float in [0, 1], default=0.15
+        Sticky assignment margin of `predict(X, previous=...)`: a client keeps its previous
+        cluster segment while that segment's centre is within (1 + stickiness) times the
+        distance of the cluster it would join now. 0 turns it off.
+    clip : float or None, default=5.0
+        Not a config key. Scaled values are clipped to +-clip; None: no clipping; > 0.
+    validate_assigner : bool, default=True
+        Not a config key. Measure the assigner's hold-out agreement at fit
+        (`metrics_["assigner_agreement"]`).
+    select_by_quality : bool, default=True
+        Not a config key. Use the other cluster selection when its DBCV is clearly higher.
+    n_jobs : int, default=-1
+        Not a config key. Assigner worker threads; -1: all cores, 0: one.
+    random_state : int, default=42
+        Not a config key (the engine passes its `seed`). Seed of the sample, the k-means
+        fallback, PCA and the assigner's cells; in [0, 2**32).
+
+    Attributes
+    ----------
+    feature_names_in_ : ndarray of str
+        The features clustered on, in order.
+    pipeline_ : sklearn.pipeline.Pipeline
+        The fitted transforms: encode, scale, clip [, pca].
+    hdbscan_ : hdbscan.HDBSCAN or None
+        The density fit; None after the k-means or single-segment fallback.
+    kmeans_ : sklearn.cluster.KMeans or None
+        The k-means fallback's fit; None otherwise.
+    sample_ids_ : ndarray of str
+        The client ids of the sample, sorted.
+    sample_labels_ : ndarray of int
+        Cluster label of each sample client (-1: noise).
+    centers_ : ndarray of shape (n_labels, n_components)
+        Per label, the mean of its sample members in the transformed space (NaN for a label
+        without members); absent in models saved before sticky assignment.
+    assigner_ : NeighborAssigner or CentroidAssigner
+        Assigns transformed points to the fitted labels (`segmentation.assigner`).
+    segment_ids_ : dict of int to str
+        Cluster label -> stable segment id ("C001", ...).
+    segment_names_ : dict of str to str
+        Stable segment id -> name, "noise" included.
+    profiles_ : dict of str to dict
+        Stable segment id -> profile (distinguishing features, name, description), "noise"
+        included; JSON-serialisable values.
+    next_segment_number_ : int
+        The number the next new segment id will take.
+    metrics_ : ClusterMetrics
+        Fit diagnostics (a JSON-serialisable dict; keys in `ClusterMetrics`): algorithm,
+        degenerate and why, fallback, quality, n_clusters, noise_share, sizes, sample_size,
+        assigner_agreement; kmeans_* after the k-means fallback; stability and segments_*
+        on a refit.
+
+    See Also
+    --------
+    configs.ClusteringConfig : the config section, where the constraints live.
+    segmentation.assigner.NeighborAssigner : the fast assignment of every client.
     """
 
     def __init__(
@@ -236,9 +451,9 @@ class ClusterModel(BaseEstimator):
         kmeans_k_selection: str = "gap",
         kmeans_min_gap_gain: float = 0.03,
         kmeans_references: int = 3,
-        n_neighbors: int = 10,
+        assigner_neighbors: int = 10,
         min_confidence: float = 0.0,
-        stickiness: float = 0.0,
+        stickiness: float = 0.15,
         clip: float | None = 5.0,
         validate_assigner: bool = True,
         select_by_quality: bool = True,
@@ -257,7 +472,7 @@ class ClusterModel(BaseEstimator):
         self.kmeans_k_selection = kmeans_k_selection
         self.kmeans_min_gap_gain = kmeans_min_gap_gain
         self.kmeans_references = kmeans_references
-        self.n_neighbors = n_neighbors
+        self.assigner_neighbors = assigner_neighbors
         self.min_confidence = min_confidence
         self.stickiness = stickiness
         self.clip = clip
@@ -267,46 +482,80 @@ class ClusterModel(BaseEstimator):
         self.random_state = random_state
 
     @classmethod
-    def from_config(cls, config, random_state: int = 42, **overrides) -> ClusterModel:
-        """A model from `EngineConfig.clustering` (a `ClusteringConfig`) and the engine seed."""
-        params = {
-            "features": list(config.features) if config.features else None,
-            "sample_size": config.sample_size,
-            "min_cluster_size": config.min_cluster_size,
-            "min_samples": config.min_samples,
-            "cluster_selection_method": config.cluster_selection_method,
-            "pca_components": config.pca_components,
-            "max_noise_share": config.max_noise_share,
-            "max_cluster_share": config.max_cluster_share,
-            "kmeans_max_k": config.kmeans_max_k,
-            "kmeans_k_selection": config.kmeans_k_selection,
-            "kmeans_min_gap_gain": config.kmeans_min_gap_gain,
-            "kmeans_references": config.kmeans_references,
-            "n_neighbors": config.assigner_neighbors,
-            "min_confidence": config.min_confidence,
-            "stickiness": config.stickiness,
-            "random_state": random_state,
-        }
-        params.update(overrides)
-        return cls(**params)
+    def from_config(
+        cls, config: ClusteringConfig, random_state: int = 42, **overrides: object
+    ) -> ClusterModel:
+        """A model with every key of `config` as the parameter of the same name.
+
+        Parameters
+        ----------
+        config : configs.ClusteringConfig
+            The `clustering` section of the engine config.
+        random_state : int, default=42
+            The engine seed (`EngineConfig.seed`).
+        **overrides
+            Further parameters, e.g. `n_jobs`; they win over `config`.
+
+        Returns
+        -------
+        ClusterModel
+            Unfitted.
+        """
+        model = cls(random_state=random_state)
+        model.set_params(**{name: getattr(config, name) for name in type(config).model_fields})
+        model.set_params(**overrides)
+        return model
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Unpickle, bringing the parameters of a model saved by an earlier version up to date:
+        `n_neighbors` is now `assigner_neighbors`, a model saved before sticky assignment has
+        stickiness 0 (what it did), other absent parameters take their defaults. Fitted state
+        is left as saved (`predict` handles a model without `centers_`)."""
+        state = dict(state)
+        if "n_neighbors" in state and "assigner_neighbors" not in state:
+            state["assigner_neighbors"] = state.pop("n_neighbors")
+        state.setdefault("stickiness", 0.0)
+        for name, field in _ClusterModelParams.model_fields.items():
+            state.setdefault(name, field.default)
+        super().__setstate__(state)
 
     # ------------------------------------------------------------------ fit
     def fit(
         self,
         X: pd.DataFrame,
-        y=None,
+        y: None = None,
         previous: ClusterModel | None = None,
         previous_assignments: pd.DataFrame | None = None,
     ) -> ClusterModel:
-        """Fit transforms and clusters on a sample of `X` (client_id + features).
+        """Fit transforms and clusters on a sample of `X`, then name the segments.
 
-        previous: the model this one replaces; its segment ids are carried over to the
-        matching clusters. previous_assignments: optional (client_id, segment_id) frame of
-        the previous published membership, used for the overlap instead of re-assigning the
-        sample with `previous`.
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client: `client_id` (unique, not null) and the feature columns.
+        y : None
+            Ignored (scikit-learn convention).
+        previous : ClusterModel or None, default=None
+            The model this one replaces; its segment ids and names are carried over to the
+            matching clusters, and a k-means refit starts from its centres.
+        previous_assignments : pandas.DataFrame or None, default=None
+            (client_id, segment_id) of the previous published membership, used for the
+            overlap with `previous` instead of re-assigning the sample with it.
+
+        Returns
+        -------
+        ClusterModel
+            self, fitted.
+
+        Raises
+        ------
+        InvalidParameterError
+            A parameter breaks its constraint (`configs.ClusteringConfig`).
+        ValueError
+            `X` lacks a column, has no rows, or its client ids are null or repeated.
         """
-        self._check_params()
-        features = list(self.features) if self.features is not None else list(DEFAULT_FEATURES)
+        params = self._validate_params()
+        features = list(params.features) if params.features is not None else list(DEFAULT_FEATURES)
         _check_frame(X, features)
         if self.pca_components and self.pca_components > len(features):
             raise ValueError(
@@ -317,26 +566,32 @@ class ClusterModel(BaseEstimator):
         with threadpool_limits(1):
             return self._fit(X, features, previous, previous_assignments)
 
-    def _fit(self, X, features, previous, previous_assignments) -> ClusterModel:
+    def _fit(
+        self,
+        X: pd.DataFrame,
+        features: list[str],
+        previous: ClusterModel | None,
+        previous_assignments: pd.DataFrame | None,
+    ) -> ClusterModel:
         sample = _sample(X, self.sample_size, self.random_state)
         self.feature_names_in_ = np.asarray(features, dtype=object)
         self.sample_ids_ = sample[CLIENT_ID].astype(str).to_numpy()
         self.pipeline_ = build_pipeline(features, self.clip, self.pca_components, self.random_state)
         Z = self.pipeline_.fit_transform(sample)
 
-        labels, centers, info = self._cluster(Z, previous)
+        found = self._cluster(Z, previous)
+        labels = found.labels
         self.sample_labels_ = labels
         self.centers_ = _member_means(Z, labels)
-        self.hdbscan_ = info.pop("hdbscan")
-        self.kmeans_ = info.pop("kmeans")
-        geometry = info.pop("geometry")
-        self.assigner_ = self._make_assigner(Z, labels, geometry, centers)
-        agreement = self._holdout_agreement(Z, labels, geometry, centers)
+        self.hdbscan_ = found.hdbscan
+        self.kmeans_ = found.kmeans
+        self.assigner_ = self._make_assigner(Z, labels, found.geometry, found.centers)
+        agreement = self._holdout_agreement(Z, labels, found.geometry, found.centers)
 
         stability = self._name_segments(sample, labels, previous, previous_assignments)
         sizes = pd.Series(labels).map(self.segment_ids_).fillna(NOISE_ID).value_counts()
-        self.metrics_ = {
-            **info,
+        self.metrics_: ClusterMetrics = {
+            **found.metrics,
             "n_clusters": len(self.segment_ids_),
             "noise_share": round(float(np.mean(labels == NOISE)), 4),
             "sizes": {str(k): int(v) for k, v in sizes.sort_index().items()},
@@ -348,39 +603,33 @@ class ClusterModel(BaseEstimator):
 
     # -------------------------------------------------------------- predict
     def predict(self, X: pd.DataFrame, previous: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Assign every client: client_id, cluster_id (-1 noise), segment_id, confidence, is_noise.
+        """Assign every client to a segment of this model, or to noise.
 
-        previous: optional (client_id, segment_id) of the last published cluster memberships;
-        with `stickiness` > 0 a client keeps its previous segment while it is nearly as close
-        as the one it would join (module docstring). Unknown ids and absent clients are ignored.
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client: `client_id` and the columns of `feature_names_in_`.
+        previous : pandas.DataFrame or None, default=None
+            (client_id, segment_id) of the last published cluster memberships; with
+            `stickiness` > 0 a client keeps its previous segment while it is nearly as close
+            as the one it would join (module docstring). Unknown ids and absent clients are
+            ignored.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per row of `X`, in order: client_id, cluster_id (-1: noise), segment_id
+            ("noise" for noise), confidence in [0, 1], is_noise.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            The model is not fitted.
         """
-        self._check_fitted()
-        features = list(self.feature_names_in_)
-        _check_frame(X, features, require_rows=False)
+        check_is_fitted(self, "assigner_")
+        _check_frame(X, list(self.feature_names_in_), require_rows=False)
         ids = X[CLIENT_ID].reset_index(drop=True)
-        labels = np.empty(len(X), dtype=np.int64)
-        conf = np.empty(len(X))
-        # models saved before sticky assignment have neither stickiness nor centers_
-        stickiness = getattr(self, "stickiness", 0.0)
-        centers = getattr(self, "centers_", None)
-        before = (
-            self._previous_labels(previous, ids) if stickiness and centers is not None else None
-        )
-        step = 250_000
-        for start in range(0, len(X), step):
-            Z = self.pipeline_.transform(X.iloc[start : start + step])
-            result = self.assigner_.assign(Z)
-            labels[start : start + step] = result.labels
-            conf[start : start + step] = result.confidence
-            if before is not None:
-                _keep_previous(
-                    Z,
-                    labels[start : start + step],
-                    conf[start : start + step],
-                    before[start : start + step],
-                    centers,
-                    stickiness,
-                )
+        labels, conf = self._assign(X, self._sticky_state(previous, ids))
         if self.min_confidence > 0:
             weak = (labels >= 0) & (conf < self.min_confidence)
             labels[weak] = NOISE
@@ -400,9 +649,34 @@ class ClusterModel(BaseEstimator):
             }
         )
 
-    def _previous_labels(self, previous: pd.DataFrame | None, ids: pd.Series) -> np.ndarray | None:
-        """Each client's label in `previous` (aligned with ids), NOISE where none applies."""
-        if previous is None:
+    def _assign(
+        self, X: pd.DataFrame, sticky: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and confidences of the rows of `X`, in blocks; with `sticky` (each client's
+        previous label, the label centres) clients keep their previous label by the margin."""
+        labels = np.empty(len(X), dtype=np.int64)
+        conf = np.empty(len(X))
+        step = 250_000
+        for start in range(0, len(X), step):
+            block = slice(start, start + step)
+            Z = self.pipeline_.transform(X.iloc[block])
+            result = self.assigner_.assign(Z)
+            labels[block] = result.labels
+            conf[block] = result.confidence
+            if sticky is not None:
+                before, centers = sticky
+                _keep_previous(
+                    Z, labels[block], conf[block], before[block], centers, self.stickiness
+                )
+        return labels, conf
+
+    def _sticky_state(
+        self, previous: pd.DataFrame | None, ids: pd.Series
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each client's label in `previous` and the label centres, when assignment is sticky."""
+        # models saved before sticky assignment have no centers_ (and stickiness 0)
+        centers: np.ndarray | None = getattr(self, "centers_", None)
+        if previous is None or not self.stickiness or centers is None:
             return None
         for column in (CLIENT_ID, "segment_id"):
             if column not in previous.columns:
@@ -410,44 +684,27 @@ class ClusterModel(BaseEstimator):
         label_of = {sid: label for label, sid in self.segment_ids_.items()}
         labels = previous["segment_id"].map(label_of).fillna(NOISE).to_numpy(dtype=np.int64)
         position = pd.Index(previous[CLIENT_ID]).get_indexer(ids)
-        return np.where(position >= 0, labels[position], NOISE)
+        return np.where(position >= 0, labels[position], NOISE), centers
 
     def segment_centers(self) -> pd.DataFrame:
-        """Each segment's profile medians, transformed into this model's scaled space."""
-        self._check_fitted()
+        """Each segment's profile medians, transformed into this model's scaled space.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per segment id (noise excluded), one column per transformed dimension.
+        """
+        check_is_fitted(self, "assigner_")
         return self._centers_in(self, self)
 
     # ------------------------------------------------------------ internals
-    def _check_params(self) -> None:
-        if self.sample_size < 10:
-            raise ValueError(f"sample_size must be at least 10, got {self.sample_size}")
-        if self.min_cluster_size < 2:
-            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
-        if self.cluster_selection_method not in ("eom", "leaf"):
-            raise ValueError(
-                "cluster_selection_method must be 'eom' or 'leaf', "
-                f"got {self.cluster_selection_method!r}"
-            )
-        if not 0 < self.max_noise_share <= 1:
-            raise ValueError(f"max_noise_share must be in (0, 1], got {self.max_noise_share}")
-        if not 0 < self.max_cluster_share <= 1:
-            raise ValueError(f"max_cluster_share must be in (0, 1], got {self.max_cluster_share}")
-        if self.kmeans_k_selection not in ("gap", "silhouette"):
-            raise ValueError(
-                f"kmeans_k_selection must be 'gap' or 'silhouette', got {self.kmeans_k_selection!r}"
-            )
-        if self.kmeans_max_k < 2:
-            raise ValueError(f"kmeans_max_k must be at least 2, got {self.kmeans_max_k}")
-        if self.kmeans_references < 1:
-            raise ValueError(f"kmeans_references must be at least 1, got {self.kmeans_references}")
-        if self.features is not None and len(self.features) == 0:
-            raise ValueError("features must name at least one column")
+    def _validate_params(self) -> _ClusterModelParams:
+        """The parameters, checked against their constraints (`configs.ClusteringConfig`)."""
+        return validate_parameters(
+            _ClusterModelParams, self.get_params(deep=False), type(self).__name__
+        )
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "assigner_"):
-            raise RuntimeError("ClusterModel is not fitted: call fit() first")
-
-    def _cluster(self, Z: np.ndarray, previous=None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    def _cluster(self, Z: np.ndarray, previous: ClusterModel | None = None) -> _Clustering:
         """HDBSCAN with the configured settings, then the fallbacks (module docstring)."""
         n = len(Z)
         attempts = [(self.min_cluster_size, self.min_samples, self.cluster_selection_method)]
@@ -455,9 +712,11 @@ class ClusterModel(BaseEstimator):
         reason = None
         for i, (mcs, ms, method) in enumerate(attempts):
             fitted = self._fit_hdbscan(Z, mcs, ms, method)
-            problem = "hdbscan could not fit the sample" if fitted is None else None
-            problem = problem or self._degenerate(fitted.labels_, fitted)
-            if problem is None:
+            if fitted is None:
+                problem: str | None = "hdbscan could not fit the sample"
+            else:
+                problem = self._degenerate(fitted.labels_, fitted)
+            if fitted is not None and problem is None:
                 selection = method
                 if self.select_by_quality:
                     fitted, selection = self._best_selection(fitted, Z, mcs, ms, method)
@@ -466,28 +725,24 @@ class ClusterModel(BaseEstimator):
                 geometry = hdbscan_geometry(
                     Z, labels, fitted.condensed_tree_.to_numpy(), min_samples
                 )
-                return (
-                    labels,
-                    None,
-                    {
-                        "degenerate": i > 0,
-                        "degenerate_reason": reason,
-                        "fallback": None if i == 0 else "retry_leaf",
-                        "algorithm": "hdbscan",
-                        "min_cluster_size_used": mcs,
-                        "cluster_selection_method_used": fitted.cluster_selection_method,
-                        "selection": selection,
-                        "quality": _dbcv(fitted),
-                        "quality_metric": "dbcv",
-                        "hdbscan": fitted,
-                        "kmeans": None,
-                        "geometry": geometry,
-                    },
-                )
+                metrics: ClusterMetrics = {
+                    "degenerate": i > 0,
+                    "degenerate_reason": reason,
+                    "fallback": None if i == 0 else "retry_leaf",
+                    "algorithm": "hdbscan",
+                    "min_cluster_size_used": mcs,
+                    "cluster_selection_method_used": fitted.cluster_selection_method,
+                    "selection": selection,
+                    "quality": _dbcv(fitted),
+                    "quality_metric": "dbcv",
+                }
+                return _Clustering(labels, None, fitted, None, geometry, metrics)
             reason = reason or problem
         return self._kmeans_fallback(Z, reason, previous)
 
-    def _best_selection(self, fitted, Z: np.ndarray, mcs: int, ms: int | None, method: str):
+    def _best_selection(
+        self, fitted: hdbscan.HDBSCAN, Z: np.ndarray, mcs: int, ms: int | None, method: str
+    ) -> tuple[hdbscan.HDBSCAN, str]:
         """The other cluster selection on the same tree, kept if its DBCV is clearly higher.
 
         Guards against eom's known under-segmentation (a few big clusters merging distinct
@@ -504,7 +759,9 @@ class ClusterModel(BaseEstimator):
             return alternative, f"{other} (DBCV {theirs} > {method} {mine})"
         return fitted, method
 
-    def _fit_hdbscan(self, Z: np.ndarray, mcs: int, ms: int | None, method: str):
+    def _fit_hdbscan(
+        self, Z: np.ndarray, mcs: int, ms: int | None, method: str
+    ) -> hdbscan.HDBSCAN | None:
         n = len(Z)
         if mcs > n // 2:
             mcs = max(2, n // 4)
@@ -522,7 +779,7 @@ class ClusterModel(BaseEstimator):
         except (ValueError, MemoryError):
             return None
 
-    def _degenerate(self, labels: np.ndarray, fitted=None) -> str | None:
+    def _degenerate(self, labels: np.ndarray, fitted: hdbscan.HDBSCAN | None = None) -> str | None:
         """Why a density fit cannot be published, or None: too few clusters, too much noise,
         one cluster holding nearly everyone clustered, or no density structure (DBCV <= 0)."""
         n_clusters = int(labels.max()) + 1 if labels.size else 0
@@ -542,12 +799,12 @@ class ClusterModel(BaseEstimator):
             return f"no density structure (DBCV {quality})"
         return None
 
-    def _kmeans_fallback(self, Z: np.ndarray, reason: str | None, previous=None):
-        info: dict[str, Any] = {
+    def _kmeans_fallback(
+        self, Z: np.ndarray, reason: str | None, previous: ClusterModel | None = None
+    ) -> _Clustering:
+        info: ClusterMetrics = {
             "degenerate": True,
             "degenerate_reason": reason,
-            "hdbscan": None,
-            "geometry": None,
             "min_cluster_size_used": None,
             "cluster_selection_method_used": None,
         }
@@ -556,13 +813,14 @@ class ClusterModel(BaseEstimator):
             labels = np.zeros(len(Z), dtype=np.int64)
             centers = Z.mean(axis=0, keepdims=True)
             info.update(
-                fallback="single",
-                algorithm="single",
-                quality=None,
-                quality_metric=None,
-                kmeans=None,
+                {
+                    "fallback": "single",
+                    "algorithm": "single",
+                    "quality": None,
+                    "quality_metric": None,
+                }
             )
-            return labels, centers, info
+            return _Clustering(labels, centers, None, None, None, info)
         rng = np.random.default_rng(self.random_state)
         pick = rng.choice(len(Z), size=min(len(Z), 5000), replace=False)
         ks = list(range(2, min(self.kmeans_max_k, distinct - 1) + 1))
@@ -579,20 +837,25 @@ class ClusterModel(BaseEstimator):
             else float("nan")
         )
         info.update(
-            fallback="kmeans",
-            algorithm="kmeans",
-            quality=round(score, 4) if np.isfinite(score) else None,
-            quality_metric="silhouette",
-            kmeans=km,
-            kmeans_k=k,
-            kmeans_k_selection=self.kmeans_k_selection,
-            kmeans_k_scores=scores,
-            kmeans_init="previous" if init is not None else "k-means++",
+            {
+                "fallback": "kmeans",
+                "algorithm": "kmeans",
+                "quality": round(score, 4) if np.isfinite(score) else None,
+                "quality_metric": "silhouette",
+                "kmeans_k": k,
+                "kmeans_k_selection": self.kmeans_k_selection,
+                "kmeans_k_scores": scores,
+                "kmeans_init": "previous" if init is not None else "k-means++",
+            }
         )
-        return km.labels_.astype(np.int64), km.cluster_centers_, info
+        return _Clustering(km.labels_.astype(np.int64), km.cluster_centers_, None, km, None, info)
 
     def _select_k(
-        self, Z: np.ndarray, ks: list[int], rng, previous_k: int | None = None
+        self,
+        Z: np.ndarray,
+        ks: list[int],
+        rng: np.random.Generator,
+        previous_k: int | None = None,
     ) -> tuple[int, dict[str, float]]:
         """k for the k-means fallback and the per-k criterion values (module docstring).
 
@@ -623,7 +886,7 @@ class ClusterModel(BaseEstimator):
                 k = previous_k
         return k, {str(k): round(v, 4) for k, v in gaps.items()}
 
-    def _previous_centers(self, previous, k: int) -> np.ndarray | None:
+    def _previous_centers(self, previous: ClusterModel | None, k: int) -> np.ndarray | None:
         """The previous k-means segments' centres in this model's space, when there are k."""
         if previous is None or getattr(previous, "kmeans_", None) is None:
             return None
@@ -635,14 +898,32 @@ class ClusterModel(BaseEstimator):
             return None
         return np.ascontiguousarray(centers.to_numpy(dtype=np.float64))
 
-    def _make_assigner(self, Z, labels, geometry: ClusterGeometry | None, centers, scale=1.0):
-        if geometry is None:
-            return CentroidAssigner().fit(Z, labels, centers)
-        return NeighborAssigner(
-            n_neighbors=self.n_neighbors, n_jobs=self.n_jobs, random_state=self.random_state
-        ).fit(Z, labels, geometry, count_scale=scale)
+    def _make_assigner(
+        self,
+        Z: np.ndarray,
+        labels: np.ndarray,
+        geometry: ClusterGeometry | None,
+        centers: np.ndarray | None,
+        scale: float = 1.0,
+    ) -> NeighborAssigner | CentroidAssigner:
+        """The assigner of an HDBSCAN fit (`geometry`) or of the k-means fallback (`centers`)."""
+        if geometry is not None:
+            return NeighborAssigner(
+                n_neighbors=self.assigner_neighbors,
+                n_jobs=self.n_jobs,
+                random_state=self.random_state,
+            ).fit(Z, labels, geometry, count_scale=scale)
+        if centers is None:
+            raise ValueError("an assigner needs the HDBSCAN geometry or the cluster centres")
+        return CentroidAssigner().fit(Z, labels, centers)
 
-    def _holdout_agreement(self, Z, labels, geometry, centers) -> float | None:
+    def _holdout_agreement(
+        self,
+        Z: np.ndarray,
+        labels: np.ndarray,
+        geometry: ClusterGeometry | None,
+        centers: np.ndarray | None,
+    ) -> float | None:
         """Agreement with the fitted labels of an assigner indexed on 80% of the sample."""
         if not self.validate_assigner or len(Z) < 20:
             return None
@@ -650,26 +931,31 @@ class ClusterModel(BaseEstimator):
         perm = rng.permutation(len(Z))
         cut = int(len(Z) * 0.8)
         train, test = perm[:cut], perm[cut:]
-        if geometry is None:
-            assigner = CentroidAssigner().fit(Z[train], labels[train], centers)
-        else:
+        sub = None
+        if geometry is not None:
             sub = ClusterGeometry(
                 geometry.core_distances[train],
                 geometry.birth_distances,
                 geometry.densest_distances,
                 geometry.min_samples,
             )
-            assigner = self._make_assigner(Z[train], labels[train], sub, None, cut / len(Z))
+        assigner = self._make_assigner(Z[train], labels[train], sub, centers, cut / len(Z))
         predicted = assigner.predict(Z[test])
         return round(float(np.mean(predicted == labels[test])), 4)
 
-    def _name_segments(self, sample, labels, previous, previous_assignments) -> dict[str, Any]:
+    def _name_segments(
+        self,
+        sample: pd.DataFrame,
+        labels: np.ndarray,
+        previous: ClusterModel | None,
+        previous_assignments: pd.DataFrame | None,
+    ) -> ClusterMetrics:
         """Stable ids (matched to `previous`), names and profiles; returns stability metrics."""
         features = list(self.feature_names_in_)
         raw = sample[features].apply(pd.to_numeric, errors="coerce").astype(float)
         cluster_profiles = profiles.cluster_profiles(raw, labels, features)
         sample_labels = pd.Series(labels, index=self.sample_ids_)
-        stability: dict[str, Any] = {}
+        stability: ClusterMetrics = {}
         start = getattr(previous, "next_segment_number_", 1)
         if previous is None and previous_assignments is None:
             sizes = sample_labels[sample_labels >= 0].value_counts()
@@ -728,7 +1014,12 @@ class ClusterModel(BaseEstimator):
         self.segment_names_[NOISE_ID] = profiles.NOISE_NAME
         return stability
 
-    def _previous_ids(self, sample, previous, previous_assignments) -> pd.Series:
+    def _previous_ids(
+        self,
+        sample: pd.DataFrame,
+        previous: ClusterModel | None,
+        previous_assignments: pd.DataFrame | None,
+    ) -> pd.Series:
         if previous_assignments is not None:
             missing = {CLIENT_ID, "segment_id"} - set(previous_assignments.columns)
             if missing:
@@ -737,10 +1028,12 @@ class ClusterModel(BaseEstimator):
             return pd.Series(
                 frame["segment_id"].to_numpy(), index=frame[CLIENT_ID].astype(str).to_numpy()
             )
+        if previous is None:
+            raise ValueError("the previous segment ids need previous or previous_assignments")
         assigned = previous.predict(sample)
         return pd.Series(assigned["segment_id"].to_numpy(), index=assigned[CLIENT_ID].to_numpy())
 
-    def _label_centers(self, cluster_profiles: dict[int, dict]) -> pd.DataFrame:
+    def _label_centers(self, cluster_profiles: dict[int, dict[str, Any]]) -> pd.DataFrame:
         medians = pd.DataFrame({k: v["median"] for k, v in cluster_profiles.items()}).T
         Z = self.pipeline_.transform(medians.reindex(columns=list(self.feature_names_in_)))
         return pd.DataFrame(Z, index=medians.index)
@@ -791,7 +1084,11 @@ def _keep_previous(
 
 
 def gap_statistic(
-    Z: np.ndarray, ks: Sequence[int], references: int, rng, random_state: int
+    Z: np.ndarray,
+    ks: Sequence[int],
+    references: int,
+    rng: np.random.Generator,
+    random_state: int,
 ) -> dict[int, float]:
     """Gap statistic per k: mean log k-means inertia of uniform reference data (in the box of
     the sample's principal axes) minus the sample's log inertia (Tibshirani et al. 2001)."""
@@ -808,7 +1105,7 @@ def gap_statistic(
     return gaps
 
 
-def _reselect(fitted, method: str, mcs: int):
+def _reselect(fitted: hdbscan.HDBSCAN, method: str, mcs: int) -> hdbscan.HDBSCAN | None:
     """`fitted` with another cluster selection on its single-linkage tree (no refit), or None.
 
     Uses hdbscan 0.8.x internals (`_tree_to_labels`, `_single_linkage_tree`); on any change
@@ -835,7 +1132,7 @@ def _reselect(fitted, method: str, mcs: int):
         return None
 
 
-def _previous_k(previous) -> int | None:
+def _previous_k(previous: ClusterModel | None) -> int | None:
     km = getattr(previous, "kmeans_", None) if previous is not None else None
     return int(km.n_clusters) if km is not None else None
 
@@ -846,7 +1143,7 @@ def _previous_segments(previous: ClusterModel | None) -> list[str] | None:
     return [sid for sid in getattr(previous, "profiles_", {}) if sid != NOISE_ID]
 
 
-def _dbcv(fitted) -> float | None:
+def _dbcv(fitted: hdbscan.HDBSCAN) -> float | None:
     try:
         value = float(fitted.relative_validity_)
     except (AttributeError, ValueError, ZeroDivisionError, IndexError):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from segmentation.rules import LIFECYCLE_COLUMN, RuleSet
+from segmentation.rules import LIFECYCLE_COLUMN, RuleSet, SegmentMatch
 
 # The membership columns this layer produces: the store publishes exactly these.
 MEMBERSHIP_COLUMNS = (
@@ -57,16 +57,42 @@ def assign_segments(
 ) -> pd.DataFrame:
     """One membership row per client of `features`, in the order of `features`.
 
-    `features`: client_id, the features the rules read and current_stage. `clusters`: one
-    row per client with CLUSTER_COLUMNS (optionally `reason`; rows of other clients are
-    ignored); None means no cluster model yet (everyone a rule does not take is noise).
-    `scores`: client_id plus CLTV scores, joined in before the rules run (a client without
-    scores reads null). `cluster_reasons`: segment_id -> the cluster's defining features,
-    e.g. from the clustering profiles; it takes precedence over a `reason` column in
-    `clusters`. `previous`: the last published membership (client_id, segment_id), which the
-    rules' `stay_when` conditions need; None means no previous state. Returns exactly
-    MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype (missing: NaN) and cluster_id is
-    nullable Int64 when cluster ids are numeric.
+    The highest-priority matching segment rule wins; a client no rule takes keeps its
+    cluster; a client outside every cluster is noise. Every client also gets a lifecycle
+    stage (lifecycle rules) and its journey stage (the features' current_stage).
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        client_id (unique, no nulls), the features the rules read, and current_stage.
+    clusters : pandas.DataFrame or None
+        One row per client with CLUSTER_COLUMNS (optionally `reason`; rows of other clients
+        are ignored); None means no cluster model yet (everyone a rule does not take is noise).
+    rules : RuleSet
+        The lifecycle and segment rules.
+    scores : pandas.DataFrame, optional
+        client_id plus CLTV scores, joined in before the rules run (a client without scores
+        reads null; scores win over same-named feature columns).
+    cluster_reasons : mapping of str to str, optional
+        segment_id -> the cluster's defining features, e.g. from the clustering profiles; it
+        takes precedence over a `reason` column in `clusters`.
+    previous : pandas.DataFrame, optional
+        The last published membership (client_id, segment_id), which the rules' `stay_when`
+        conditions need; None means no previous state.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype (missing: NaN) and
+        cluster_id is nullable Int64 when cluster ids are numeric.
+
+    Raises
+    ------
+    ValueError
+        A required column is missing, client ids are null or duplicated, a client has no
+        cluster row, or cluster segment ids collide with rule segment ids.
+    RuleEvaluationError
+        A rule cannot be evaluated on the frame (a column is missing or has the wrong type).
     """
     _require(features, ("client_id", JOURNEY_COLUMN), "features")
     ids = features["client_id"]
@@ -77,26 +103,49 @@ def assign_segments(
     match = rules.match_segments(
         frame.assign(**{LIFECYCLE_COLUMN: stage}), _previous_segments(previous, ids)
     )
-    rule_id = match.segment_id
-    by_rule = pd.notna(rule_id)
-
     cluster = _aligned_clusters(clusters, ids)
-    rule_ids = {rule.segment_id for rule in rules.segment_rules}
+    _check_no_clash(rules, cluster)
+    out = pd.DataFrame(
+        {
+            "client_id": ids.to_numpy(dtype=object),
+            **_layers(rules, match, cluster, cluster_reasons),
+            "cluster_id": _cluster_ids(cluster),
+            "lifecycle_stage": stage,
+            "journey_stage": features[JOURNEY_COLUMN].to_numpy(dtype=object),
+        }
+    )
+    text = [c for c in MEMBERSHIP_COLUMNS if c not in ("cluster_id", "confidence")]
+    return out.astype(dict.fromkeys(text, "str")).loc[:, list(MEMBERSHIP_COLUMNS)]
+
+
+def _check_no_clash(rules: RuleSet, cluster: pd.DataFrame) -> None:
+    """Fail when a cluster segment id is also a rule segment id."""
+    rule_ids = {rule.segment_id for rule in rules.segment_rules if rule.segment_id is not None}
     clash = rule_ids & set(cluster.loc[~cluster["is_noise"], "segment_id"].unique())
     if clash:
         raise ValueError(f"cluster segment ids collide with rule segment ids: {sorted(clash)}")
+
+
+def _layers(
+    rules: RuleSet,
+    match: SegmentMatch,
+    cluster: pd.DataFrame,
+    cluster_reasons: Mapping[str, str] | None,
+) -> dict[str, np.ndarray]:
+    """segment_id, segment_name, segment_source, confidence and reason per client: the rule
+    that takes the client, else its cluster, else noise."""
+    rule_id = match.segment_id
+    by_rule = pd.notna(rule_id)
     in_cluster = ~cluster["is_noise"].to_numpy(dtype=bool) & ~by_rule
     noise = ~by_rule & ~in_cluster
 
     names = {rule.segment_id: rule.name for rule in rules.segment_rules}
-    reasons = {rule.segment_id: rule.reason for rule in rules.segment_rules}
-    stay_reasons = {rule.segment_id: rule.stay_reason for rule in rules.segment_rules}
     segment_id = np.where(by_rule, rule_id, cluster["segment_id"].to_numpy(dtype=object))
     segment_id[noise] = NOISE_SEGMENT_ID
     segment_name = cluster["segment_name"].to_numpy(dtype=object).copy()
     segment_name[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(names).to_numpy()
     segment_name[noise] = NOISE_SEGMENT_NAME
-    source = np.full(len(ids), "cluster", dtype=object)
+    source = np.full(len(rule_id), "cluster", dtype=object)
     source[by_rule] = "rule"
     source[noise] = "noise"
 
@@ -104,27 +153,20 @@ def assign_segments(
     confidence[by_rule] = RULE_CONFIDENCE
     confidence = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
 
-    reason = np.full(len(ids), NOISE_REASON, dtype=object)
+    reasons = {rule.segment_id: rule.reason for rule in rules.segment_rules}
+    stay_reasons = {rule.segment_id: rule.stay_reason for rule in rules.segment_rules}
+    reason = np.full(len(rule_id), NOISE_REASON, dtype=object)
     reason[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(reasons).to_numpy()
     stayed = match.stayed
     reason[stayed] = pd.Series(rule_id[stayed], dtype=object).map(stay_reasons).to_numpy()
     reason[in_cluster] = _cluster_reasons(cluster.loc[in_cluster], cluster_reasons)
-
-    out = pd.DataFrame(
-        {
-            "client_id": ids.to_numpy(dtype=object),
-            "segment_id": segment_id,
-            "segment_name": segment_name,
-            "segment_source": source,
-            "cluster_id": _cluster_ids(cluster),
-            "confidence": confidence,
-            "lifecycle_stage": stage,
-            "journey_stage": features[JOURNEY_COLUMN].to_numpy(dtype=object),
-            "reason": reason,
-        }
-    )
-    text = [c for c in MEMBERSHIP_COLUMNS if c not in ("cluster_id", "confidence")]
-    return out.astype(dict.fromkeys(text, "str")).loc[:, list(MEMBERSHIP_COLUMNS)]
+    return {
+        "segment_id": segment_id,
+        "segment_name": segment_name,
+        "segment_source": source,
+        "confidence": confidence,
+        "reason": reason,
+    }
 
 
 def segment_definitions(rules: RuleSet) -> pd.DataFrame:
@@ -189,7 +231,7 @@ def _previous_segments(previous: pd.DataFrame | None, ids: pd.Series) -> np.ndar
     _unique(previous["client_id"], "previous")
     position = pd.Index(previous["client_id"]).get_indexer(ids)
     segments = previous["segment_id"].to_numpy(dtype=object)
-    return np.where(position >= 0, segments[position], None)
+    return np.where(position >= 0, segments[position], np.array(None, dtype=object))
 
 
 def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataFrame:
@@ -208,7 +250,7 @@ def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataF
     _require(clusters, CLUSTER_COLUMNS, "clusters")
     _unique(clusters["client_id"], "clusters")
     indexed = clusters.set_index("client_id")
-    position = indexed.index.get_indexer(ids)  # hash lookup; isin on arrow strings is slow
+    position = indexed.index.get_indexer(pd.Index(ids))  # hash; isin on arrow strings is slow
     absent = position < 0
     if absent.any():
         examples = ", ".join(map(str, ids[absent].iloc[:3]))

@@ -40,7 +40,6 @@ import difflib
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -368,7 +367,7 @@ def render(node: Node) -> str:
     raise TypeError(f"not an expression node: {node!r}")
 
 
-def known_kinds(known: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
+def known_kinds(known: Mapping[str, object] | Iterable[str]) -> dict[str, str]:
     """Normalize known features to name -> kind (number, text, bool or any)."""
     if isinstance(known, Mapping):
         return {str(name): dtype_kind(dtype) for name, dtype in known.items()}
@@ -377,7 +376,7 @@ def known_kinds(known: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
     return dict.fromkeys((str(name) for name in known), ANY)
 
 
-def dtype_kind(dtype: Any) -> str:
+def dtype_kind(dtype: object) -> str:
     """The expression kind of a declared dtype (a numpy/pandas dtype or a name such as 'float')."""
     if dtype is None:
         return ANY
@@ -401,10 +400,11 @@ def dtype_kind(dtype: Any) -> str:
 
 @dataclass(frozen=True)
 class _Token:
-    kind: str  # number, text, name, op, end
-    value: Any
+    kind: str  # number, text, name, keyword, op, end
+    value: str  # keyword: lower case; text: the unquoted content; end: ""; else as written
     pos: int  # 1-based
     text: str  # as written, for messages
+    number: float = 0.0  # the value of a number token
 
 
 _NUMBER_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
@@ -423,7 +423,7 @@ def _tokenize(text: str, rule: str | None) -> list[_Token]:
         pos = i + 1
         match = _NUMBER_RE.match(text, i)
         if match:
-            tokens.append(_Token("number", float(match.group()), pos, match.group()))
+            tokens.append(_Token("number", match.group(), pos, match.group(), float(match.group())))
             i = match.end()
             continue
         match = _NAME_RE.match(text, i)
@@ -446,7 +446,7 @@ def _tokenize(text: str, rule: str | None) -> list[_Token]:
                 break
         else:
             raise RuleSyntaxError(f"unexpected character {char!r}", rule=rule, position=pos)
-    tokens.append(_Token("end", None, n + 1, "end of expression"))
+    tokens.append(_Token("end", "", n + 1, "end of expression"))
     return tokens
 
 
@@ -495,14 +495,14 @@ class _Parser:
         self.index += 1
         return token
 
-    def at(self, kind: str, value: Any = None) -> bool:
+    def at(self, kind: str, value: str | None = None) -> bool:
         token = self.token
         return token.kind == kind and (value is None or token.value == value)
 
-    def accept(self, kind: str, value: Any = None) -> _Token | None:
+    def accept(self, kind: str, value: str | None = None) -> _Token | None:
         return self.advance() if self.at(kind, value) else None
 
-    def expect(self, kind: str, value: Any, what: str) -> _Token:
+    def expect(self, kind: str, value: str, what: str) -> _Token:
         if not self.at(kind, value):
             raise self.unexpected(f"expected {what}")
         return self.advance()
@@ -613,7 +613,7 @@ class _Parser:
         item = self.token
         if item.kind == "number":
             self.advance()
-            return Literal(value=sign * item.value, pos=token.pos)
+            return Literal(value=sign * item.number, pos=token.pos)
         if item.kind == "text":
             self.advance()
             return Literal(value=item.value, pos=item.pos)
@@ -654,7 +654,7 @@ class _Parser:
         token = self.token
         if token.kind == "number":
             self.advance()
-            return Literal(value=token.value, pos=token.pos)
+            return Literal(value=token.number, pos=token.pos)
         if token.kind == "text":
             self.advance()
             return Literal(value=token.value, pos=token.pos)
@@ -722,7 +722,7 @@ class _Checker:
         return RuleTypeError(detail, rule=self.rule, position=node.pos)
 
     def kind(self, node: Node) -> str:
-        method: Callable[[Any], str] = getattr(self, f"kind_{type(node).__name__.lower()}")
+        method: Callable[[Node], str] = getattr(self, f"kind_{type(node).__name__.lower()}")
         return method(node)
 
     def kind_literal(self, node: Literal) -> str:
@@ -840,7 +840,7 @@ class _Evaluator:
         return RuleEvaluationError(detail, rule=self.rule, position=node.pos)
 
     def eval(self, node: Node) -> _Value:
-        method: Callable[[Any], _Value] = getattr(self, f"eval_{type(node).__name__.lower()}")
+        method: Callable[[Node], _Value] = getattr(self, f"eval_{type(node).__name__.lower()}")
         return method(node)
 
     # conversions

@@ -128,23 +128,25 @@ def cluster_profiles(
     labels = np.asarray(labels)
     profiles: dict[int, dict] = {}
     for c in z.index:
-        order = z.loc[c].abs().sort_values(ascending=False, kind="stable")
+        z_c = pd.Series(z.loc[c].to_numpy(dtype=float), index=z.columns)
+        median_c = pd.Series(medians.loc[c].to_numpy(dtype=float), index=medians.columns)
+        order = z_c.abs().sort_values(ascending=False, kind="stable")
         top = [
             {
                 "feature": f,
-                "z": round(float(z.at[c, f]), 3),
-                "median": _num(medians.at[c, f]),
+                "z": round(float(z_c[f]), 3),
+                "median": _num(median_c[f]),
                 "population_median": _num(population[f]),
             }
             for f in order.index[:top_n]
-            if abs(z.at[c, f]) >= MIN_SHIFT
+            if abs(z_c[f]) >= MIN_SHIFT
         ]
         profiles[int(c)] = {
             "size": int((labels == c).sum()),
             "share": round(float((labels == c).mean()), 4),
             "top_features": top,
-            "z": {f: round(float(v), 3) for f, v in z.loc[c].items()},
-            "median": {f: _num(v) for f, v in medians.loc[c].items()},
+            "z": {f: round(float(v), 3) for f, v in z_c.items()},
+            "median": {f: _num(v) for f, v in median_c.items()},
         }
     return profiles
 
@@ -229,7 +231,7 @@ def _compose(words: dict[str, list[str]], max_words: int) -> str:
     return " ".join([*adjs, *channel, noun])
 
 
-def _num(value: float) -> float | None:
+def _num(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
 

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -145,7 +145,23 @@ class SegmentMatch(NamedTuple):
 
 @dataclass(frozen=True)
 class RuleSet:
-    """Lifecycle and segment rules, each tuple sorted by priority (highest first)."""
+    """Lifecycle and segment rules, each tuple sorted by priority (highest first).
+
+    Made by `load_rules` (or `rules_from_mapping`), which checks every rule; evaluated on
+    whole frames by `assign_lifecycle` and `match_segments`.
+
+    Parameters
+    ----------
+    lifecycle_rules : tuple of Rule
+        The lifecycle rules, highest priority first; the last one is the ``when: true``
+        fallback, so every client gets a stage.
+    segment_rules : tuple of Rule
+        The segment rules (business overrides of the clusters), highest priority first.
+    optional_names : frozenset of str, default frozenset(SCORE_COLUMNS)
+        Names that may be absent from a frame and then read as null (the CLTV scores).
+    source : str, optional
+        Where the rules came from (the file), for messages.
+    """
 
     lifecycle_rules: tuple[Rule, ...]
     segment_rules: tuple[Rule, ...]
@@ -206,7 +222,7 @@ class RuleSet:
         def hits(rule: Rule) -> np.ndarray:
             now = rule.matches(frame, self.optional_names)
             member = was == rule.segment_id
-            if rule.stay_expression is None or not member.any():
+            if rule.stay_expression is None or rule.segment_id is None or not member.any():
                 return now
             kept_by[rule.segment_id] = member & ~now & rule.stays(frame, self.optional_names)
             return now | kept_by[rule.segment_id]
@@ -222,15 +238,40 @@ class RuleSet:
 
 def load_rules(
     path: str | os.PathLike[str] | None = None,
-    known_features: Mapping[str, Any] | Iterable[str] | None = None,
+    known_features: Mapping[str, object] | Iterable[str] | None = None,
     extra_names: Iterable[str] = SCORE_COLUMNS,
 ) -> RuleSet:
     """Load and check a rules file (default: the shipped configs/rules.yaml).
 
-    `known_features` are the names rules may read: a collection of names or a mapping
-    name -> dtype (enables type checks); None means the feature catalog
-    (`features.catalog.FEATURES`). `extra_names` are numeric columns joined in before the
-    rules run (the CLTV scores); they may be absent from a frame and then read as null.
+    Every condition is parsed and every name it reads is checked here, before any data is
+    read.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        The rules YAML file; default `DEFAULT_RULES_PATH` (configs/rules.yaml).
+    known_features : mapping or iterable of str, optional
+        The names rules may read: a collection of names, or a mapping name -> dtype (a
+        numpy/pandas dtype or a name such as ``"float64"``), which enables type checks.
+        Default: the feature catalog (`features.catalog.FEATURES`) with its dtypes.
+    extra_names : iterable of str, default SCORE_COLUMNS
+        Numeric columns joined in before the rules run (the CLTV scores); they may be absent
+        from a frame and then read as null.
+
+    Returns
+    -------
+    RuleSet
+        The lifecycle and segment rules, each sorted by priority (highest first).
+
+    Raises
+    ------
+    RuleSetError
+        The file is missing, not YAML, or does not validate (unknown key, missing field,
+        duplicate name, id or priority, unreachable rule, no ``when: true`` lifecycle
+        fallback); the message names the file, the key and the rule.
+    RuleSyntaxError, UnknownFeatureError, RuleTypeError
+        A condition does not parse, reads an unknown name or mixes types; the message names
+        the file, the section, the rule and the position in the condition.
     """
     file = Path(path) if path is not None else DEFAULT_RULES_PATH
     file = file.expanduser()
@@ -244,8 +285,8 @@ def load_rules(
 
 
 def rules_from_mapping(
-    raw: Any,
-    known_features: Mapping[str, Any] | Iterable[str] | None = None,
+    raw: object,
+    known_features: Mapping[str, object] | Iterable[str] | None = None,
     extra_names: Iterable[str] = SCORE_COLUMNS,
     source: str = "<mapping>",
 ) -> RuleSet:
@@ -308,7 +349,7 @@ class _Spec(BaseModel):
 
     @field_validator("when", mode="before")
     @classmethod
-    def _yaml_booleans(cls, value: Any) -> Any:
+    def _yaml_booleans(cls, value: object) -> object:
         # `when: true` in YAML arrives as a bool: accept it as the expression `true`.
         if isinstance(value, bool):
             return "true" if value else "false"
@@ -331,7 +372,7 @@ class _RulesFile(BaseModel):
     segments: list[_SegmentSpec] = Field(default_factory=list)
 
 
-def _describe_rule_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
+def _describe_rule_errors(exc: ValidationError, raw: Mapping[object, object]) -> str:
     lines = []
     for error in exc.errors():
         loc = error["loc"]
@@ -343,7 +384,7 @@ def _describe_rule_errors(exc: ValidationError, raw: dict[str, Any]) -> str:
     return "; ".join(lines)
 
 
-def _rule_name_at(raw: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
+def _rule_name_at(raw: Mapping[object, object], loc: tuple[int | str, ...]) -> str | None:
     if len(loc) < 2 or not isinstance(loc[1], int):
         return None
     items = raw.get(loc[0])
@@ -357,7 +398,7 @@ def _rule_name_at(raw: dict[str, Any], loc: tuple[Any, ...]) -> str | None:
 # Checks
 
 
-def _catalog_kinds() -> dict[str, Any]:
+def _catalog_kinds() -> dict[str, object]:
     try:
         from features.catalog import FEATURES
     except ImportError as exc:
@@ -473,7 +514,7 @@ def _first_match(
     rules: tuple[Rule, ...],
     frame: pd.DataFrame,
     optional: frozenset[str],
-    label: Any,
+    label: Callable[[Rule], str | None],
     hits: Callable[[Rule], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = len(frame)

@@ -156,7 +156,9 @@ def stability(previous_ids: pd.Series, new_ids: pd.Series) -> dict[str, float]:
     }
 
 
-def _jaccard(prev: pd.Series, new: pd.Series, prev_ids: list[str], new_labels: list[int]):
+def _jaccard(
+    prev: pd.Series, new: pd.Series, prev_ids: list[str], new_labels: list[int]
+) -> np.ndarray:
     table = pd.crosstab(prev, new).reindex(index=prev_ids, columns=new_labels, fill_value=0)
     inter = table.to_numpy(dtype=float)
     a = prev.value_counts().reindex(prev_ids, fill_value=0).to_numpy(dtype=float)
@@ -166,5 +168,6 @@ def _jaccard(prev: pd.Series, new: pd.Series, prev_ids: list[str], new_labels: l
 
 
 def _by_size(sizes: pd.Series) -> list[int]:
-    items = [(int(label), int(n)) for label, n in sizes.items() if int(label) >= 0]
+    pairs = zip(sizes.index.to_numpy(), sizes.to_numpy(), strict=True)
+    items = [(int(label), int(n)) for label, n in pairs if int(label) >= 0]
     return [label for label, _ in sorted(items, key=lambda t: (-t[1], t[0]))]

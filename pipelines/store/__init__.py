@@ -10,10 +10,12 @@ Tables, views and guarantees are documented in docs/store.md.
 from __future__ import annotations
 
 from pipelines.store._common import (
+    Backend,
     OutOfOrderError,
     PublishInputError,
     PublishLockedError,
     SchemaVersionError,
+    StoreArgumentError,
     StoreBusyError,
     StoreConnectionError,
     StoreEmptyError,
@@ -45,6 +47,7 @@ __all__ = [
     "Reader",
     "SchemaVersionError",
     "Store",
+    "StoreArgumentError",
     "StoreBusyError",
     "StoreConnectionError",
     "StoreEmptyError",
@@ -65,23 +68,42 @@ def open_store(
 ) -> Store:
     """Open the store at `url` (nothing is created until `migrate()` or the first publish).
 
-    url: `duckdb:///abs/path/file.duckdb` (also `duckdb:////abs/...` and
-    `duckdb:relative/file.duckdb`) or `postgresql://user[:password]@host[:port]/db`
-    (credentials from the URL or the libpq environment: PGUSER, PGPASSWORD, ...).
-    schema: a plain lower-case identifier. lock_timeout: seconds a publish waits for the
-    publish lock (and, on DuckDB, for readers to release the file). reader_retry: seconds a
-    DuckDB reader retries while a publish holds the file, then StoreBusyError.
+    Parameters
+    ----------
+    url : str
+        `duckdb:///abs/path/file.duckdb` (also `duckdb:////abs/...` and
+        `duckdb:relative/file.duckdb`) or `postgresql://user[:password]@host[:port]/db`
+        (credentials from the URL or the libpq environment: PGUSER, PGPASSWORD, ...).
+    schema : str
+        The database schema of the tables: a plain lower-case identifier.
+    lock_timeout : float
+        Seconds a publish waits for the publish lock (and, on DuckDB, for readers to release
+        the file), then PublishLockedError or StoreBusyError.
+    reader_retry : float
+        Seconds a DuckDB reader retries while a publish holds the file, then StoreBusyError.
+
+    Returns
+    -------
+    Store
+        The store; connections are opened per call (pooled on PostgreSQL: `close()` them).
+
+    Raises
+    ------
+    StoreArgumentError
+        The URL, the schema name or a timeout cannot be used (the message masks passwords).
     """
     validate_identifier(schema, "schema name")
     if lock_timeout <= 0 or reader_retry < 0:
-        raise ValueError("lock_timeout must be > 0 and reader_retry >= 0 (seconds)")
+        raise StoreArgumentError("lock_timeout must be > 0 and reader_retry >= 0 (seconds)")
     parsed = parse_store_url(url)
-    if parsed.backend == "duckdb":
+    backend: Backend
+    if parsed.path is not None:
         from pipelines.store._duckdb import DuckDbBackend
 
         backend = DuckDbBackend(parsed.path, parsed.masked, lock_timeout, reader_retry)
     else:
         from pipelines.store._postgres import PostgresBackend
 
+        assert parsed.sqlalchemy_url is not None  # parse_store_url sets a path or a URL
         backend = PostgresBackend(parsed.sqlalchemy_url, parsed.masked, schema, lock_timeout)
     return Store(backend, schema, lock_timeout=lock_timeout, reader_retry=reader_retry)

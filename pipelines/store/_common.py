@@ -1,14 +1,40 @@
-"""Store errors, URL parsing and credential masking shared by both backends."""
+"""Store errors, URL parsing, credential masking and the backend interface shared by both
+backends (`Backend`, `Connection`: what `Store` needs from DuckDB and PostgreSQL)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import URL, make_url
 
 from configs import SegmentationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = [
+    "Backend",
+    "Connection",
+    "OutOfOrderError",
+    "PublishInputError",
+    "PublishLockedError",
+    "SchemaVersionError",
+    "StoreArgumentError",
+    "StoreBusyError",
+    "StoreConnectionError",
+    "StoreEmptyError",
+    "StoreError",
+    "StoreUrl",
+    "mask_url",
+    "parse_store_url",
+    "scrub",
+]
 
 
 class StoreError(SegmentationError, RuntimeError):
@@ -43,6 +69,74 @@ class PublishInputError(SegmentationError, ValueError):
     """A publish request that breaks the contract (missing column, duplicate client, ...)."""
 
 
+class StoreArgumentError(SegmentationError, ValueError):
+    """A store URL, schema or table name, or timeout the store cannot use; the message names
+    it (with any password masked)."""
+
+
+class Connection(Protocol):
+    """One open database connection as the store uses it (`?` placeholders in SQL)."""
+
+    def prefix(self, schema: str) -> str:
+        """The qualifier to put before table names of `schema`."""
+        ...
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one statement."""
+        ...
+
+    def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a query; its rows (database values)."""
+        ...
+
+    def fetch_df(self, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
+        """Run a query; its result as a DataFrame."""
+        ...
+
+    def create_temp(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Create a temporary table of (column, logical type) pairs."""
+        ...
+
+    def load(self, target: str, data: pa.Table) -> None:
+        """Bulk insert an Arrow table whose columns are named as in `target`."""
+        ...
+
+
+class Backend(Protocol):
+    """A store database: short read snapshots, one write transaction, the publish lock."""
+
+    @property
+    def dialect(self) -> str:
+        """`duckdb` or `postgresql`."""
+        ...
+
+    def describe(self) -> str:
+        """The URL with any password masked."""
+        ...
+
+    def exists(self) -> bool:
+        """False while a DuckDB file has not been created (PostgreSQL: always True)."""
+        ...
+
+    def read(self) -> AbstractContextManager[Connection]:
+        """A consistent read-only snapshot."""
+        ...
+
+    def write(
+        self, after_commit: Callable[[], None] | None = None
+    ) -> AbstractContextManager[Connection]:
+        """One transaction, committed when the block succeeds, else rolled back."""
+        ...
+
+    def publish_lock(self) -> AbstractContextManager[None]:
+        """Hold the store's publish lock (bounded wait, then PublishLockedError)."""
+        ...
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        ...
+
+
 _USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
 
 
@@ -70,14 +164,19 @@ class StoreUrl:
 
     @property
     def password(self) -> str | None:
+        """The password in a PostgreSQL URL (to scrub from messages), else None."""
         return self.sqlalchemy_url.password if self.sqlalchemy_url is not None else None
 
 
 def parse_store_url(url: str) -> StoreUrl:
     """Parse `duckdb:///abs/file.duckdb`, `duckdb:////abs/file.duckdb`,
-    `duckdb:relative/file.duckdb` or `postgresql://user[:password]@host[:port]/db`."""
+    `duckdb:relative/file.duckdb` or `postgresql://user[:password]@host[:port]/db`.
+
+    Raises StoreArgumentError (a ValueError) naming what is wrong with the URL."""
     if not isinstance(url, str) or not url.strip():
-        raise ValueError("store URL is empty: use duckdb:///path/file.duckdb or postgresql://...")
+        raise StoreArgumentError(
+            "store URL is empty: use duckdb:///path/file.duckdb or postgresql://..."
+        )
     url = url.strip()
     scheme = url.split(":", 1)[0].lower()
     if scheme == "duckdb":
@@ -87,7 +186,7 @@ def parse_store_url(url: str) -> StoreUrl:
             if rest.startswith("//"):
                 rest = rest[1:]
         if not rest or rest in {"/", ":memory:", "/:memory:"}:
-            raise ValueError(
+            raise StoreArgumentError(
                 f"store URL {url!r}: a DuckDB store needs a file path, e.g."
                 " duckdb:///abs/path/store.duckdb (in-memory stores cannot be shared)"
             )
@@ -98,13 +197,15 @@ def parse_store_url(url: str) -> StoreUrl:
         try:
             parsed = make_url(url)
         except Exception:
-            raise ValueError(f"store URL {mask_url(url)!r} is not a valid PostgreSQL URL") from None
+            raise StoreArgumentError(
+                f"store URL {mask_url(url)!r} is not a valid PostgreSQL URL"
+            ) from None
         parsed = parsed.set(drivername="postgresql+psycopg")
         if not parsed.database:
-            raise ValueError(f"store URL {mask_url(url)!r} names no database")
+            raise StoreArgumentError(f"store URL {mask_url(url)!r} names no database")
         masked = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
         return StoreUrl("postgresql", masked=masked, sqlalchemy_url=parsed)
-    raise ValueError(
+    raise StoreArgumentError(
         f"store URL {mask_url(url)!r}: unsupported scheme {scheme!r}; use"
         " duckdb:///path/file.duckdb or postgresql://user@host:port/db"
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TypedDict
 
 import duckdb
 import pandas as pd
@@ -16,17 +17,22 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from configs import as_date
 from pipelines.store._common import (
+    Backend,
+    Connection,
     OutOfOrderError,
     PublishInputError,
     PublishLockedError,
     SchemaVersionError,
+    StoreArgumentError,
     StoreEmptyError,
 )
 from pipelines.store._request import (
     CleanRequest,
     PublishRequest,
     PublishResult,
+    RunInfo,
     check_run_identity,
     check_run_info,
     to_arrow,
@@ -49,6 +55,8 @@ from pipelines.store._schema import (
 )
 from segmentation.dynamics import STATE_COLUMNS, advance_arrow
 
+__all__ = ["Reader", "StageHook", "Store"]
+
 log = logging.getLogger("pipelines.store")
 
 _MISSING_TABLE = (
@@ -60,9 +68,12 @@ StageHook = Callable[[str], None]
 
 
 class Reader:
-    """Reads of one consistent snapshot of the published tables (see `Store.snapshot`)."""
+    """Reads of one consistent snapshot of the published tables (see `Store.snapshot`).
 
-    def __init__(self, con: Any, schema: str) -> None:
+    Each method is the `Store` method of the same name, read inside the snapshot.
+    """
+
+    def __init__(self, con: Connection, schema: str) -> None:
         self._con = con
         self._s = con.prefix(schema)
 
@@ -125,7 +136,9 @@ class Reader:
     def read_sql(self, name: str) -> pd.DataFrame:
         """All rows of a published table or reader view, by name (see docs/store.md)."""
         if name not in READABLE:
-            raise ValueError(f"unknown table or view {name!r}; readable: {', '.join(READABLE)}")
+            raise StoreArgumentError(
+                f"unknown table or view {name!r}; readable: {', '.join(READABLE)}"
+            )
         return self._df(f"SELECT * FROM {self._s}.{name}")
 
     def schema_version(self) -> int:
@@ -135,8 +148,8 @@ class Reader:
     def _latest_sql(self) -> str:
         return f"SELECT max(as_of) FROM {self._s}.runs WHERE status = 'success'"
 
-    def _df(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
-        return self._con.fetch_df(sql, params or [])
+    def _df(self, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
+        return self._con.fetch_df(sql, params)
 
 
 class Store:
@@ -149,7 +162,7 @@ class Store:
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         schema: str,
         *,
         lock_timeout: float,
@@ -255,24 +268,42 @@ class Store:
         _after_stage: StageHook | None = None,
     ) -> PublishResult:
         """Publish one run atomically: membership, history, transitions, segments, scores,
-        the run log row and the quarantine, all in one transaction.
+        the run log row and the quarantine, all in one transaction under the publish lock.
 
-        Re-publishing the latest as_of replaces that run. A date older than the latest
-        published one raises OutOfOrderError unless `rebuild_from` (<= as_of) is given:
-        then every run from `rebuild_from` on is undone (marked replaced) first.
-        `_after_stage` is a test hook called with each stage name inside the transaction."""
+        Parameters
+        ----------
+        run : PublishRequest
+            The run's id, as_of, start time and frames (columns in docs/store.md).
+        rebuild_from : datetime.date, optional
+            Undo every published run from this date on (marked `replaced`) before publishing;
+            needed to publish an as_of older than the latest published one. At most `as_of`.
+        _after_stage : callable, optional
+            Test hook called with each stage name inside the transaction.
+
+        Returns
+        -------
+        PublishResult
+            Counts of clients, segments, entries, exits, moves and lifecycle changes, the
+            replaced run ids and the time spent per stage.
+
+        Raises
+        ------
+        PublishInputError
+            The request breaks the contract (the message names the column or value).
+        OutOfOrderError
+            `as_of` is older than the latest published as_of and `rebuild_from` is not given.
+        PublishLockedError
+            Another publish held the lock for longer than `lock_timeout`.
+
+        Notes
+        -----
+        Re-publishing the latest as_of replaces that run; history is never duplicated.
+        """
         started = time.perf_counter()
         stages: dict[str, float] = {}
         mark = _stage_timer(stages)
         req = validate_request(run)
-        if rebuild_from is not None and (
-            isinstance(rebuild_from, datetime) or not isinstance(rebuild_from, date)
-        ):
-            raise PublishInputError(f"rebuild_from must be a datetime.date: {rebuild_from!r}")
-        if rebuild_from is not None and rebuild_from > req.as_of:
-            raise PublishInputError(
-                f"rebuild_from {rebuild_from} is after as_of {req.as_of}: nothing to rebuild"
-            )
+        _check_rebuild_from(rebuild_from, req.as_of)
         hook = _after_stage or (lambda stage: None)
         mark("validate")
 
@@ -288,32 +319,17 @@ class Store:
                 self._write(w, req, plan, work, hook, mark)
             mark("commit")
 
-        seconds = time.perf_counter() - started
         result = PublishResult(
             run_id=req.run_id,
             as_of=req.as_of,
             clients=len(req.membership),
             segments=len(req.segments),
-            replaced_run_ids=tuple(plan["replaced"]),
-            seconds=seconds,
+            replaced_run_ids=tuple(plan.replaced),
+            seconds=time.perf_counter() - started,
             stage_seconds=stages,
-            **work["counts"],
+            **work.counts,
         )
-        log.info(
-            "published run %s as of %s to %s (schema %s): %d clients, %d entries, %d exits,"
-            " %d moves, %d lifecycle changes, replaced %s in %.2f s",
-            req.run_id,
-            req.as_of,
-            self.url,
-            self.schema,
-            result.clients,
-            result.entries,
-            result.exits,
-            result.moves,
-            result.lifecycle_changes,
-            list(result.replaced_run_ids) or "none",
-            seconds,
-        )
+        self._log_published(result)
         return result
 
     def record_failed_run(
@@ -323,9 +339,21 @@ class Store:
         started_at: datetime,
         *,
         finished_at: datetime | None = None,
-        run_info: dict[str, Any] | None = None,
+        run_info: Mapping[str, object] | None = None,
     ) -> None:
-        """Log a failed run (status `failed`) in `runs` without touching any other table."""
+        """Log a failed run (status `failed`) in `runs` without touching any other table.
+
+        Parameters
+        ----------
+        run_id : str
+            The failed run's id; a run id already logged with another status is refused.
+        as_of, started_at : datetime.date, datetime.datetime
+            The run's as-of date and start time (naive times are UTC).
+        finished_at : datetime.datetime, optional
+            When it failed (default: now).
+        run_info : mapping, optional
+            The known `runs` columns that are known for it (RUN_INFO_KEYS), e.g. mlflow_run_id.
+        """
         run_id, as_of, started_at = check_run_identity(run_id, as_of, started_at)
         info = check_run_info(run_info)
         finished = finished_at if finished_at is not None else datetime.now(UTC)
@@ -347,9 +375,22 @@ class Store:
     # -- reading --------------------------------------------------------------------------------
     @contextmanager
     def snapshot(self) -> Iterator[Reader]:
-        """One consistent read of several tables. DuckDB: holds the file (readers retry up
-        to `reader_retry` s while a publish writes), so keep it short. PostgreSQL: a
-        REPEATABLE READ READ ONLY transaction that never waits for a publish."""
+        """One consistent read of several tables.
+
+        DuckDB: holds the file (a publish waits, and readers retry up to `reader_retry` s
+        while a publish writes), so keep it short. PostgreSQL: a REPEATABLE READ READ ONLY
+        transaction that never waits for a publish.
+
+        Yields
+        ------
+        Reader
+            The readers of this class (`membership`, `transitions`, ...) on one snapshot.
+
+        Raises
+        ------
+        StoreEmptyError
+            Nothing was published (or migrated) yet.
+        """
         try:
             with self._backend.read() as con:
                 yield Reader(con, self.schema)
@@ -360,47 +401,126 @@ class Store:
             ) from None
 
     def membership(self, segment_id: str | None = None) -> pd.DataFrame:
-        """Current membership, one row per client (optionally of one segment)."""
+        """Current membership, one row per client.
+
+        Parameters
+        ----------
+        segment_id : str, optional
+            Only the members of this segment.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `segment_membership` columns (docs/store.md), ordered by client_id.
+        """
         with self.snapshot() as r:
             return r.membership(segment_id)
 
     def client(self, client_id: str) -> pd.DataFrame:
-        """A client's current segment and scores; an empty frame when unknown."""
+        """A client's current segment and scores.
+
+        Parameters
+        ----------
+        client_id : str
+            The client.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row of the `v_client_current` view; empty when the client is unknown.
+        """
         with self.snapshot() as r:
             return r.client(client_id)
 
     def transitions(self, as_of: date | None = None) -> pd.DataFrame:
-        """Transitions as of `as_of` (default: the latest published as_of)."""
+        """The transitions (entries, exits, moves, lifecycle changes) published for one day.
+
+        Parameters
+        ----------
+        as_of : datetime.date, optional
+            The as-of date (default: the latest published as_of).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `segment_transitions` rows of that day, ordered by client_id.
+        """
         with self.snapshot() as r:
             return r.transitions(as_of)
 
     def segments(self) -> pd.DataFrame:
-        """Every segment ever published; retired ones have size 0."""
+        """Every segment ever published.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `segments` table ordered by segment_id; retired segments have size 0.
+        """
         with self.snapshot() as r:
             return r.segments()
 
     def runs(self) -> pd.DataFrame:
-        """The run log."""
+        """The run log.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `runs` table (success, failed and replaced runs), oldest first.
+        """
         with self.snapshot() as r:
             return r.runs()
 
     def history(self, client_id: str | None = None) -> pd.DataFrame:
-        """Membership stretches, optionally of one client."""
+        """Membership stretches (valid_to null while current).
+
+        Parameters
+        ----------
+        client_id : str, optional
+            Only this client's stretches.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `segment_history` rows ordered by client_id and valid_from.
+        """
         with self.snapshot() as r:
             return r.history(client_id)
 
     def scores(self) -> pd.DataFrame:
-        """Current client scores."""
+        """Current client scores.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `client_scores` table, one row per scored client, ordered by client_id.
+        """
         with self.snapshot() as r:
             return r.scores()
 
     def quarantine(self, run_id: str | None = None) -> pd.DataFrame:
-        """Rejected event rows, optionally of one run."""
+        """Rejected event rows with their reason and raw values.
+
+        Parameters
+        ----------
+        run_id : str, optional
+            Only the rows rejected by this run.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `quarantine` rows.
+        """
         with self.snapshot() as r:
             return r.quarantine(run_id)
 
     def latest_as_of(self) -> date | None:
-        """The as_of of the latest successful run; None when nothing was published."""
+        """The as_of of the latest successful run.
+
+        Returns
+        -------
+        datetime.date or None
+            None when nothing was published yet.
+        """
         try:
             with self.snapshot() as r:
                 return r.latest_as_of()
@@ -408,7 +528,23 @@ class Store:
             return None
 
     def read_sql(self, name: str) -> pd.DataFrame:
-        """All rows of a published table or reader view, by name."""
+        """All rows of a published table or reader view, by name.
+
+        Parameters
+        ----------
+        name : str
+            One of READABLE: the tables and the `v_*` reader views of docs/store.md.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Every row of that table or view.
+
+        Raises
+        ------
+        StoreArgumentError
+            `name` is not a readable table or view.
+        """
         with self.snapshot() as r:
             return r.read_sql(name)
 
@@ -419,7 +555,24 @@ class Store:
         else:
             self.migrate()
 
-    def _read_plan(self, req: CleanRequest, rebuild_from: date | None) -> dict[str, Any]:
+    def _log_published(self, result: PublishResult) -> None:
+        log.info(
+            "published run %s as of %s to %s (schema %s): %d clients, %d entries, %d exits,"
+            " %d moves, %d lifecycle changes, replaced %s in %.2f s",
+            result.run_id,
+            result.as_of,
+            self.url,
+            self.schema,
+            result.clients,
+            result.entries,
+            result.exits,
+            result.moves,
+            result.lifecycle_changes,
+            list(result.replaced_run_ids) or "none",
+            result.seconds,
+        )
+
+    def _read_plan(self, req: CleanRequest, rebuild_from: date | None) -> _Plan:
         with self.snapshot() as r:
             s = r._s
             version = r.schema_version()
@@ -437,7 +590,7 @@ class Store:
                 f" WHERE valid_from < ? AND (valid_to IS NULL OR valid_to >= ?)",
                 [cutoff, cutoff],
             )
-            replaced = []
+            replaced: list[str] = []
             if undo_from is not None:
                 replaced = [
                     row[0]
@@ -455,19 +608,19 @@ class Store:
                 f"run_id {req.run_id!r} was already published as of {_as_date(existing[0][1])};"
                 " give this run its own run_id"
             )
-        return {"undo_from": undo_from, "previous": previous, "replaced": replaced}
+        return _Plan(undo_from, previous, replaced)
 
     def _write(
         self,
-        w: Any,
+        w: Connection,
         req: CleanRequest,
-        plan: dict[str, Any],
-        work: dict[str, Any],
+        plan: _Plan,
+        work: _Work,
         hook: StageHook,
         mark: Callable[[str], None],
     ) -> None:
         s = w.prefix(self.schema)
-        undo_from = plan["undo_from"]
+        undo_from = plan.undo_from
         if undo_from is not None:
             w.execute(
                 f"DELETE FROM {s}.quarantine WHERE run_id IN"
@@ -488,11 +641,11 @@ class Store:
         w.execute(f"DELETE FROM {s}.runs WHERE run_id = ?", [req.run_id])
 
         w.execute(f"DELETE FROM {s}.segment_membership")
-        w.load(f"{s}.segment_membership", work["membership"])
+        w.load(f"{s}.segment_membership", work.membership)
         mark("write_membership")
         hook("membership")
 
-        closed = work["closed"]
+        closed = work.closed
         if closed.num_rows:
             w.create_temp("_closed", [("client_id", "text")])
             w.load("_closed", closed)
@@ -501,24 +654,24 @@ class Store:
                 " WHERE valid_to IS NULL AND client_id IN (SELECT client_id FROM _closed)",
                 [req.as_of],
             )
-        w.load(f"{s}.segment_history", work["history"])
+        w.load(f"{s}.segment_history", work.history)
         mark("write_history")
         hook("history")
 
-        w.load(f"{s}.segment_transitions", work["transitions"])
+        w.load(f"{s}.segment_transitions", work.transitions)
         mark("write_transitions")
         hook("transitions")
 
         w.execute(f"DELETE FROM {s}.client_scores")
-        w.load(f"{s}.client_scores", work["scores"])
+        w.load(f"{s}.client_scores", work.scores)
         mark("write_scores")
         hook("scores")
 
-        self._upsert_segments(w, req.run_id, work["segments"])
+        self._upsert_segments(w, req.run_id, work.segments)
         hook("segments")
 
-        if work["quarantine"].num_rows:
-            w.load(f"{s}.quarantine", work["quarantine"])
+        if work.quarantine.num_rows:
+            w.load(f"{s}.quarantine", work.quarantine)
         self._insert_run(
             w,
             req.run_id,
@@ -533,7 +686,7 @@ class Store:
         mark("write_rest")
         hook("runs")
 
-    def _upsert_segments(self, w: Any, run_id: str, segments: Any) -> None:
+    def _upsert_segments(self, w: Connection, run_id: str, segments: pa.Table) -> None:
         """Upsert by segment_id: keep first_run_id, set last_run_id; segments absent from
         this run are retired (size 0, mean null, last_run_id unchanged); a segment first
         published by a replaced run and absent now is removed."""
@@ -568,7 +721,7 @@ class Store:
 
     def _insert_run(
         self,
-        w: Any,
+        w: Connection,
         run_id: str,
         as_of: date,
         started_at: datetime,
@@ -576,7 +729,7 @@ class Store:
         status: str,
         clients: int | None,
         segments: int | None,
-        info: dict[str, Any],
+        info: RunInfo,
     ) -> None:
         cols = RUNS.column_names
         values = [
@@ -599,11 +752,54 @@ class Store:
         )
 
 
-def _compute(req: CleanRequest, plan: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Plan:
+    """What a publish reads first: where to undo from, the state before it, replaced runs."""
+
+    undo_from: date | None
+    previous: pd.DataFrame
+    replaced: list[str]
+
+
+class _Counts(TypedDict):
+    entries: int
+    exits: int
+    moves: int
+    lifecycle_changes: int
+    history_opened: int
+    history_closed: int
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The Arrow tables a publish loads, in the columns of their tables, and its counts."""
+
+    membership: pa.Table
+    history: pa.Table
+    closed: pa.Table
+    transitions: pa.Table
+    scores: pa.Table
+    segments: pa.Table
+    quarantine: pa.Table
+    counts: _Counts
+
+
+def _check_rebuild_from(rebuild_from: object, as_of: date) -> None:
+    if rebuild_from is None:
+        return
+    if isinstance(rebuild_from, datetime) or not isinstance(rebuild_from, date):
+        raise PublishInputError(f"rebuild_from must be a datetime.date: {rebuild_from!r}")
+    if rebuild_from > as_of:
+        raise PublishInputError(
+            f"rebuild_from {rebuild_from} is after as_of {as_of}: nothing to rebuild"
+        )
+
+
+def _compute(req: CleanRequest, plan: _Plan) -> _Work:
     """Everything the write step loads, computed before the write connection is opened."""
     membership = req.membership
     valid_from, moves = advance_arrow(
-        plan["previous"], membership[STATE_COLUMNS], req.as_of, check=False, sort=False
+        plan.previous, membership[STATE_COLUMNS], req.as_of, check=False, sort=False
     )
     frm, to = moves["from_segment_id"], moves["to_segment_id"]
     n_entries, n_exits = frm.null_count, to.null_count
@@ -624,19 +820,19 @@ def _compute(req: CleanRequest, plan: dict[str, Any]) -> dict[str, Any]:
     segments["mean_predicted_cltv"] = segments["segment_id"].map(means).astype("float64")
 
     constants = {"as_of": req.as_of, "run_id": req.run_id}
-    return {
-        "membership": to_arrow(membership, MEMBERSHIP, {**constants, "valid_from": valid_from}),
-        "history": to_arrow(
+    return _Work(
+        membership=to_arrow(membership, MEMBERSHIP, {**constants, "valid_from": valid_from}),
+        history=to_arrow(
             history, HISTORY, {"valid_from": req.as_of, "valid_to": None, "run_id": req.run_id}
         ),
-        "closed": to_arrow(closed, _CLOSED),
-        "transitions": to_arrow(moves, TRANSITIONS, constants),
-        "scores": to_arrow(req.scores, SCORES, constants),
-        "segments": to_arrow(
+        closed=to_arrow(closed, _CLOSED),
+        transitions=to_arrow(moves, TRANSITIONS, constants),
+        scores=to_arrow(req.scores, SCORES, constants),
+        segments=to_arrow(
             segments, SEGMENTS, {"first_run_id": req.run_id, "last_run_id": req.run_id}
         ),
-        "quarantine": to_arrow(req.quarantine, QUARANTINE, {"run_id": req.run_id}),
-        "counts": {
+        quarantine=to_arrow(req.quarantine, QUARANTINE, {"run_id": req.run_id}),
+        counts={
             "entries": n_entries,
             "exits": n_exits,
             "moves": n_moves,
@@ -644,10 +840,12 @@ def _compute(req: CleanRequest, plan: dict[str, Any]) -> dict[str, Any]:
             "history_opened": history.num_rows,
             "history_closed": closed.num_rows,
         },
-    }
+    )
 
 
-def _segment_stats(membership: pd.DataFrame, scores: pd.DataFrame) -> tuple[dict, dict]:
+def _segment_stats(
+    membership: pd.DataFrame, scores: pd.DataFrame
+) -> tuple[dict[str, int], dict[str, float | None]]:
     """Members per segment and their mean predicted CLTV (null when none is scored)."""
     member_ids = pa.array(membership["client_id"], from_pandas=True)
     score_ids = pa.array(scores["client_id"], from_pandas=True)
@@ -693,14 +891,11 @@ def _undo_point(as_of: date, latest: date | None, rebuild_from: date | None) -> 
     )
 
 
-def _as_date(value: Any) -> date | None:
+def _as_date(value: object) -> date | None:
+    """A date from a database value (date, datetime, Timestamp); None for null."""
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return None
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, pd.Timestamp):
-        return value.date()
-    return value
+    return as_date(value)
 
 
 def _now() -> datetime:

@@ -23,29 +23,35 @@ from pipelines.store._common import (
 )
 from pipelines.store._schema import TYPES, validate_identifier
 
+__all__ = ["DuckDbBackend", "DuckDbConnection"]
+
 
 class DuckDbConnection:
     """One open DuckDB connection with the small API the store uses (`?` placeholders)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self._con = con
-        catalog = con.execute("SELECT current_database()").fetchone()[0]
+        catalog = str(con.execute("SELECT current_database()").fetchall()[0][0])
         self._catalog = '"' + catalog.replace('"', '""') + '"'
 
     def prefix(self, schema: str) -> str:
         """`"catalog".schema`: a file named like its schema would make `schema.x` ambiguous."""
         return f"{self._catalog}.{validate_identifier(schema, 'schema name')}"
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one statement."""
         self._con.execute(sql, list(params))
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a query; its rows."""
         return self._con.execute(sql, list(params)).fetchall()
 
-    def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    def fetch_df(self, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
+        """Run a query; its result as a DataFrame."""
         return self._con.execute(sql, list(params)).df()
 
     def create_temp(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Create (or replace) a temporary table of (column, logical type) pairs."""
         validate_identifier(name, "temporary table name")
         cols = ", ".join(f"{c} {TYPES[k]['duckdb']}" for c, k in columns)
         self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({cols})")
@@ -73,9 +79,11 @@ class DuckDbBackend:
         self.reader_retry = reader_retry
 
     def describe(self) -> str:
+        """The store URL (a DuckDB URL has no password)."""
         return self.masked
 
     def exists(self) -> bool:
+        """Whether the store file was created."""
         return self.path.exists()
 
     @contextmanager

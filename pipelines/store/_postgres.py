@@ -15,9 +15,12 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import PoolProxiedConnection
 
 from pipelines.store._common import PublishLockedError, StoreConnectionError, scrub
 from pipelines.store._schema import TYPES, validate_identifier
+
+__all__ = ["PostgresBackend", "PostgresConnection", "arrow_to_pandas"]
 
 # PostgreSQL type OIDs -> Arrow types for reading COPY output.
 _OID_ARROW = {
@@ -44,23 +47,26 @@ class PostgresConnection:
         """The schema qualifier for table names."""
         return validate_identifier(schema, "schema name")
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+        """Run one statement."""
         with self._con.cursor() as cur:
             cur.execute(_pg(sql, params), list(params) or None)
 
-    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def fetchall(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Run a query; its rows."""
         with self._con.cursor() as cur:
             cur.execute(_pg(sql, params), list(params) or None)
             return cur.fetchall()
 
-    def fetch_df(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+    def fetch_df(self, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
         """Run a query and read its result with COPY ... TO STDOUT (fast for large results)."""
         query = _pg(sql, params)
         args = list(params) or None
         with self._con.cursor() as cur:
             cur.execute(f"SELECT * FROM ({query}) AS q LIMIT 0", args)
-            names = [d.name for d in cur.description]
-            types = {d.name: _OID_ARROW.get(d.type_code, pa.string()) for d in cur.description}
+            columns = cur.description or []  # None only for statements without a result
+            names = [d.name for d in columns]
+            types = {d.name: _OID_ARROW.get(d.type_code, pa.string()) for d in columns}
             buffer = io.BytesIO()
             with cur.copy(f"COPY ({query}) TO STDOUT (FORMAT csv)", args) as copy:
                 for block in copy:
@@ -83,6 +89,7 @@ class PostgresConnection:
         return arrow_to_pandas(table)
 
     def create_temp(self, name: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Create a temporary table of (column, logical type) pairs, dropped at commit."""
         validate_identifier(name, "temporary table name")
         cols = ", ".join(f"{c} {TYPES[k]['postgresql']}" for c, k in columns)
         self.execute(f"CREATE TEMP TABLE {name} ({cols}) ON COMMIT DROP")
@@ -121,17 +128,19 @@ class PostgresBackend:
         )
 
     def describe(self) -> str:
+        """The store URL with the password masked."""
         return self.masked
 
     def exists(self) -> bool:
+        """Always True: the database exists (the schema may not yet)."""
         return True
 
     @contextmanager
     def read(self) -> Iterator[PostgresConnection]:
         """A consistent read-only snapshot: readers never wait for a publish."""
-        raw = self._raw()
+        raw, driver = self._raw()
         try:
-            con = PostgresConnection(raw.driver_connection)
+            con = PostgresConnection(driver)
             con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield con
         finally:
@@ -142,10 +151,10 @@ class PostgresBackend:
     @contextmanager
     def write(self, after_commit: Callable[[], None] | None = None) -> Iterator[PostgresConnection]:
         """One transaction; committed on success, rolled back on any error."""
-        raw = self._raw()
+        raw, driver = self._raw()
         try:
             try:
-                yield PostgresConnection(raw.driver_connection)
+                yield PostgresConnection(driver)
             except BaseException:
                 with suppress(Exception):
                     raw.rollback()
@@ -162,13 +171,13 @@ class PostgresBackend:
 
         PostgreSQL releases it when the holder's session ends, so a killed publisher
         never leaves the store locked."""
-        raw = self._raw()
-        con = raw.driver_connection
+        raw, con = self._raw()
         try:
             con.autocommit = True
             deadline = time.monotonic() + self.lock_timeout
             delay = 0.02
-            while not con.execute("SELECT pg_try_advisory_lock(%s)", [self.lock_key]).fetchone()[0]:
+            try_lock = "SELECT pg_try_advisory_lock(%s)"
+            while not con.execute(try_lock, [self.lock_key]).fetchall()[0][0]:
                 if time.monotonic() >= deadline:
                     raise PublishLockedError(
                         f"another publish holds the lock of {self.masked}"
@@ -186,15 +195,22 @@ class PostgresBackend:
             raw.close()
 
     def close(self) -> None:
+        """Close the pooled connections."""
         self._engine.dispose()
 
-    def _raw(self) -> Any:
+    def _raw(self) -> tuple[PoolProxiedConnection, psycopg.Connection]:
+        """A pooled connection (to close) and the psycopg connection inside it."""
         try:
-            return self._engine.raw_connection()
+            raw = self._engine.raw_connection()
         except (sa.exc.SQLAlchemyError, psycopg.Error) as exc:
             detail = getattr(exc, "orig", None) or exc
             message = scrub(str(detail).strip().splitlines()[0], self._password)
             raise StoreConnectionError(f"cannot connect to {self.masked}: {message}") from None
+        driver = raw.driver_connection
+        if not isinstance(driver, psycopg.Connection):  # None once invalidated
+            raw.close()
+            raise StoreConnectionError(f"cannot connect to {self.masked}: connection closed")
+        return raw, driver
 
 
 def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -211,7 +227,7 @@ def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
     return frame
 
 
-def _pg(sql: str, params: Sequence[Any]) -> str:
+def _pg(sql: str, params: Sequence[object]) -> str:
     """Store SQL uses `?` placeholders; psycopg uses `%s` (and `%%` only when binding)."""
     if not params:
         return sql

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,25 @@ from models.cltv import SCORE_COLUMNS
 from pipelines.store._common import PublishInputError
 from pipelines.store._schema import QUARANTINE_RAW, Table
 from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS
+
+__all__ = [
+    "MEMBERSHIP_INPUT",
+    "RUN_INFO_KEYS",
+    "SCORES_INPUT",
+    "SEGMENTS_INPUT",
+    "CleanRequest",
+    "PublishRequest",
+    "PublishResult",
+    "RunInfo",
+    "check_run_identity",
+    "check_run_info",
+    "naive_utc",
+    "to_arrow",
+    "validate_request",
+]
+
+RunInfo = dict[str, int | str | None]
+"""Checked run_info: every key of RUN_INFO_KEYS, counts as int, versions and ids as text."""
 
 RUN_INFO_KEYS = (
     "events_read",
@@ -52,7 +71,7 @@ class PublishRequest:
     segments: pd.DataFrame
     scores: pd.DataFrame | None = None
     quarantine: pd.DataFrame | None = None
-    run_info: dict[str, Any] = field(default_factory=dict)
+    run_info: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -74,7 +93,9 @@ class PublishResult:
     stage_seconds: dict[str, float]
 
 
-def check_run_identity(run_id: Any, as_of: Any, started_at: Any) -> tuple[str, date, datetime]:
+def check_run_identity(
+    run_id: object, as_of: object, started_at: object
+) -> tuple[str, date, datetime]:
     """Validate run_id, as_of and started_at; return started_at as naive UTC."""
     if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > 200:
         raise PublishInputError(
@@ -87,7 +108,7 @@ def check_run_identity(run_id: Any, as_of: Any, started_at: Any) -> tuple[str, d
     return run_id, as_of, naive_utc(started_at)
 
 
-def check_run_info(run_info: dict[str, Any] | None) -> dict[str, Any]:
+def check_run_info(run_info: Mapping[str, object] | None) -> RunInfo:
     """Known run_info keys only; counts must be non-negative integers."""
     info = dict(run_info or {})
     unknown = sorted(set(info) - set(RUN_INFO_KEYS))
@@ -95,16 +116,18 @@ def check_run_info(run_info: dict[str, Any] | None) -> dict[str, Any]:
         raise PublishInputError(
             f"run_info has unknown key(s) {unknown}; known keys: {', '.join(RUN_INFO_KEYS)}"
         )
+    clean: RunInfo = dict.fromkeys(RUN_INFO_KEYS)
     for key in ("events_read", "events_quarantined"):
         value = info.get(key)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
                 raise PublishInputError(f"run_info[{key!r}] must be a non-negative int: {value!r}")
-            info[key] = int(value)
+            clean[key] = int(value)
     for key in ("cluster_model_version", "cltv_model_version", "mlflow_run_id"):
-        if info.get(key) is not None:
-            info[key] = str(info[key])
-    return {key: info.get(key) for key in RUN_INFO_KEYS}
+        text = info.get(key)
+        if text is not None:
+            clean[key] = str(text)
+    return clean
 
 
 def naive_utc(value: datetime) -> datetime:
@@ -125,7 +148,7 @@ class CleanRequest:
     segments: pd.DataFrame
     scores: pd.DataFrame
     quarantine: pd.DataFrame
-    run_info: dict[str, Any]
+    run_info: RunInfo
 
 
 def validate_request(run: PublishRequest) -> CleanRequest:
@@ -179,7 +202,7 @@ def validate_request(run: PublishRequest) -> CleanRequest:
 
 
 def to_arrow(
-    frame: pd.DataFrame, table: Table, constants: dict[str, Any] | None = None
+    frame: pd.DataFrame, table: Table, constants: Mapping[str, object] | None = None
 ) -> pa.Table:
     """Build an Arrow table with exactly `table`'s columns and types (constants fill columns)."""
     constants = constants or {}
@@ -197,7 +220,9 @@ def to_arrow(
     return pa.Table.from_arrays(arrays, names=table.column_names)
 
 
-def _arrow_column(series: Any, kind: str, label: str) -> pa.Array:
+def _arrow_column(
+    series: pd.Series | np.ndarray | pa.Array | pa.ChunkedArray, kind: str, label: str
+) -> pa.Array:
     target = _ARROW[kind]
     try:
         if isinstance(series, pa.Array | pa.ChunkedArray):
@@ -223,7 +248,7 @@ def _arrow_column(series: Any, kind: str, label: str) -> pa.Array:
 
 
 def _frame(
-    frame: Any, name: str, required: list[str], keep: list[str] | None = None
+    frame: object, name: str, required: list[str], keep: list[str] | None = None
 ) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise PublishInputError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
@@ -276,7 +301,7 @@ def _in_range(series: pd.Series, label: str, low: float, high: float) -> None:
         )
 
 
-def _definition_text(value: Any) -> str | None:
+def _definition_text(value: object) -> str | None:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
     if isinstance(value, str):

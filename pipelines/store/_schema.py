@@ -6,6 +6,27 @@ import re
 from dataclasses import dataclass
 
 from features.events import CONTRACT_COLUMNS
+from pipelines.store._common import StoreArgumentError
+
+__all__ = [
+    "HISTORY",
+    "MEMBERSHIP",
+    "QUARANTINE",
+    "QUARANTINE_RAW",
+    "READABLE",
+    "RUNS",
+    "SCHEMA_VERSION",
+    "SCHEMA_VERSION_TABLE",
+    "SCORES",
+    "SEGMENTS",
+    "TABLES",
+    "TRANSITIONS",
+    "TYPES",
+    "VIEWS",
+    "Table",
+    "migration_statements",
+    "validate_identifier",
+]
 
 SCHEMA_VERSION = 1
 
@@ -24,9 +45,10 @@ TYPES = {
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
-    """Return `name` when it is a plain lower-case SQL identifier, else raise ValueError."""
+    """Return `name` when it is a plain lower-case SQL identifier, else raise
+    StoreArgumentError (a ValueError) naming `what`."""
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise ValueError(
+        raise StoreArgumentError(
             f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and"
             " underscores, starting with a letter or underscore, at most 63 characters"
         )
@@ -45,9 +67,11 @@ class Table:
 
     @property
     def column_names(self) -> list[str]:
+        """The column names, in order."""
         return [name for name, _ in self.columns]
 
     def ddl(self, schema: str, dialect: str) -> list[str]:
+        """CREATE TABLE (and, on PostgreSQL, CREATE INDEX) statements under `schema`."""
         cols = ", ".join(f"{name} {TYPES[kind][dialect]}" for name, kind in self.columns)
         statements = [f"CREATE TABLE IF NOT EXISTS {schema}.{self.name} ({cols})"]
         if dialect == "postgresql":

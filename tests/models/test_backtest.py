@@ -68,7 +68,9 @@ def test_backtest_on_cdnow_transactions():
     )
     cal, hold = split_btyd(p, date(1998, 6, 30), holdout_days=273)  # 39 + 39 weeks
     assert len(cal) == 2357
-    m = backtest(cal, hold, CltvModel(), holdout_days=273)
+    model = CltvModel()
+    m = backtest(cal, hold, model, holdout_days=273)
+    assert not hasattr(model, "bgnbd_")  # a clone was fit, the model itself is left unfitted
     assert set(m) == KEYS and all(isinstance(v, float) for v in m.values())
     assert abs(m["purchases_bias"]) < 0.25 and abs(m["spend_bias"]) < 0.3
     assert m["purchases_corr"] > 0.5 and m["spend_corr"] > 0.4

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from models.cltv import PREDICTION_COLUMNS, CltvModel, ConvergenceError
 
@@ -90,7 +91,7 @@ def test_never_one_and_zero_spend_clients(model):
 def test_bad_input_and_unfitted():
     with pytest.raises(ValueError, match="monetary_value"):
         CltvModel().fit(pd.DataFrame({"frequency": [1], "recency": [1], "T": [2]}))
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         CltvModel().predict(pd.DataFrame())
     with pytest.raises(ValueError, match="horizon_days"):
         CltvModel(horizon_days=0).fit(pd.DataFrame())

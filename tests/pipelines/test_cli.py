@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
-from pipelines.cli import main
+from configs import SegmentationError
+from pipelines import cli
+from pipelines.cli import CommandLineError, main
 
 
 def _generate(tmp_path, capsys, clients=300):
@@ -99,3 +103,62 @@ def test_missing_column_and_bad_config_fail_with_one_line(tmp_path, capsys):
     assert main(["validate", "--events", str(path), "--config", str(config)]) != 0
     err = capsys.readouterr().err
     assert "key 'stor': unknown key" in err and err.count("\n") == 1
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("segmentation ")]
+
+
+def test_command_line_mistakes_are_engine_errors_in_one_line(capsys):
+    assert main(["backfill", "--start", "2024-01-02", "--end", "2024-01-01"]) == 1
+    err = capsys.readouterr().err
+    assert err == "segmentation backfill: error: --end 2024-01-01 is before --start 2024-01-02\n"
+    assert main(["models", "promote"]) == 1
+    err = capsys.readouterr().err
+    assert err == "segmentation models: error: models promote needs a VERSION\n"
+    assert issubclass(CommandLineError, SegmentationError)
+
+
+def test_engine_error_is_one_line_without_hint(monkeypatch, capsys):
+    def fail(args):
+        raise SegmentationError("the events file\n  has no rows")
+
+    monkeypatch.setattr(cli, "_validate", fail)
+    assert main(["validate", "--events", "x.csv"]) == 1
+    assert capsys.readouterr().err == "segmentation validate: error: the events file has no rows\n"
+
+
+def test_unexpected_error_is_one_line_with_the_verbose_hint(monkeypatch, capsys):
+    def bug(args):
+        return 1 / 0
+
+    monkeypatch.setattr(cli, "_validate", bug)
+    assert main(["validate", "--events", "x.csv"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("segmentation validate: error: ZeroDivisionError: division by zero")
+    assert "-v" in err and "traceback" in err
+
+
+def test_verbose_logs_the_traceback(monkeypatch, capsys, caplog):
+    def bug(args):
+        raise KeyError("segment_id")
+
+    monkeypatch.setattr(cli, "_validate", bug)
+    with caplog.at_level(logging.ERROR):
+        assert main(["-v", "validate", "--events", "x.csv"]) == 1
+    failures = [r for r in caplog.records if r.exc_info is not None]
+    assert [r.exc_info[0] for r in failures] == [KeyError]
+    assert "bug" in caplog.text  # the traceback names the failing function
+    lines = _error_lines(capsys.readouterr().err)
+    assert lines == ["segmentation validate: error: KeyError: 'segment_id'"]  # no hint with -v
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]])
+def test_interrupt_exits_130(monkeypatch, capsys, verbose):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_validate", interrupted)
+    assert main([*verbose, "validate", "--events", "x.csv"]) == 130
+    assert capsys.readouterr().err == "segmentation: interrupted\n"

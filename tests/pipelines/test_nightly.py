@@ -10,7 +10,7 @@ import pytest
 
 from configs import config_from_mapping
 from features.generator import write_dataset
-from pipelines.nightly import run_nightly
+from pipelines.nightly import _Clock, run_nightly
 from pipelines.store import OutOfOrderError, open_store
 
 END = date(2025, 6, 30)
@@ -36,6 +36,22 @@ def config(tmp_path, monkeypatch):
         },
         source=str(tmp_path / "test-config.yaml"),
     )
+
+
+def test_the_clock_times_every_stage_and_names_the_date_in_progress():
+    lines: list[str] = []
+    clock = _Clock(FIRST, lines.append)
+
+    def fail() -> None:
+        raise ValueError("bad input")
+
+    assert clock.time("add", lambda a, b: a + b, 1, b=2) == 3
+    with pytest.raises(ValueError, match="bad input"):
+        clock.time("fail", fail)
+    clock.say("publishing")
+    assert list(clock.seconds) == ["add", "fail"]  # a failed stage is timed too
+    assert all(seconds >= 0 for seconds in clock.seconds.values())
+    assert lines == ["[2025-05-01] publishing"]
 
 
 @pytest.mark.slow

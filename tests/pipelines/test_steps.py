@@ -1,18 +1,28 @@
-"""The refit policy and the quality gates, on hand-made champions."""
+"""The nightly steps on hand-made champions and fits: the refit decision measured on features,
+the quality gates, the model choices wired to registration, and the small data steps."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
 import pandas as pd
 
 from configs import config_from_mapping
+from models.btyd import ConvergenceError
+from pipelines import steps
+from pipelines.policy import Candidate, Promotion, RefitDecision
 from pipelines.steps import (
+    Champions,
+    CltvBundle,
     ClusterBundle,
+    Registration,
     btyd_inputs,
+    choose_cltv_model,
+    choose_cluster_model,
     decide_refit,
+    load_champions,
     quality_gate_failures,
     stability_against,
 )
@@ -27,10 +37,39 @@ class FakeModel:
 
     noise: float
     metrics_: dict
+    sample_ids_: np.ndarray | None = field(default_factory=lambda: np.array(["c0", "c1"]))
+    profiles_: dict = field(default_factory=dict)
 
     def predict(self, X, previous=None):
         noise = np.arange(len(X)) < round(self.noise * len(X))
         return pd.DataFrame({"client_id": X["client_id"].to_numpy(), "is_noise": noise})
+
+
+class UnmeasurableModel(FakeModel):
+    """A champion that must not be measured: predicting fails the test."""
+
+    def predict(self, X, previous=None):
+        raise AssertionError("the champion was measured although the decision did not need it")
+
+
+@dataclass
+class FakeCltvModel:
+    params_: dict = field(default_factory=lambda: {"r": 0.24, "alpha": 4.4})
+
+
+class FakeRegistry:
+    """Records what is registered and hands out increasing version numbers."""
+
+    def __init__(self, champions=None):
+        self.registered: list[tuple] = []
+        self.champions = champions or {}
+
+    def register(self, name, obj, run_id, *, metrics=None, tags=None):
+        self.registered.append((name, obj, run_id, dict(metrics or {}), dict(tags or {})))
+        return len(self.registered) + 10
+
+    def load_champion(self, name):
+        return self.champions.get(name)
 
 
 def _features(n=2000, shift=0.0, seed=0):
@@ -90,6 +129,140 @@ def test_quality_gates_name_what_fails():
     failures = quality_gate_failures(bad, CONFIG)
     assert any("n_clusters" in f for f in failures)
     assert any("noise_share" in f for f in failures)
+
+
+def test_a_champion_is_not_measured_when_the_decision_does_not_need_it():
+    champion = ClusterBundle(
+        UnmeasurableModel(0.1, {}), _champion().reference, date(2025, 1, 10), "digest"
+    )
+    forced = decide_refit(champion, _features(), date(2025, 1, 11), CONFIG, force=True)
+    future = decide_refit(champion, _features(), date(2025, 1, 5), CONFIG)
+    assert (forced.reason, future.age_days) == ("forced", -5)
+
+
+def _registration():
+    return Registration(FakeRegistry(), "mlflow-run-1")
+
+
+def _refit_with(monkeypatch, metrics):
+    """Make `fit_clusters` return a refit with these metrics; returns the list of its calls."""
+    calls = []
+
+    def fit(features, as_of, config, previous, previous_membership=None):
+        calls.append(previous)
+        return _champion(fitted=as_of, metrics=metrics)
+
+    monkeypatch.setattr(steps, "fit_clusters", fit)
+    return calls
+
+
+def test_a_fresh_champion_clustering_is_not_refit(monkeypatch):
+    calls = _refit_with(monkeypatch, {})
+    champion = Candidate(_champion(), 3)
+    registration = _registration()
+    choice = choose_cluster_model(
+        _features(),
+        date(2025, 1, 12),
+        CONFIG,
+        champion,
+        RefitDecision(False, "fresh"),
+        None,
+        registration,
+    )
+    assert (choice.bundle, choice.version, choice.promotion) == (champion.bundle, "3", None)
+    assert calls == [] and registration.registry.registered == []
+
+
+def test_a_refit_failing_the_gates_is_registered_with_them_and_the_champion_kept(monkeypatch):
+    _refit_with(monkeypatch, {"n_clusters": 1, "noise_share": 0.7, "algorithm": "hdbscan"})
+    champion = Candidate(_champion(), 3)
+    registration = _registration()
+    choice = choose_cluster_model(
+        _features(),
+        date(2025, 1, 12),
+        CONFIG,
+        champion,
+        RefitDecision(True, "forced"),
+        None,
+        registration,
+    )
+    assert (choice.bundle, choice.version, choice.promotion) == (champion.bundle, "3", None)
+    [(name, registered, run_id, metrics, tags)] = registration.registry.registered
+    assert (name, run_id) == (CONFIG.mlflow.cluster_model_name, "mlflow-run-1")
+    assert metrics == {"n_clusters": 1.0, "noise_share": 0.7}
+    assert tags == {
+        "as_of": "2025-01-12",
+        "gates": "n_clusters 1 < 2; noise_share 0.7 > 0.4",
+        "refit_reason": "forced",
+    }
+    assert registered.model.sample_ids_ is None  # no client ids in MLflow
+    assert choice.metrics["cluster_gates_failed"] == 2.0
+
+
+def test_a_refit_passing_the_gates_serves_and_awaits_promotion(monkeypatch):
+    calls = _refit_with(monkeypatch, {"n_clusters": 4, "noise_share": 0.1, "quality": 0.3})
+    champion = Candidate(_champion(), 3)
+    choice = choose_cluster_model(
+        _features(),
+        date(2025, 1, 12),
+        CONFIG,
+        champion,
+        RefitDecision(True, "forced"),
+        None,
+        _registration(),
+    )
+    assert calls == [champion.bundle]  # the champion's segment ids are carried over
+    assert choice.bundle.fitted_as_of == date(2025, 1, 12)
+    assert choice.bundle.model.sample_ids_ is not None  # only the registered copy is cleaned
+    assert choice.version == "11"
+    assert choice.promotion == Promotion(CONFIG.mlflow.cluster_model_name, 11)
+    assert choice.metrics["cluster_quality"] == 0.3
+
+
+def _cltv_bundle(fitted=date(2025, 1, 10)):
+    return CltvBundle(FakeCltvModel(), {"spend_mae": 3.0}, fitted)
+
+
+def test_a_cltv_refit_is_registered_with_its_backtest(monkeypatch):
+    monkeypatch.setattr(steps, "fit_cltv", lambda con, as_of, btyd, config: _cltv_bundle(as_of))
+    registration = _registration()
+    choice = choose_cltv_model(None, date(2025, 1, 12), None, CONFIG, None, False, registration)
+    [(name, _, _, metrics, tags)] = registration.registry.registered
+    assert (name, metrics, tags) == (
+        CONFIG.mlflow.cltv_model_name,
+        {"spend_mae": 3.0},
+        {"as_of": "2025-01-12"},
+    )
+    assert choice.metrics == {"backtest.spend_mae": 3.0, "cltv.r": 0.24, "cltv.alpha": 4.4}
+    assert choice.promotion == Promotion(CONFIG.mlflow.cltv_model_name, 11)
+
+
+def test_a_cltv_refit_that_does_not_converge_keeps_the_champion(monkeypatch):
+    def fail(con, as_of, btyd, config):
+        raise ConvergenceError("no interior optimum")
+
+    monkeypatch.setattr(steps, "fit_cltv", fail)
+    champion = Candidate(_cltv_bundle(), 3, {"backtest.spend_mae": 3.0})
+    registration = _registration()
+    choice = choose_cltv_model(None, date(2025, 1, 12), None, CONFIG, champion, True, registration)
+    assert (choice.bundle, choice.version) == (champion.bundle, "3")
+    assert choice.metrics == {"cltv_refit_failed": 1.0}
+    assert registration.registry.registered == []
+
+
+def test_champions_come_from_the_registry_with_the_cltv_backtest():
+    clusters, cltv = _champion(), _cltv_bundle()
+    registry = FakeRegistry(
+        {
+            CONFIG.mlflow.cluster_model_name: (clusters, 2),
+            CONFIG.mlflow.cltv_model_name: (cltv, 5),
+        }
+    )
+    champions = load_champions(registry, CONFIG)
+    assert champions.clusters == Candidate(clusters, 2)
+    assert champions.cltv == Candidate(cltv, 5, {"backtest.spend_mae": 3.0})
+    assert load_champions(FakeRegistry(), CONFIG) == Champions()
+    assert load_champions(None, CONFIG) == Champions()
 
 
 def test_btyd_inputs_are_whole_days_and_zero_for_non_buyers():

@@ -9,12 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
+from configs import SegmentationError
 from pipelines.store import (
     READABLE,
     SCHEMA_VERSION,
     OutOfOrderError,
     PublishInputError,
     PublishLockedError,
+    StoreArgumentError,
     StoreConnectionError,
     StoreEmptyError,
     mask_url,
@@ -345,7 +347,7 @@ def test_readers(store):
     assert len(today) == len(store.transitions())
     for name in READABLE:
         store.read_sql(name)
-    with pytest.raises(ValueError, match="unknown table or view"):
+    with pytest.raises(StoreArgumentError, match="unknown table or view"):
         store.read_sql("segments; DROP TABLE runs")
     assert store.schema_version() == SCHEMA_VERSION
     assert store.migrate() == SCHEMA_VERSION  # idempotent
@@ -434,8 +436,10 @@ def test_same_tables_and_columns_on_both_backends(tmp_path, pg_url):
 
 def test_identifiers_are_validated(tmp_path):
     for schema in ["x; DROP TABLE runs", "Upper", "1abc", "", "a" * 64]:
-        with pytest.raises(ValueError, match="not a valid identifier"):
+        with pytest.raises(StoreArgumentError, match="not a valid identifier"):
             open_store(f"duckdb://{tmp_path / 'x.duckdb'}", schema)
+    with pytest.raises(StoreArgumentError, match="lock_timeout must be > 0"):
+        open_store(f"duckdb://{tmp_path / 'x.duckdb'}", lock_timeout=0)
 
 
 def test_store_urls():
@@ -446,8 +450,13 @@ def test_store_urls():
     assert pg.sqlalchemy_url.drivername == "postgresql+psycopg"
     assert pg.masked == "postgresql://u:***@h:5433/db"
     for url in ["sqlite:///x.db", "duckdb:///:memory:", "", "postgresql://u@h/"]:
-        with pytest.raises(ValueError):
+        with pytest.raises(StoreArgumentError):
             parse_store_url(url)
+    with pytest.raises(StoreArgumentError, match=r"postgresql://u:\*\*\*@h"):
+        parse_store_url("postgresql://u:s3cret@h/")
+    # a user's mistake: an engine error (one line in the CLI), and still a ValueError
+    assert issubclass(StoreArgumentError, SegmentationError)
+    assert issubclass(StoreArgumentError, ValueError)
     assert mask_url("see postgresql://u:s3cret@h/db now") == "see postgresql://u:***@h/db now"
 
 

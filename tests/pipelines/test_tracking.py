@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.registry import ModelRegistry, RegistryError, list_versions, register_model
+from pipelines.registry import ModelRegistry, RegistryError
 from pipelines.tracking import (
     TRUNCATION_MARK,
     ClientIdLeakError,
@@ -174,21 +174,27 @@ def test_register_promote_rollback_and_load(tracker: Tracker, monkeypatch) -> No
     assert registry.load_champion("clusters") is None  # no such model yet
 
     with tracker.start_run("refit-1") as run1:
-        v1 = register_model(tracker, "clusters", first, run1.run_id, metrics={"quality": 0.4})
+        v1 = registry.register("clusters", first, run1.run_id, metrics={"quality": 0.4})
     with tracker.start_run("refit-2") as run2:
         v2 = registry.register("clusters", second, run2.run_id, tags={"reason": "drift"})
     assert (v1, v2) == (1, 2)
     # MLflow mirrors URIs into the environment; the override the config reads is restored
     assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///elsewhere.db"
     assert registry.load_champion("clusters") is None  # registered, no champion yet
+    assert registry.champion_version("clusters") is None
 
     assert registry.promote("clusters", v1) is None
     assert registry.promote("clusters", v2) == v1
+    assert registry.promote("clusters", v2) == v2  # already champion: nothing changes
+    assert registry.champion_version("clusters") == v2
     obj, version = registry.load_champion("clusters")
     assert version == v2
+    pd.testing.assert_frame_equal(
+        registry.load_version("clusters", v1).predict(FRAME), first.predict(FRAME)
+    )
     pd.testing.assert_frame_equal(obj.predict(FRAME), second.predict(FRAME))
 
-    versions = list_versions(tracker, "clusters")
+    versions = registry.list_versions("clusters")
     assert versions["version"].tolist() == [1, 2]
     assert versions["aliases"].tolist() == ["", "champion"]
     assert versions["run_id"].tolist() == [run1.run_id, run2.run_id]
@@ -208,5 +214,9 @@ def test_register_promote_rollback_and_load(tracker: Tracker, monkeypatch) -> No
         registry.promote("clusters", 7)
     with pytest.raises(RegistryError, match="'nope' not found"):
         registry.rollback("nope")
+    with pytest.raises(RegistryError, match="'nope' not found"):
+        registry.list_versions("nope")
+    with pytest.raises(RegistryError, match="run 'no-such-run' not found"):
+        registry.register("clusters", first, "no-such-run")
     with pytest.raises(TypeError, match="no predict"):
         registry.register("clusters", object(), run1.run_id)

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
 from configs import ClusteringConfig
@@ -187,7 +188,8 @@ def test_pca_option(frame):
 def test_from_config():
     cfg = ClusteringConfig(sample_size=5000, min_cluster_size=25, assigner_neighbors=7)
     m = ClusterModel.from_config(cfg, random_state=3)
-    assert (m.sample_size, m.min_cluster_size, m.n_neighbors, m.random_state) == (5000, 25, 7, 3)
+    assert (m.sample_size, m.min_cluster_size, m.random_state) == (5000, 25, 3)
+    assert m.assigner_neighbors == 7
     cfg = ClusteringConfig(kmeans_max_k=9, kmeans_k_selection="silhouette", kmeans_min_gap_gain=0.1)
     m = ClusterModel.from_config(cfg)
     assert (m.kmeans_max_k, m.kmeans_k_selection, m.kmeans_min_gap_gain) == (9, "silhouette", 0.1)
@@ -234,7 +236,7 @@ def test_bad_params_and_unfitted_use():
         ClusterModel(kmeans_k_selection="elbow").fit(small)
     with pytest.raises(ValueError, match="kmeans_max_k"):
         ClusterModel(kmeans_max_k=1).fit(small)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         ClusterModel().predict(small)
     with pytest.raises(ValueError, match="lacks feature column"):
         ClusterModel(min_cluster_size=10, validate_assigner=False).fit(small).predict(
@@ -355,7 +357,15 @@ def test_stickiness_keeps_border_clients_and_lets_real_moves_through():
 def test_a_model_saved_before_sticky_assignment_still_predicts(frame):
     model = ClusterModel(min_cluster_size=40, stickiness=0.2).fit(frame.head(600))
     plain = model.predict(frame.head(600))
-    old = pickle.loads(pickle.dumps(model))
-    del old.__dict__["stickiness"], old.__dict__["centers_"]  # as unpickled from an older champion
+    # the pickled state of an older champion: no stickiness, no centers_, n_neighbors
+    state = dict(model.__getstate__())
+    del state["stickiness"], state["centers_"]
+    state["n_neighbors"] = state.pop("assigner_neighbors")
+    old = ClusterModel.__new__(ClusterModel)
+    old.__setstate__(state)
     again = old.predict(frame.head(600), previous=plain[["client_id", "segment_id"]])
     pd.testing.assert_frame_equal(again, plain)
+    # its parameters are readable again (repr, get_params, clone): stickiness 0, as it behaved
+    assert old.get_params()["stickiness"] == 0.0
+    assert old.get_params()["assigner_neighbors"] == model.assigner_neighbors
+    assert "n_neighbors" not in old.__dict__
