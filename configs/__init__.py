@@ -7,7 +7,7 @@ docs/architecture.md). Importing it is cheap (pydantic and PyYAML), so its names
 imported eagerly.
 """
 
-from configs.base import STAGES, SegmentationError, as_date
+from configs.base import STAGES, SegmentationError, as_date, lazy_exports
 from configs.paths import CONFIG_DIR
 from configs.schema import (
     DEFAULT_CONFIG_PATH,
@@ -53,6 +53,7 @@ __all__ = [
     "StoreConfig",
     "as_date",
     "config_from_mapping",
+    "lazy_exports",
     "load_config",
     "validate_parameters",
 ]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
+from importlib import import_module
 
-__all__ = ["STAGES", "SegmentationError", "as_date"]
+__all__ = ["STAGES", "SegmentationError", "as_date", "lazy_exports"]
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 """The customer-journey stages, in funnel order (DESIGN.md)."""
@@ -22,3 +25,27 @@ def as_date(value: object, what: str = "as_of") -> date:
     if isinstance(value, date):
         return value
     raise TypeError(f"{what} must be a date, got {type(value).__name__}: {value!r}")
+
+
+def lazy_exports(
+    package: str, exports: Mapping[str, str]
+) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
+    """PEP 562 `__getattr__` and `__dir__` for a package whose public names load on first use.
+
+    `exports` maps each public name to the module that defines it. Importing the package then
+    costs nothing; a name is imported from its module when first asked for and kept in the
+    package's namespace. This keeps `import pipelines.cli` free of Prefect, MLflow and hdbscan.
+    """
+
+    def getattr_(name: str) -> object:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(import_module(module), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def dir_() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return getattr_, dir_

@@ -12,8 +12,9 @@ public entry points, imported lazily (PEP 562): `import features` imports none o
 
 from __future__ import annotations
 
-from importlib import import_module as _import_module
 from typing import TYPE_CHECKING
+
+from configs import lazy_exports
 
 if TYPE_CHECKING:
     from features.build import FeatureBuildError, build_features
@@ -72,16 +73,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name from its module on first use (PEP 562), then keep it here."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names and every public name, loaded or not."""
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -30,10 +30,9 @@ from prefect import flow, task
 from configs import EngineConfig, SegmentationError, config_from_mapping, load_config
 from features.events import connect_for_events
 from pipelines import policy, steps
-from pipelines.policy import Candidate, ModelChoice, Promotion, RefitDecision
+from pipelines.policy import ModelChoice, Promotion, RefitDecision
 from pipelines.prefect_utils import retry_options
 from pipelines.steps import (
-    Champions,
     CltvBundle,
     ClusterBundle,
     EventsRead,
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from pipelines.registry import ModelRegistry
     from pipelines.store import PublishRequest, PublishResult, Store
     from pipelines.tracking import TrackedRun
-    from segmentation.rules import RuleSet
 
 __all__ = [
     "FlowArgumentError",
@@ -494,71 +492,13 @@ def _summary(
     }
 
 
-@task(name="read-events", persist_result=False)
-def read_events_task(con: duckdb.DuckDBPyConnection, config: EngineConfig, path: str) -> EventsRead:
-    """Validate events into DuckDB (quarantine kept); fail above the bad share."""
-    return steps.read_events(con, config, path)
-
-
-@task(name="features", persist_result=False)
-def features_task(
-    con: duckdb.DuckDBPyConnection, as_of: date, config: EngineConfig
-) -> pd.DataFrame:
-    """The point-in-time feature table."""
-    return steps.compute_features(con, as_of, config)
-
-
-@task(name="load-champions", persist_result=False)
-def load_champions_task(registry: ModelRegistry | None, config: EngineConfig) -> Champions:
-    """The champion clustering and CLTV models, or None where there is none yet."""
-    return steps.load_champions(registry, config)
-
-
-@task(name="cltv", persist_result=False)
-def cltv_task(
-    con: duckdb.DuckDBPyConnection,
-    as_of: date,
-    btyd: pd.DataFrame,
-    config: EngineConfig,
-    champion: Candidate[CltvBundle] | None,
-    refit_clusters: bool,
-    registration: Registration | None,
-) -> ModelChoice[CltvBundle]:
-    """Load the champion CLTV model or refit it (with the clustering, or when there is none);
-    a refit that does not converge keeps the previous model."""
-    return steps.choose_cltv_model(con, as_of, btyd, config, champion, refit_clusters, registration)
-
-
-@task(name="clusters", persist_result=False)
-def clusters_task(
-    features: pd.DataFrame,
-    as_of: date,
-    config: EngineConfig,
-    champion: Candidate[ClusterBundle] | None,
-    decision: RefitDecision,
-    previous_membership: pd.DataFrame | None,
-    registration: Registration | None,
-) -> ModelChoice[ClusterBundle]:
-    """The champion clustering, or a refit that becomes champion when it passes the gates."""
-    return steps.choose_cluster_model(
-        features, as_of, config, champion, decision, previous_membership, registration
-    )
-
-
-@task(name="segments", persist_result=False)
-def segments_task(
-    features: pd.DataFrame,
-    scores: pd.DataFrame,
-    clusters: ClusterBundle | None,
-    rules: RuleSet,
-    cluster_version: str,
-    rules_version: str,
-    previous: pd.DataFrame | None,
-) -> Segmentation:
-    """Rules over clusters over noise, for every client."""
-    return steps.segment_clients(
-        features, scores, clusters, rules, cluster_version, rules_version, previous
-    )
+# The steps as Prefect tasks: tracked runs of the plain functions in `steps`, nothing more.
+read_events_task = task(name="read-events", persist_result=False)(steps.read_events)
+features_task = task(name="features", persist_result=False)(steps.compute_features)
+load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
+cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
+clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)
+segments_task = task(name="segments", persist_result=False)(steps.segment_clients)
 
 
 @task(name="publish", persist_result=False)
