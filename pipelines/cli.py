@@ -77,7 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line(exc: Exception, verbose: bool) -> str:
     """The error as one line: an engine error's message; for anything else (a bug), the
     exception type too and, without -v, the hint that -v shows the traceback."""
-    message = " ".join(str(exc).split())
+    from pipelines.store import mask_url  # only on the way out: keeps the commands' imports light
+
+    message = " ".join(mask_url(str(exc)).split())  # no URL password, whatever raised it
     if isinstance(exc, SegmentationError):
         return message or type(exc).__name__
     line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -13,7 +13,11 @@ Prefect tasks at the bottom are thin wrappers of the steps, so Prefect tracks an
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,11 +31,18 @@ import duckdb
 import pandas as pd
 from prefect import flow, task
 
-from configs import EngineConfig, SegmentationError, config_from_mapping, load_config
+from configs import (
+    ENV_MLFLOW_URI,
+    ENV_STORE_URL,
+    EngineConfig,
+    SegmentationError,
+    config_from_mapping,
+    load_config,
+)
 from features.events import connect_for_events
 from pipelines import policy, steps
 from pipelines.policy import ModelChoice, Promotion, RefitDecision
-from pipelines.prefect_utils import retry_options
+from pipelines.prefect_utils import ensure_prefect_api, retry_options
 from pipelines.steps import (
     CltvBundle,
     ClusterBundle,
@@ -103,15 +114,22 @@ def run_nightly(
     force_refit: bool = False,
     rebuild: bool = False,
 ) -> RunSummary:
-    """Run the nightly flow once (in this process, through Prefect) and return its summary."""
-    return nightly(
-        config=_config_payload(config),
-        as_of=as_of.isoformat() if as_of else None,
-        events=events,
-        store_url=store_url,
-        force_refit=force_refit,
-        rebuild=rebuild,
-    )
+    """Run the nightly flow once (in this process, through Prefect) and return its summary.
+
+    The flow's parameters (kept by Prefect in its database) carry no secret: URLs with a
+    password go as their masked form, and the flow resolves the real ones in this process."""
+    with (
+        _secret_parameters(config, store_url) as params,
+        _logged_if_not_started(params, config, store_url, as_of),
+    ):
+        ensure_prefect_api()
+        return nightly(
+            **params,
+            as_of=as_of.isoformat() if as_of else None,
+            events=events,
+            force_refit=force_refit,
+            rebuild=rebuild,
+        )
 
 
 def run_backfill(
@@ -123,13 +141,12 @@ def run_backfill(
     store_url: str | None = None,
 ) -> list[RunSummary]:
     """The nightly flow for each date from start to end, in order."""
-    return backfill(
-        config=_config_payload(config),
-        start=start.isoformat(),
-        end=end.isoformat(),
-        events=events,
-        store_url=store_url,
-    )
+    with (
+        _secret_parameters(config, store_url) as params,
+        _logged_if_not_started(params, config, store_url, start),
+    ):
+        ensure_prefect_api()
+        return backfill(**params, start=start.isoformat(), end=end.isoformat(), events=events)
 
 
 @flow(name="segmentation-nightly", log_prints=False)
@@ -141,9 +158,13 @@ def nightly(
     force_refit: bool = False,
     rebuild: bool = False,
     show_progress: bool = False,
+    secrets_ref: str | None = None,
 ) -> RunSummary:
-    """One nightly run as of a date (default: yesterday, UTC): the whole pipeline."""
-    cfg = _config_from_payload(config)
+    """One nightly run as of a date (default: yesterday, UTC): the whole pipeline.
+
+    `config` and `store_url` may hold masked URLs (`user:***@host`): the real ones come from
+    `secrets_ref` (this process) or the environment or the config file (a served run)."""
+    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
     day = _as_of_or_yesterday(as_of)
     return nightly_run(
         cfg,
@@ -160,15 +181,12 @@ def nightly_flow_for_demo(
     config: EngineConfig, dates: list[date], events: str, show_progress: bool = True
 ) -> list[RunSummary]:
     """One nightly flow run per date, in order, printing progress (the demo)."""
-    return [
-        nightly(
-            config=_config_payload(config),
-            as_of=day.isoformat(),
-            events=events,
-            show_progress=show_progress,
-        )
-        for day in dates
-    ]
+    with _secret_parameters(config, None) as params:
+        ensure_prefect_api()
+        return [
+            nightly(**params, as_of=day.isoformat(), events=events, show_progress=show_progress)
+            for day in dates
+        ]
 
 
 @flow(name="segmentation-backfill")
@@ -178,9 +196,10 @@ def backfill(
     end: str = "",
     events: str | None = None,
     store_url: str | None = None,
+    secrets_ref: str | None = None,
 ) -> list[RunSummary]:
     """The nightly run for every date from start to end (inclusive), oldest first."""
-    cfg = _config_from_payload(config)
+    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     if last < first:
         raise FlowArgumentError(f"backfill end {last} is before start {first}")
@@ -198,9 +217,10 @@ def refit(
     as_of: str | None = None,
     events: str | None = None,
     store_url: str | None = None,
+    secrets_ref: str | None = None,
 ) -> RunSummary:
     """A nightly run that refits the clustering and CLTV models whatever the policy says."""
-    cfg = _config_from_payload(config)
+    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
     day = _as_of_or_yesterday(as_of)
     return nightly_run(cfg, day, events=events, store_url=store_url, force_refit=True)
 
@@ -209,7 +229,10 @@ def serve(config: EngineConfig) -> None:
     """Serve the nightly flow on the configured cron (blocks until interrupted)."""
     from pipelines.schedule import serve_nightly
 
-    serve_nightly(nightly, config, parameters={"config": _config_payload(config), "as_of": None})
+    # A deployment's parameters live in Prefect's database: secrets go masked, and each
+    # scheduled run resolves them from the environment or the config file when it starts.
+    parameters = {"config": _masked_payload(config), "as_of": None}
+    serve_nightly(nightly, config, parameters=parameters)
 
 
 def manage_models(config: EngineConfig, action: str, *, model: str, version: int | None) -> str:
@@ -259,19 +282,23 @@ def nightly_run(
         store = _open_store(config, url)
         stack.callback(store.close)
         tags = {"as_of": as_of.isoformat(), "run_id": run_id}
-        tracked = stack.enter_context(
-            Tracker.from_config(config).start_run(f"nightly {as_of}", tags=tags)
-        )
-        con = stack.enter_context(_events_connection(config))
+        try:
+            tracked = stack.enter_context(
+                Tracker.from_config(config).start_run(f"nightly {as_of}", tags=tags)
+            )
+        except Exception as exc:  # MLflow unusable: the run still goes in the log
+            _record_failure(store, run_id, as_of, started, None, exc)
+            raise
         clock = _Clock(as_of, progress or log.info)
         run = _Run(config, as_of, run_id, started, clock, store, registry, tracked)
         try:
+            con = stack.enter_context(_events_connection(config))
             latest = _latest_as_of(store)
             _check_order(latest, as_of, rebuild)
             tonight = _compute(run, con, events or config.events_path, latest, force_refit)
             published = _publish(run, tonight, rebuild)
         except Exception as exc:
-            _record_failure(run, exc)
+            _record_failure(store, run_id, as_of, started, tracked.run_id, exc)
             raise
         _promote(registry, policy.promotions([tonight.clusters, tonight.cltv], published=True))
         _track(run, tonight, published)
@@ -339,6 +366,7 @@ def _compute(
     scores, the clustering, the segments. The store is only read (the last membership)."""
     config, as_of, clock = run.config, run.as_of, run.clock
     retrying = retry_options(config.schedule)
+    rules = steps.load_ruleset(config)  # a bad rule fails in milliseconds, before heavy work
     clock.say(f"reading and validating events from {events_path}")
     events = clock.time(
         "validate", read_events_task.with_options(**retrying), con, config, events_path
@@ -371,7 +399,6 @@ def _compute(
         registration,
     )
     clock.say(f"assigning segments to {len(features):,} clients")
-    rules = steps.load_ruleset(config)
     rules_version = f"rules-{config.digest()[:8]}"
     segmentation = clock.time(
         "segments",
@@ -525,15 +552,61 @@ def _open_store(config: EngineConfig, url: str) -> Store:
     )
 
 
+SCRATCH_PREFIX = "duckdb-"
+SCRATCH_OWNER = ".owner.lock"  # flocked by the run using the folder, for as long as it runs
+UNOWNED_SCRATCH_SECONDS = 24 * 3600  # a folder without an owner lock (older engine): stale after
+
+
 @contextmanager
 def _events_connection(config: EngineConfig) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection for tonight's events, spilling to a temporary folder in the workdir."""
-    with tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path) as tmp:
-        con = connect_for_events(config.features, tmp)
+    """A DuckDB connection for tonight's events, spilling to a scratch folder in the workdir.
+
+    The folder (which holds a copy of the events) is removed at the end; one left by a killed
+    run is removed by the next run: its owner lock is free once its process is gone."""
+    remove_stale_scratch(config.workdir_path)
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=config.workdir_path) as tmp:
+        owner = os.open(Path(tmp) / SCRATCH_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            yield con
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            con = connect_for_events(config.features, tmp)
+            try:
+                yield con
+            finally:
+                con.close()
         finally:
-            con.close()
+            os.close(owner)
+
+
+def remove_stale_scratch(workdir: Path) -> list[Path]:
+    """Remove the scratch folders in `workdir` whose run is gone; return them."""
+    removed = []
+    for folder in sorted(workdir.glob(f"{SCRATCH_PREFIX}*")):
+        if folder.is_dir() and not _scratch_in_use(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed %d scratch folder(s) left by killed runs: %s", len(removed), removed)
+    return removed
+
+
+def _scratch_in_use(folder: Path) -> bool:
+    """True while a live run holds the folder's owner lock (or it is too new to judge)."""
+    try:
+        fd = os.open(folder / SCRATCH_OWNER, os.O_RDWR)
+    except FileNotFoundError:  # no owner lock: being created now, or left by an older engine
+        try:
+            return time.time() - folder.stat().st_mtime < UNOWNED_SCRATCH_SECONDS
+        except FileNotFoundError:
+            return True
+    try:
+        if time.time() - os.fstat(fd).st_mtime < 10:  # its owner may be about to lock it
+            return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def _registration(run: _Run) -> Registration | None:
@@ -572,22 +645,38 @@ def _check_order(latest: date | None, as_of: date, rebuild: bool) -> None:
 
 
 def _latest_as_of(store: Store) -> date | None:
-    """The latest published as-of date; None for a store without tables yet."""
+    """The latest published as-of date; None for a store without tables yet. Any other
+    failure (an unreachable store) is raised now, before the heavy work."""
+    from pipelines.store import StoreEmptyError
+
     try:
         return store.latest_as_of()
-    except Exception as exc:  # a new store has no tables yet
+    except StoreEmptyError as exc:  # a new store has no tables yet
         log.info("no published run yet: %s", exc)
         return None
 
 
-def _record_failure(run: _Run, exc: Exception) -> None:
-    """Log the failed run in `runs` (status failed); the caller raises the error."""
-    info = {"mlflow_run_id": run.tracked.run_id}
+def _record_failure(
+    store: Store,
+    run_id: str,
+    as_of: date,
+    started: datetime,
+    mlflow_run_id: str | None,
+    exc: BaseException,
+) -> None:
+    """Log the failed run in `runs` (status failed, with its error as one masked line); the
+    caller raises the error. When the store cannot take it (unreachable: most often the very
+    error being raised), the caller's one error line is the whole story: this only logs."""
+    from pipelines.store import StoreConnectionError
+
+    info = {"mlflow_run_id": mlflow_run_id}
     try:
-        run.store.record_failed_run(run.run_id, run.as_of, run.started, run_info=info)
+        store.record_failed_run(run_id, as_of, started, run_info=info, error=exc)
+    except StoreConnectionError as inner:
+        log.info("could not record the failed run %s: %s", run_id, inner)
     except Exception as inner:  # the original error matters more
-        log.error("could not record the failed run %s: %s", run.run_id, inner)
-    log.info("run %s as of %s failed: %s", run.run_id, run.as_of, exc)  # the caller reports it
+        log.warning("could not record the failed run %s: %s", run_id, inner)
+    log.info("run %s as of %s failed: %s", run_id, as_of, exc)  # the caller reports it
 
 
 def _write_report(
@@ -611,6 +700,108 @@ def _config_payload(config: EngineConfig) -> dict[str, Any]:
     payload = config.model_dump(mode="json")
     payload["workdir"] = str(config.workdir_path)
     return payload
+
+
+# Secret flow inputs of this process, by a random reference passed as a flow parameter instead.
+_SECRETS: dict[str, tuple[dict[str, Any], str | None]] = {}
+_SECRET_KEYS = (("store", "url"), ("mlflow", "tracking_uri"))
+_STARTED: set[str] = set()  # references whose flow body started (it logs its own failures)
+
+
+@contextmanager
+def _secret_parameters(config: EngineConfig, store_url: str | None) -> Iterator[dict[str, Any]]:
+    """Flow parameters without secrets (`config`, `store_url`, `secrets_ref`), the real values
+    kept in this process under the reference for as long as the flow runs."""
+    from pipelines.store import mask_url
+
+    ref = secrets.token_hex(16)
+    _SECRETS[ref] = (_config_payload(config), store_url)
+    try:
+        yield {
+            "config": _masked_payload(config),
+            "store_url": mask_url(store_url) if store_url else None,
+            "secrets_ref": ref,
+        }
+    finally:
+        _SECRETS.pop(ref, None)
+        _STARTED.discard(ref)
+
+
+@contextmanager
+def _logged_if_not_started(
+    params: Mapping[str, Any], config: EngineConfig, store_url: str | None, as_of: date | None
+) -> Iterator[None]:
+    """A failure before the flow body ran (Prefect's server did not start, the flow run could
+    not be created) is logged in `runs` here, since no run did it."""
+    try:
+        yield
+    except Exception as exc:
+        if params["secrets_ref"] not in _STARTED:
+            _record_unstarted_failure(config, store_url, as_of or _as_of_or_yesterday(None), exc)
+        raise
+
+
+def _record_unstarted_failure(
+    config: EngineConfig, store_url: str | None, as_of: date, exc: BaseException
+) -> None:
+    """Log a run that failed before it started in `runs` (status failed, with its error)."""
+    run_id, started = steps.run_identity(as_of)
+    try:
+        store = _open_store(config, store_url or config.store_url)
+    except Exception as inner:  # a store that cannot even be opened: the error line says why
+        log.info("could not record the failed run %s: %s", run_id, inner)
+        return
+    try:
+        _record_failure(store, run_id, as_of, started, None, exc)
+    finally:
+        store.close()
+
+
+def _masked_payload(config: EngineConfig) -> dict[str, Any]:
+    """The config payload with the password of every URL in it masked."""
+    from pipelines.store import mask_url
+
+    payload = _config_payload(config)
+    for section, key in _SECRET_KEYS:
+        payload[section] = {**payload[section], key: mask_url(payload[section][key])}
+    return payload
+
+
+def _resolve_secrets(
+    payload: dict[str, Any] | None, store_url: str | None, ref: str | None
+) -> tuple[EngineConfig, str | None]:
+    """The config and store URL a flow runs with: the real ones registered under `ref` in this
+    process; else (a served or API-triggered run) masked URLs are unmasked from the
+    environment (SEGMENTATION_STORE_URL, MLFLOW_TRACKING_URI) or the config file at `source`."""
+    if ref is not None and ref in _SECRETS:
+        real, url = _SECRETS[ref]
+        _STARTED.add(ref)  # from here on, the run logs its own failure
+        return _config_from_payload(real), url
+    if payload is None:
+        return _config_from_payload(None), _unmask(store_url, "store URL", [ENV_STORE_URL], [])
+    raw = {**payload, **{section: dict(payload[section]) for section, _ in _SECRET_KEYS}}
+    source = raw.get("source")
+    from_file = load_config(source) if source and Path(source).is_file() else None
+    for (section, key), env in zip(_SECRET_KEYS, (ENV_STORE_URL, ENV_MLFLOW_URI), strict=True):
+        filed = [getattr(getattr(from_file, section), key)] if from_file is not None else []
+        raw[section][key] = _unmask(raw[section][key], f"{section}.{key}", [env], filed)
+    return _config_from_payload(raw), _unmask(store_url, "store URL", [ENV_STORE_URL], [])
+
+
+def _unmask(value: str | None, what: str, envs: list[str], candidates: list[str]) -> str | None:
+    """`value` itself when it holds no masked password, else the candidate (environment first)
+    whose masked form it is; a masked value nothing matches fails, naming where to put it."""
+    from pipelines.store import mask_url
+
+    if value is None or "***" not in value:
+        return value
+    for candidate in [*(os.environ.get(env) for env in envs), *candidates]:
+        if candidate and mask_url(candidate) == value:
+            return candidate
+    raise FlowArgumentError(
+        f"{what} {value} reached the flow with its password masked and nothing to take it"
+        f" from: set {' or '.join(envs)} to the full URL where the flow runs"
+    )
 
 
 def _config_from_payload(payload: dict[str, Any] | None) -> EngineConfig:

@@ -16,12 +16,25 @@ whose message does not say the thing is missing or malformed (`PERMANENT_MESSAGE
 raises IOException for "No files found" too, SQLite raises OperationalError for "no such
 table"). An exception raised *from* a transient one (`raise StoreError(...) from exc`) is
 transient as well: the cause chain is followed.
+
+Process coordination around a run: `file_lock` (an flock with a bounded wait, released when
+the process dies), `ensure_prefect_api` (start Prefect's temporary server once, under a lock,
+before the first flow call: two first runs at once otherwise both create its database and
+one times out) and `die_with_parent` (a watchdog that stops a child server when the process
+that started it is gone, even after kill -9).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import duckdb
@@ -37,7 +50,11 @@ if TYPE_CHECKING:
 __all__ = [
     "PERMANENT_MESSAGES",
     "TRANSIENT_ERRORS",
+    "LockTimeoutError",
     "RetryOptions",
+    "die_with_parent",
+    "ensure_prefect_api",
+    "file_lock",
     "is_transient",
     "retry_on_transient",
     "retry_options",
@@ -107,3 +124,115 @@ def state_exception(state: State) -> BaseException | None:
     except Exception as exc:  # the result itself could not be read: judge that error
         return exc
     return result if isinstance(result, BaseException) else None
+
+
+class LockTimeoutError(TimeoutError):
+    """Another process held a coordination lock for longer than the wait allowed."""
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str], timeout: float = 300.0) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if missing), waiting at most `timeout` s.
+
+    The lock dies with the process that holds it, so a killed run never leaves it taken."""
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"another process held {lock_path} for more than {timeout:g} s"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+EPHEMERAL_STARTUP_SECONDS = 90.0  # first start creates the database: slow on a busy machine
+
+
+def ensure_prefect_api() -> None:
+    """Before the first flow call of a process: when no `PREFECT_API_URL` is set, start
+    Prefect's temporary server now, once, under a lock in PREFECT_HOME (its database lives
+    there: two processes creating it at once collide), and make it die with this process.
+    Later flow calls reuse the running server. Nothing to do with an API URL set."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    )
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    timeout = max(
+        EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    )
+    with file_lock(Path(PREFECT_HOME.value()) / "segmentation-server-start.lock", 2 * timeout):
+        server.start(timeout=int(timeout))
+    if server.server_process is not None:
+        die_with_parent(server.server_process.pid)
+
+
+# The watchdog: a tiny process of its own (standard library only) that waits on pidfds of the
+# parent and the child and, once the parent is gone while the child runs, terminates the child
+# (its whole process group with "group"), killing it after 5 s. A pidfd never names a recycled
+# pid; the watchdog exits as soon as the child is gone.
+_WATCHDOG = """
+import contextlib, os, select, signal, sys
+parent_pid, child_pid = int(sys.argv[1]), int(sys.argv[2])
+group = sys.argv[3:] == ["group"]
+with contextlib.suppress(ProcessLookupError):
+    child = os.pidfd_open(child_pid)
+    try:
+        parent = os.pidfd_open(parent_pid)
+        ready, _, _ = select.select([parent, child], [], [])
+    except ProcessLookupError:
+        ready = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if child in ready:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(child_pid, sig)
+            else:
+                signal.pidfd_send_signal(child, sig)
+        ready, _, _ = select.select([child], [], [], 5.0)
+"""
+
+
+def die_with_parent(child_pid: int, *, group: bool = False) -> subprocess.Popen[bytes] | None:
+    """Start a watchdog that stops `child_pid` (with `group`: its process group, for a child
+    started in a session of its own) when this process dies, even by kill -9. None where
+    pidfds are not available (not Linux): there a killed parent leaves the child running."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    args = [str(os.getpid()), str(child_pid), *(["group"] if group else [])]
+    watchdog = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _WATCHDOG, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the run's process group does not stop it early
+    )
+    _WATCHDOGS.append(watchdog)  # kept: it runs for as long as this process does
+    return watchdog
+
+
+_WATCHDOGS: list[subprocess.Popen[bytes]] = []

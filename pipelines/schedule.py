@@ -38,6 +38,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import ValidationError
 
 from configs import EngineConfig, SegmentationError
+from pipelines.prefect_utils import die_with_parent
 
 __all__ = [
     "DEFAULT_PORT",
@@ -190,6 +191,7 @@ def local_server(
     process = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    die_with_parent(process.pid, group=True)  # not left serving after a kill -9 of this process
     try:
         deadline = time.monotonic() + timeout
         while not server_healthy(url):

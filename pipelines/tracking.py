@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import math
 import os
 import re
+import socket
 import tempfile
 import threading
 import time
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
@@ -176,6 +179,8 @@ class Tracker:
         clean_tags = _clean_tags(tags or {})
         if guard:
             assert_no_client_ids({"run_name": run_name, "tags": clean_tags}, guard)
+        self.fail_orphaned_runs()
+        clean_tags.update(_owner_tags())
         run_id = self.client.create_run(
             self.experiment_id, run_name=run_name, tags=clean_tags
         ).info.run_id
@@ -185,6 +190,30 @@ class Tracker:
             self.client.set_terminated(run_id, status="FAILED")
             raise
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail_orphaned_runs(self) -> list[str]:
+        """Mark FAILED the experiment's RUNNING runs whose process is gone (killed): runs this
+        engine tagged with the host and the process (pid and start time) that opened them.
+        Returns their ids."""
+        if not self.enabled:
+            return []
+        host = socket.gethostname()
+        failed = []
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500
+        )
+        for run in runs:
+            tags = run.data.tags
+            if tags.get(OWNER_HOST_TAG) != host or OWNER_PROCESS_TAG not in tags:
+                continue
+            if _process_alive(tags[OWNER_PROCESS_TAG]):
+                continue
+            self.client.set_tag(run.info.run_id, "failure", "its process ended without closing it")
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+            failed.append(run.info.run_id)
+        if failed:
+            log.info("marked %d orphaned MLflow run(s) FAILED: %s", len(failed), failed)
+        return failed
 
     def get_run(self, run_id: str) -> Run:
         """The MLflow run (info and data) with this id.
@@ -351,10 +380,28 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, indent=2, sort_keys=True, allow_nan=True)
 
 
+_INITIALISED: set[str] = set()
+
+
 def make_client(tracking_uri: str) -> MlflowClient:
-    """An MlflowClient for the URI (registry at the same URI); SQLite folders are created."""
+    """An MlflowClient for the URI (registry at the same URI); SQLite folders are created.
+
+    MLflow creates a SQLite database's tables on first use; two processes doing that at once
+    collide (`table ... already exists`), so the first use in a process happens under a lock
+    file beside the database."""
+    from pipelines.prefect_utils import file_lock
+
     ensure_sqlite_parent(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    path = sqlite_path(tracking_uri)
+    if path is None or tracking_uri in _INITIALISED:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    path = path.expanduser()
+    with file_lock(path.with_name(path.name + ".init.lock"), timeout=300):
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # the tracking tables exist now
+        client.search_registered_models(max_results=1)  # and the registry's
+    _INITIALISED.add(tracking_uri)
+    return client
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -424,6 +471,46 @@ def fluent_context(tracking_uri: str, experiment_id: str | None = None) -> Itera
 
 
 # --- private helpers -------------------------------------------------------------------------
+
+OWNER_HOST_TAG = "segmentation.host"
+OWNER_PROCESS_TAG = "segmentation.process"  # "<pid>:<start time in clock ticks>"
+
+
+def _process_token(pid: int) -> str | None:
+    """`pid:start-time` of a live process (Linux /proc), `pid:` elsewhere; None when gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc: the pid alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"{pid}:"
+    return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22: starttime
+
+
+def _owner_tags() -> dict[str, str]:
+    """Tags naming the host and process that open a run (to fail it if it is killed)."""
+    return {
+        OWNER_HOST_TAG: socket.gethostname(),
+        OWNER_PROCESS_TAG: _process_token(os.getpid()) or f"{os.getpid()}:",
+    }
+
+
+def _process_alive(token: str) -> bool:
+    """Whether the process a token names is still the one running (a reused pid is not)."""
+    pid_text, _, start = token.partition(":")
+    try:
+        current = _process_token(int(pid_text))
+    except ValueError:
+        return True  # not ours to judge
+    if current is None:
+        return False
+    return not start or current.partition(":")[2] in ("", start)
 
 
 def _ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:

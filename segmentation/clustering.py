@@ -186,7 +186,7 @@ class FeatureEncoder(TransformerMixin, BaseEstimator):
         )
         self.feature_names_in_ = np.asarray(names, dtype=object)
         self.log_mask_ = np.array([n in logs for n in names])
-        medians = np.nanmedian(np.where(np.isfinite(values), values, np.nan), axis=0)
+        medians = profiles.nan_columns(np.nanmedian, np.where(np.isfinite(values), values, np.nan))
         zero = np.array([fill_value_rule(n) == "zero" for n in names])
         self.fill_values_ = np.where(zero | ~np.isfinite(medians), 0.0, medians)
         self.n_features_in_ = len(names)

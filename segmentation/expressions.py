@@ -23,7 +23,16 @@ Grammar, loosest binding first::
                 | function "(" expr ("," expr)* ")" | "(" expr ")"
 
 Keywords are case-insensitive; feature names are case-sensitive. Text literals use single or
-double quotes, a quote inside is doubled (``'it''s'``). Comparisons do not chain.
+double quotes, a quote inside is doubled (``'it''s'``). Comparisons do not chain. Numbers are
+written with the ASCII digits 0-9 and must be finite (``1e999`` is an error, not infinity).
+Control characters (NUL...) are rejected anywhere in the text; tabs and line breaks are
+whitespace.
+
+Limits: `MAX_LENGTH` characters, and `MAX_DEPTH` levels of nesting (parentheses, ``not``,
+signs, calls), which keeps the recursive-descent parser far from Python's recursion limit. A
+chain of terms (``a and b and ...``, ``x + y + ...``) is not nesting: it may run to the length
+limit, and the checks, the evaluation, equality, ``repr`` and pickling walk trees with an
+explicit stack, in time linear in the size of the tree.
 
 Null semantics are SQL's three-valued logic: a comparison, ``in`` or ``between`` with a null
 (NaN/None/missing) operand is *unknown*; ``not unknown`` is unknown; ``unknown and false`` is
@@ -37,9 +46,11 @@ when every argument is null), like SQL's LEAST/GREATEST in PostgreSQL.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -146,6 +157,22 @@ class Node:
     def children(self) -> tuple[Node, ...]:
         return ()
 
+    # Equality, hash, repr and pickling walk the tree with an explicit stack (the generated
+    # dataclass methods recurse, and a chain of a few hundred `and` terms is that deep).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return _structure(self) == _structure(other)
+
+    def __hash__(self) -> int:
+        return hash(_structure(self))
+
+    def __repr__(self) -> str:
+        return _fold(self, _children, _repr_node, lambda parent, index, text: text)
+
+    def __reduce__(self) -> tuple[Callable[[list[_Flat]], Node], tuple[list[_Flat]]]:
+        return _unflatten, (_flatten(self),)
+
     @property
     def features(self) -> frozenset[str]:
         """The feature names this expression reads."""
@@ -162,17 +189,17 @@ class Node:
         return render(self)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Literal(Node):
     value: float | str | bool
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Name(Node):
     name: str
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Negate(Node):
     operand: Node
 
@@ -180,7 +207,7 @@ class Negate(Node):
         return (self.operand,)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Not(Node):
     operand: Node
 
@@ -188,7 +215,7 @@ class Not(Node):
         return (self.operand,)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Arithmetic(Node):
     op: str  # one of ARITHMETIC
     left: Node
@@ -198,7 +225,7 @@ class Arithmetic(Node):
         return (self.left, self.right)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Compare(Node):
     op: str  # one of COMPARISONS ("=" and "<>" are normalized to "==" and "!=")
     left: Node
@@ -208,7 +235,7 @@ class Compare(Node):
         return (self.left, self.right)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Logical(Node):
     op: str  # "and" | "or"
     left: Node
@@ -218,7 +245,7 @@ class Logical(Node):
         return (self.left, self.right)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class InList(Node):
     operand: Node
     items: tuple[Literal, ...]
@@ -228,7 +255,7 @@ class InList(Node):
         return (self.operand, *self.items)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Between(Node):
     operand: Node
     low: Node
@@ -239,7 +266,7 @@ class Between(Node):
         return (self.operand, self.low, self.high)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class IsNull(Node):
     operand: Node
     negated: bool = False
@@ -248,13 +275,83 @@ class IsNull(Node):
         return (self.operand,)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class Call(Node):
     func: str  # one of FUNCTIONS
     args: tuple[Node, ...]
 
     def children(self) -> tuple[Node, ...]:
         return self.args
+
+
+# A node without its children: (class, its other fields in order, number of children).
+_Flat = tuple[type[Node], tuple[tuple[str, object], ...], int]
+_CHILD_FIELDS = frozenset({"operand", "left", "right", "low", "high", "items", "args"})
+
+
+def _flatten(root: Node) -> list[_Flat]:
+    """The tree in post-order, one flat entry a node (no nesting: cheap to pickle)."""
+    out: list[_Flat] = []
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        kids = node.children()
+        if expanded:
+            scalars = tuple(
+                (f.name, getattr(node, f.name)) for f in fields(node) if f.name not in _CHILD_FIELDS
+            )
+            out.append((type(node), scalars, len(kids)))
+            continue
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in reversed(kids))
+    return out
+
+
+def _unflatten(flat: list[_Flat]) -> Node:
+    """The tree `_flatten` flattened."""
+    built: list[Node] = []
+    for cls, scalars, count in flat:
+        kids = built[len(built) - count :] if count else []
+        del built[len(built) - count :]
+        values: dict[str, Any] = dict(scalars)
+        if cls in (Negate, Not, IsNull):
+            values["operand"] = kids[0]
+        elif cls in (Arithmetic, Compare, Logical):
+            values["left"], values["right"] = kids
+        elif cls is Between:
+            values["operand"], values["low"], values["high"] = kids
+        elif cls is InList:
+            values["operand"], values["items"] = kids[0], tuple(kids[1:])
+        elif cls is Call:
+            values["args"] = tuple(kids)
+        built.append(cls(**values))
+    (root,) = built
+    return root
+
+
+def _structure(node: Node) -> tuple[tuple[object, ...], ...]:
+    """What equality compares: the flattened tree without positions."""
+    return tuple(
+        (cls, tuple(value for name, value in scalars if name != "pos"), count)
+        for cls, scalars, count in _flatten(node)
+    )
+
+
+def _repr_node(node: Node, texts: list[str]) -> str:
+    """The dataclass repr of one node, given the reprs of its children."""
+    kids = iter(texts)
+    parts = []
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if f.name in ("items", "args"):
+            items = [next(kids) for _ in value]
+            text = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        elif f.name in _CHILD_FIELDS:
+            text = next(kids)
+        else:
+            text = repr(value)
+        parts.append(f"{f.name}={text}")
+    return f"{type(node).__qualname__}({', '.join(parts)})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +368,14 @@ def parse(text: str, *, rule: str | None = None) -> Node:
         raise RuleSyntaxError(f"expression longer than {MAX_LENGTH} characters", rule=rule)
     if not text.strip():
         raise RuleSyntaxError("empty expression", rule=rule, position=1)
-    return _Parser(text, rule).parse()
+    try:
+        return _Parser(text, rule).parse()
+    except RecursionError:  # MAX_DEPTH keeps the parser far below the limit; a safety net
+        raise RuleSyntaxError(
+            f"expression nested too deeply (at most {MAX_DEPTH} levels of parentheses, "
+            "'not', signs and calls)",
+            rule=rule,
+        ) from None
 
 
 def check(
@@ -339,6 +443,12 @@ def evaluate(
 
 def render(node: Node) -> str:
     """A canonical, fully parenthesized text of a tree (shows how the parser grouped it)."""
+    if not isinstance(node, Node):
+        raise TypeError(f"not an expression node: {node!r}")
+    return _fold(node, _children, _render_node, lambda parent, index, text: text)
+
+
+def _render_node(node: Node, texts: list[str]) -> str:
     if isinstance(node, Literal):
         if isinstance(node.value, bool):
             return "true" if node.value else "false"
@@ -348,22 +458,21 @@ def render(node: Node) -> str:
     if isinstance(node, Name):
         return node.name
     if isinstance(node, Negate):
-        return f"(-{render(node.operand)})"
+        return f"(-{texts[0]})"
     if isinstance(node, Not):
-        return f"(not {render(node.operand)})"
+        return f"(not {texts[0]})"
     if isinstance(node, Arithmetic | Compare | Logical):
-        return f"({render(node.left)} {node.op} {render(node.right)})"
+        return f"({texts[0]} {node.op} {texts[1]})"
     if isinstance(node, InList):
-        items = ", ".join(render(item) for item in node.items)
         word = "not in" if node.negated else "in"
-        return f"({render(node.operand)} {word} ({items}))"
+        return f"({texts[0]} {word} ({', '.join(texts[1:])}))"
     if isinstance(node, Between):
         word = "not between" if node.negated else "between"
-        return f"({render(node.operand)} {word} {render(node.low)} and {render(node.high)})"
+        return f"({texts[0]} {word} {texts[1]} and {texts[2]})"
     if isinstance(node, IsNull):
-        return f"({render(node.operand)} is {'not ' if node.negated else ''}null)"
+        return f"({texts[0]} is {'not ' if node.negated else ''}null)"
     if isinstance(node, Call):
-        return f"{node.func}({', '.join(render(arg) for arg in node.args)})"
+        return f"{node.func}({', '.join(texts)})"
     raise TypeError(f"not an expression node: {node!r}")
 
 
@@ -407,12 +516,42 @@ class _Token:
     number: float = 0.0  # the value of a number token
 
 
-_NUMBER_RE = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# ASCII digits only: `\d` would also match other scripts' digits (`١٢` would read as 12).
+_NUMBER_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# C0 and C1 control characters except tab, line feed and carriage return; lone surrogates.
+_FORBIDDEN_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _OPERATORS = ("<=", ">=", "==", "!=", "<>", "<", ">", "=", "+", "-", "*", "/", "(", ")", ",")
 
 
+def check_characters(text: str, *, rule: str | None = None) -> None:
+    """Reject control characters (NUL...) and lone surrogates anywhere in the text.
+
+    Tabs and line breaks are whitespace; any other control character could not be published
+    (PostgreSQL refuses NUL in text) and is never meant.
+    """
+    match = _FORBIDDEN_RE.search(text)
+    if match:
+        char = match.group()
+        what = "a lone surrogate" if "\ud800" <= char <= "\udfff" else "a control character"
+        raise RuleSyntaxError(
+            f"{what} (U+{ord(char):04X}) is not allowed in a rule",
+            rule=rule,
+            position=match.start() + 1,
+        )
+
+
+def _number(text: str, pos: int, rule: str | None) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RuleSyntaxError(
+            f"number {text} is too large (not a finite number)", rule=rule, position=pos
+        )
+    return value
+
+
 def _tokenize(text: str, rule: str | None) -> list[_Token]:
+    check_characters(text, rule=rule)
     tokens: list[_Token] = []
     i, n = 0, len(text)
     while i < n:
@@ -423,9 +562,17 @@ def _tokenize(text: str, rule: str | None) -> list[_Token]:
         pos = i + 1
         match = _NUMBER_RE.match(text, i)
         if match:
-            tokens.append(_Token("number", match.group(), pos, match.group(), float(match.group())))
+            number = _number(match.group(), pos, rule)
+            tokens.append(_Token("number", match.group(), pos, match.group(), number))
             i = match.end()
             continue
+        if char.isdigit():
+            raise RuleSyntaxError(
+                f"unexpected character {char!r}",
+                rule=rule,
+                position=pos,
+                hint="numbers are written with the digits 0-9 only",
+            )
         match = _NAME_RE.match(text, i)
         if match:
             word = match.group()
@@ -713,6 +860,47 @@ class _Parser:
 # Static checks
 
 
+_T = TypeVar("_T")
+
+
+def _fold(
+    root: Node,
+    children: Callable[[Node], tuple[Node, ...]],
+    combine: Callable[[Node, list[_T]], _T],
+    accept: Callable[[Node, int, _T], _T],
+) -> _T:
+    """Fold a tree bottom-up with an explicit stack, so no depth of tree can exhaust Python's.
+
+    ``combine(node, results)`` gets the results of the node's `children` (in order);
+    ``accept(parent, i, result)`` sees the result of the parent's i-th child as soon as it is
+    known and may convert or reject it, so checks run in the order a recursive walk runs them
+    (left to right, each operand checked before the next is visited). Every node is visited
+    once: a tree of n nodes costs O(n).
+    """
+    stack: list[tuple[Node, tuple[Node, ...], list[_T]]] = [(root, children(root), [])]
+    while True:
+        node, kids, done = stack[-1]
+        if len(done) < len(kids):
+            kid = kids[len(done)]
+            stack.append((kid, children(kid), []))
+            continue
+        result = combine(node, done)
+        stack.pop()
+        if not stack:
+            return result
+        parent, _, parent_done = stack[-1]
+        parent_done.append(accept(parent, len(parent_done), result))
+
+
+def _children(node: Node) -> tuple[Node, ...]:
+    return node.children()
+
+
+def _operands(node: Node) -> tuple[Node, ...]:
+    """The children evaluation visits (the items of an `in` list are read as plain values)."""
+    return (node.operand,) if isinstance(node, InList) else node.children()
+
+
 class _Checker:
     def __init__(self, kinds: dict[str, str], rule: str | None) -> None:
         self.kinds = kinds
@@ -722,13 +910,42 @@ class _Checker:
         return RuleTypeError(detail, rule=self.rule, position=node.pos)
 
     def kind(self, node: Node) -> str:
-        method: Callable[[Node], str] = getattr(self, f"kind_{type(node).__name__.lower()}")
-        return method(node)
+        return _fold(node, _children, self.combine, self.accept)
 
-    def kind_literal(self, node: Literal) -> str:
-        if isinstance(node.value, bool):
-            return BOOL
-        return TEXT if isinstance(node.value, str) else NUMBER
+    def accept(self, parent: Node, index: int, kind: str) -> str:
+        """The operand checks: numbers for signs, arithmetic, between and min/max/abs;
+        conditions for not, and, or."""
+        if isinstance(parent, Not | Logical):
+            if kind in (NUMBER, TEXT):
+                raise self.fail(
+                    f"{_operator_name(parent)} needs a condition (true or false), got {kind}",
+                    parent.children()[index],
+                )
+        elif kind == TEXT and (
+            isinstance(parent, Negate | Arithmetic | Between)
+            or (isinstance(parent, Call) and parent.func != "coalesce")
+        ):
+            raise self.fail(
+                f"{_operator_name(parent)} needs numbers, got text", parent.children()[index]
+            )
+        return kind
+
+    def combine(self, node: Node, kinds: list[str]) -> str:
+        if isinstance(node, Literal):
+            if isinstance(node.value, bool):
+                return BOOL
+            return TEXT if isinstance(node.value, str) else NUMBER
+        if isinstance(node, Name):
+            return self.kind_name(node)
+        if isinstance(node, Compare):
+            return self.kind_compare(node, kinds[0], kinds[1])
+        if isinstance(node, InList):
+            return self.kind_inlist(node, kinds[0], kinds[1:])
+        if isinstance(node, Call) and node.func == "coalesce":
+            return self.kind_coalesce(node, kinds)
+        if isinstance(node, Negate | Arithmetic | Call):
+            return NUMBER
+        return BOOL  # Not, Logical, Between, IsNull
 
     def kind_name(self, node: Name) -> str:
         if node.name in self.kinds:
@@ -739,37 +956,7 @@ class _Checker:
             f"unknown feature {node.name!r}", rule=self.rule, position=node.pos, hint=hint
         )
 
-    def numeric(self, node: Node, what: str) -> str:
-        kind = self.kind(node)
-        if kind == TEXT:
-            raise self.fail(f"{what} needs numbers, got text", node)
-        return kind
-
-    def condition(self, node: Node, what: str) -> None:
-        kind = self.kind(node)
-        if kind in (NUMBER, TEXT):
-            raise self.fail(f"{what} needs a condition (true or false), got {kind}", node)
-
-    def kind_negate(self, node: Negate) -> str:
-        self.numeric(node.operand, "'-'")
-        return NUMBER
-
-    def kind_not(self, node: Not) -> str:
-        self.condition(node.operand, "'not'")
-        return BOOL
-
-    def kind_arithmetic(self, node: Arithmetic) -> str:
-        self.numeric(node.left, f"'{node.op}'")
-        self.numeric(node.right, f"'{node.op}'")
-        return NUMBER
-
-    def kind_logical(self, node: Logical) -> str:
-        self.condition(node.left, f"'{node.op}'")
-        self.condition(node.right, f"'{node.op}'")
-        return BOOL
-
-    def kind_compare(self, node: Compare) -> str:
-        left, right = self.kind(node.left), self.kind(node.right)
+    def kind_compare(self, node: Compare, left: str, right: str) -> str:
         self.comparable(left, right, node)
         if TEXT in (left, right) and node.op not in ("==", "!="):
             raise self.fail(f"text can only be compared with == or !=, not {node.op!r}", node)
@@ -782,35 +969,35 @@ class _Checker:
             return
         raise self.fail(f"cannot compare {left} with {right}", node)
 
-    def kind_inlist(self, node: InList) -> str:
-        operand = self.kind(node.operand)
-        for item in node.items:
-            self.comparable(operand, self.kind(item), item)
-        item_kinds = {self.kind(item) for item in node.items}
-        if TEXT in item_kinds and len(item_kinds) > 1:
+    def kind_inlist(self, node: InList, operand: str, items: list[str]) -> str:
+        for item, item_kind in zip(node.items, items, strict=True):
+            self.comparable(operand, item_kind, item)
+        if TEXT in set(items) and len(set(items)) > 1:
             raise self.fail("the list mixes text with numbers", node)
         return BOOL
 
-    def kind_between(self, node: Between) -> str:
-        for part in (node.operand, node.low, node.high):
-            self.numeric(part, "'between'")
-        return BOOL
+    def kind_coalesce(self, node: Call, kinds: list[str]) -> str:
+        known = set(kinds) - {ANY}
+        if TEXT in known and len(known) > 1:
+            raise self.fail("coalesce() arguments must all be numbers or all text", node)
+        if TEXT in known or known == {BOOL}:
+            return known.pop()
+        return NUMBER if known else ANY
 
-    def kind_isnull(self, node: IsNull) -> str:
-        self.kind(node.operand)
-        return BOOL
 
-    def kind_call(self, node: Call) -> str:
-        if node.func == "coalesce":
-            known = {self.kind(arg) for arg in node.args} - {ANY}
-            if TEXT in known and len(known) > 1:
-                raise self.fail("coalesce() arguments must all be numbers or all text", node)
-            if TEXT in known or known == {BOOL}:
-                return known.pop()
-            return NUMBER if known else ANY
-        for arg in node.args:
-            self.numeric(arg, f"{node.func}()")
-        return NUMBER
+def _operator_name(node: Node) -> str:
+    """How messages name the operator of a node: '-', '+', 'between', min()..."""
+    if isinstance(node, Negate):
+        return "'-'"
+    if isinstance(node, Not):
+        return "'not'"
+    if isinstance(node, Arithmetic | Logical):
+        return f"'{node.op}'"
+    if isinstance(node, Between):
+        return "'between'"
+    if isinstance(node, Call):
+        return f"{node.func}()"
+    return type(node).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -840,8 +1027,22 @@ class _Evaluator:
         return RuleEvaluationError(detail, rule=self.rule, position=node.pos)
 
     def eval(self, node: Node) -> _Value:
-        method: Callable[[Node], _Value] = getattr(self, f"eval_{type(node).__name__.lower()}")
-        return method(node)
+        return _fold(node, _operands, self.combine, self.accept)
+
+    def accept(self, parent: Node, index: int, value: _Value) -> _Value:
+        """Convert an operand as soon as it is evaluated (numbers for signs, arithmetic and
+        between; conditions for not, and, or); other operands are converted by the node."""
+        if isinstance(parent, Negate | Arithmetic | Between):
+            return self.number(value, parent, _operator_name(parent))
+        if isinstance(parent, Not | Logical):
+            return self.condition(value, parent, _operator_name(parent))
+        return value
+
+    def combine(self, node: Node, values: list[_Value]) -> _Value:
+        method: Callable[[Node, list[_Value]], _Value] = getattr(
+            self, f"eval_{type(node).__name__.lower()}"
+        )
+        return method(node, values)
 
     # conversions
     def all_null(self) -> _Value:
@@ -873,7 +1074,7 @@ class _Evaluator:
         raise self.fail(f"cannot compare text with {value.kind}", node)
 
     # leaves
-    def eval_literal(self, node: Literal) -> _Value:
+    def eval_literal(self, node: Literal, values: list[_Value]) -> _Value:
         no_null = np.zeros(self.n, dtype=bool)
         if isinstance(node.value, bool):
             return _Value(BOOL, np.full(self.n, node.value, dtype=bool), no_null)
@@ -881,7 +1082,7 @@ class _Evaluator:
             return _Value(TEXT, np.full(self.n, node.value, dtype=object), no_null)
         return _Value(NUMBER, np.full(self.n, float(node.value)), no_null)
 
-    def eval_name(self, node: Name) -> _Value:
+    def eval_name(self, node: Name, values: list[_Value]) -> _Value:
         if node.name not in self.columns:
             self.columns[node.name] = self.column(node)
         return self.columns[node.name]
@@ -916,17 +1117,16 @@ class _Evaluator:
         return _Value(TEXT, data, null)
 
     # operators
-    def eval_negate(self, node: Negate) -> _Value:
-        value = self.number(self.eval(node.operand), node, "'-'")
+    def eval_negate(self, node: Negate, values: list[_Value]) -> _Value:
+        (value,) = values
         return _Value(NUMBER, -value.data, value.null)
 
-    def eval_not(self, node: Not) -> _Value:
-        value = self.condition(self.eval(node.operand), node, "'not'")
+    def eval_not(self, node: Not, values: list[_Value]) -> _Value:
+        (value,) = values
         return _Value(BOOL, ~value.data & ~value.null, value.null)
 
-    def eval_arithmetic(self, node: Arithmetic) -> _Value:
-        left = self.number(self.eval(node.left), node, f"'{node.op}'")
-        right = self.number(self.eval(node.right), node, f"'{node.op}'")
+    def eval_arithmetic(self, node: Arithmetic, values: list[_Value]) -> _Value:
+        left, right = values
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             if node.op == "+":
                 data = left.data + right.data
@@ -939,9 +1139,8 @@ class _Evaluator:
                 data[right.data == 0] = np.nan
         return _Value(NUMBER, data, np.isnan(data))
 
-    def eval_logical(self, node: Logical) -> _Value:
-        left = self.condition(self.eval(node.left), node, f"'{node.op}'")
-        right = self.condition(self.eval(node.right), node, f"'{node.op}'")
+    def eval_logical(self, node: Logical, values: list[_Value]) -> _Value:
+        left, right = values
         left_true, right_true = left.data & ~left.null, right.data & ~right.null
         left_false, right_false = ~left.data & ~left.null, ~right.data & ~right.null
         if node.op == "and":
@@ -952,8 +1151,8 @@ class _Evaluator:
             false = left_false & right_false
         return _Value(BOOL, true, ~(true | false))
 
-    def eval_compare(self, node: Compare) -> _Value:
-        left, right = self.eval(node.left), self.eval(node.right)
+    def eval_compare(self, node: Compare, values: list[_Value]) -> _Value:
+        left, right = values
         null = left.null | right.null
         if TEXT in (left.kind, right.kind):
             left, right = self.text(left, node), self.text(right, node)
@@ -970,8 +1169,8 @@ class _Evaluator:
                 data = _COMPARE_FUNCS[node.op](a, b)
         return _Value(BOOL, data & ~null, null)
 
-    def eval_inlist(self, node: InList) -> _Value:
-        value = self.eval(node.operand)
+    def eval_inlist(self, node: InList, values: list[_Value]) -> _Value:
+        (value,) = values
         items = [item.value for item in node.items]
         if value.kind == TEXT or (value.kind == "null" and any(isinstance(i, str) for i in items)):
             value = self.text(value, node)
@@ -988,10 +1187,8 @@ class _Evaluator:
             data = ~data
         return _Value(BOOL, data & ~value.null, value.null.copy())
 
-    def eval_between(self, node: Between) -> _Value:
-        x = self.number(self.eval(node.operand), node, "'between'")
-        low = self.number(self.eval(node.low), node, "'between'")
-        high = self.number(self.eval(node.high), node, "'between'")
+    def eval_between(self, node: Between, values: list[_Value]) -> _Value:
+        x, low, high = values
         null = x.null | low.null | high.null
         with np.errstate(invalid="ignore"):
             data = (x.data >= low.data) & (x.data <= high.data)
@@ -999,13 +1196,12 @@ class _Evaluator:
             data = ~data
         return _Value(BOOL, data & ~null, null)
 
-    def eval_isnull(self, node: IsNull) -> _Value:
-        value = self.eval(node.operand)
+    def eval_isnull(self, node: IsNull, values: list[_Value]) -> _Value:
+        (value,) = values
         data = ~value.null if node.negated else value.null.copy()
         return _Value(BOOL, data, np.zeros(self.n, dtype=bool))
 
-    def eval_call(self, node: Call) -> _Value:
-        values = [self.eval(arg) for arg in node.args]
+    def eval_call(self, node: Call, values: list[_Value]) -> _Value:
         if node.func == "coalesce":
             return self.coalesce(values, node)
         numbers = [self.number(value, node, f"{node.func}()").data for value in values]

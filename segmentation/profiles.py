@@ -11,7 +11,7 @@ e.g. "high-value app loyalists". Names are unique across clusters.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,6 +83,18 @@ VOCABULARY.update(
 DEFAULT_NOUN = "clients"
 
 
+def nan_columns(stat: Callable[..., np.ndarray], values: np.ndarray, *args: float) -> np.ndarray:
+    """`stat(values, *args, axis=0)` of a 2-D array's columns, skipping NaN, where a column
+    with no number (an all-null feature, or a cluster with none of it) is NaN without numpy's
+    'All-NaN slice' / 'Mean of empty slice' warnings."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.full(values.shape[1], np.nan)
+    some = ~np.isnan(values).all(axis=0) if len(values) else np.zeros(values.shape[1], bool)
+    if some.any():
+        out[some] = stat(values[:, some], *args, axis=0)
+    return out
+
+
 def robust_shifts(
     frame: pd.DataFrame, labels: np.ndarray, features: Sequence[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
@@ -92,20 +104,21 @@ def robust_shifts(
     """
     values = frame[list(features)].to_numpy(dtype=np.float64)
     labels = np.asarray(labels)
-    pop_median = np.nanmedian(values, axis=0)
-    pop_mean = np.nanmean(values, axis=0)
-    mad = np.nanmedian(np.abs(values - pop_median), axis=0) * 1.4826
-    q75, q25 = np.nanpercentile(values, [75, 25], axis=0)
+    pop_median = nan_columns(np.nanmedian, values)
+    pop_mean = nan_columns(np.nanmean, values)
+    mad = nan_columns(np.nanmedian, np.abs(values - pop_median)) * 1.4826
+    q75 = nan_columns(np.nanpercentile, values, 75)
+    q25 = nan_columns(np.nanpercentile, values, 25)
     iqr = (q75 - q25) / 1.349
-    std = np.nanstd(values, axis=0)
+    std = nan_columns(np.nanstd, values)
     scale = np.where(mad > 0, mad, np.where(iqr > 0, iqr, std))
     sparse = mad == 0
     clusters = sorted(int(c) for c in np.unique(labels) if c >= 0)
     z_rows, med_rows = [], []
     for c in clusters:
         block = values[labels == c]
-        med = np.nanmedian(block, axis=0)
-        mean = np.nanmean(block, axis=0)
+        med = nan_columns(np.nanmedian, block)
+        mean = nan_columns(np.nanmean, block)
         diff = med - pop_median
         diff = np.where(sparse & (diff == 0), mean - pop_mean, diff)
         z = np.divide(diff, scale, out=np.zeros_like(diff), where=scale > 0)

@@ -42,6 +42,7 @@ from segmentation.expressions import (
     RuleSyntaxError,
     RuleTypeError,
     UnknownFeatureError,
+    check_characters,
     compile_expression,
     evaluate,
     known_kinds,
@@ -423,6 +424,15 @@ def _build(
         stay = None if stay_when is None else compile_expression(stay_when, kinds, rule=item.name)
     except RuleError as exc:
         raise exc.located(rule=item.name, source=f"{source}: {section}") from None
+    try:
+        check_characters(item.description, rule=item.name)
+    except RuleSyntaxError as exc:  # published with the segment definitions
+        raise RuleSetError(
+            f"description: {exc.detail}",
+            rule=item.name,
+            position=exc.position,
+            source=f"{source}: {section}",
+        ) from None
     return Rule(
         name=item.name,
         kind="lifecycle" if section == "lifecycle" else "segment",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "ERROR_CHARS",
     "Backend",
     "Connection",
     "OutOfOrderError",
@@ -31,6 +32,7 @@ __all__ = [
     "StoreEmptyError",
     "StoreError",
     "StoreUrl",
+    "error_line",
     "mask_url",
     "parse_store_url",
     "scrub",
@@ -118,6 +120,10 @@ class Backend(Protocol):
         """False while a DuckDB file has not been created (PostgreSQL: always True)."""
         ...
 
+    def secret(self) -> str | None:
+        """The password the backend connects with (to scrub from messages), else None."""
+        ...
+
     def read(self) -> AbstractContextManager[Connection]:
         """A consistent read-only snapshot."""
         ...
@@ -137,12 +143,18 @@ class Backend(Protocol):
         ...
 
 
-_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@")
+# user:password@ in a URL; the password runs to the last `@` before a space or a quote, so an
+# unencoded `@` inside it is masked too (masking too much is safe, too little is not).
+_USERINFO = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)(?P<pw>[^\s'\"]*)@")
+# password=... as a URL query parameter or a libpq keyword (`password=x host=...`).
+_PASSWORD_PARAM = re.compile(r"(?P<head>(?:\b|[?&])password=)(?P<pw>[^&\s'\"]*)", re.IGNORECASE)
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by `***` (safe for logs and errors)."""
-    return _USERINFO.sub(lambda m: f"{m.group('head')}***@", str(url))
+    """The URL with any password replaced by `***` (safe for logs and errors): in the
+    user-info part and in a `password=` query parameter."""
+    text = _USERINFO.sub(lambda m: f"{m.group('head')}***@", str(url))
+    return _PASSWORD_PARAM.sub(lambda m: f"{m.group('head')}***", text)
 
 
 def scrub(text: str, secret: str | None) -> str:
@@ -151,6 +163,22 @@ def scrub(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "***")
     return text
+
+
+ERROR_CHARS = 1000
+
+
+def error_line(error: object, secret: str | None = None) -> str | None:
+    """`error` (a message or an exception, shown as `Type: message`) as one line for
+    `runs.error`: whitespace collapsed, URL passwords and `secret` masked, at most ERROR_CHARS
+    characters; None for None."""
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        text = str(error).strip()
+        error = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    line = " ".join(scrub(str(error), secret).split())
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -195,12 +223,17 @@ def parse_store_url(url: str) -> StoreUrl:
         return StoreUrl("duckdb", masked=f"duckdb://{path}", path=path.resolve())
     if scheme in {"postgresql", "postgres", "postgresql+psycopg"}:
         try:
-            parsed = make_url(url)
+            parsed = make_url(_encode_password_at(url))
         except Exception:
             raise StoreArgumentError(
                 f"store URL {mask_url(url)!r} is not a valid PostgreSQL URL"
             ) from None
         parsed = parsed.set(drivername="postgresql+psycopg")
+        query = dict(parsed.query)
+        if "password" in query:  # ?password=...: move it where it is masked and scrubbed
+            password = query.pop("password")
+            password = password[-1] if isinstance(password, tuple) else password
+            parsed = parsed.set(password=password, query=query)
         if not parsed.database:
             raise StoreArgumentError(f"store URL {mask_url(url)!r} names no database")
         masked = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
@@ -209,3 +242,18 @@ def parse_store_url(url: str) -> StoreUrl:
         f"store URL {mask_url(url)!r}: unsupported scheme {scheme!r}; use"
         " duckdb:///path/file.duckdb or postgresql://user@host:port/db"
     )
+
+
+def _encode_password_at(url: str) -> str:
+    """`scheme://user:p@ss@host/db` with the password's unencoded `@` percent-encoded: the
+    user info ends at the last `@` before the path, as libpq reads it (SQLAlchemy would
+    otherwise end the password at the first `@` and take the rest for the host)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@", 0, rest.find("?") if "?" in rest else len(rest))
+    if not sep or at < 0:
+        return url
+    userinfo, tail = rest[:at], rest[at:]
+    if "@" not in userinfo or ":" not in userinfo:
+        return url
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{user}:{password.replace('@', '%40')}{tail}"

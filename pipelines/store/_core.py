@@ -27,6 +27,7 @@ from pipelines.store._common import (
     SchemaVersionError,
     StoreArgumentError,
     StoreEmptyError,
+    error_line,
 )
 from pipelines.store._request import (
     CleanRequest,
@@ -340,6 +341,7 @@ class Store:
         *,
         finished_at: datetime | None = None,
         run_info: Mapping[str, object] | None = None,
+        error: object = None,
     ) -> None:
         """Log a failed run (status `failed`) in `runs` without touching any other table.
 
@@ -353,9 +355,13 @@ class Store:
             When it failed (default: now).
         run_info : mapping, optional
             The known `runs` columns that are known for it (RUN_INFO_KEYS), e.g. mlflow_run_id.
+        error : str or exception, optional
+            Why it failed: stored in `runs.error` as one line, URL passwords masked, at most
+            ERROR_CHARS characters (an exception is shown as `Type: message`).
         """
         run_id, as_of, started_at = check_run_identity(run_id, as_of, started_at)
         info = check_run_info(run_info)
+        message = error_line(error, self._backend.secret())
         finished = finished_at if finished_at is not None else datetime.now(UTC)
         with self.lock():
             if not self._migrated:
@@ -369,7 +375,9 @@ class Store:
                         " a failed run needs its own run_id"
                     )
                 w.execute(f"DELETE FROM {s}.runs WHERE run_id = ?", [run_id])
-                self._insert_run(w, run_id, as_of, started_at, finished, "failed", None, None, info)
+                self._insert_run(
+                    w, run_id, as_of, started_at, finished, "failed", None, None, info, message
+                )
         log.info("recorded failed run %s as of %s in %s", run_id, as_of, self.url)
 
     # -- reading --------------------------------------------------------------------------------
@@ -730,6 +738,7 @@ class Store:
         clients: int | None,
         segments: int | None,
         info: RunInfo,
+        error: str | None = None,
     ) -> None:
         cols = RUNS.column_names
         values = [
@@ -745,6 +754,7 @@ class Store:
             info.get("cluster_model_version"),
             info.get("cltv_model_version"),
             info.get("mlflow_run_id"),
+            error,
         ]
         marks = ", ".join("?" for _ in cols)
         w.execute(

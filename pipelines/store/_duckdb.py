@@ -82,6 +82,10 @@ class DuckDbBackend:
         """The store URL (a DuckDB URL has no password)."""
         return self.masked
 
+    def secret(self) -> str | None:
+        """None: a DuckDB URL has no password."""
+        return None
+
     def exists(self) -> bool:
         """Whether the store file was created."""
         return self.path.exists()

@@ -131,6 +131,10 @@ class PostgresBackend:
         """The store URL with the password masked."""
         return self.masked
 
+    def secret(self) -> str | None:
+        """The password in the store URL, if any."""
+        return self._password
+
     def exists(self) -> bool:
         """Always True: the database exists (the schema may not yet)."""
         return True

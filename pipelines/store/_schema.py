@@ -28,7 +28,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -172,6 +172,7 @@ RUNS = Table(
         ("cluster_model_version", "text"),
         ("cltv_model_version", "text"),
         ("mlflow_run_id", "text"),
+        ("error", "text"),  # schema version 2: why a failed run failed (one line, masked)
     ),
     (("id", "run_id", True),),
 )
@@ -246,6 +247,10 @@ VIEWS = {
 
 READABLE = (*(t.name for t in TABLES), "schema_version", *VIEWS)
 
+# Columns added after version 1, by the version that adds them: (version, table, column).
+# Version 1 creates the tables without them, so a store migrates the same way from any version.
+ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = ((2, RUNS, "error"),)
+
 
 def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
     """The DDL that takes a store from `version - 1` to `version`.
@@ -253,11 +258,27 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
     `schema` is the qualified schema prefix. View bodies name tables unqualified on DuckDB
     (a DuckDB view binds in its own schema, and a file named like its schema would make
     `schema.table` ambiguous) and schema-qualified on PostgreSQL."""
-    if version != 1:
+    if version == 1:
+        return _version_1(schema, dialect)
+    added = [(table, column) for v, table, column in ADDED_COLUMNS if v == version]
+    if not added:
         raise ValueError(f"no migration to schema version {version}")
+    statements = []
+    for table, column in added:
+        kind = TYPES[dict(table.columns)[column]][dialect]
+        statements.append(
+            f"ALTER TABLE {schema}.{table.name} ADD COLUMN IF NOT EXISTS {column} {kind}"
+        )
+    return statements
+
+
+def _version_1(schema: str, dialect: str) -> list[str]:
+    """The first schema: every table without the columns later versions add, and the views."""
+    later = {(table.name, column) for _, table, column in ADDED_COLUMNS}
     statements: list[str] = []
     for table in TABLES:
-        statements.extend(table.ddl(schema, dialect))
+        columns = tuple(c for c in table.columns if (table.name, c[0]) not in later)
+        statements.extend(Table(table.name, columns, table.pg_indexes).ddl(schema, dialect))
     for name, body in VIEWS.items():
         statements.append(f"DROP VIEW IF EXISTS {schema}.{name}")
         prefix = "" if dialect == "duckdb" else f"{schema}."

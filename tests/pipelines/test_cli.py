@@ -162,3 +162,21 @@ def test_interrupt_exits_130(monkeypatch, capsys, verbose):
     monkeypatch.setattr(cli, "_validate", interrupted)
     assert main([*verbose, "validate", "--events", "x.csv"]) == 130
     assert capsys.readouterr().err == "segmentation: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres:s3cr3t-PW@127.0.0.1:1/test",
+        "postgresql://postgres:s3cr@t-PW@127.0.0.1:1/test",
+        "postgresql://postgres@127.0.0.1:1/test?password=s3cr3t-PW",
+    ],
+)
+def test_the_error_line_masks_url_passwords(monkeypatch, capsys, url):
+    def bug(args):
+        raise RuntimeError(f"could not connect to {url}")
+
+    monkeypatch.setattr(cli, "_validate", bug)
+    assert main(["validate", "--events", "x.csv"]) == 1
+    err = capsys.readouterr().err
+    assert "s3cr" not in err and "t-PW" not in err and "***" in err

@@ -172,4 +172,78 @@ def test_rerun_replaces_and_failures_leave_tables_intact(
     pd.testing.assert_frame_equal(after, before["membership"])
     runs = store.runs()
     assert runs["status"].tolist().count("failed") == 2  # the out-of-order and the bad-input run
+    errors = runs.loc[runs["status"] == "failed", "error"].tolist()
+    assert errors[0].startswith("OutOfOrderError: as_of 2025-05-04 is older than")
+    assert "above the allowed" in errors[1] and "\n" not in errors[1]
+    assert runs.loc[runs["status"] != "failed", "error"].isna().all()
     assert store.latest_as_of() == FIRST + timedelta(days=7)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_no_password_reaches_prefect_logs_mlflow_the_store_or_the_report(
+    prefect_harness, dataset, tmp_path, pg_url, caplog, monkeypatch
+):
+    """A store URL with a password, from a config file and from --store: nowhere in Prefect's
+    database, the logs, MLflow (database and artifacts), the store's tables or the report."""
+    import logging
+    import os
+    import uuid
+    from pathlib import Path
+
+    import yaml
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from configs import load_config
+    from pipelines.store import READABLE
+    from tests.pipelines.conftest import drop_schema
+
+    for name in ("SEGMENTATION_STORE_URL", "MLFLOW_TRACKING_URI", "SEGMENTATION_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    secret = "s3cr3t-PW"  # trust auth accepts any password
+    url = pg_url.replace("postgres@", f"postgres:{secret}@")
+    assert secret in url
+    schema = f"t_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "config.yaml"
+    work = tmp_path / "work"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "workdir": str(work),
+                "store": {"url": url, "schema_name": schema},
+                "clustering": {"sample_size": 1500, "min_cluster_size": 25},
+                "schedule": {"retries": 0},
+            }
+        )
+    )
+    config = load_config(path)
+    events = str(dataset / "events")
+    try:
+        with caplog.at_level(logging.DEBUG):
+            run_nightly(config, as_of=FIRST, events=events)  # store.url of the config file
+            run_nightly(config, as_of=FIRST + timedelta(days=1), events=events, store_url=url)
+            with pytest.raises(OutOfOrderError):  # a failed run: its error goes to `runs`
+                run_nightly(config, as_of=FIRST, events=events, store_url=url)
+        store = open_store(url, schema)
+        runs = store.runs()
+        assert runs["status"].tolist().count("failed") == 1
+        tables = " ".join(store.read_sql(name).to_csv() for name in READABLE)
+        store.close()
+    finally:
+        drop_schema(pg_url, schema)
+
+    assert "OutOfOrderError" in tables
+    assert secret not in tables
+    assert secret not in caplog.text
+    db = PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1]
+    prefect_files = [*Path(db).parent.glob("*"), *Path(os.environ["PREFECT_HOME"]).rglob("*")]
+    mlflow_and_report = list(work.rglob("*"))
+    assert any(p.name.endswith(".html") for p in mlflow_and_report)  # the report is there
+    assert any(p.name == "mlflow.db" for p in mlflow_and_report)
+    parameters_seen = False
+    for file in [*prefect_files, *mlflow_and_report]:
+        if file.is_file():
+            data = file.read_bytes()
+            assert secret.encode() not in data, file
+            parameters_seen = parameters_seen or b"postgres:***@" in data
+    assert parameters_seen  # the flow parameters are in Prefect's database, masked

@@ -491,3 +491,62 @@ def test_credentials_never_appear_in_logs(pg_url, caplog):
         drop_schema(pg_url, schema)
     assert "published run" in caplog.text
     assert secret not in caplog.text and secret not in str(info.value)
+
+
+def test_failed_run_logs_its_error_as_one_masked_line(store):
+    started = datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
+    error = RuntimeError("cannot reach\n  postgresql://u:s3cr3t-PW@h/db?password=other-PW\tnow")
+    store.record_failed_run("failed-1", DAYS[1], started, error=error)
+    store.record_failed_run("failed-2", DAYS[1], started, error="x" * 5000)
+    store.record_failed_run("failed-3", DAYS[1], started)
+    runs = store.runs().set_index("run_id")
+    assert runs.loc["failed-1", "error"] == (
+        "RuntimeError: cannot reach postgresql://u:***@h/db?password=*** now"
+    )
+    assert len(runs.loc["failed-2", "error"]) <= 1000
+    assert pd.isna(runs.loc["failed-3", "error"])
+    publish(store, DAYS[:1])
+    assert pd.isna(store.runs().set_index("run_id").loc[f"run-{DAYS[0].isoformat()}", "error"])
+
+
+def test_a_store_at_schema_version_1_gains_runs_error(store_location, monkeypatch):
+    import pipelines.store._core as core
+
+    url, schema = store_location()
+    monkeypatch.setattr(core, "SCHEMA_VERSION", 1)
+    with open_store(url, schema) as old:  # a store written by the previous engine
+        old.migrate()
+        assert old.schema_version() == 1
+        assert "error" not in old.runs().columns
+    monkeypatch.undo()
+    store = open_store(url, schema, lock_timeout=10, reader_retry=10)
+    publish(store, DAYS[:1])  # an old store upgrades on its next write
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    started = datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
+    store.record_failed_run("failed-1", DAYS[1], started, error=ValueError("boom"))
+    runs = store.runs().set_index("run_id")
+    assert runs.loc["failed-1", "error"] == "ValueError: boom"
+    assert runs.loc[f"run-{DAYS[0].isoformat()}", "status"] == "success"
+    assert store.migrate() == 2  # idempotent
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/test?password=s3cr3t-PW", "s3cr3t-PW"),
+        ("postgresql://postgres:s3cr@t-PW@127.0.0.1:1/test", "s3cr@t-PW"),
+        ("postgresql://postgres:p@ss@w0rd@127.0.0.1:1/test", "ss@w0rd"),
+    ],
+)
+def test_query_and_at_sign_passwords_are_masked(url, secret):
+    parsed = parse_store_url(url)
+    assert parsed.sqlalchemy_url.host == "127.0.0.1"  # an unencoded @ ends no password
+    assert secret not in parsed.masked and "***" in parsed.masked
+    assert secret not in mask_url(url) and secret not in mask_url(f"see '{url}' now")
+    store = open_store(url, "segmentation")
+    assert secret not in repr(store) and secret not in store.url
+    with pytest.raises(StoreConnectionError) as info:
+        store.runs()
+    assert secret not in str(info.value)
+    store.close()
