@@ -5,10 +5,12 @@ Layer: delivery, the top. May import every package below (`segmentation`, `model
 the engine imports it (import-linter contracts in pyproject.toml; docs/architecture.md).
 
 Modules: `cli` (the `segmentation` console script), `nightly` and `steps` (the Prefect flows
-and their steps), `policy` (refit, quality gates, champion and promotion: pure decisions), `store` (atomic publishing and readers), `tracking` and `registry` (MLflow),
-`report`, `schedule`, `demo`, `quality`, `prefect_utils`. The names below are their public
-entry points, imported lazily (PEP 562): `import pipelines` (and `import pipelines.cli`)
-imports neither Prefect, MLflow, hdbscan, plotly nor scikit-learn.
+and their steps), `policy` (refit, quality gates, champion and promotion: pure decisions),
+`flow_params` (flow parameters without secrets), `scratch` (the run's scratch folders),
+`store` (atomic publishing and readers), `tracking` and `registry` (MLflow), `report`,
+`schedule`, `demo`, `quality`, `prefect_utils`. The names below are their public entry
+points, imported lazily (PEP 562): `import pipelines` (and `import pipelines.cli`) imports
+neither Prefect, MLflow, hdbscan, plotly nor scikit-learn.
 """
 
 from __future__ import annotations

@@ -13,12 +13,7 @@ Prefect tasks at the bottom are thin wrappers of the steps, so Prefect tracks an
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
-import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -32,15 +27,10 @@ import pandas as pd
 from prefect import flow, task
 
 from configs import (
-    ENV_MLFLOW_URI,
-    ENV_STORE_URL,
     EngineConfig,
-    SegmentationError,
-    config_from_mapping,
-    load_config,
 )
-from features.events import connect_for_events
-from pipelines import policy, steps
+from pipelines import flow_params, policy, scratch, steps
+from pipelines.flow_params import FlowArgumentError
 from pipelines.policy import ModelChoice, Promotion, RefitDecision
 from pipelines.prefect_utils import ensure_prefect_api, retry_options
 from pipelines.steps import (
@@ -76,10 +66,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class FlowArgumentError(SegmentationError, ValueError):
-    """A flow or command called with arguments that contradict each other."""
 
 
 class RunSummary(TypedDict):
@@ -119,7 +105,7 @@ def run_nightly(
     The flow's parameters (kept by Prefect in its database) carry no secret: URLs with a
     password go as their masked form, and the flow resolves the real ones in this process."""
     with (
-        _secret_parameters(config, store_url) as params,
+        flow_params.secret_parameters(config, store_url) as params,
         _logged_if_not_started(params, config, store_url, as_of),
     ):
         ensure_prefect_api()
@@ -142,7 +128,7 @@ def run_backfill(
 ) -> list[RunSummary]:
     """The nightly flow for each date from start to end, in order."""
     with (
-        _secret_parameters(config, store_url) as params,
+        flow_params.secret_parameters(config, store_url) as params,
         _logged_if_not_started(params, config, store_url, start),
     ):
         ensure_prefect_api()
@@ -164,7 +150,7 @@ def nightly(
 
     `config` and `store_url` may hold masked URLs (`user:***@host`): the real ones come from
     `secrets_ref` (this process) or the environment or the config file (a served run)."""
-    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
+    cfg, store_url = flow_params.resolve_secrets(config, store_url, secrets_ref)
     day = _as_of_or_yesterday(as_of)
     return nightly_run(
         cfg,
@@ -181,7 +167,7 @@ def nightly_flow_for_demo(
     config: EngineConfig, dates: list[date], events: str, show_progress: bool = True
 ) -> list[RunSummary]:
     """One nightly flow run per date, in order, printing progress (the demo)."""
-    with _secret_parameters(config, None) as params:
+    with flow_params.secret_parameters(config, None) as params:
         ensure_prefect_api()
         return [
             nightly(**params, as_of=day.isoformat(), events=events, show_progress=show_progress)
@@ -199,7 +185,7 @@ def backfill(
     secrets_ref: str | None = None,
 ) -> list[RunSummary]:
     """The nightly run for every date from start to end (inclusive), oldest first."""
-    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
+    cfg, store_url = flow_params.resolve_secrets(config, store_url, secrets_ref)
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     if last < first:
         raise FlowArgumentError(f"backfill end {last} is before start {first}")
@@ -220,7 +206,7 @@ def refit(
     secrets_ref: str | None = None,
 ) -> RunSummary:
     """A nightly run that refits the clustering and CLTV models whatever the policy says."""
-    cfg, store_url = _resolve_secrets(config, store_url, secrets_ref)
+    cfg, store_url = flow_params.resolve_secrets(config, store_url, secrets_ref)
     day = _as_of_or_yesterday(as_of)
     return nightly_run(cfg, day, events=events, store_url=store_url, force_refit=True)
 
@@ -231,7 +217,7 @@ def serve(config: EngineConfig) -> None:
 
     # A deployment's parameters live in Prefect's database: secrets go masked, and each
     # scheduled run resolves them from the environment or the config file when it starts.
-    parameters = {"config": _masked_payload(config), "as_of": None}
+    parameters = {"config": flow_params.masked_payload(config), "as_of": None}
     serve_nightly(nightly, config, parameters=parameters)
 
 
@@ -292,7 +278,7 @@ def nightly_run(
         clock = _Clock(as_of, progress or log.info)
         run = _Run(config, as_of, run_id, started, clock, store, registry, tracked)
         try:
-            con = stack.enter_context(_events_connection(config))
+            con = stack.enter_context(scratch.events_connection(config))
             latest = _latest_as_of(store)
             _check_order(latest, as_of, rebuild)
             tonight = _compute(run, con, events or config.events_path, latest, force_refit)
@@ -552,63 +538,6 @@ def _open_store(config: EngineConfig, url: str) -> Store:
     )
 
 
-SCRATCH_PREFIX = "duckdb-"
-SCRATCH_OWNER = ".owner.lock"  # flocked by the run using the folder, for as long as it runs
-UNOWNED_SCRATCH_SECONDS = 24 * 3600  # a folder without an owner lock (older engine): stale after
-
-
-@contextmanager
-def _events_connection(config: EngineConfig) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection for tonight's events, spilling to a scratch folder in the workdir.
-
-    The folder (which holds a copy of the events) is removed at the end; one left by a killed
-    run is removed by the next run: its owner lock is free once its process is gone."""
-    remove_stale_scratch(config.workdir_path)
-    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=config.workdir_path) as tmp:
-        owner = os.open(Path(tmp) / SCRATCH_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            con = connect_for_events(config.features, tmp)
-            try:
-                yield con
-            finally:
-                con.close()
-        finally:
-            os.close(owner)
-
-
-def remove_stale_scratch(workdir: Path) -> list[Path]:
-    """Remove the scratch folders in `workdir` whose run is gone; return them."""
-    removed = []
-    for folder in sorted(workdir.glob(f"{SCRATCH_PREFIX}*")):
-        if folder.is_dir() and not _scratch_in_use(folder):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    if removed:
-        log.info("removed %d scratch folder(s) left by killed runs: %s", len(removed), removed)
-    return removed
-
-
-def _scratch_in_use(folder: Path) -> bool:
-    """True while a live run holds the folder's owner lock (or it is too new to judge)."""
-    try:
-        fd = os.open(folder / SCRATCH_OWNER, os.O_RDWR)
-    except FileNotFoundError:  # no owner lock: being created now, or left by an older engine
-        try:
-            return time.time() - folder.stat().st_mtime < UNOWNED_SCRATCH_SECONDS
-        except FileNotFoundError:
-            return True
-    try:
-        if time.time() - os.fstat(fd).st_mtime < 10:  # its owner may be about to lock it
-            return True
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
-
-
 def _registration(run: _Run) -> Registration | None:
     """Where refits are registered: the registry under the tracked run (None: MLflow off)."""
     if run.registry is None or not run.tracked.run_id:
@@ -695,38 +624,6 @@ def _write_report(
         return None
 
 
-def _config_payload(config: EngineConfig) -> dict[str, Any]:
-    """The config as a JSON flow parameter (with its resolved work directory)."""
-    payload = config.model_dump(mode="json")
-    payload["workdir"] = str(config.workdir_path)
-    return payload
-
-
-# Secret flow inputs of this process, by a random reference passed as a flow parameter instead.
-_SECRETS: dict[str, tuple[dict[str, Any], str | None]] = {}
-_SECRET_KEYS = (("store", "url"), ("mlflow", "tracking_uri"))
-_STARTED: set[str] = set()  # references whose flow body started (it logs its own failures)
-
-
-@contextmanager
-def _secret_parameters(config: EngineConfig, store_url: str | None) -> Iterator[dict[str, Any]]:
-    """Flow parameters without secrets (`config`, `store_url`, `secrets_ref`), the real values
-    kept in this process under the reference for as long as the flow runs."""
-    from pipelines.store import mask_url
-
-    ref = secrets.token_hex(16)
-    _SECRETS[ref] = (_config_payload(config), store_url)
-    try:
-        yield {
-            "config": _masked_payload(config),
-            "store_url": mask_url(store_url) if store_url else None,
-            "secrets_ref": ref,
-        }
-    finally:
-        _SECRETS.pop(ref, None)
-        _STARTED.discard(ref)
-
-
 @contextmanager
 def _logged_if_not_started(
     params: Mapping[str, Any], config: EngineConfig, store_url: str | None, as_of: date | None
@@ -736,7 +633,7 @@ def _logged_if_not_started(
     try:
         yield
     except Exception as exc:
-        if params["secrets_ref"] not in _STARTED:
+        if not flow_params.started(params["secrets_ref"]):
             _record_unstarted_failure(config, store_url, as_of or _as_of_or_yesterday(None), exc)
         raise
 
@@ -755,59 +652,3 @@ def _record_unstarted_failure(
         _record_failure(store, run_id, as_of, started, None, exc)
     finally:
         store.close()
-
-
-def _masked_payload(config: EngineConfig) -> dict[str, Any]:
-    """The config payload with the password of every URL in it masked."""
-    from pipelines.store import mask_url
-
-    payload = _config_payload(config)
-    for section, key in _SECRET_KEYS:
-        payload[section] = {**payload[section], key: mask_url(payload[section][key])}
-    return payload
-
-
-def _resolve_secrets(
-    payload: dict[str, Any] | None, store_url: str | None, ref: str | None
-) -> tuple[EngineConfig, str | None]:
-    """The config and store URL a flow runs with: the real ones registered under `ref` in this
-    process; else (a served or API-triggered run) masked URLs are unmasked from the
-    environment (SEGMENTATION_STORE_URL, MLFLOW_TRACKING_URI) or the config file at `source`."""
-    if ref is not None and ref in _SECRETS:
-        real, url = _SECRETS[ref]
-        _STARTED.add(ref)  # from here on, the run logs its own failure
-        return _config_from_payload(real), url
-    if payload is None:
-        return _config_from_payload(None), _unmask(store_url, "store URL", [ENV_STORE_URL], [])
-    raw = {**payload, **{section: dict(payload[section]) for section, _ in _SECRET_KEYS}}
-    source = raw.get("source")
-    from_file = load_config(source) if source and Path(source).is_file() else None
-    for (section, key), env in zip(_SECRET_KEYS, (ENV_STORE_URL, ENV_MLFLOW_URI), strict=True):
-        filed = [getattr(getattr(from_file, section), key)] if from_file is not None else []
-        raw[section][key] = _unmask(raw[section][key], f"{section}.{key}", [env], filed)
-    return _config_from_payload(raw), _unmask(store_url, "store URL", [ENV_STORE_URL], [])
-
-
-def _unmask(value: str | None, what: str, envs: list[str], candidates: list[str]) -> str | None:
-    """`value` itself when it holds no masked password, else the candidate (environment first)
-    whose masked form it is; a masked value nothing matches fails, naming where to put it."""
-    from pipelines.store import mask_url
-
-    if value is None or "***" not in value:
-        return value
-    for candidate in [*(os.environ.get(env) for env in envs), *candidates]:
-        if candidate and mask_url(candidate) == value:
-            return candidate
-    raise FlowArgumentError(
-        f"{what} {value} reached the flow with its password masked and nothing to take it"
-        f" from: set {' or '.join(envs)} to the full URL where the flow runs"
-    )
-
-
-def _config_from_payload(payload: dict[str, Any] | None) -> EngineConfig:
-    """The config back from a flow parameter; None: the default config (and environment)."""
-    if payload is None:
-        return load_config()
-    raw = dict(payload)
-    source = raw.pop("source", None) or "<flow parameter>"
-    return config_from_mapping(raw, source=source)

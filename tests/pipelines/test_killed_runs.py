@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import nightly
-from pipelines.nightly import SCRATCH_OWNER, remove_stale_scratch
+from pipelines import scratch
+from pipelines.scratch import SCRATCH_OWNER, remove_stale_scratch
 
 
 def _age(path: Path, seconds: float) -> None:
@@ -55,7 +55,7 @@ def test_a_run_holds_its_scratch_folder_and_removes_it(tmp_path):
     from configs import config_from_mapping
 
     config = config_from_mapping({"workdir": str(tmp_path)}, source="<test>")
-    with nightly._events_connection(config) as con:
+    with scratch.events_connection(config) as con:
         con.execute("SELECT 1")
         (folder,) = tmp_path.glob("duckdb-*")
         _age(folder / SCRATCH_OWNER, 60)

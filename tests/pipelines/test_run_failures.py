@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from pipelines import nightly
+from pipelines import flow_params, nightly
 from pipelines.store import StoreConnectionError, open_store
 
 SECRET = "s3cr3t-PW"
@@ -65,7 +65,7 @@ def test_a_run_that_fails_before_its_flow_starts_is_logged(tmp_path, monkeypatch
     assert runs["status"].tolist() == ["failed", "failed"]
     assert (runs["as_of"].dt.date == AS_OF).all()
     assert runs["error"].str.startswith("RuntimeError: Timed out while attempting").all()
-    assert not nightly._SECRETS and not nightly._STARTED
+    assert not flow_params._SECRETS and not flow_params._STARTED
 
 
 def test_first_use_of_a_sqlite_mlflow_database_is_serialised(tmp_path):

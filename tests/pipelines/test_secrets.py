@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from configs import load_config
-from pipelines import nightly
+from pipelines import flow_params, nightly
 from pipelines.nightly import FlowArgumentError
 
 SECRET = "s3cr3t-PW"
@@ -36,37 +36,37 @@ def config(tmp_path, monkeypatch):
 
 
 def test_flow_parameters_carry_no_secret(config):
-    with nightly._secret_parameters(config, STORE + "?sslmode=disable") as params:
+    with flow_params.secret_parameters(config, STORE + "?sslmode=disable") as params:
         assert SECRET not in json.dumps(params)
         assert params["config"]["store"]["url"] == "postgresql://postgres:***@127.0.0.1:5432/test"
-        cfg, url = nightly._resolve_secrets(
+        cfg, url = flow_params.resolve_secrets(
             params["config"], params["store_url"], params["secrets_ref"]
         )
         assert cfg.store.url == STORE and cfg.mlflow.tracking_uri == MLFLOW
         assert url == STORE + "?sslmode=disable"
         assert cfg.digest() == config.digest()
-    assert not nightly._SECRETS  # forgotten once the flow has run
+    assert not flow_params._SECRETS  # forgotten once the flow has run
 
 
 def test_a_served_run_resolves_masked_urls_from_the_config_file(config):
-    cfg, url = nightly._resolve_secrets(nightly._masked_payload(config), None, None)
+    cfg, url = flow_params.resolve_secrets(flow_params.masked_payload(config), None, None)
     assert cfg.store.url == STORE and cfg.mlflow.tracking_uri == MLFLOW and url is None
 
 
 def test_a_masked_store_url_parameter_resolves_from_the_environment(config, monkeypatch):
     masked = "postgresql://postgres:***@127.0.0.1:5432/test"
     with pytest.raises(FlowArgumentError, match="SEGMENTATION_STORE_URL") as info:
-        nightly._resolve_secrets(nightly._masked_payload(config), masked, "gone")
+        flow_params.resolve_secrets(flow_params.masked_payload(config), masked, "gone")
     assert SECRET not in str(info.value)
     monkeypatch.setenv("SEGMENTATION_STORE_URL", STORE)
-    _, url = nightly._resolve_secrets(nightly._masked_payload(config), masked, "gone")
+    _, url = flow_params.resolve_secrets(flow_params.masked_payload(config), masked, "gone")
     assert url == STORE
 
 
 def test_masked_urls_without_a_config_file_fail_clearly(config):
-    payload = {**nightly._masked_payload(config), "source": "<flow parameter>"}
+    payload = {**flow_params.masked_payload(config), "source": "<flow parameter>"}
     with pytest.raises(FlowArgumentError, match="store.url") as info:
-        nightly._resolve_secrets(payload, None, None)
+        flow_params.resolve_secrets(payload, None, None)
     assert SECRET not in str(info.value)
 
 
@@ -74,8 +74,8 @@ def test_urls_without_a_password_pass_unchanged(tmp_path):
     from configs import config_from_mapping
 
     config = config_from_mapping({"workdir": str(tmp_path)}, source="<test>")
-    with nightly._secret_parameters(config, "duckdb:///x.duckdb") as params:
-        assert params["config"] == nightly._config_payload(config)
+    with flow_params.secret_parameters(config, "duckdb:///x.duckdb") as params:
+        assert params["config"] == flow_params.config_payload(config)
         assert params["store_url"] == "duckdb:///x.duckdb"
 
 
