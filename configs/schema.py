@@ -12,6 +12,7 @@ import json
 import numbers
 import os
 from collections.abc import Iterable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -56,6 +57,17 @@ class EventsConfig(_Section):
     max_bad_share: float = Field(0.05, ge=0, le=1)
     taxonomy_file: str = "taxonomy.yaml"
     extra_event_types: dict[str, str] = Field(default_factory=dict)
+    earliest_event_time: date = Field(
+        date(2000, 1, 1),
+        description="events before this day (UTC) are quarantined as implausible_event_time",
+    )
+    max_amount: float = Field(
+        1e9,
+        gt=0,
+        le=1e12,
+        description="amounts above this are quarantined as amount_out_of_range (the feature"
+        " build sums money in integer micro-units, which overflow from about 9.22e12)",
+    )
 
     @field_validator("extra_event_types")
     @classmethod

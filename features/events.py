@@ -20,6 +20,7 @@ import yaml
 
 from configs import STAGES, EngineConfig, FeaturesConfig, SegmentationError
 from configs.paths import CONFIG_DIR
+from features.csv_source import MALFORMED_LINE, CsvHeaderError, CsvSource
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
 OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
@@ -27,15 +28,21 @@ CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 OTHER_STAGE = "other"
 
 # Order matters: a row with several problems is quarantined under the first that applies.
+# `malformed_line` (a CSV line that does not parse) comes before them all: nothing of the line
+# is typed.
 REASONS = (
+    MALFORMED_LINE,
     "missing_client_id",
     "missing_event_time",
     "missing_event_type",
+    "nul_byte",
     "unparseable_event_time",
+    "implausible_event_time",
     "future_event_time",
     "unparseable_amount",
     "non_finite_amount",
     "negative_amount",
+    "amount_out_of_range",
     "unparseable_sentiment",
     "sentiment_out_of_range",
 )
@@ -52,6 +59,24 @@ EVENT_SCHEMA = {
     "sentiment": "DOUBLE",
     "event_id": "VARCHAR",
 }
+TEXT_COLUMNS = ("client_id", "event_type", "channel", "category", "event_id")
+DEFAULT_EARLIEST_EVENT_TIME = date(2000, 1, 1)
+# Far below the 9.22e12 where the feature build's integer micro-units overflow a BIGINT.
+DEFAULT_MAX_AMOUNT = 1e9
+_INTEGER_TYPES = frozenset(
+    (
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "UHUGEINT",
+    )
+)
 
 
 class EventContractError(SegmentationError, ValueError):
@@ -152,6 +177,8 @@ def load_events(
     now: datetime | None = None,
     events_table: str = "events",
     quarantine_table: str = "quarantine",
+    earliest_event_time: date = DEFAULT_EARLIEST_EVENT_TIME,
+    max_amount: float = DEFAULT_MAX_AMOUNT,
 ) -> ValidationReport:
     """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
 
@@ -178,6 +205,12 @@ def load_events(
         The time future events are measured against; default the current time.
     events_table, quarantine_table : str
         Names of the tables created (replaced if they exist).
+    earliest_event_time : datetime.date, default 2000-01-01
+        Events before this day (UTC) are quarantined as implausible (`0001-01-01`, BC dates,
+        `epoch`, `-infinity`).
+    max_amount : float, default 1e9
+        Amounts above this are quarantined as out of range (the feature build sums money in
+        integer micro-units, which overflow from about 9.22e12).
 
     Returns
     -------
@@ -194,29 +227,79 @@ def load_events(
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
-    reader = _reader_sql(kind, files)
+    csv_source = _csv_source(files) if kind == "csv" else None
+    reader = csv_source.reader("a") if csv_source else _reader_sql(files)
     columns = _source_columns(con, reader)
-    _check_required(con, kind, files, columns, path)
+    _check_required(con, files, columns, path, csv_source)
     now = now or datetime.now(UTC)
     cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
+    limits = _Limits(cutoff, datetime.combine(earliest_event_time, datetime.min.time()), max_amount)
+    try:
+        _create_tables(
+            con, columns, reader, taxonomy, limits, events_table, quarantine_table, csv_source
+        )
+    except duckdb.Error as exc:
+        raise _read_error(con, kind, files, columns, path, exc) from exc
+    finally:
+        if csv_source:
+            csv_source.drop_rejects(con)
+    duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
+    return _validation_report(con, events_table, quarantine_table, duplicates)
 
+
+@dataclass(frozen=True)
+class _Limits:
+    """The bounds of plausible values: latest and earliest event time, largest amount."""
+
+    cutoff: datetime
+    earliest: datetime
+    max_amount: float
+
+
+def _csv_source(files: list[str]) -> CsvSource:
+    try:
+        return CsvSource.of(files)
+    except CsvHeaderError as exc:
+        raise EventContractError(str(exc)) from exc
+
+
+def _create_tables(
+    con: duckdb.DuckDBPyConnection,
+    columns: dict[str, tuple[str, str]],
+    reader: str,
+    taxonomy: Taxonomy,
+    limits: _Limits,
+    events_table: str,
+    quarantine_table: str,
+    csv_source: CsvSource | None,
+) -> None:
+    """The typed pass into `events_table`, then the raw pass into `quarantine_table`, then the
+    malformed CSV lines (stored by the first pass) appended to the quarantine. The quarantine
+    has the contract columns, `source_file`, and `line_number` and `raw_line` (set for a
+    malformed line only)."""
     typed = _typed_sql(columns, reader)
-    reason = _reason_sql(columns, cutoff)
+    reason = _reason_sql(columns, limits)
     stage = _stage_sql(taxonomy)
     select_cols = ", ".join(c if c != "stage" else f"{stage} AS stage" for c in EVENT_SCHEMA)
     con.execute(
         f"CREATE OR REPLACE TABLE {events_table} AS"
         f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
     )
+    second = csv_source.reader("b") if csv_source else reader
     raw_cols = ", ".join(_raw_sql(c, columns) for c in CONTRACT_COLUMNS)
     con.execute(
         f"CREATE OR REPLACE TABLE {quarantine_table} AS"
-        f" SELECT reason, {raw_cols}, source_file FROM ("
-        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, reader, keep_source=True)}) AS t"
+        f" SELECT reason, {raw_cols}, source_file,"
+        f"  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line FROM ("
+        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, second, keep_source=True)}) AS t"
         f" ) AS q WHERE reason IS NOT NULL"
     )
-    duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
-    return _validation_report(con, events_table, quarantine_table, duplicates)
+    if csv_source:
+        con.execute(
+            f"INSERT INTO {quarantine_table} (reason, source_file, line_number, raw_line)"
+            f" SELECT '{MALFORMED_LINE}', source_file, line_number, raw_line"
+            f" FROM ({csv_source.malformed_sql()}) AS m"
+        )
 
 
 def _validation_report(
@@ -323,6 +406,8 @@ def load_configured_events(
         taxonomy=taxonomy,
         future_tolerance_hours=config.events.future_tolerance_hours,
         now=now,
+        earliest_event_time=config.events.earliest_event_time,
+        max_amount=config.events.max_amount,
     )
 
 
@@ -341,13 +426,9 @@ def day_end(as_of: date) -> datetime:
     return datetime(as_of.year, as_of.month, as_of.day) + timedelta(days=1)
 
 
-def _reader_sql(kind: str, files: list[str]) -> str:
+def _reader_sql(files: list[str]) -> str:
+    """The Parquet reader of `files` (CSV goes through `CsvSource`, its dialect pinned)."""
     listing = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-    if kind == "csv":
-        return (
-            f"read_csv({listing}, all_varchar = true, header = true, union_by_name = true,"
-            " filename = 'source_file')"
-        )
     return f"read_parquet({listing}, union_by_name = true, filename = 'source_file')"
 
 
@@ -365,27 +446,77 @@ def _source_columns(con: duckdb.DuckDBPyConnection, reader: str) -> dict[str, tu
 
 def _check_required(
     con: duckdb.DuckDBPyConnection,
-    kind: str,
     files: list[str],
     columns: dict[str, tuple[str, str]],
     path: str | os.PathLike[str],
+    csv_source: CsvSource | None = None,
 ) -> None:
-    """Every required column in the union and in each file (a stray file fails, named)."""
+    """Every required column in the union and in each file (a stray file fails, named), and a
+    client_id of text or integers (a float id would turn NaN into a client "nan")."""
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise EventContractError(
             f"events at {path}: missing required column(s) {', '.join(missing)}"
             f" (found: {', '.join(columns) or 'none'})"
         )
-    if len(files) == 1:
-        return
-    for file in files:
-        found = set(_source_columns(con, _reader_sql(kind, [file])))
-        lacking = [c for c in REQUIRED_COLUMNS if c not in found]
-        if lacking:
+    per_file: dict[str, dict[str, tuple[str, str]]] = {}
+    if len(files) > 1:
+        for file in files:
+            if csv_source:
+                found = {n.strip().lower(): (n, "VARCHAR") for n in csv_source.header_of(file)}
+            else:
+                found = _source_columns(con, _reader_sql([file]))
+            per_file[file] = found
+            lacking = [c for c in REQUIRED_COLUMNS if c not in found]
+            if lacking:
+                raise EventContractError(
+                    f"events file {file}: missing required column(s) {', '.join(lacking)}"
+                )
+    else:
+        per_file[files[0]] = columns
+    for file, found in per_file.items():
+        name, dtype = found["client_id"]
+        if dtype != "VARCHAR" and dtype not in _INTEGER_TYPES:
             raise EventContractError(
-                f"events file {file}: missing required column(s) {', '.join(lacking)}"
+                f"events file {file}: column {name} has type {dtype}; client ids must be"
+                " text or integers"
             )
+
+
+def _read_error(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    files: list[str],
+    columns: dict[str, tuple[str, str]],
+    path: str | os.PathLike[str],
+    exc: duckdb.Error,
+) -> EventContractError:
+    """A read that failed (a Parquet timestamp out of range, a corrupt file) as an error naming
+    the file and the column, found by reading each contract column of each file alone."""
+    reason = str(exc).strip().splitlines()[0]
+    for file in files if kind == "parquet" else []:
+        reader = _reader_sql([file])
+        try:
+            found = _source_columns(con, reader)
+        except EventContractError as inner:
+            return EventContractError(f"events file {file}: cannot be read: {inner}")
+        for col in CONTRACT_COLUMNS:
+            if col not in found:
+                continue
+            try:
+                con.execute(f"SELECT max({_quoted(found, col)}) FROM {reader}").fetchall()
+            except duckdb.Error as inner:
+                detail = str(inner).strip().splitlines()[0]
+                name, dtype = found[col]
+                return EventContractError(
+                    f"events file {file}: column {name} ({dtype}) cannot be read: {detail}"
+                    + (
+                        " (a time outside the years DuckDB can hold)"
+                        if "Timestamp" in detail
+                        else ""
+                    )
+                )
+    return EventContractError(f"events at {path}: cannot be read: {reason}")
 
 
 def _quoted(columns: dict[str, tuple[str, str]], col: str) -> str:
@@ -413,6 +544,14 @@ def _typed_sql(columns: dict[str, tuple[str, str]], reader: str, keep_source: bo
         else:  # typed: no text to inspect (casting every value to text is slow)
             present = f"{_quoted(columns, col)} IS NOT NULL"
         parts.append(f"{present} AS has_{col}")
+    # A NUL in a text field, checked on the source columns (cheaper than on the trimmed text;
+    # trimming keeps NUL bytes). Integer client ids hold none.
+    nul = [
+        f"contains({_quoted(columns, c)}, chr(0))"
+        for c in TEXT_COLUMNS
+        if c in columns and columns[c][1] == "VARCHAR"
+    ]
+    parts.append(f"coalesce({' OR '.join(nul) or 'false'}, false) AS has_nul")
     if keep_source:
         parts += [f"{_quoted(columns, c)} AS src_{c}" for c in CONTRACT_COLUMNS if c in columns]
         parts.append("source_file")
@@ -420,23 +559,34 @@ def _typed_sql(columns: dict[str, tuple[str, str]], reader: str, keep_source: bo
 
 
 def _raw_sql(col: str, columns: dict[str, tuple[str, str]]) -> str:
+    """A raw value as text, NUL bytes removed (PostgreSQL text cannot hold them)."""
     if col not in columns:
         return f"NULL::VARCHAR AS {col}"
-    return f"CAST(src_{col} AS VARCHAR) AS {col}"
+    return f"replace(CAST(src_{col} AS VARCHAR), chr(0), '') AS {col}"
 
 
 def _text(col: str, columns: dict[str, tuple[str, str]], lower: bool) -> str:
+    """A text field, trimmed of spaces and of byte order marks (U+FEFF, left inside values by
+    concatenated exports; a value starting with one loses it when read back through COPY and
+    Arrow's CSV reader). The BOM trim, twice the cost of a plain trim, runs only where one is."""
     if col not in columns:
         return f"NULL::VARCHAR AS {col}"
-    value = f"nullif(trim(CAST({_quoted(columns, col)} AS VARCHAR)), '')"
+    raw = f"CAST({_quoted(columns, col)} AS VARCHAR)"
+    if columns[col][1] == "VARCHAR":
+        trimmed = (
+            f"CASE WHEN contains({raw}, '\ufeff') THEN trim({raw}, ' \ufeff') ELSE trim({raw}) END"
+        )
+    else:
+        trimmed = f"trim({raw})"
+    value = f"nullif({trimmed}, '')"
     return f"{'lower(' + value + ')' if lower else value} AS {col}"
 
 
 def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
     _, dtype = columns["event_time"]
     quoted = _quoted(columns, "event_time")
-    if dtype.startswith("TIMESTAMP WITH TIME ZONE"):
-        expr = f"timezone('UTC', {quoted})"
+    if "WITH TIME ZONE" in dtype or dtype.startswith("TIMESTAMPTZ"):  # TIMESTAMPTZ_NS too
+        expr = f"timezone('UTC', CAST({quoted} AS TIMESTAMPTZ))"
     elif dtype.startswith("TIMESTAMP") or dtype == "DATE":
         expr = f"CAST({quoted} AS TIMESTAMP)"
     else:
@@ -512,22 +662,30 @@ def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str) -> int:
     return dropped
 
 
-def _reason_sql(columns: dict[str, tuple[str, str]], cutoff: datetime) -> str:
+def _reason_sql(columns: dict[str, tuple[str, str]], limits: _Limits) -> str:
     """The first reason that applies to a typed row, or NULL for a valid row.
 
     `NOT isfinite` rather than `isnan`: DuckDB 2.0 answers isnan() false for NaN read from
-    Parquet (checked with a file written by pyarrow), while isfinite() is right.
+    Parquet (checked with a file written by pyarrow), while isfinite() is right. A NUL byte in
+    any text field is quarantined: PostgreSQL text cannot hold it. Each range is one BETWEEN,
+    split into its two reasons only for the rows outside it: every reference to a typed column
+    parses the text again (a CSV time costs a TIMESTAMPTZ parse per reference).
     """
-    limit = cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+    latest = limits.cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+    earliest = limits.earliest.strftime("%Y-%m-%d %H:%M:%S.%f")
     return f"""CASE
         WHEN client_id IS NULL THEN 'missing_client_id'
         WHEN NOT has_event_time THEN 'missing_event_time'
         WHEN event_type IS NULL THEN 'missing_event_type'
-        WHEN event_time IS NULL THEN 'unparseable_event_time'
-        WHEN event_time > TIMESTAMP '{limit}' THEN 'future_event_time'
+        WHEN has_nul THEN 'nul_byte'
+        WHEN NOT coalesce(event_time BETWEEN TIMESTAMP '{earliest}' AND TIMESTAMP '{latest}', false)
+            THEN CASE WHEN event_time IS NULL THEN 'unparseable_event_time'
+                      WHEN event_time < TIMESTAMP '{earliest}' THEN 'implausible_event_time'
+                      ELSE 'future_event_time' END
         WHEN has_amount AND amount IS NULL THEN 'unparseable_amount'
         WHEN amount IS NOT NULL AND NOT isfinite(amount) THEN 'non_finite_amount'
-        WHEN amount < 0 THEN 'negative_amount'
+        WHEN amount NOT BETWEEN 0 AND {float(limits.max_amount)!r} THEN
+            CASE WHEN amount < 0 THEN 'negative_amount' ELSE 'amount_out_of_range' END
         WHEN has_sentiment AND sentiment IS NULL THEN 'unparseable_sentiment'
         WHEN sentiment IS NOT NULL AND NOT isfinite(sentiment) THEN 'sentiment_out_of_range'
         WHEN sentiment < -1 OR sentiment > 1 THEN 'sentiment_out_of_range'

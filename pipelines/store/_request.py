@@ -190,11 +190,14 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     _in_range(scores["p_alive"], "scores.p_alive", 0.0, 1.0)
 
     quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
-    quarantine = _frame(quarantine, "quarantine", ["reason"], keep=["reason", *QUARANTINE_RAW])
-    for col in QUARANTINE_RAW:
+    kept = ["reason", *QUARANTINE_RAW, "line_number"]
+    quarantine = _frame(quarantine, "quarantine", ["reason"], keep=kept)
+    for col in kept[1:]:
         if col not in quarantine.columns:
             quarantine[col] = None
-    quarantine = quarantine[["reason", *QUARANTINE_RAW]]
+    quarantine = quarantine[kept]
+    lines = pd.to_numeric(quarantine["line_number"], errors="coerce")
+    quarantine["line_number"] = lines.astype("Int64")
     if quarantine["reason"].isna().any():
         raise PublishInputError("quarantine.reason has null values: every rejected row needs one")
 

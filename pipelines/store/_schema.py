@@ -176,10 +176,17 @@ RUNS = Table(
     ),
     (("id", "run_id", True),),
 )
-QUARANTINE_RAW = (*CONTRACT_COLUMNS, "source_file")  # the raw text of a rejected event row
+# The raw text of a rejected event row; for a malformed file line (reason malformed_line) the
+# whole line and its number (schema version 2), since it has no fields to split.
+QUARANTINE_RAW = (*CONTRACT_COLUMNS, "source_file", "raw_line")
 QUARANTINE = Table(
     "quarantine",
-    (("run_id", "text"), ("reason", "text"), *((c, "text") for c in QUARANTINE_RAW)),
+    (
+        ("run_id", "text"),
+        ("reason", "text"),
+        *((c, "text") for c in QUARANTINE_RAW),
+        ("line_number", "bigint"),
+    ),
     (("run", "run_id", False),),
 )
 SCHEMA_VERSION_TABLE = Table(
@@ -249,7 +256,11 @@ READABLE = (*(t.name for t in TABLES), "schema_version", *VIEWS)
 
 # Columns added after version 1, by the version that adds them: (version, table, column).
 # Version 1 creates the tables without them, so a store migrates the same way from any version.
-ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = ((2, RUNS, "error"),)
+ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = (
+    (2, RUNS, "error"),
+    (2, QUARANTINE, "raw_line"),
+    (2, QUARANTINE, "line_number"),
+)
 
 
 def migration_statements(version: int, schema: str, dialect: str) -> list[str]:

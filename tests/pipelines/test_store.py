@@ -528,7 +528,28 @@ def test_a_store_at_schema_version_1_gains_runs_error(store_location, monkeypatc
     assert runs.loc["failed-1", "error"] == "ValueError: boom"
     assert runs.loc[f"run-{DAYS[0].isoformat()}", "status"] == "success"
     assert store.migrate() == 2  # idempotent
+    assert {"raw_line", "line_number"} <= set(store.quarantine().columns)
     store.close()
+
+
+def test_a_malformed_line_keeps_its_raw_text_and_number(store):
+    request = make_request(DAYS[0], 3)
+    request.quarantine = pd.DataFrame(
+        {
+            "reason": ["malformed_line", "negative_amount"],
+            "source_file": ["events.csv", "events.csv"],
+            "raw_line": ['c1,2024-05-01,purchase,10,"extra', None],
+            "line_number": [7, None],
+            "client_id": [None, "c9"],
+            "amount": [None, "-3"],
+        }
+    )
+    store.publish(request)
+    got = store.quarantine().sort_values("reason").reset_index(drop=True)
+    assert list(got["reason"]) == ["malformed_line", "negative_amount"]
+    assert got.loc[0, "raw_line"] == 'c1,2024-05-01,purchase,10,"extra'
+    assert got.loc[0, "line_number"] == 7 and pd.isna(got.loc[1, "line_number"])
+    assert pd.isna(got.loc[1, "raw_line"]) and got.loc[1, "amount"] == "-3"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,140 @@
+"""Reading event CSV files with every option pinned, and malformed lines kept as rows.
+
+DuckDB's CSV sniffer guesses the dialect from a sample: one line starting with `#` made it
+take `#` for a comment marker (rows whose client_id starts with `#` vanished), and a malformed
+line failed the whole file (or, past the sample, failed with a raw parser error). Here nothing
+is guessed: the header is read by Python (first line, UTF-8, an optional BOM), and DuckDB
+reads the rest with a fixed dialect (`,` delimiter, `"` quote and escape, no comment
+character, every column text) in strict mode. A line that does not parse (too many or too few
+fields, an unterminated quote, invalid UTF-8, a whitespace-only or NUL line) is stored in
+DuckDB's rejects tables and becomes a quarantine row with reason `malformed_line` and its raw
+text; the rest of the file loads. Empty lines are skipped (they hold no row).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import uuid
+from dataclasses import dataclass
+
+import duckdb
+
+from configs import SegmentationError
+
+__all__ = ["CSV_DIALECT", "MALFORMED_LINE", "CsvHeaderError", "CsvSource", "read_header"]
+
+MALFORMED_LINE = "malformed_line"
+# The fixed dialect: RFC 4180 as exporters write it. `comment = ''` turns comments off.
+CSV_DIALECT = (
+    "delim = ',', quote = '\"', escape = '\"', header = true, comment = '',"
+    " auto_detect = false, strict_mode = true, null_padding = false"
+)
+_HEADER_BYTES = 1 << 20  # a header line longer than 1 MiB is not a header
+_PLAIN_NAME = re.compile(r"[\w .-]+")
+
+
+class CsvHeaderError(SegmentationError, ValueError):
+    """A CSV file whose header line is missing or unreadable; the message names the file."""
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_header(file: str) -> tuple[str, ...]:
+    """The column names of a CSV file's first line (a UTF-8 BOM is ignored)."""
+    try:
+        with open(file, "rb") as handle:
+            first = handle.readline(_HEADER_BYTES)
+    except OSError as exc:
+        raise CsvHeaderError(f"events file {file}: cannot be read: {exc}") from exc
+    try:
+        text = first.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise CsvHeaderError(
+            f"events file {file}: the header line is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
+    if not text.strip():
+        what = "is empty" if not first else "has an empty first line"
+        raise CsvHeaderError(
+            f"events file {file}: {what}; a header line naming the columns"
+            " (client_id,event_time,event_type,...) must come first"
+        )
+    if "\x00" in text:
+        raise CsvHeaderError(f"events file {file}: the header line holds a NUL byte")
+    names = next(csv.reader([text], delimiter=",", quotechar='"', doublequote=True))
+    seen: set[str] = set()
+    for name in names:
+        key = name.strip().lower()
+        if key in seen:
+            raise CsvHeaderError(f"events file {file}: column {name!r} appears twice in the header")
+        seen.add(key)
+    # Names DuckDB is given: a column the contract cannot use and whose name holds characters
+    # other than letters, digits, space, `_`, `.`, `-` is read under a placeholder.
+    return tuple(
+        name if _PLAIN_NAME.fullmatch(name) else f"_column_{k}" for k, name in enumerate(names)
+    )
+
+
+@dataclass(frozen=True)
+class CsvSource:
+    """The CSV files of one load, grouped by header, and the SQL that reads them.
+
+    `reader(scan)` stores malformed lines in rejects tables named after this source and the
+    scan (one pair per header group), so that two scans of one load do not mix theirs.
+    """
+
+    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (header, files)
+    tag: str
+
+    @classmethod
+    def of(cls, files: list[str]) -> CsvSource:
+        by_header: dict[tuple[str, ...], list[str]] = {}
+        for file in files:
+            by_header.setdefault(read_header(file), []).append(file)
+        groups = tuple((header, tuple(fs)) for header, fs in by_header.items())
+        return cls(groups, uuid.uuid4().hex[:8])
+
+    def header_of(self, file: str) -> tuple[str, ...]:
+        return next(header for header, fs in self.groups if file in fs)
+
+    def _rejects(self, k: int, scan: str = "a") -> tuple[str, str]:
+        return f"_csv_rejects_{self.tag}_{scan}{k}", f"_csv_scans_{self.tag}_{scan}{k}"
+
+    def reader(self, scan: str = "a") -> str:
+        """The SQL reading every file; malformed lines go to rejects tables named by `scan`.
+
+        Each scan stores its rejects (`ignore_errors` alone is not used: after an unquoted
+        value DuckDB 2.0 then drops the rest of the file); `malformed_sql` reads scan `a`'s.
+        """
+        selects = []
+        for k, (header, files) in enumerate(self.groups):
+            listing = "[" + ", ".join(_sql_text(f) for f in files) + "]"
+            columns = "{" + ", ".join(f"{_sql_text(c)}: 'VARCHAR'" for c in header) + "}"
+            table, rejected = self._rejects(k, scan)
+            selects.append(
+                f"SELECT * FROM read_csv({listing}, {CSV_DIALECT}, columns = {columns},"
+                f" store_rejects = true, rejects_table = '{table}', rejects_scan = '{rejected}',"
+                " filename = 'source_file')"
+            )
+        return "(" + " UNION ALL BY NAME ".join(selects) + ") AS src"
+
+    def malformed_sql(self) -> str:
+        """One row per rejected line: file, line number and raw text (NUL bytes removed)."""
+        parts = []
+        for k in range(len(self.groups)):
+            table, scan = self._rejects(k)
+            parts.append(
+                f"SELECT s.file_path AS source_file, e.line AS line_number,"
+                f" replace(first(e.csv_line), chr(0), '') AS raw_line"
+                f" FROM {table} e JOIN {scan} s USING (scan_id, file_id)"
+                f" GROUP BY s.file_path, e.line"
+            )
+        return " UNION ALL ".join(parts)
+
+    def drop_rejects(self, con: duckdb.DuckDBPyConnection) -> None:
+        for k in range(len(self.groups)):
+            for scan in "ab":
+                for name in self._rejects(k, scan):
+                    con.execute(f"DROP TABLE IF EXISTS {name}")
