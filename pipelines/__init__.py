@@ -8,9 +8,9 @@ Modules: `cli` (the `segmentation` console script), `nightly` and `steps` (the P
 and their steps), `policy` (refit, quality gates, champion and promotion: pure decisions),
 `flow_params` (flow parameters without secrets), `scratch` (the run's scratch folders),
 `store` (atomic publishing and readers), `tracking` and `registry` (MLflow), `report`,
-`schedule`, `demo`, `quality`, `prefect_utils`. The names below are their public entry
-points, imported lazily (PEP 562): `import pipelines` (and `import pipelines.cli`) imports
-neither Prefect, MLflow, hdbscan, plotly nor scikit-learn.
+`schedule`, `demo`, `quality`, `prefect_utils`, `locks` (file locks between processes). The
+names below are their public entry points, imported lazily (PEP 562): `import pipelines` (and
+`import pipelines.cli`) imports neither Prefect, MLflow, hdbscan, plotly nor scikit-learn.
 """
 
 from __future__ import annotations

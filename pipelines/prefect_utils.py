@@ -26,14 +26,11 @@ that started it is gone, even after kill -9).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -42,6 +39,7 @@ import psycopg
 import sqlalchemy.exc
 
 from configs import ScheduleConfig
+from pipelines.locks import LockTimeoutError, file_lock
 
 if TYPE_CHECKING:
     from prefect import Task
@@ -124,40 +122,6 @@ def state_exception(state: State) -> BaseException | None:
     except Exception as exc:  # the result itself could not be read: judge that error
         return exc
     return result if isinstance(result, BaseException) else None
-
-
-class LockTimeoutError(TimeoutError):
-    """Another process held a coordination lock for longer than the wait allowed."""
-
-
-@contextmanager
-def file_lock(path: str | os.PathLike[str], timeout: float = 300.0) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if missing), waiting at most `timeout` s.
-
-    The lock dies with the process that holds it, so a killed run never leaves it taken."""
-    lock_path = Path(path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeoutError(
-                        f"another process held {lock_path} for more than {timeout:g} s"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 EPHEMERAL_STARTUP_SECONDS = 90.0  # first start creates the database: slow on a busy machine

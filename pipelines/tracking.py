@@ -389,7 +389,7 @@ def make_client(tracking_uri: str) -> MlflowClient:
     MLflow creates a SQLite database's tables on first use; two processes doing that at once
     collide (`table ... already exists`), so the first use in a process happens under a lock
     file beside the database."""
-    from pipelines.prefect_utils import file_lock
+    from pipelines.locks import file_lock
 
     ensure_sqlite_parent(tracking_uri)
     path = sqlite_path(tracking_uri)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +13,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.locks import file_lock
 from pipelines.store._common import (
     PublishLockedError,
     StoreBusyError,
@@ -126,30 +125,14 @@ class DuckDbBackend:
     @contextmanager
     def publish_lock(self) -> Iterator[None]:
         """An exclusive flock on `<file>.lock`, waited for at most lock_timeout seconds."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + self.lock_timeout
-            delay = 0.02
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise PublishLockedError(
-                            f"another publish holds the lock of {self.masked}"
-                            f" (waited {self.lock_timeout:g} s)"
-                        ) from None
-                    time.sleep(delay)
-                    delay = min(delay * 1.5, 0.5)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with file_lock(lock_path, self.lock_timeout, error=self._lock_busy):
+            yield
+
+    def _lock_busy(self) -> PublishLockedError:
+        return PublishLockedError(
+            f"another publish holds the lock of {self.masked} (waited {self.lock_timeout:g} s)"
+        )
 
     def close(self) -> None:
         """Nothing is held between calls."""
