@@ -68,6 +68,60 @@ class EventsConfig(_Section):
         description="amounts above this are quarantined as amount_out_of_range (the feature"
         " build sums money in integer micro-units, which overflow from about 9.22e12)",
     )
+    preset: Literal["segment", "ga4"] | None = Field(
+        None,
+        description="column mappings and type aliases of an exporter (configs/presets/*.yaml);"
+        " `columns` and `type_aliases` override it",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="contract column -> source column, or a dotted path into a JSON object or"
+        " Parquet struct (amount: properties.revenue)",
+    )
+    type_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="source event name -> taxonomy event type (Order Completed: purchase)",
+    )
+
+    epoch_unit: Literal["s", "ms", "us", "ns"] | None = Field(
+        None,
+        description="unit of integer event times (GA4: us); null: integer times are unparseable",
+    )
+    time_zone: str = Field(
+        "UTC", description="the zone of naive event times (no offset), converted to UTC"
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _contract_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        # The event contract (features.events.CONTRACT_COLUMNS; configs cannot import features).
+        contract = (
+            "client_id",
+            "event_time",
+            "event_type",
+            "channel",
+            "amount",
+            "category",
+            "sentiment",
+            "event_id",
+        )
+        for column, source in value.items():
+            if column not in contract:
+                raise ValueError(f"{column!r} is not a contract column {contract}")
+            if not str(source).strip():
+                raise ValueError(f"{column!r}: the source column is empty")
+        return value
 
     @field_validator("extra_event_types")
     @classmethod

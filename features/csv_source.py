@@ -3,7 +3,8 @@
 DuckDB's CSV sniffer guesses the dialect from a sample: one line starting with `#` made it
 take `#` for a comment marker (rows whose client_id starts with `#` vanished), and a malformed
 line failed the whole file (or, past the sample, failed with a raw parser error). Here nothing
-is guessed: the header is read by Python (first line, UTF-8, an optional BOM), and DuckDB
+is guessed: the header is read by Python (first line, UTF-8, an optional BOM; through a
+decompressing stream for `.csv.gz` and `.csv.zst`), and DuckDB
 reads the rest with a fixed dialect (`,` delimiter, `"` quote and escape, no comment
 character, every column text) in strict mode. A line that does not parse (too many or too few
 fields, an unterminated quote, invalid UTF-8, a whitespace-only or NUL line) is stored in
@@ -22,7 +23,14 @@ import duckdb
 
 from configs import SegmentationError
 
-__all__ = ["CSV_DIALECT", "MALFORMED_LINE", "CsvHeaderError", "CsvSource", "read_header"]
+__all__ = [
+    "COMPRESSED_SUFFIXES",
+    "CSV_DIALECT",
+    "MALFORMED_LINE",
+    "CsvHeaderError",
+    "CsvSource",
+    "read_header",
+]
 
 MALFORMED_LINE = "malformed_line"
 # The fixed dialect: RFC 4180 as exporters write it. `comment = ''` turns comments off.
@@ -30,6 +38,8 @@ CSV_DIALECT = (
     "delim = ',', quote = '\"', escape = '\"', header = true, comment = '',"
     " auto_detect = false, strict_mode = true, null_padding = false"
 )
+# Compressed files DuckDB reads by their extension (`compression = 'auto'`).
+COMPRESSED_SUFFIXES = (".gz", ".zst")
 _HEADER_BYTES = 1 << 20  # a header line longer than 1 MiB is not a header
 _PLAIN_NAME = re.compile(r"[\w .-]+")
 
@@ -45,8 +55,7 @@ def _sql_text(value: str) -> str:
 def read_header(file: str) -> tuple[str, ...]:
     """The column names of a CSV file's first line (a UTF-8 BOM is ignored)."""
     try:
-        with open(file, "rb") as handle:
-            first = handle.readline(_HEADER_BYTES)
+        first = _first_line(file)
     except OSError as exc:
         raise CsvHeaderError(f"events file {file}: cannot be read: {exc}") from exc
     try:
@@ -75,6 +84,22 @@ def read_header(file: str) -> tuple[str, ...]:
     return tuple(
         name if _PLAIN_NAME.fullmatch(name) else f"_column_{k}" for k, name in enumerate(names)
     )
+
+
+def _first_line(file: str) -> bytes:
+    """The first line of a file (its end of line kept), decompressed for `.gz` and `.zst`."""
+    if not file.lower().endswith(COMPRESSED_SUFFIXES):
+        with open(file, "rb") as handle:
+            return handle.readline(_HEADER_BYTES)
+    import pyarrow as pa  # only for compressed files: a cheap start for the rest
+
+    try:
+        with pa.input_stream(file, compression="detect") as stream:
+            head = stream.read(_HEADER_BYTES)
+    except pa.ArrowException as exc:  # a corrupt stream
+        raise OSError(str(exc)) from exc
+    end = head.find(b"\n")
+    return head if end < 0 else head[: end + 1]
 
 
 @dataclass(frozen=True)

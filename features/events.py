@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import yaml
 
 from configs import STAGES, EngineConfig, FeaturesConfig, SegmentationError
 from configs.paths import CONFIG_DIR
-from features.csv_source import MALFORMED_LINE, CsvHeaderError, CsvSource
+from features.csv_source import COMPRESSED_SUFFIXES, MALFORMED_LINE, CsvHeaderError, CsvSource
+from features.json_source import JSON_SUFFIXES, JsonSource
 
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
 OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
@@ -145,27 +148,54 @@ def load_taxonomy(
     return Taxonomy(stage_of)
 
 
+# The formats by file name ending (lower case): a compressed CSV or JSON lines file is read by
+# DuckDB through its extension; Parquet carries its own compression.
+_FORMAT_OF = {
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".csv.gz": "csv",
+    ".csv.zst": "csv",
+    **{s + z: "json" for s in JSON_SUFFIXES for z in ("", *COMPRESSED_SUFFIXES)},
+}
+_FORMAT_NAMES = {"parquet": "Parquet", "csv": "CSV", "json": "JSON lines"}
+
+
+def file_format(file: str) -> str | None:
+    """'parquet', 'csv' or 'json' (JSON lines) by the file's name ending, or None."""
+    name = Path(file).name.lower()
+    return next((kind for end, kind in _FORMAT_OF.items() if name.endswith(end)), None)
+
+
 def resolve_sources(path: str | os.PathLike[str]) -> tuple[str, list[str]]:
-    """The format ('parquet' or 'csv') and the files of a path, directory or glob."""
+    """The format ('parquet', 'csv' or 'json') and the files of a path, directory or glob.
+
+    CSV may be plain, `.csv.gz` or `.csv.zst`; JSON lines `.jsonl` or `.ndjson`, plain, `.gz`
+    or `.zst`. A folder is searched recursively (Hive partitions included); one format only.
+    """
     text = str(path)
     if any(ch in text for ch in "*?["):
         files = sorted(globlib.glob(text, recursive=True))
     elif Path(text).is_dir():
-        files = sorted(
-            str(p) for p in Path(text).rglob("*") if p.suffix.lower() in {".parquet", ".csv"}
-        )
+        files = sorted(str(p) for p in Path(text).rglob("*") if p.is_file() and file_format(str(p)))
     elif Path(text).is_file():
         files = [text]
     else:
         raise EventContractError(f"events not found: {text}")
     if not files:
-        raise EventContractError(f"no Parquet or CSV files at {text}")
-    kinds = {Path(f).suffix.lower() for f in files}
-    if kinds - {".parquet", ".csv"}:
-        raise EventContractError(f"unsupported event files at {text}: {sorted(kinds)}")
+        raise EventContractError(f"no Parquet, CSV or JSON lines files at {text}")
+    kinds = {file_format(f) for f in files}
+    if None in kinds:
+        endings = sorted(
+            {"".join(Path(f).suffixes[-2:]).lower() for f in files if not file_format(f)}
+        )
+        raise EventContractError(
+            f"unsupported event files at {text}: {endings} (read: .parquet, .csv, .csv.gz,"
+            " .csv.zst, .jsonl, .ndjson, .jsonl.gz, .ndjson.gz)"
+        )
     if len(kinds) > 1:
-        raise EventContractError(f"mixed Parquet and CSV files at {text}: use one format")
-    return ("csv" if kinds == {".csv"} else "parquet"), files
+        names = " and ".join(sorted(_FORMAT_NAMES[k] for k in kinds if k))
+        raise EventContractError(f"mixed {names} files at {text}: use one format")
+    return next(k for k in kinds if k), files
 
 
 def load_events(
@@ -179,6 +209,11 @@ def load_events(
     quarantine_table: str = "quarantine",
     earliest_event_time: date = DEFAULT_EARLIEST_EVENT_TIME,
     max_amount: float = DEFAULT_MAX_AMOUNT,
+    column_map: Mapping[str, str] | None = None,
+    type_aliases: Mapping[str, str] | None = None,
+    epoch_unit: str | None = None,
+    time_zone: str = "UTC",
+    lenient_columns: frozenset[str] = frozenset(),
 ) -> ValidationReport:
     """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
 
@@ -211,6 +246,21 @@ def load_events(
     max_amount : float, default 1e9
         Amounts above this are quarantined as out of range (the feature build sums money in
         integer micro-units, which overflow from about 9.22e12).
+    column_map : mapping of str to str, optional
+        Contract column -> source column, or a dotted path into a JSON object or a Parquet
+        struct (``{"amount": "properties.revenue"}``). A mapped source column missing from a
+        file fails at once, naming the source column, the contract column and the file.
+    type_aliases : mapping of str to str, optional
+        Source event name -> taxonomy event type (``{"Order Completed": "purchase"}``),
+        matched trimmed and case-insensitively; other names are kept as they are.
+    epoch_unit : {"s", "ms", "us", "ns"}, optional
+        The unit of integer event times (and of integer text); without it they are
+        unparseable. An epoch time out of range is quarantined as unparseable_event_time.
+    time_zone : str, default "UTC"
+        The zone of naive event times (no offset), converted to UTC.
+    lenient_columns : frozenset of str
+        Contract columns of `column_map` that may be absent (a preset's optional columns):
+        they are then read as missing instead of failing.
 
     Returns
     -------
@@ -227,16 +277,47 @@ def load_events(
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
+    mapping = dict(column_map or {})
     csv_source = _csv_source(files) if kind == "csv" else None
-    reader = csv_source.reader("a") if csv_source else _reader_sql(files)
-    columns = _source_columns(con, reader)
-    _check_required(con, files, columns, path, csv_source)
+    json_source = _json_source(con, files) if kind == "json" else None
+    if json_source:
+        found = _contract_columns(
+            json_source.columns(), mapping, f"events at {path}", lenient_columns
+        )
+        columns = {c: (c, "VARCHAR") for c in found}
+        reader = json_source.reader({c: _path_parts(name) for c, (name, _) in found.items()})
+        csv_reader_b = None
+    else:
+        reader = csv_source.reader("a") if csv_source else _reader_sql(files)
+        csv_reader_b = csv_source.reader("b") if csv_source else None
+        columns = _source_columns(con, reader)
+        if mapping:
+            found = _contract_columns(columns, mapping, f"events at {path}", lenient_columns)
+            columns = _mapped_columns(con, reader, found, mapping, path, lenient_columns)
+            reader = _mapped_reader(reader, found)
+            csv_reader_b = _mapped_reader(csv_reader_b, found) if csv_reader_b else None
+    _check_required(con, files, columns, path, csv_source, json_source, mapping, lenient_columns)
     now = now or datetime.now(UTC)
     cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
     limits = _Limits(cutoff, datetime.combine(earliest_event_time, datetime.min.time()), max_amount)
     try:
+        scans: tuple[str, str, str | None]
+        if csv_source and csv_reader_b:
+            scans = (reader, csv_reader_b, csv_source.malformed_sql())
+        elif json_source:
+            scans = (reader, reader, json_source.malformed_sql())
+        else:
+            scans = (reader, reader, None)
         _create_tables(
-            con, columns, reader, taxonomy, limits, events_table, quarantine_table, csv_source
+            con,
+            columns,
+            scans,
+            taxonomy,
+            limits,
+            events_table,
+            quarantine_table,
+            type_aliases,
+            (epoch_unit, time_zone),
         )
     except duckdb.Error as exc:
         raise _read_error(con, kind, files, columns, path, exc) from exc
@@ -256,6 +337,80 @@ class _Limits:
     max_amount: float
 
 
+def _path_parts(source: str) -> tuple[str, ...]:
+    """The keys of a source path as `_contract_columns` names it (parts joined by \\x1f)."""
+    return tuple(source.split("\x1f"))
+
+
+def _contract_columns(
+    found: dict[str, tuple[str, str]],
+    mapping: Mapping[str, str],
+    where: str,
+    lenient: frozenset[str] = frozenset(),
+) -> dict[str, tuple[str, str]]:
+    """The contract columns of a source: its own columns named as the contract, replaced by
+    the mapped ones (contract -> source column or dotted path). The names returned are the
+    source path, parts joined by the unit separator (\\x1f); the type is that of the head
+    column ("" for a nested path: only DuckDB knows it)."""
+    by_name = {name: (name, dtype) for name, dtype in found.values()}
+    result = {c: found[c] for c in CONTRACT_COLUMNS if c in found and c not in mapping}
+    for contract, source in mapping.items():
+        hit = by_name.get(source) or found.get(source.strip().lower())
+        if hit:
+            result[contract] = hit
+            continue
+        head, *rest = source.split(".")
+        top = by_name.get(head) or found.get(head.strip().lower())
+        if (top is None or not rest) and contract in lenient:
+            if contract in found:  # the contract's own column, as without a mapping
+                result[contract] = found[contract]
+            continue
+        if top is None or not rest:
+            raise EventContractError(
+                f"{where}: column {source!r} (mapped to {contract} by events.columns) is"
+                f" missing (found: {', '.join(n for n, _ in found.values()) or 'none'})"
+            )
+        result[contract] = ("\x1f".join([top[0], *rest]), "")
+    return result
+
+
+def _mapped_reader(reader: str, found: dict[str, tuple[str, str]]) -> str:
+    """`reader` with its columns renamed to the contract (nested paths as struct fields)."""
+    exprs = [
+        ".".join('"' + p.replace('"', '""') + '"' for p in _path_parts(name)) + f' AS "{c}"'
+        for c, (name, _) in found.items()
+    ]
+    return f"(SELECT {', '.join([*exprs, 'source_file'])} FROM {reader}) AS mapped"
+
+
+def _mapped_columns(
+    con: duckdb.DuckDBPyConnection,
+    reader: str,
+    found: dict[str, tuple[str, str]],
+    mapping: Mapping[str, str],
+    path: str | os.PathLike[str],
+    lenient: frozenset[str] = frozenset(),
+) -> dict[str, tuple[str, str]]:
+    """The contract columns of the mapped reader; a nested path that is not there fails
+    naming the source path, the contract column and the input (a lenient one is dropped from
+    `found`)."""
+    try:
+        return _source_columns(con, _mapped_reader(reader, found))
+    except EventContractError:
+        for contract, (name, _) in list(found.items()):
+            try:
+                _source_columns(con, _mapped_reader(reader, {contract: (name, "")}))
+            except EventContractError as exc:
+                if contract in lenient:
+                    del found[contract]
+                    continue
+                raise EventContractError(
+                    f"events at {path}: column {mapping.get(contract, name)!r} (mapped to"
+                    f" {contract} by events.columns) cannot be read: {exc}"
+                ) from exc
+        return _source_columns(con, _mapped_reader(reader, found))
+
+
 def _csv_source(files: list[str]) -> CsvSource:
     try:
         return CsvSource.of(files)
@@ -263,21 +418,40 @@ def _csv_source(files: list[str]) -> CsvSource:
         raise EventContractError(str(exc)) from exc
 
 
+def _json_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> JsonSource:
+    try:
+        return JsonSource.of(con, files)
+    except duckdb.Error as exc:
+        culprit = files[0]
+        for file in files if len(files) > 1 else []:  # the file that cannot be read
+            try:
+                JsonSource.of(con, [file])
+            except duckdb.Error:
+                culprit = file
+                break
+        detail = str(exc).strip().splitlines()[0]
+        raise EventContractError(f"events file {culprit}: cannot be read: {detail}") from exc
+
+
 def _create_tables(
     con: duckdb.DuckDBPyConnection,
     columns: dict[str, tuple[str, str]],
-    reader: str,
+    scans: tuple[str, str, str | None],
     taxonomy: Taxonomy,
     limits: _Limits,
     events_table: str,
     quarantine_table: str,
-    csv_source: CsvSource | None,
+    aliases: Mapping[str, str] | None = None,
+    times: tuple[str | None, str] = (None, "UTC"),
 ) -> None:
     """The typed pass into `events_table`, then the raw pass into `quarantine_table`, then the
-    malformed CSV lines (stored by the first pass) appended to the quarantine. The quarantine
+    malformed lines appended to the quarantine. `scans` is the reader of the first pass, the
+    reader of the second, and the SQL of the malformed lines (CSV: stored by the first pass;
+    JSON lines: the lines that are not objects) or None. The quarantine
     has the contract columns, `source_file`, and `line_number` and `raw_line` (set for a
     malformed line only)."""
-    typed = _typed_sql(columns, reader)
+    reader, second, malformed = scans
+    typed = _typed_sql(columns, reader, aliases=aliases, times=times)
     reason = _reason_sql(columns, limits)
     stage = _stage_sql(taxonomy)
     select_cols = ", ".join(c if c != "stage" else f"{stage} AS stage" for c in EVENT_SCHEMA)
@@ -285,20 +459,19 @@ def _create_tables(
         f"CREATE OR REPLACE TABLE {events_table} AS"
         f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
     )
-    second = csv_source.reader("b") if csv_source else reader
     raw_cols = ", ".join(_raw_sql(c, columns) for c in CONTRACT_COLUMNS)
     con.execute(
         f"CREATE OR REPLACE TABLE {quarantine_table} AS"
         f" SELECT reason, {raw_cols}, source_file,"
         f"  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line FROM ("
-        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, second, keep_source=True)}) AS t"
+        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, second, True, aliases, times)}) AS t"
         f" ) AS q WHERE reason IS NOT NULL"
     )
-    if csv_source:
+    if malformed:
         con.execute(
             f"INSERT INTO {quarantine_table} (reason, source_file, line_number, raw_line)"
             f" SELECT '{MALFORMED_LINE}', source_file, line_number, raw_line"
-            f" FROM ({csv_source.malformed_sql()}) AS m"
+            f" FROM ({malformed}) AS m"
         )
 
 
@@ -400,6 +573,7 @@ def load_configured_events(
     taxonomy = load_taxonomy(
         config.config_file(config.events.taxonomy_file), config.events.extra_event_types
     )
+    mapping = event_mapping(config)
     return load_events(
         con,
         path,
@@ -408,7 +582,60 @@ def load_configured_events(
         now=now,
         earliest_event_time=config.events.earliest_event_time,
         max_amount=config.events.max_amount,
+        column_map=mapping.columns,
+        type_aliases=mapping.type_aliases,
+        epoch_unit=mapping.epoch_unit,
+        time_zone=config.events.time_zone,
+        lenient_columns=mapping.lenient,
     )
+
+
+@dataclass(frozen=True)
+class EventMapping:
+    """The source-to-contract mapping of a config: its preset, overridden by its own keys."""
+
+    columns: dict[str, str]
+    type_aliases: dict[str, str]
+    epoch_unit: str | None
+    lenient: frozenset[str]  # optional contract columns mapped by the preset only
+
+
+PRESET_DIR = CONFIG_DIR / "presets"
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset file (`configs/presets/<name>.yaml`: columns, type_aliases, epoch_unit)."""
+    file = PRESET_DIR / f"{name}.yaml"
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise EventContractError(f"{file}: events.preset {name!r}: cannot be read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise EventContractError(f"{file}: events.preset {name!r}: the top level must be a mapping")
+    unknown = set(raw) - {"columns", "type_aliases", "epoch_unit"}
+    if unknown:
+        raise EventContractError(f"{file}: events.preset {name!r}: unknown keys {sorted(unknown)}")
+    return raw
+
+
+def event_mapping(config: EngineConfig) -> EventMapping:
+    """The columns, type aliases and epoch unit of `config.events`: the preset's entries,
+    each replaced by the config's own (`events.columns`, `events.type_aliases`,
+    `events.epoch_unit`)."""
+    events = config.events
+    preset = load_preset(events.preset) if events.preset else {}
+    preset_columns = {str(k): str(v) for k, v in (preset.get("columns") or {}).items()}
+    columns = {**preset_columns, **events.columns}
+    aliases = {
+        **{str(k): str(v) for k, v in (preset.get("type_aliases") or {}).items()},
+        **events.type_aliases,
+    }
+    preset_unit = preset.get("epoch_unit")
+    epoch_unit = events.epoch_unit or (str(preset_unit) if preset_unit else None)
+    lenient = frozenset(
+        c for c in preset_columns if c in OPTIONAL_COLUMNS and c not in events.columns
+    )
+    return EventMapping(columns, aliases, epoch_unit, lenient)
 
 
 def check_bad_share(report: ValidationReport, max_bad_share: float) -> None:
@@ -450,6 +677,9 @@ def _check_required(
     columns: dict[str, tuple[str, str]],
     path: str | os.PathLike[str],
     csv_source: CsvSource | None = None,
+    json_source: JsonSource | None = None,
+    mapping: Mapping[str, str] | None = None,
+    lenient: frozenset[str] = frozenset(),
 ) -> None:
     """Every required column in the union and in each file (a stray file fails, named), and a
     client_id of text or integers (a float id would turn NaN into a client "nan")."""
@@ -464,8 +694,12 @@ def _check_required(
         for file in files:
             if csv_source:
                 found = {n.strip().lower(): (n, "VARCHAR") for n in csv_source.header_of(file)}
+            elif json_source:
+                found = json_source.columns(file)
             else:
                 found = _source_columns(con, _reader_sql([file]))
+            if mapping or json_source:
+                found = _contract_columns(found, mapping or {}, f"events file {file}", lenient)
             per_file[file] = found
             lacking = [c for c in REQUIRED_COLUMNS if c not in found]
             if lacking:
@@ -476,7 +710,7 @@ def _check_required(
         per_file[files[0]] = columns
     for file, found in per_file.items():
         name, dtype = found["client_id"]
-        if dtype != "VARCHAR" and dtype not in _INTEGER_TYPES:
+        if dtype and dtype != "VARCHAR" and dtype not in _INTEGER_TYPES:
             raise EventContractError(
                 f"events file {file}: column {name} has type {dtype}; client ids must be"
                 " text or integers"
@@ -523,15 +757,30 @@ def _quoted(columns: dict[str, tuple[str, str]], col: str) -> str:
     return '"' + columns[col][0].replace('"', '""') + '"'
 
 
-def _typed_sql(columns: dict[str, tuple[str, str]], reader: str, keep_source: bool = False) -> str:
-    """Every contract column parsed to its type (NULL when absent or unparseable)."""
+def _typed_sql(
+    columns: dict[str, tuple[str, str]],
+    reader: str,
+    keep_source: bool = False,
+    aliases: Mapping[str, str] | None = None,
+    times: tuple[str | None, str] = (None, "UTC"),
+) -> str:
+    """Every contract column parsed to its type (NULL when absent or unparseable); event types
+    renamed by `aliases` (source name, trimmed and lower-cased -> taxonomy type)."""
+    event_type = _text("event_type", columns, lower=True)
+    if aliases:
+        value = event_type.removesuffix(" AS event_type")
+        whens = " ".join(
+            f"WHEN {_sql_text(k.strip().lower())} THEN {_sql_text(v.strip().lower())}"
+            for k, v in aliases.items()
+        )
+        event_type = f"CASE {value} {whens} ELSE {value} END AS event_type"
     parts = [
         _text("client_id", columns, lower=False),
-        _text("event_type", columns, lower=True),
+        event_type,
         _text("channel", columns, lower=True),
         _text("category", columns, lower=False),
         _text("event_id", columns, lower=False),
-        _timestamp(columns),
+        _timestamp(columns, *times),
         _number("amount", columns),
         _number("sentiment", columns),
     ]
@@ -558,6 +807,10 @@ def _typed_sql(columns: dict[str, tuple[str, str]], reader: str, keep_source: bo
     return f"SELECT {', '.join(parts)} FROM {reader}"
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _raw_sql(col: str, columns: dict[str, tuple[str, str]]) -> str:
     """A raw value as text, NUL bytes removed (PostgreSQL text cannot hold them)."""
     if col not in columns:
@@ -582,16 +835,42 @@ def _text(col: str, columns: dict[str, tuple[str, str]], lower: bool) -> str:
     return f"{'lower(' + value + ')' if lower else value} AS {col}"
 
 
-def _timestamp(columns: dict[str, tuple[str, str]]) -> str:
+_EPOCH_TO_MICROS = {"s": " * 1000000", "ms": " * 1000", "us": "", "ns": " // 1000"}
+# A time written with its offset (`Z`, `+02`, `+02:00`, `-0500`) at the end.
+_OFFSET = r"([zZ]|[+-]\d\d(:?\d\d)?)$"
+
+
+def _timestamp(
+    columns: dict[str, tuple[str, str]], epoch_unit: str | None = None, time_zone: str = "UTC"
+) -> str:
+    """event_time as naive UTC: zoned times converted, naive ones read in `time_zone`,
+    integers (and integer text) as epoch times in `epoch_unit` when one is given. A value that
+    does not parse or cannot be held (an epoch out of range) is NULL: quarantined as
+    unparseable_event_time, never a failure of the run."""
     _, dtype = columns["event_time"]
     quoted = _quoted(columns, "event_time")
+    zone = _sql_text(time_zone)
+    utc = time_zone.upper() == "UTC"
     if "WITH TIME ZONE" in dtype or dtype.startswith("TIMESTAMPTZ"):  # TIMESTAMPTZ_NS too
         expr = f"timezone('UTC', CAST({quoted} AS TIMESTAMPTZ))"
     elif dtype.startswith("TIMESTAMP") or dtype == "DATE":
         expr = f"CAST({quoted} AS TIMESTAMP)"
+        if not utc:
+            expr = f"timezone('UTC', timezone({zone}, {expr}))"
+    elif epoch_unit and dtype in _INTEGER_TYPES:
+        expr = f"try(make_timestamp(CAST({quoted} AS BIGINT){_EPOCH_TO_MICROS[epoch_unit]}))"
     else:
         text = f"nullif(trim(CAST({quoted} AS VARCHAR)), '')"
         expr = f"timezone('UTC', TRY_CAST({text} AS TIMESTAMPTZ))"
+        if not utc:
+            naive = f"timezone('UTC', timezone({zone}, TRY_CAST({text} AS TIMESTAMP)))"
+            expr = f"CASE WHEN regexp_matches({text}, '{_OFFSET}') THEN {expr} ELSE {naive} END"
+        if epoch_unit:
+            number = f"TRY_CAST({text} AS BIGINT){_EPOCH_TO_MICROS[epoch_unit]}"
+            expr = (
+                f"CASE WHEN regexp_full_match({text}, '-?[0-9]+')"
+                f" THEN try(make_timestamp({number})) ELSE {expr} END"
+            )
     return f"{expr} AS event_time"
 
 

@@ -1,0 +1,324 @@
+"""Events as exporters write them: compressed CSV, JSON lines, presets, mappings, epoch times.
+
+Each exporter-shaped file must give the same validated `events` table as the equivalent plain
+CSV or Parquet file of the contract.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from configs import ConfigError
+from configs.schema import config_from_mapping, load_config
+from features.events import (
+    CONTRACT_COLUMNS,
+    EventContractError,
+    load_configured_events,
+    load_events,
+)
+
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+# (client, ISO time, contract type, source event name (Segment), GA4 name, amount, category)
+ROWS = [
+    ("c1", "2024-03-01T10:00:00Z", "product_view", "Product Viewed", "view_item", None, "shoes"),
+    ("c1", "2024-03-01T10:05:00Z", "add_to_cart", "Product Added", "add_to_cart", None, "shoes"),
+    ("c1", "2024-03-01T10:09:30Z", "purchase", "Order Completed", "purchase", 59.9, "shoes"),
+    ("c2", "2024-03-02T08:00:00Z", "search", "Products Searched", "search", None, None),
+    ("c2", "2024-03-03T09:00:00Z", "login", "Signed In", "login", None, None),
+    ("c3", "2024-03-04T11:00:00Z", "refund", "Order Refunded", "refund", 12.5, "hats"),
+]
+HEADER = "client_id,event_time,event_type,amount,category\n"
+
+
+def _plain_csv(path: Path) -> str:
+    lines = [
+        f"{c},{t},{e},{'' if a is None else a},{cat or ''}\n" for c, t, e, _, _, a, cat in ROWS
+    ]
+    return HEADER + "".join(lines)
+
+
+def _events(path: Path | str, **kwargs: object) -> tuple[list[tuple[object, ...]], dict]:
+    con = duckdb.connect()
+    report = load_events(con, path, now=NOW, **kwargs)  # type: ignore[arg-type]
+    rows = con.execute("SELECT * FROM events ORDER BY ALL").fetchall()
+    return rows, report.to_dict()
+
+
+def _configured(path: Path | str, events: dict, tmp_path: Path) -> tuple[list, dict]:
+    config = config_from_mapping({"events": events}, str(tmp_path / "config.yaml"))
+    con = duckdb.connect()
+    report = load_configured_events(con, config, path, now=NOW)
+    return con.execute("SELECT * FROM events ORDER BY ALL").fetchall(), report.to_dict()
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> tuple[list, dict]:
+    file = tmp_path / "plain" / "events.csv"
+    file.parent.mkdir()
+    file.write_text(_plain_csv(file))
+    rows, report = _events(file)
+    assert report["valid"] == len(ROWS)
+    return rows, report
+
+
+def test_gzip_and_zstd_csv_equal_plain_csv(tmp_path: Path, plain: tuple[list, dict]) -> None:
+    text = _plain_csv(tmp_path)
+    gz = tmp_path / "events.csv.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as handle:
+        handle.write("\ufeff" + text)  # a BOM before the header, as some exporters write
+    zst = tmp_path / "events.csv.zst"
+    with pa.output_stream(str(zst), compression="zstd") as stream:
+        stream.write(text.encode())
+    assert _events(gz) == plain
+    assert _events(zst) == plain
+
+
+def test_compressed_csv_keeps_malformed_lines(tmp_path: Path) -> None:
+    gz = tmp_path / "events.csv.gz"
+    body = _plain_csv(tmp_path) + 'c9,2024-03-01T00:00:00Z,login,"unterminated\n'
+    with gzip.open(gz, "wt") as handle:
+        handle.write(body)
+    con = duckdb.connect()
+    report = load_events(con, gz, now=NOW)
+    assert report.rows == len(ROWS) + 1
+    assert report.by_reason == {"malformed_line": 1}
+
+
+def test_json_lines_equal_plain_csv(tmp_path: Path, plain: tuple[list, dict]) -> None:
+    records = [
+        {"client_id": c, "event_time": t, "event_type": e, "amount": a, "category": cat}
+        for c, t, e, _, _, a, cat in ROWS
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "events.jsonl").write_text(text)
+    with gzip.open(tmp_path / "events.ndjson.gz", "wt") as handle:
+        handle.write(text)
+    assert _events(tmp_path / "events.jsonl") == plain
+    assert _events(tmp_path / "events.ndjson.gz") == plain
+    with pa.output_stream(str(tmp_path / "events.jsonl.zst"), compression="zstd") as stream:
+        stream.write(text.encode())
+    assert _events(tmp_path / "events.jsonl.zst") == plain
+
+
+def test_malformed_json_line_is_quarantined_with_its_text(tmp_path: Path) -> None:
+    good = {"client_id": "c1", "event_time": "2024-03-01T10:00:00Z", "event_type": "login"}
+    file = tmp_path / "events.jsonl"
+    file.write_text(json.dumps(good) + '\n{"client_id": "c2", "event_ti\n\n[1, 2]\n')
+    con = duckdb.connect()
+    report = load_events(con, file, now=NOW)
+    assert (report.rows, report.valid, report.by_reason) == (3, 1, {"malformed_line": 2})
+    raw = con.execute("SELECT raw_line, source_file FROM quarantine ORDER BY raw_line").fetchall()
+    assert raw == [("[1, 2]", str(file)), ('{"client_id": "c2", "event_ti', str(file))]
+
+
+def test_segment_export_with_preset_equals_plain_csv(
+    tmp_path: Path, plain: tuple[list, dict]
+) -> None:
+    file = tmp_path / "segment.jsonl"
+    with file.open("w") as handle:
+        for k, (c, t, _, name, _, amount, cat) in enumerate(ROWS):
+            properties: dict[str, object] = {"category": cat} if cat else {}
+            if amount is not None:
+                properties["revenue"] = amount
+            record = {
+                "type": "track",
+                "userId": c,
+                "anonymousId": f"anon-{c}",
+                "timestamp": t.replace("Z", ".000Z"),
+                "event": name,
+                "properties": properties,
+                "context": {"library": {"name": "analytics.js"}},
+                "messageId": f"m{k}",
+            }
+            handle.write(json.dumps(record) + "\n")
+    rows, report = _configured(file, {"preset": "segment"}, tmp_path)
+    plain_rows, plain_report = plain
+    # The preset maps messageId to event_id: the only difference from the plain file.
+    assert [r[:-1] for r in rows] == [r[:-1] for r in plain_rows]
+    assert report == plain_report
+
+
+def _ga4_table(with_ecommerce: bool = True) -> pa.Table:
+    records = []
+    for c, t, _, _, name, amount, _ in ROWS:
+        micros = int(datetime.fromisoformat(t).timestamp() * 1_000_000)
+        record: dict[str, object] = {
+            "event_date": t[:10].replace("-", ""),
+            "event_timestamp": micros,
+            "event_name": name,
+            "user_pseudo_id": c,
+            "event_params": [{"key": "page_location", "value": {"string_value": "https://shop/x"}}],
+        }
+        if with_ecommerce:
+            record["ecommerce"] = {"purchase_revenue": amount, "transaction_id": None}
+        records.append(record)
+    return pa.Table.from_pylist(records)
+
+
+def test_ga4_parquet_with_preset_equals_plain_parquet(tmp_path: Path) -> None:
+    pq.write_table(_ga4_table(), tmp_path / "ga4.parquet")
+    plain = pd.DataFrame(
+        {
+            "client_id": [r[0] for r in ROWS],
+            "event_time": pd.to_datetime([r[1] for r in ROWS], utc=True),
+            "event_type": [r[2] for r in ROWS],
+            "amount": [r[5] for r in ROWS],
+        }
+    )
+    plain.to_parquet(tmp_path / "plain.parquet")
+    expected = _events(tmp_path / "plain.parquet")
+    assert _configured(tmp_path / "ga4.parquet", {"preset": "ga4"}, tmp_path) == expected
+
+
+def test_preset_optional_column_may_be_absent(tmp_path: Path) -> None:
+    pq.write_table(_ga4_table(with_ecommerce=False), tmp_path / "ga4.parquet")
+    rows, report = _configured(tmp_path / "ga4.parquet", {"preset": "ga4"}, tmp_path)
+    assert report["valid"] == len(ROWS)
+    assert all(r[5] is None for r in rows)
+
+
+def test_user_mapping_overrides_preset_and_missing_column_names_everything(
+    tmp_path: Path,
+) -> None:
+    pq.write_table(_ga4_table(), tmp_path / "ga4.parquet")
+    events = {"preset": "ga4", "columns": {"client_id": "user_id"}}
+    with pytest.raises(EventContractError) as err:
+        _configured(tmp_path / "ga4.parquet", events, tmp_path)
+    message = str(err.value)
+    assert "'user_id'" in message and "client_id" in message
+    assert "events.columns" in message and "ga4.parquet" in message
+
+
+def test_missing_mapped_column_in_one_file_of_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "events"
+    folder.mkdir()
+    (folder / "a.csv").write_text("uid,ts,name\nc1,2024-03-01T10:00:00Z,login\n")
+    (folder / "b.csv").write_text("user,ts,name\nc2,2024-03-01T10:00:00Z,login\n")
+    mapping = {"client_id": "uid", "event_time": "ts", "event_type": "name"}
+    with pytest.raises(EventContractError, match=r"b\.csv.*'uid'.*client_id.*events\.columns"):
+        _events(folder, column_map=mapping)
+    rows, _ = _events(folder / "a.csv", column_map=mapping)
+    assert rows[0][:3] == ("c1", datetime(2024, 3, 1, 10), "login")
+
+
+def test_missing_nested_path_names_source_and_contract(tmp_path: Path) -> None:
+    pq.write_table(_ga4_table(), tmp_path / "ga4.parquet")
+    events = {"preset": "ga4", "columns": {"amount": "ecommerce.value"}}
+    with pytest.raises(EventContractError, match=r"'ecommerce\.value'.*amount.*events\.columns"):
+        _configured(tmp_path / "ga4.parquet", events, tmp_path)
+
+
+def test_type_aliases_and_unknown_names_counted(tmp_path: Path) -> None:
+    file = tmp_path / "events.csv"
+    file.write_text(
+        "client_id,event_time,event_type\n"
+        "c1,2024-03-01T10:00:00Z,Order Completed\n"
+        "c1,2024-03-01T10:00:01Z,  order completed \n"
+        "c1,2024-03-01T10:00:02Z,Coupon Entered\n"
+    )
+    rows, report = _events(file, type_aliases={"Order Completed": "purchase"})
+    assert [r[2:4] for r in rows] == [
+        ("purchase", "purchase"),
+        ("purchase", "purchase"),
+        ("coupon entered", "other"),
+    ]
+    assert report["unknown_event_types"] == {"coupon entered": 1}
+
+
+def test_epoch_units_time_zone_and_bad_times(tmp_path: Path) -> None:
+    file = tmp_path / "events.jsonl"
+    lines = [
+        {"client_id": "c1", "event_time": 1709287200000, "event_type": "login"},
+        {"client_id": "c2", "event_time": "2024-03-01 11:00:00", "event_type": "login"},
+        {"client_id": "c3", "event_time": "2024-03-01T10:00:00+00:00", "event_type": "login"},
+        {"client_id": "c4", "event_time": 10**30, "event_type": "login"},
+        {"client_id": "c5", "event_time": "yesterday-ish", "event_type": "login"},
+    ]
+    file.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    con = duckdb.connect()
+    report = load_events(con, file, now=NOW, epoch_unit="ms", time_zone="Europe/Paris")
+    times = dict(con.execute("SELECT client_id, event_time FROM events").fetchall())
+    assert times == {
+        "c1": datetime(2024, 3, 1, 10),
+        "c2": datetime(2024, 3, 1, 10),  # naive, read in Paris (UTC+1)
+        "c3": datetime(2024, 3, 1, 10),
+    }
+    assert report.by_reason == {"unparseable_event_time": 2}
+    # Integer Parquet times in microseconds.
+    micros = pa.table(
+        {
+            "client_id": ["c1", "c2"],
+            "event_time": pa.array([1709287200000000, 2**62], pa.int64()),
+            "event_type": ["login", "login"],
+        }
+    )
+    pq.write_table(micros, tmp_path / "micros.parquet")
+    rows, report2 = _events(tmp_path / "micros.parquet", epoch_unit="us")
+    assert rows[0][1] == datetime(2024, 3, 1, 10)
+    assert report2["quarantined"] == 1
+
+
+def test_mixed_formats_in_a_folder_fail_clearly(tmp_path: Path) -> None:
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"client_id\n"))
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    with pytest.raises(EventContractError, match="mixed CSV and JSON lines files"):
+        load_events(duckdb.connect(), tmp_path, now=NOW)
+
+
+def test_config_keys_are_checked(tmp_path: Path) -> None:
+    source = str(tmp_path / "my.yaml")
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.columns.*'revenue'"):
+        config_from_mapping({"events": {"columns": {"revenue": "properties.revenue"}}}, source)
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.preset"):
+        config_from_mapping({"events": {"preset": "mixpanel"}}, source)
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.time_zone"):
+        config_from_mapping({"events": {"time_zone": "Mars/Olympus"}}, source)
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.epoch_unit"):
+        config_from_mapping({"events": {"epoch_unit": "minutes"}}, source)
+    defaults = load_config().events
+    assert (defaults.preset, defaults.columns, defaults.type_aliases) == (None, {}, {})
+    assert (defaults.epoch_unit, defaults.time_zone) == (None, "UTC")
+
+
+def test_schema_contract_matches_features() -> None:
+    with pytest.raises(ConfigError):
+        config_from_mapping({"events": {"columns": {"stage": "x"}}})
+    config = config_from_mapping({"events": {"columns": dict.fromkeys(CONTRACT_COLUMNS, "x")}})
+    assert set(config.events.columns) == set(CONTRACT_COLUMNS)
+
+
+def test_docs_example_loads(tmp_path: Path) -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    config = load_config(docs / "segment-config.yaml")
+    con = duckdb.connect()
+    report = load_configured_events(con, config, docs / "segment-export.jsonl", now=NOW)
+    assert (report.rows, report.valid) == (10, 8)
+    assert report.by_reason == {"malformed_line": 1, "missing_client_id": 1}
+    assert report.unknown_event_types == {}
+    types = {r[0] for r in con.execute("SELECT DISTINCT event_type FROM events").fetchall()}
+    assert types == {
+        "search",
+        "product_view",
+        "add_to_cart",
+        "checkout_start",
+        "purchase",
+        "login",
+        "refund",
+    }
+
+
+@pytest.mark.parametrize("name", ["bad.csv.gz", "bad.csv.zst", "bad.jsonl.gz"])
+def test_corrupt_compressed_file_names_the_file(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00 not really compressed")
+    with pytest.raises(EventContractError, match=rf"events file .*{name}: cannot be read"):
+        load_events(duckdb.connect(), tmp_path / name, now=NOW)
