@@ -277,7 +277,52 @@ def load_events(
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
-    mapping = dict(column_map or {})
+    plan = _plan_scans(con, kind, files, path, dict(column_map or {}), lenient_columns)
+    columns = plan.columns
+    now = now or datetime.now(UTC)
+    cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
+    limits = _Limits(cutoff, datetime.combine(earliest_event_time, datetime.min.time()), max_amount)
+    try:
+        _create_tables(
+            con,
+            columns,
+            plan.scans,
+            taxonomy,
+            limits,
+            events_table,
+            quarantine_table,
+            type_aliases,
+            (epoch_unit, time_zone),
+        )
+    except duckdb.Error as exc:
+        raise _read_error(con, kind, files, columns, path, exc) from exc
+    finally:
+        if plan.csv_source:
+            plan.csv_source.drop_rejects(con)
+    duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
+    return _validation_report(con, events_table, quarantine_table, duplicates)
+
+
+@dataclass(frozen=True)
+class _ScanPlan:
+    """How to read the input: the contract columns found (source name and type) and the three
+    scans (typed rows, raw text of rejected rows, malformed lines)."""
+
+    columns: dict[str, tuple[str, str]]
+    scans: tuple[str, str, str | None]
+    csv_source: CsvSource | None
+
+
+def _plan_scans(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    files: list[str],
+    path: str | os.PathLike[str],
+    mapping: dict[str, str],
+    lenient_columns: frozenset[str],
+) -> _ScanPlan:
+    """The readers of the input's format with the configured column mapping applied; fails
+    at once, naming file and column, when a required or mapped column is missing."""
     csv_source = _csv_source(files) if kind == "csv" else None
     json_source = _json_source(con, files) if kind == "json" else None
     if json_source:
@@ -297,35 +342,14 @@ def load_events(
             reader = _mapped_reader(reader, found)
             csv_reader_b = _mapped_reader(csv_reader_b, found) if csv_reader_b else None
     _check_required(con, files, columns, path, csv_source, json_source, mapping, lenient_columns)
-    now = now or datetime.now(UTC)
-    cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
-    limits = _Limits(cutoff, datetime.combine(earliest_event_time, datetime.min.time()), max_amount)
-    try:
-        scans: tuple[str, str, str | None]
-        if csv_source and csv_reader_b:
-            scans = (reader, csv_reader_b, csv_source.malformed_sql())
-        elif json_source:
-            scans = (reader, reader, json_source.malformed_sql())
-        else:
-            scans = (reader, reader, None)
-        _create_tables(
-            con,
-            columns,
-            scans,
-            taxonomy,
-            limits,
-            events_table,
-            quarantine_table,
-            type_aliases,
-            (epoch_unit, time_zone),
-        )
-    except duckdb.Error as exc:
-        raise _read_error(con, kind, files, columns, path, exc) from exc
-    finally:
-        if csv_source:
-            csv_source.drop_rejects(con)
-    duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
-    return _validation_report(con, events_table, quarantine_table, duplicates)
+    scans: tuple[str, str, str | None]
+    if csv_source and csv_reader_b:
+        scans = (reader, csv_reader_b, csv_source.malformed_sql())
+    elif json_source:
+        scans = (reader, reader, json_source.malformed_sql())
+    else:
+        scans = (reader, reader, None)
+    return _ScanPlan(columns, scans, csv_source)
 
 
 @dataclass(frozen=True)
