@@ -7,7 +7,15 @@ docs/architecture.md). Importing it is cheap (pydantic and PyYAML), so its names
 imported eagerly.
 """
 
-from configs.base import STAGES, SegmentationError, as_date, lazy_exports
+from configs.base import (
+    CONTRACT_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    STAGES,
+    SegmentationError,
+    as_date,
+    lazy_exports,
+)
 from configs.paths import CONFIG_DIR
 from configs.schema import (
     DEFAULT_CONFIG_PATH,
@@ -33,10 +41,13 @@ from configs.schema import (
 
 __all__ = [
     "CONFIG_DIR",
+    "CONTRACT_COLUMNS",
     "DEFAULT_CONFIG_PATH",
     "ENV_CONFIG",
     "ENV_MLFLOW_URI",
     "ENV_STORE_URL",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
     "STAGES",
     "CltvConfig",
     "ClusteringConfig",

@@ -7,10 +7,24 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from importlib import import_module
 
-__all__ = ["STAGES", "SegmentationError", "as_date", "lazy_exports"]
+__all__ = [
+    "CONTRACT_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "STAGES",
+    "SegmentationError",
+    "as_date",
+    "lazy_exports",
+]
 
 STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 """The customer-journey stages, in funnel order (DESIGN.md)."""
+
+# The event contract's columns (DESIGN.md): the reader validates them, the config maps source
+# columns onto them, the store keeps them raw for rejected rows.
+REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
+OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
+CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 
 class SegmentationError(Exception):

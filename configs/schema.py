@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from configs.base import STAGES, SegmentationError
+from configs.base import CONTRACT_COLUMNS, STAGES, SegmentationError
 from configs.paths import CONFIG_DIR
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "default.yaml"
@@ -105,20 +105,9 @@ class EventsConfig(_Section):
     @field_validator("columns")
     @classmethod
     def _contract_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        # The event contract (features.events.CONTRACT_COLUMNS; configs cannot import features).
-        contract = (
-            "client_id",
-            "event_time",
-            "event_type",
-            "channel",
-            "amount",
-            "category",
-            "sentiment",
-            "event_id",
-        )
         for column, source in value.items():
-            if column not in contract:
-                raise ValueError(f"{column!r} is not a contract column {contract}")
+            if column not in CONTRACT_COLUMNS:
+                raise ValueError(f"{column!r} is not a contract column {CONTRACT_COLUMNS}")
             if not str(source).strip():
                 raise ValueError(f"{column!r}: the source column is empty")
         return value

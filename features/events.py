@@ -20,14 +20,19 @@ from typing import Any
 import duckdb
 import yaml
 
-from configs import STAGES, EngineConfig, FeaturesConfig, SegmentationError
+from configs import (
+    CONTRACT_COLUMNS,
+    OPTIONAL_COLUMNS,
+    REQUIRED_COLUMNS,
+    STAGES,
+    EngineConfig,
+    FeaturesConfig,
+    SegmentationError,
+)
 from configs.paths import CONFIG_DIR
 from features.csv_source import COMPRESSED_SUFFIXES, MALFORMED_LINE, CsvHeaderError, CsvSource
 from features.json_source import JSON_SUFFIXES, JsonSource
 
-REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
-OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
-CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 OTHER_STAGE = "other"
 
 # Order matters: a row with several problems is quarantined under the first that applies.

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from datetime import date
@@ -225,18 +224,15 @@ def _features(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from features.build import build_features
-    from features.events import check_bad_share, connect_for_events, load_configured_events
+    from features.events import check_bad_share, load_configured_events
+    from pipelines.scratch import events_connection
 
     config = _config(args)
     config.workdir_path.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="duckdb-", dir=config.workdir_path) as scratch:
-        con = connect_for_events(config.features, scratch)
-        try:
-            report = load_configured_events(con, config, args.events)
-            check_bad_share(report, config.events.max_bad_share)
-            table = build_features(con, args.as_of, config.features, shards=config.features.shards)
-        finally:
-            con.close()
+    with events_connection(config) as con:
+        report = load_configured_events(con, config, args.events)
+        check_bad_share(report, config.events.max_bad_share)
+        table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
