@@ -73,10 +73,12 @@ class EventsConfig(_Section):
         description="column mappings and type aliases of an exporter (configs/presets/*.yaml);"
         " `columns` and `type_aliases` override it",
     )
-    columns: dict[str, str] = Field(
+    columns: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description="contract column -> source column, or a dotted path into a JSON object or"
-        " Parquet struct (amount: properties.revenue)",
+        description="contract column -> source column, or a path into a JSON object or Parquet"
+        " struct (amount: properties.revenue; items[0].item_category;"
+        " event_params[key=currency].value.string_value), or a list of them: the first"
+        " non-empty value of a row wins (client_id: [userId, anonymousId])",
     )
     type_aliases: dict[str, str] = Field(
         default_factory=dict,
@@ -104,12 +106,15 @@ class EventsConfig(_Section):
 
     @field_validator("columns")
     @classmethod
-    def _contract_columns(cls, value: dict[str, str]) -> dict[str, str]:
+    def _contract_columns(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         for column, source in value.items():
             if column not in CONTRACT_COLUMNS:
                 raise ValueError(f"{column!r} is not a contract column {CONTRACT_COLUMNS}")
-            if not str(source).strip():
-                raise ValueError(f"{column!r}: the source column is empty")
+            options = [source] if isinstance(source, str) else source
+            if not options:
+                raise ValueError(f"{column!r}: the list of source columns is empty")
+            if any(not str(option).strip() for option in options):
+                raise ValueError(f"{column!r}: a source column is empty")
         return value
 
     @field_validator("extra_event_types")
@@ -239,13 +244,25 @@ class CltvConfig(_Section):
     the same names and defaults; their constraints are declared here only (the model validates
     through this class, `CltvModel.from_config` passes them by name). `holdout_days` is not a
     model parameter: it is the calibration/holdout split of the backtest that qualifies a fit
-    (`models.backtest.split_btyd` and `backtest`, called by the pipeline).
+    (`models.backtest.split_btyd` and `backtest`, called by the pipeline), and the window of
+    the learned models: they learn from features as of as_of - holdout_days what happens in
+    the holdout_days after, and `p_purchase` is over that window. `learned_model: false` keeps
+    BG/NBD for buyers (prospects still get the conversion model); with fewer than
+    `min_training_purchasers` training clients buying in the window, BG/NBD serves and the run
+    logs why. `test_share` of the clients is held out to judge the models; a fit samples at
+    most `max_training_clients` rows.
     """
 
     horizon_days: int = Field(365, ge=1)
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     penalizer: float = Field(0.0, ge=0)
     holdout_days: int = Field(90, ge=7)
+    # The learned models (models.learned, models.selection): trained on features as of
+    # as_of - holdout_days and the purchases after it; they compete with BG/NBD on test clients.
+    learned_model: bool = True
+    min_training_purchasers: int = Field(50, ge=1)
+    test_share: float = Field(0.25, gt=0, lt=1)
+    max_training_clients: int = Field(150_000, ge=100)
 
 
 class RefitConfig(_Section):

@@ -41,7 +41,9 @@ CSV_DIALECT = (
 # Compressed files DuckDB reads by their extension (`compression = 'auto'`).
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 _HEADER_BYTES = 1 << 20  # a header line longer than 1 MiB is not a header
-_PLAIN_NAME = re.compile(r"[\w .-]+")
+# A column name DuckDB is given as it is: any non-empty text without control characters
+# (quoted wherever SQL names it: `revenue (USD)`, `a/b`, `ts:utc`, `#id`, `"q"`).
+_PLAIN_NAME = re.compile(r"[^\x00-\x1f\x7f]+")
 
 
 class CsvHeaderError(SegmentationError, ValueError):
@@ -79,8 +81,8 @@ def read_header(file: str) -> tuple[str, ...]:
         if key in seen:
             raise CsvHeaderError(f"events file {file}: column {name!r} appears twice in the header")
         seen.add(key)
-    # Names DuckDB is given: a column the contract cannot use and whose name holds characters
-    # other than letters, digits, space, `_`, `.`, `-` is read under a placeholder.
+    # An empty name, or one holding a control character, is read under a placeholder (the
+    # contract and events.columns cannot name it).
     return tuple(
         name if _PLAIN_NAME.fullmatch(name) else f"_column_{k}" for k, name in enumerate(names)
     )

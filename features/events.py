@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import glob as globlib
 import os
-from collections.abc import Mapping
+import re
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -31,7 +33,7 @@ from configs import (
 )
 from configs.paths import CONFIG_DIR
 from features.csv_source import COMPRESSED_SUFFIXES, MALFORMED_LINE, CsvHeaderError, CsvSource
-from features.json_source import JSON_SUFFIXES, JsonSource
+from features.json_source import JSON_SUFFIXES, JsonSource, Step
 
 OTHER_STAGE = "other"
 
@@ -214,7 +216,7 @@ def load_events(
     quarantine_table: str = "quarantine",
     earliest_event_time: date = DEFAULT_EARLIEST_EVENT_TIME,
     max_amount: float = DEFAULT_MAX_AMOUNT,
-    column_map: Mapping[str, str] | None = None,
+    column_map: ColumnMap | None = None,
     type_aliases: Mapping[str, str] | None = None,
     epoch_unit: str | None = None,
     time_zone: str = "UTC",
@@ -228,15 +230,17 @@ def load_events(
     (the first by time, client and type is kept) and counted.
 
     Two scans of the input: one typed pass keeps the valid rows (raw text is never built for
-    them), and a second pass keeps the raw text of the rejected rows only. Deduplication
-    sorts only the rows whose event_id occurs more than once.
+    them), and a second pass keeps the raw text of the rejected rows only (JSON lines are
+    scanned once for their keys and once into a temporary table that both passes read).
+    Deduplication sorts only the rows whose event_id occurs more than once.
 
     Parameters
     ----------
     con : duckdb.DuckDBPyConnection
         The connection that receives the two tables (its time zone is set to UTC).
     path : str or os.PathLike
-        A Parquet or CSV file, a folder of them (searched recursively), or a glob; one format.
+        A Parquet, CSV or JSON lines file, a folder of them (searched recursively), or a glob;
+        one format.
     taxonomy : Taxonomy, optional
         Event type to journey stage; default the shipped ``configs/taxonomy.yaml``.
     future_tolerance_hours : float, default 24.0
@@ -251,10 +255,13 @@ def load_events(
     max_amount : float, default 1e9
         Amounts above this are quarantined as out of range (the feature build sums money in
         integer micro-units, which overflow from about 9.22e12).
-    column_map : mapping of str to str, optional
-        Contract column -> source column, or a dotted path into a JSON object or a Parquet
-        struct (``{"amount": "properties.revenue"}``). A mapped source column missing from a
-        file fails at once, naming the source column, the contract column and the file.
+    column_map : mapping of str to str or list of str, optional
+        Contract column -> source column, or a path into a JSON object or a Parquet struct
+        (``properties.revenue``, ``items[0].item_category``,
+        ``event_params[key=currency].value.string_value``: see `parse_path`), or a list of
+        them whose first non-empty value wins per row (``["userId", "anonymousId"]``). A
+        mapped source column missing from a file (for a list: all of them) fails at once,
+        naming the source column, the contract column and the file.
     type_aliases : mapping of str to str, optional
         Source event name -> taxonomy event type (``{"Order Completed": "purchase"}``),
         matched trimmed and case-insensitively; other names are kept as they are.
@@ -302,8 +309,7 @@ def load_events(
     except duckdb.Error as exc:
         raise _read_error(con, kind, files, columns, path, exc) from exc
     finally:
-        if plan.csv_source:
-            plan.csv_source.drop_rejects(con)
+        plan.release(con)
     duplicates = _drop_duplicates(con, events_table) if "event_id" in columns else 0
     return _validation_report(con, events_table, quarantine_table, duplicates)
 
@@ -316,6 +322,14 @@ class _ScanPlan:
     columns: dict[str, tuple[str, str]]
     scans: tuple[str, str, str | None]
     csv_source: CsvSource | None
+    temp_table: str | None = None  # JSON lines: the lines read once (dropped after the load)
+
+    def release(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Drop what the scans left on the connection (CSV rejects, the JSON lines table)."""
+        if self.csv_source:
+            self.csv_source.drop_rejects(con)
+        if self.temp_table:
+            con.execute(f"DROP TABLE IF EXISTS {self.temp_table}")
 
 
 def _plan_scans(
@@ -323,38 +337,42 @@ def _plan_scans(
     kind: str,
     files: list[str],
     path: str | os.PathLike[str],
-    mapping: dict[str, str],
+    mapping: ColumnMap,
     lenient_columns: frozenset[str],
 ) -> _ScanPlan:
     """The readers of the input's format with the configured column mapping applied; fails
-    at once, naming file and column, when a required or mapped column is missing."""
-    csv_source = _csv_source(files) if kind == "csv" else None
-    json_source = _json_source(con, files) if kind == "json" else None
-    if json_source:
-        found = _contract_columns(
-            json_source.columns(), mapping, f"events at {path}", lenient_columns
-        )
+    at once, naming file and column, when a required or mapped column is missing.
+
+    JSON lines are read here, once, into a temporary table (after the columns are checked):
+    the typed pass, the raw pass and the malformed lines all read that table."""
+    where = f"events at {path}"
+    if kind == "json":
+        json_source = _json_source(con, files)
+        found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
         columns = {c: (c, "VARCHAR") for c in found}
-        reader = json_source.reader({c: _path_parts(name) for c, (name, _) in found.items()})
-        csv_reader_b = None
-    else:
-        reader = csv_source.reader("a") if csv_source else _reader_sql(files)
-        csv_reader_b = csv_source.reader("b") if csv_source else None
+        _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
+        table = f"_json_lines_{uuid.uuid4().hex[:8]}"
+        wanted = {c: source.paths for c, source in found.items()}
+        try:
+            reader, malformed = json_source.materialize(con, wanted, table)
+        except duckdb.Error as exc:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+            raise _read_error(con, kind, files, columns, path, exc) from exc
+        return _ScanPlan(columns, (reader, reader, malformed), None, table)
+    csv_source = _csv_source(files) if kind == "csv" else None
+    reader = csv_source.reader("a") if csv_source else _reader_sql(files)
+    csv_reader_b = csv_source.reader("b") if csv_source else None
+    columns = _source_columns(con, reader)
+    if mapping:
+        sources = _contract_columns(columns, mapping, where, lenient_columns)
+        exprs = _mapped_exprs(con, reader, sources, mapping, path, lenient_columns)
+        reader = _mapped_reader(reader, exprs)
         columns = _source_columns(con, reader)
-        if mapping:
-            found = _contract_columns(columns, mapping, f"events at {path}", lenient_columns)
-            columns = _mapped_columns(con, reader, found, mapping, path, lenient_columns)
-            reader = _mapped_reader(reader, found)
-            csv_reader_b = _mapped_reader(csv_reader_b, found) if csv_reader_b else None
-    _check_required(con, files, columns, path, csv_source, json_source, mapping, lenient_columns)
-    scans: tuple[str, str, str | None]
+        csv_reader_b = _mapped_reader(csv_reader_b, exprs) if csv_reader_b else None
+    _check_required(con, files, columns, path, csv_source, None, mapping, lenient_columns)
     if csv_source and csv_reader_b:
-        scans = (reader, csv_reader_b, csv_source.malformed_sql())
-    elif json_source:
-        scans = (reader, reader, json_source.malformed_sql())
-    else:
-        scans = (reader, reader, None)
-    return _ScanPlan(columns, scans, csv_source)
+        return _ScanPlan(columns, (reader, csv_reader_b, csv_source.malformed_sql()), csv_source)
+    return _ScanPlan(columns, (reader, reader, None), None)
 
 
 @dataclass(frozen=True)
@@ -366,78 +384,235 @@ class _Limits:
     max_amount: float
 
 
-def _path_parts(source: str) -> tuple[str, ...]:
-    """The keys of a source path as `_contract_columns` names it (parts joined by \\x1f)."""
-    return tuple(source.split("\x1f"))
+# A contract column's source: a column, a path (`properties.revenue`, `items[0].item_category`,
+# `event_params[key=currency].value.string_value`), or a list of them (the first non-empty
+# value of a row wins).
+ColumnMap = Mapping[str, str | Sequence[str]]
+_PATH_STEP = re.compile(
+    r"(?P<name>[^.\[\]]+)"
+    r"|\[\s*(?P<index>\d+)\s*\]"
+    r"|\[\s*(?P<field>[^=\[\]]+?)\s*=\s*(?P<value>'[^']*'|\"[^\"]*\"|[^\]]*?)\s*\]"
+)
+
+
+def parse_path(source: str) -> tuple[Step, ...]:
+    """The steps of a source path: `a.b` (fields of a JSON object or struct), `a[0]` (a list
+    element, 0-based), `a[key=x]` (the first list element whose `key` is `x`; quotes around
+    `x` are optional). Raises ValueError on other text."""
+    steps: list[Step] = []
+    pos = 0
+    while pos < len(source):
+        dot = bool(steps) and source.startswith(".", pos)
+        match = _PATH_STEP.match(source, pos + dot)
+        is_name = match is not None and match.group("name") is not None
+        if match is None or is_name != (dot or not steps):
+            raise ValueError(
+                f"{source!r} is not a column or path (a.b, a[0].b, a[key=x].b) at character"
+                f" {pos + 1}"
+            )
+        if is_name:
+            steps.append(match.group("name"))
+        elif match.group("index") is not None:
+            steps.append(int(match.group("index")))
+        else:
+            value = match.group("value")
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            steps.append((match.group("field"), value))
+        pos = match.end()
+    if not steps:
+        raise ValueError("the source path is empty")
+    return tuple(steps)
+
+
+def path_text(steps: tuple[Step, ...]) -> str:
+    """A path as written in a config (`event_params[key=currency].value`)."""
+    text = ""
+    for step in steps:
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif isinstance(step, tuple):
+            text += f"[{step[0]}={step[1]}]"
+        else:
+            text += ("." if text else "") + step
+    return text
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a contract column is read from: its alternatives, each a path of steps from a
+    column of the source (the first non-empty value of a row wins), and the type of a single
+    plain column ("" otherwise: only DuckDB knows it)."""
+
+    paths: tuple[tuple[Step, ...], ...]
+    dtype: str = ""
+
+    @property
+    def name(self) -> str:
+        return " or ".join(path_text(p) for p in self.paths)
+
+
+def _alternatives(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _source_text(value: str | Sequence[str]) -> str:
+    options = _alternatives(value)
+    return repr(options[0]) if len(options) == 1 else " or ".join(repr(o) for o in options)
 
 
 def _contract_columns(
     found: dict[str, tuple[str, str]],
-    mapping: Mapping[str, str],
+    mapping: ColumnMap,
     where: str,
     lenient: frozenset[str] = frozenset(),
-) -> dict[str, tuple[str, str]]:
+) -> dict[str, _Source]:
     """The contract columns of a source: its own columns named as the contract, replaced by
-    the mapped ones (contract -> source column or dotted path). The names returned are the
-    source path, parts joined by the unit separator (\\x1f); the type is that of the head
-    column ("" for a nested path: only DuckDB knows it)."""
+    the mapped ones (contract -> source column, path, or list of them). A mapping fails when
+    none of its alternatives is there (the head column of a path is checked; DuckDB checks
+    the rest of a Parquet path); a lenient one falls back to the contract's own column."""
     by_name = {name: (name, dtype) for name, dtype in found.values()}
-    result = {c: found[c] for c in CONTRACT_COLUMNS if c in found and c not in mapping}
-    for contract, source in mapping.items():
-        hit = by_name.get(source) or found.get(source.strip().lower())
-        if hit:
-            result[contract] = hit
+    result = {
+        c: _Source(((found[c][0],),), found[c][1])
+        for c in CONTRACT_COLUMNS
+        if c in found and c not in mapping
+    }
+    for contract, value in mapping.items():
+        paths: list[tuple[tuple[Step, ...], str]] = []
+        for source in _alternatives(value):
+            hit = by_name.get(source) or found.get(source.strip().lower())
+            if hit:
+                paths.append(((hit[0],), hit[1]))
+                continue
+            try:
+                steps = parse_path(source)
+            except ValueError as exc:
+                raise EventContractError(
+                    f"{where}: events.columns {contract}: {exc}; a column of that name is"
+                    f" missing too"
+                ) from exc
+            head = steps[0]
+            top = by_name.get(head) if isinstance(head, str) else None
+            top = top or (found.get(head.strip().lower()) if isinstance(head, str) else None)
+            if top is not None and len(steps) > 1:
+                paths.append(((top[0], *steps[1:]), ""))
+        if paths:
+            dtype = paths[0][1] if len(paths) == 1 else ""
+            result[contract] = _Source(tuple(p for p, _ in paths), dtype)
             continue
-        head, *rest = source.split(".")
-        top = by_name.get(head) or found.get(head.strip().lower())
-        if (top is None or not rest) and contract in lenient:
+        if contract in lenient:
             if contract in found:  # the contract's own column, as without a mapping
-                result[contract] = found[contract]
+                result[contract] = _Source(((found[contract][0],),), found[contract][1])
             continue
-        if top is None or not rest:
-            raise EventContractError(
-                f"{where}: column {source!r} (mapped to {contract} by events.columns) is"
-                f" missing (found: {', '.join(n for n, _ in found.values()) or 'none'})"
-            )
-        result[contract] = ("\x1f".join([top[0], *rest]), "")
+        several = len(_alternatives(value)) > 1
+        raise EventContractError(
+            f"{where}: column{'s' if several else ''} {_source_text(value)} (mapped to"
+            f" {contract} by events.columns) {'are all' if several else 'is'} missing"
+            f" (found: {', '.join(n for n, _ in found.values()) or 'none'})"
+        )
     return result
 
 
-def _mapped_reader(reader: str, found: dict[str, tuple[str, str]]) -> str:
-    """`reader` with its columns renamed to the contract (nested paths as struct fields)."""
-    exprs = [
-        ".".join('"' + p.replace('"', '""') + '"' for p in _path_parts(name)) + f' AS "{c}"'
-        for c, (name, _) in found.items()
-    ]
-    return f"(SELECT {', '.join([*exprs, 'source_file'])} FROM {reader}) AS mapped"
+def _path_sql(steps: tuple[Step, ...]) -> str:
+    """A path into a Parquet struct or list as SQL: fields by name, list elements by 0-based
+    index, and `[key=x]` as the first element of `list_filter`."""
+    expr = _ident(str(steps[0]))
+    for step in steps[1:]:
+        if isinstance(step, int):
+            expr = f"({expr})[{step + 1}]"
+        elif isinstance(step, tuple):
+            field, value = step
+            expr = f"list_filter({expr}, lambda _e: _e.{_ident(field)} = {_sql_text(value)})[1]"
+        else:
+            expr = f"({expr}).{_ident(step)}"
+    return expr
 
 
-def _mapped_columns(
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _mapped_reader(reader: str, exprs: dict[str, str]) -> str:
+    """`reader` with its columns renamed to the contract (`exprs`: contract -> SQL)."""
+    selected = [f"{e} AS {_ident(c)}" for c, e in exprs.items()]
+    return f"(SELECT {', '.join([*selected, 'source_file'])} FROM {reader}) AS mapped"
+
+
+def _mapped_exprs(
     con: duckdb.DuckDBPyConnection,
     reader: str,
-    found: dict[str, tuple[str, str]],
-    mapping: Mapping[str, str],
+    sources: dict[str, _Source],
+    mapping: ColumnMap,
     path: str | os.PathLike[str],
     lenient: frozenset[str] = frozenset(),
-) -> dict[str, tuple[str, str]]:
-    """The contract columns of the mapped reader; a nested path that is not there fails
-    naming the source path, the contract column and the input (a lenient one is dropped from
-    `found`)."""
+) -> dict[str, str]:
+    """The SQL of each contract column over `reader`: a column or path, or the coalesce of
+    its alternatives. An alternative DuckDB cannot read (a struct field that is not there) is
+    left out; a contract column with none left fails naming the source path, the contract
+    column and the input (a lenient one is left out)."""
+    alternatives = {c: [_path_sql(p) for p in s.paths] for c, s in sources.items()}
+    flat = {f"{c}\x1f{k}": e for c, es in alternatives.items() for k, e in enumerate(es)}
     try:
-        return _source_columns(con, _mapped_reader(reader, found))
+        types = _expr_types(con, reader, flat)
     except EventContractError:
-        for contract, (name, _) in list(found.items()):
-            try:
-                _source_columns(con, _mapped_reader(reader, {contract: (name, "")}))
-            except EventContractError as exc:
-                if contract in lenient:
-                    del found[contract]
-                    continue
-                raise EventContractError(
-                    f"events at {path}: column {mapping.get(contract, name)!r} (mapped to"
-                    f" {contract} by events.columns) cannot be read: {exc}"
-                ) from exc
-        return _source_columns(con, _mapped_reader(reader, found))
+        types = {}
+        for contract, exprs in alternatives.items():
+            error: EventContractError | None = None
+            for k, expr in enumerate(exprs):
+                try:
+                    types.update(_expr_types(con, reader, {f"{contract}\x1f{k}": expr}))
+                except EventContractError as exc:
+                    error = error or exc
+            if any(a.startswith(f"{contract}\x1f") for a in types) or error is None:
+                continue
+            if contract in lenient:
+                continue
+            source = mapping.get(contract, sources[contract].name)
+            raise EventContractError(
+                f"events at {path}: column {_source_text(source)} (mapped to {contract} by"
+                f" events.columns) cannot be read: {error}"
+            ) from error
+    result = {}
+    for contract, exprs in alternatives.items():
+        typed = [(e, types.get(f"{contract}\x1f{k}")) for k, e in enumerate(exprs)]
+        typed = [(e, t) for e, t in typed if t is not None]
+        if typed:
+            result[contract] = _coalesced(typed)
+    return result
+
+
+def _expr_types(
+    con: duckdb.DuckDBPyConnection, reader: str, exprs: dict[str, str]
+) -> dict[str, str | None]:
+    """The DuckDB type of each expression over `reader` (an EventContractError if one fails)."""
+    if not exprs:
+        return {}
+    select = ", ".join(f"{e} AS {_ident(a)}" for a, e in exprs.items())
+    try:
+        described = con.execute(f"DESCRIBE SELECT {select} FROM {reader}").fetchall()
+    except duckdb.Error as exc:
+        raise EventContractError(str(exc).strip().splitlines()[0]) from exc
+    types: dict[str, str | None] = dict.fromkeys(exprs)
+    types.update({name: str(dtype).upper() for name, dtype, *_ in described})
+    return types
+
+
+def _coalesced(typed: list[tuple[str, str | None]]) -> str:
+    """The first non-empty value of several expressions (text trimmed to test emptiness; of
+    mixed types other than numbers, compared as text)."""
+    if len(typed) == 1:
+        return typed[0][0]
+    kinds = {t for _, t in typed}
+    if kinds == {"VARCHAR"}:
+        parts = [f"CASE WHEN trim({e}) <> '' THEN {e} END" for e, _ in typed]
+    elif len(kinds) == 1 or all(str(t).startswith(_NUMERIC) for t in kinds):
+        parts = [e for e, _ in typed]
+    else:
+        parts = [
+            f"CASE WHEN trim(CAST({e} AS VARCHAR)) <> '' THEN CAST({e} AS VARCHAR) END"
+            for e, _ in typed
+        ]
+    return f"coalesce({', '.join(parts)})"
 
 
 def _csv_source(files: list[str]) -> CsvSource:
@@ -623,7 +798,7 @@ def load_configured_events(
 class EventMapping:
     """The source-to-contract mapping of a config: its preset, overridden by its own keys."""
 
-    columns: dict[str, str]
+    columns: dict[str, str | list[str]]
     type_aliases: dict[str, str]
     epoch_unit: str | None
     lenient: frozenset[str]  # optional contract columns mapped by the preset only
@@ -653,7 +828,10 @@ def event_mapping(config: EngineConfig) -> EventMapping:
     `events.epoch_unit`)."""
     events = config.events
     preset = load_preset(events.preset) if events.preset else {}
-    preset_columns = {str(k): str(v) for k, v in (preset.get("columns") or {}).items()}
+    preset_columns: dict[str, str | list[str]] = {
+        str(k): [str(x) for x in v] if isinstance(v, list) else str(v)
+        for k, v in (preset.get("columns") or {}).items()
+    }
     columns = {**preset_columns, **events.columns}
     aliases = {
         **{str(k): str(v) for k, v in (preset.get("type_aliases") or {}).items()},
@@ -707,7 +885,7 @@ def _check_required(
     path: str | os.PathLike[str],
     csv_source: CsvSource | None = None,
     json_source: JsonSource | None = None,
-    mapping: Mapping[str, str] | None = None,
+    mapping: ColumnMap | None = None,
     lenient: frozenset[str] = frozenset(),
 ) -> None:
     """Every required column in the union and in each file (a stray file fails, named), and a
@@ -728,7 +906,8 @@ def _check_required(
             else:
                 found = _source_columns(con, _reader_sql([file]))
             if mapping or json_source:
-                found = _contract_columns(found, mapping or {}, f"events file {file}", lenient)
+                sources = _contract_columns(found, mapping or {}, f"events file {file}", lenient)
+                found = {c: (s.name, s.dtype) for c, s in sources.items()}
             per_file[file] = found
             lacking = [c for c in REQUIRED_COLUMNS if c not in found]
             if lacking:

@@ -6,8 +6,12 @@ that does not parse without saying which. Here each line is read as text (a CSV 
 control character as delimiter and no quoting: a raw control character cannot occur in valid
 JSON), and the contract fields are taken out of it with `json_extract_string` (one parse for
 every field of a line). A line that is not a JSON object becomes a quarantine row with reason
-`malformed_line` and its raw text; blank lines hold no row and are skipped. Every value is read
-as text, as for CSV, and typed by the event contract.
+`malformed_line`, its line number and its raw text; blank lines hold no row and are skipped.
+Every value is read as text, as for CSV, and typed by the event contract.
+
+Two scans of the files: one for the keys of the objects (to check the mapping before
+reading), and one that stores the contract fields of every object and the text of every
+malformed line in a temporary table, which the typed and raw passes of the load then read.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from dataclasses import dataclass
 
 import duckdb
 
-__all__ = ["JSON_SUFFIXES", "JsonSource"]
+__all__ = ["JSON_SUFFIXES", "JsonSource", "Step", "json_path"]
 
 JSON_SUFFIXES = (".jsonl", ".ndjson")
+# One step of a source path: a field name, a list index (0-based), or a filter `(field,
+# value)` selecting the first list element whose field equals the value (as text).
+Step = str | int | tuple[str, str]
 # A line may hold up to 8 MiB (more fails the read, naming the file). A larger limit makes
 # DuckDB read the file on one thread (128 MiB: 4x slower on 1M events).
 _LINES = (
@@ -26,13 +33,18 @@ _LINES = (
     " comment = '', auto_detect = false, strict_mode = false, null_padding = false,"
     " filename = 'source_file', max_line_size = 8388608"
 )
+_STARTS_OBJECT = "starts_with(ltrim(line, ' ' || chr(9) || chr(13)), '{')"
 # A JSON object: valid JSON starting with `{` (json_valid never fails; json_type would on
 # invalid JSON, and costs a second parse).
-_OBJECT = "(starts_with(ltrim(line, ' ' || chr(9) || chr(13)), '{') AND json_valid(line))"
+_OBJECT = f"({_STARTS_OBJECT} AND json_valid(line))"
 
 
 def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class JsonSource:
         # here; `try` makes an invalid line's keys NULL (cheaper than parsing it twice).
         rows = con.execute(
             f"SELECT DISTINCT source_file, try(json_keys(line)) FROM {_lines(files)}"
-            " WHERE starts_with(ltrim(line, ' ' || chr(9) || chr(13)), '{')"
+            f" WHERE {_STARTS_OBJECT}"
         ).fetchall()
         keys: dict[str, dict[str, None]] = {}
         for file, names in rows:
@@ -62,35 +74,100 @@ class JsonSource:
         keys = self.keys[file] if file else [k for ks in self.keys.values() for k in ks]
         return {k.strip().lower(): (k, "VARCHAR") for k in keys if '"' not in k}
 
-    def reader(self, wanted: dict[str, tuple[str, ...]]) -> str:
-        """The SQL reading the JSON objects: one text column per entry of `wanted` (column
-        name -> path of keys into the object), and `source_file`. Lines that are not JSON
-        objects are left out."""
-        paths = "[" + ", ".join(_sql_text(_json_path(p)) for p in wanted.values()) + "]"
-        fields = "".join(
-            f", v[{i + 1}] AS " + '"' + k.replace('"', '""') + '"' for i, k in enumerate(wanted)
-        )
-        extract = (
-            f"CASE WHEN {_OBJECT} THEN json_extract_string(line, {paths}) END"
-            if wanted
-            else "NULL::VARCHAR[]"
-        )
-        return (
-            f"(SELECT source_file{fields} FROM (SELECT source_file, {extract} AS v"
-            f" FROM {_lines(self.files)} WHERE {_OBJECT})) AS src"
-        )
+    def materialize(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        wanted: dict[str, tuple[tuple[Step, ...], ...]],
+        table: str,
+    ) -> tuple[str, str]:
+        """Read every line once into the temporary `table` and return the SQL of its objects
+        (one text column per entry of `wanted`, and `source_file`) and of its malformed lines
+        (`source_file`, `line_number`, `raw_line`).
 
-    def malformed_sql(self) -> str:
-        """One row per line that is not a JSON object: file, raw text (NUL bytes removed)."""
-        return (
-            f"SELECT source_file, NULL::BIGINT AS line_number,"
-            f" replace(line, chr(0), '') AS raw_line FROM {_lines(self.files)}"
-            f" WHERE trim(line) <> '' AND NOT coalesce({_OBJECT}, false)"
+        `wanted` maps a column name to its source paths (each a tuple of steps from a
+        top-level key); with several, the first non-empty value of a line wins."""
+        batch: list[str] = []  # plain JSON paths, extracted with one parse per line
+        alternatives: dict[str, list[str]] = {}
+        for name, paths in wanted.items():
+            exprs = alternatives.setdefault(name, [])
+            for steps in paths:
+                if any(isinstance(s, tuple) for s in steps):
+                    exprs.append(f"CASE WHEN is_object THEN {_filtered_expr(steps)} END")
+                else:
+                    batch.append(json_path(steps))
+                    exprs.append(f"v[{len(batch)}]")
+        # A line is an object when it starts with `{` and parses: `try` makes the extraction
+        # NULL for a line that does not (one parse for both; json_valid would be a second).
+        if batch:
+            listed = ", ".join(_sql_text(p) for p in batch)
+            extract = (
+                f"CASE WHEN {_STARTS_OBJECT} THEN try(json_extract_string(line, [{listed}])) END"
+            )
+            is_object = "v IS NOT NULL"
+        else:
+            extract, is_object = "NULL::VARCHAR[]", f"coalesce({_OBJECT}, false)"
+        inner = [
+            f"{e} AS _a{k}_{i}"
+            for k, es in enumerate(alternatives.values())
+            for i, e in enumerate(es)
+        ]
+        fields = []
+        for k, (name, exprs) in enumerate(alternatives.items()):
+            refs = [f"_a{k}_{i}" for i in range(len(exprs))]
+            value = (
+                refs[0]
+                if len(refs) == 1
+                else "coalesce("
+                + ", ".join(f"CASE WHEN trim({r}) <> '' THEN {r} END" for r in refs)
+                + ")"
+            )
+            fields.append(f"CASE WHEN is_object THEN {value} END AS {_quoted(name)}")
+        scans = " UNION ALL ".join(
+            f"SELECT source_file, ordinality AS line_number, line"
+            f" FROM {_lines([f])} WITH ORDINALITY"
+            for f in self.files
         )
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {table} AS"
+            f" SELECT source_file, line_number, is_object, {''.join(f + ', ' for f in fields)}"
+            f" CASE WHEN NOT is_object THEN replace(line, chr(0), '') END AS raw_line FROM ("
+            f"  SELECT *, {''.join(e + ', ' for e in inner)} NULL AS _end FROM ("
+            f"   SELECT *, {is_object} AS is_object FROM ("
+            f"    SELECT source_file, line_number, line, {extract} AS v"
+            f"    FROM ({scans}) WHERE trim(line) <> '')))"
+        )
+        names = "".join(", " + _quoted(n) for n in wanted)
+        objects = f"(SELECT source_file{names} FROM {table} WHERE is_object) AS src"
+        malformed = f"SELECT source_file, line_number, raw_line FROM {table} WHERE NOT is_object"
+        return objects, malformed
 
 
-def _json_path(keys: tuple[str, ...]) -> str:
-    return "$" + "".join('."' + k.replace('"', '\\"') + '"' for k in keys)
+def json_path(steps: tuple[Step, ...]) -> str:
+    """The JSON path of field and index steps (`$."items"[0]."item_category"`)."""
+    parts = []
+    for step in steps:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif isinstance(step, str):
+            parts.append('."' + step.replace('"', '\\"') + '"')
+        else:
+            raise ValueError(f"a filter step {step} has no JSON path")
+    return "$" + "".join(parts)
+
+
+def _filtered_expr(steps: tuple[Step, ...]) -> str:
+    """A path with filter steps: the list before each filter extracted as JSON, its first
+    element whose field equals the value kept, and the rest of the path read from it."""
+    expr, pending = "line", list[Step]()
+    for step in steps:
+        if isinstance(step, tuple):
+            field, value = step
+            listing = f"json_extract({expr}, {_sql_text(json_path(tuple(pending)) + '[*]')})"
+            test = f"json_extract_string(_e, {_sql_text(json_path((field,)))}) = {_sql_text(value)}"
+            expr, pending = f"list_filter({listing}, lambda _e: {test})[1]", []
+        else:
+            pending.append(step)
+    return f"json_extract_string({expr}, {_sql_text(json_path(tuple(pending)))})"
 
 
 def _lines(files: tuple[str, ...] | list[str]) -> str:

@@ -117,8 +117,10 @@ def test_malformed_json_line_is_quarantined_with_its_text(tmp_path: Path) -> Non
     con = duckdb.connect()
     report = load_events(con, file, now=NOW)
     assert (report.rows, report.valid, report.by_reason) == (3, 1, {"malformed_line": 2})
-    raw = con.execute("SELECT raw_line, source_file FROM quarantine ORDER BY raw_line").fetchall()
-    assert raw == [("[1, 2]", str(file)), ('{"client_id": "c2", "event_ti', str(file))]
+    raw = con.execute(
+        "SELECT raw_line, source_file, line_number FROM quarantine ORDER BY raw_line"
+    ).fetchall()
+    assert raw == [("[1, 2]", str(file), 4), ('{"client_id": "c2", "event_ti', str(file), 2)]
 
 
 def test_segment_export_with_preset_equals_plain_csv(
@@ -302,9 +304,12 @@ def test_docs_example_loads(tmp_path: Path) -> None:
     config = load_config(docs / "segment-config.yaml")
     con = duckdb.connect()
     report = load_configured_events(con, config, docs / "segment-export.jsonl", now=NOW)
-    assert (report.rows, report.valid) == (10, 8)
-    assert report.by_reason == {"malformed_line": 1, "missing_client_id": 1}
+    assert (report.rows, report.valid) == (10, 9)
+    assert report.by_reason == {"malformed_line": 1}
     assert report.unknown_event_types == {}
+    # The anonymous visitor (anonymousId only) is a client of their own.
+    assert con.execute("SELECT count(*) FROM events WHERE client_id = 'a-91'").fetchall() == [(1,)]
+    assert con.execute("SELECT line_number FROM quarantine").fetchall() == [(10,)]
     types = {r[0] for r in con.execute("SELECT DISTINCT event_type FROM events").fetchall()}
     assert types == {
         "search",
@@ -322,3 +327,199 @@ def test_corrupt_compressed_file_names_the_file(tmp_path: Path, name: str) -> No
     (tmp_path / name).write_bytes(b"\x1f\x8b\x08\x00 not really compressed")
     with pytest.raises(EventContractError, match=rf"events file .*{name}: cannot be read"):
         load_events(duckdb.connect(), tmp_path / name, now=NOW)
+
+
+# GA4 as BigQuery exports it: parameters as key/value records, the value in the field of its
+# type; items as a list of structs.
+_GA4_VALUE = pa.struct(
+    [
+        ("string_value", pa.string()),
+        ("int_value", pa.int64()),
+        ("float_value", pa.float64()),
+        ("double_value", pa.float64()),
+    ]
+)
+_GA4_SCHEMA = pa.schema(
+    [
+        ("event_date", pa.string()),
+        ("event_timestamp", pa.int64()),
+        ("event_name", pa.string()),
+        ("user_pseudo_id", pa.string()),
+        ("event_params", pa.list_(pa.struct([("key", pa.string()), ("value", _GA4_VALUE)]))),
+        ("items", pa.list_(pa.struct([("item_id", pa.string()), ("item_category", pa.string())]))),
+        (
+            "ecommerce",
+            pa.struct([("purchase_revenue", pa.float64()), ("refund_value", pa.float64())]),
+        ),
+    ]
+)
+
+
+def _ga4_records() -> list[dict[str, object]]:
+    """The ROWS as GA4 writes them: the purchase's amount in ecommerce.purchase_revenue, the
+    refund's in the `value` parameter (double_value), categories from items or a parameter."""
+    records = []
+    for k, (c, t, _, _, name, amount, cat) in enumerate(ROWS):
+        params: list[dict[str, object]] = [
+            {"key": "ga_session_id", "value": {"int_value": 1000 + k}},
+            {"key": "page_location", "value": {"string_value": "https://shop.example/p"}},
+        ]
+        items: list[dict[str, object]] = []
+        ecommerce: dict[str, object] | None = None
+        if name == "refund":
+            params.append({"key": "value", "value": {"double_value": amount}})
+            params.append({"key": "item_category", "value": {"string_value": cat}})
+        elif cat:
+            items = [
+                {"item_id": "sku-1", "item_category": cat},
+                {"item_id": "x", "item_category": "y"},
+            ]
+        if name == "purchase":
+            ecommerce = {"purchase_revenue": amount, "refund_value": None}
+        records.append(
+            {
+                "event_date": t[:10].replace("-", ""),
+                "event_timestamp": int(datetime.fromisoformat(t).timestamp() * 1_000_000),
+                "event_name": name,
+                "user_pseudo_id": c,
+                "event_params": params,
+                "items": items,
+                "ecommerce": ecommerce,
+            }
+        )
+    return records
+
+
+def test_ga4_nested_params_and_items_from_parquet_equal_plain_csv(
+    tmp_path: Path, plain: tuple[list, dict]
+) -> None:
+    table = pa.Table.from_pylist(_ga4_records(), schema=_GA4_SCHEMA)
+    pq.write_table(table, tmp_path / "ga4.parquet")
+    assert _configured(tmp_path / "ga4.parquet", {"preset": "ga4"}, tmp_path) == plain
+
+
+def test_ga4_nested_params_and_items_from_json_lines_equal_plain_csv(
+    tmp_path: Path, plain: tuple[list, dict]
+) -> None:
+    file = tmp_path / "ga4.jsonl.gz"
+    with gzip.open(file, "wt") as handle:
+        for record in _ga4_records():
+            # BigQuery's JSON export writes 64-bit integers as strings.
+            record["event_timestamp"] = str(record["event_timestamp"])
+            handle.write(json.dumps(record) + "\n")
+    assert _configured(file, {"preset": "ga4"}, tmp_path) == plain
+
+
+def test_path_filter_and_index_pick_the_right_entry(tmp_path: Path) -> None:
+    file = tmp_path / "events.jsonl"
+    record = {
+        "uid": "c1",
+        "ts": "2024-03-01T10:00:00Z",
+        "name": "purchase",
+        "params": [
+            {"key": "a", "v": "1"},
+            {"key": "value", "v": "7.5"},
+            {"key": "value", "v": "9"},
+        ],
+        "items": [{"cat": "first"}, {"cat": "second"}],
+    }
+    file.write_text(json.dumps(record) + "\n")
+    mapping = {
+        "client_id": "uid",
+        "event_time": "ts",
+        "event_type": "name",
+        "amount": "params[key='value'].v",
+        "category": "items[1].cat",
+    }
+    rows, _ = _events(file, column_map=mapping)
+    assert (rows[0][5], rows[0][6]) == (7.5, "second")
+    mapping["category"] = "items[key=value"
+    with pytest.raises(EventContractError, match=r"events\.columns category: 'items\[key=value'"):
+        _events(file, column_map=mapping)
+
+
+def test_column_fallback_takes_the_first_non_empty_source(tmp_path: Path) -> None:
+    folder = tmp_path / "events"
+    folder.mkdir()
+    (folder / "a.csv").write_text(
+        "userId,anonymousId,ts,name\n"
+        "u1,a1,2024-03-01T10:00:00Z,login\n"
+        ",a2,2024-03-01T10:01:00Z,login\n"
+        "  ,a3,2024-03-01T10:02:00Z,login\n"
+        ",,2024-03-01T10:03:00Z,login\n"
+    )
+    # anonymousId is missing from this file: its rows read it as NULL.
+    (folder / "b.csv").write_text("userId,ts,name\nu4,2024-03-01T10:04:00Z,login\n")
+    mapping = {"client_id": ["userId", "anonymousId"], "event_time": "ts", "event_type": "name"}
+    con = duckdb.connect()
+    report = load_events(con, folder, now=NOW, column_map=mapping)
+    clients = [
+        r[0] for r in con.execute("SELECT client_id FROM events ORDER BY event_time").fetchall()
+    ]
+    assert clients == ["u1", "a2", "a3", "u4"]
+    assert report.by_reason == {"missing_client_id": 1}
+
+
+def test_segment_preset_falls_back_to_anonymous_id(tmp_path: Path) -> None:
+    file = tmp_path / "segment.jsonl"
+    calls = [
+        {"userId": "u1", "anonymousId": "a1", "event": "Signed Up"},
+        {"userId": None, "anonymousId": "a2", "event": "Product Viewed"},
+        {"anonymousId": "a3", "event": "Product Viewed"},
+    ]
+    file.write_text(
+        "".join(json.dumps({**c, "timestamp": "2024-03-01T10:00:00Z"}) + "\n" for c in calls)
+    )
+    rows, report = _configured(file, {"preset": "segment"}, tmp_path)
+    assert [(r[0], r[2], r[3]) for r in rows] == [
+        ("a2", "product_view", "consideration"),
+        ("a3", "product_view", "consideration"),
+        ("u1", "sign_up", "consideration"),
+    ]
+    assert report["unknown_event_types"] == {}
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
+def test_fallback_list_with_no_source_present_names_them_all(tmp_path: Path, suffix: str) -> None:
+    frame = pd.DataFrame({"user": ["c1"], "ts": ["2024-03-01T10:00:00Z"], "name": ["login"]})
+    file = tmp_path / f"events.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(file, index=False)
+    elif suffix == "parquet":
+        frame.to_parquet(file)
+    else:
+        frame.to_json(file, orient="records", lines=True)
+    mapping = {"client_id": ["userId", "anonymousId"], "event_time": "ts", "event_type": "name"}
+    with pytest.raises(EventContractError) as err:
+        _events(file, column_map=mapping)
+    message = str(err.value)
+    assert "'userId' or 'anonymousId'" in message and "client_id" in message
+    assert "events.columns" in message and f"events.{suffix}" in message
+
+
+def test_csv_names_with_punctuation_can_be_mapped(tmp_path: Path) -> None:
+    file = tmp_path / "export.csv"
+    file.write_text(
+        '#user,time:utc,event/name,revenue (USD),"say ""what"""\n'
+        "c1,2024-03-01T10:00:00Z,purchase,12.5,x\n"
+    )
+    mapping = {
+        "client_id": "#user",
+        "event_time": "time:utc",
+        "event_type": "event/name",
+        "amount": "revenue (USD)",
+        "category": 'say "what"',
+    }
+    rows, report = _events(file, column_map=mapping)
+    assert report["valid"] == 1
+    assert rows[0][:3] + rows[0][5:7] == ("c1", datetime(2024, 3, 1, 10), "purchase", 12.5, "x")
+
+
+def test_config_accepts_fallback_lists_and_names_a_bad_one(tmp_path: Path) -> None:
+    config = config_from_mapping({"events": {"columns": {"client_id": ["userId", "anonymousId"]}}})
+    assert config.events.columns == {"client_id": ["userId", "anonymousId"]}
+    source = str(tmp_path / "my.yaml")
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.columns.*'client_id'.*empty"):
+        config_from_mapping({"events": {"columns": {"client_id": []}}}, source)
+    with pytest.raises(ConfigError, match=r"my\.yaml.*events.columns"):
+        config_from_mapping({"events": {"columns": {"client_id": {"a": 1}}}}, source)
