@@ -1,4 +1,14 @@
-"""Benchmark: CltvModel fit + predict on simulated BG/NBD / Gamma-Gamma clients (days)."""
+"""Benchmark: CltvModel fit + predict on simulated BG/NBD / Gamma-Gamma clients (days), then
+the learned models at the same scale.
+
+    python benchmarks/bench_cltv.py [--clients 1000000] [--features 130]
+
+Part 1: BG/NBD x Gamma-Gamma fit and predict. Part 2: the learned path of a refit night on the
+same clients (`models.selection.select_cltv_model` on two windows: the learned buyer model
+judged, both serving models refit, then `models.scoring.score_clients` for every client), with
+`--features` numeric behavioral features (10% missing) beside the BG/NBD signals; 20% of the
+clients are prospects. Quality is measured elsewhere (benchmarks/cltv_quality.py): this times.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,11 @@ import time
 import numpy as np
 import pandas as pd
 
+from configs import CltvConfig
 from models.cltv import CltvModel
+from models.learned import btyd_signals
+from models.scoring import score_clients
+from models.selection import Window, select_cltv_model
 
 
 def simulate(n: int, seed: int = 0, r=0.25, alpha=30.0, a=0.8, b=2.5, p=6.0, q=3.8, v=15.0):
@@ -32,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--clients", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--features", type=int, default=130)
     args = ap.parse_args()
     df = simulate(args.clients, args.seed)
     c0 = time.process_time()
@@ -47,6 +62,55 @@ def main() -> None:
     print(f"fit {t1 - t0:.2f} s, predict {t2 - t1:.2f} s, total {t2 - t0:.2f} s wall")
     print(f"CPU time of this process {cpu:.2f} s (wall is higher when the cores are shared)")
     print(f"mean predicted_cltv {out['predicted_cltv'].mean():.2f}")
+    learned(df, model, args.features, args.seed)
+
+
+def learned(df: pd.DataFrame, model: CltvModel, n_features: int, seed: int) -> None:
+    """Time the learned models' selection and the scoring of every client."""
+    rng = np.random.default_rng(seed + 1)
+    n = len(df)
+    df = df.set_axis(pd.Index([f"c{i}" for i in range(n)], name="client_id"))
+    is_buyer = rng.random(n) > 0.2
+    windows = []
+    for _ in range(2):
+        signals = btyd_signals(model, df, 90)
+        behavior = rng.gamma(2.0, 1.0, (n, n_features))
+        behavior[rng.random((n, n_features)) < 0.1] = np.nan
+        inputs = pd.DataFrame(
+            behavior, index=df.index, columns=[f"f{i}" for i in range(n_features)]
+        )
+        inputs = inputs.join(signals)
+        purchases = rng.poisson(signals["bg_expected_purchases"].to_numpy()).astype(float)
+        labels = pd.DataFrame({"purchases": purchases, "spend": purchases * 40.0}, index=df.index)
+        windows.append(Window(inputs, is_buyer, labels))
+    t0 = time.perf_counter()
+    choice = select_cltv_model(windows[0], windows[1], CltvConfig(), seed)
+    t1 = time.perf_counter()
+    scores = score_clients(
+        model,
+        df,
+        windows[1].inputs,
+        is_buyer,
+        90,
+        "learned",
+        choice.purchase_model or _fit_anyway(windows[1], seed),
+        choice.conversion_model,
+    )
+    t2 = time.perf_counter()
+    assert scores["predicted_cltv"].notna().all()
+    print(
+        f"learned models, {n:,} clients x {n_features} features + BG/NBD signals:"
+        f" selection (fit, judge, refit) {t1 - t0:.1f} s, scoring {t2 - t1:.1f} s,"
+        f" total {t2 - t0:.1f} s wall (champion: {choice.champion})"
+    )
+
+
+def _fit_anyway(window: Window, seed: int):
+    """The buyer model when BG/NBD won (its scoring path is timed either way)."""
+    from models.learned import PurchaseModel
+
+    b = window.is_buyer
+    return PurchaseModel(random_state=seed).fit(window.inputs[b], window.labels[b])
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def main() -> None:
             features = steps.compute_features(con, as_of, config)
             btyd = steps.btyd_inputs(features)
             scores = steps.score_clients(
-                steps.fit_cltv(con, as_of, btyd, config), btyd, config, "b"
+                steps.fit_cltv(con, as_of, btyd, config), features, config, "b"
             )
             nights.append((features, scores))
         bundle = steps.fit_clusters(nights[0][0], first, config, None, None)

@@ -50,6 +50,8 @@ EVENT_TYPES = (
     "login", "support_ticket", "survey_response", "return", "refund", "subscription_renewal",
     "review", "referral", "share",
 )  # fmt: skip
+# How browsing activity follows a client's purchase-rate multiplier (0: independent).
+ACTIVITY_BUY_ELASTICITY = 0.7
 CATEGORIES = ("electronics", "fashion", "home", "beauty", "sports", "grocery", "books", "toys")
 PERSONAS = (
     "loyal_advocate",
@@ -689,10 +691,15 @@ def _draw_clients(rng: np.random.Generator, n: int, w: _Window, shift_share: flo
 
 
 def _draw_rates(rng: np.random.Generator, n: int, persona: np.ndarray) -> _Rates:
-    """Gamma multipliers of activity, purchase rate (persona shape) and spend; a mood offset."""
-    activity = rng.gamma(2.0, 0.5, n)
+    """Gamma multipliers of purchase rate (persona shape), activity and spend; a mood offset.
+
+    Activity follows the purchase rate (engaged clients browse and buy more: elasticity
+    ACTIVITY_BUY_ELASTICITY, times its own Gamma noise), so behavior carries information on
+    future purchases that the purchase log alone does not (what a learned CLTV model can use).
+    """
     shape = _TAB["buy_shape"][persona]
     buy_factor = rng.gamma(shape, 1.0 / shape)
+    activity = rng.gamma(4.0, 0.25, n) * buy_factor**ACTIVITY_BUY_ELASTICITY
     spend_factor = rng.gamma(_SPEND_Q, 1.0 / _SPEND_Q, n)
     mood = rng.normal(0.0, 0.15, n)
     return _Rates(activity, buy_factor, spend_factor, mood)

@@ -10,7 +10,7 @@ from sklearn.base import clone
 
 from models.cltv import BTYD_COLUMNS, CltvModel
 
-__all__ = ["backtest", "split_btyd"]
+__all__ = ["backtest", "error_metrics", "split_btyd"]
 
 
 def split_btyd(
@@ -95,14 +95,16 @@ def backtest(
     pred_n = np.asarray(fitted.expected_purchases(calibration, holdout_days), dtype=float)
     pred_s = pred_n * np.asarray(fitted.expected_avg_value(calibration), dtype=float)
     out: dict[str, float] = {}
-    out.update(_metrics("purchases", pred_n, actual["purchases"].to_numpy(dtype=float)))
-    out.update(_metrics("spend", pred_s, actual["spend"].to_numpy(dtype=float)))
+    out.update(error_metrics("purchases", pred_n, actual["purchases"].to_numpy(dtype=float)))
+    out.update(error_metrics("spend", pred_s, actual["spend"].to_numpy(dtype=float)))
     out["n_clients"] = float(len(calibration))
     out["holdout_days"] = float(holdout_days)
     return out
 
 
-def _metrics(prefix: str, pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+def error_metrics(prefix: str, pred: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """`<prefix>_bias` (relative, NaN when the actual sum is 0), `_rmse`, `_mae`, `_corr`
+    (Pearson, NaN when either side is constant) of per-client predictions."""
     err = pred - actual
     tot = actual.sum()
     bias = float((pred.sum() - tot) / tot) if tot != 0 else float("nan")

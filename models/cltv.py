@@ -16,7 +16,14 @@ __all__ = ["BTYD_COLUMNS", "PREDICTION_COLUMNS", "SCORE_COLUMNS", "CltvModel", "
 BTYD_COLUMNS = ("frequency", "recency", "T", "monetary_value")
 PREDICTION_COLUMNS = ("p_alive", "expected_purchases", "expected_avg_value", "predicted_cltv")
 # The client_scores columns a scoring step produces (the store adds as_of and run_id).
-SCORE_COLUMNS = ("client_id", *PREDICTION_COLUMNS, "horizon_days", "model_version")
+SCORE_COLUMNS = (
+    "client_id",
+    *PREDICTION_COLUMNS,
+    "p_purchase",
+    "cltv_model",
+    "horizon_days",
+    "model_version",
+)
 DAYS_PER_MONTH = 365.25 / 12
 
 
@@ -196,6 +203,52 @@ class CltvModel(BaseEstimator):
         self._check_fitted()
         x, _, _, mv = _btyd_arrays(X)
         return self.gamma_gamma_.conditional_expected_average_value(x, mv)
+
+    def p_purchase(self, X: pd.DataFrame, days: float) -> np.ndarray:
+        """P(at least one purchase in the next `days`) of each client, from BG/NBD.
+
+        A client is dead at T with probability 1 - p_alive; alive, their purchase rate has the
+        posterior Gamma(r + x, alpha + T), and (BG/NBD drops out only after a purchase) no
+        purchase in the window has probability ((alpha + T) / (alpha + T + days))^(r + x).
+
+        Parameters
+        ----------
+        X : pandas.DataFrame
+            One row per client with the columns `BTYD_COLUMNS` (days).
+        days : float
+            The window, >= 0.
+
+        Returns
+        -------
+        ndarray of float
+            One probability per row of `X`.
+        """
+        self._check_fitted()
+        if not np.isfinite(days) or days < 0:
+            raise ValueError(f"days must be finite and >= 0, got {days}")
+        x, tx, T, _ = _btyd_arrays(X)
+        p = self.bgnbd_.params_
+        alive = self.bgnbd_.p_alive(x, tx, T)
+        none_if_alive = ((p["alpha"] + T) / (p["alpha"] + T + days)) ** (p["r"] + x)
+        return 1.0 - ((1.0 - alive) + alive * none_if_alive)
+
+    def new_client_outlook(self, converts_after_days: float) -> tuple[float, float, float]:
+        """What a client who makes a first purchase `converts_after_days` from now is worth
+        over the horizon: (expected purchases, discounted expected purchases, expected spend
+        per purchase), counting the first purchase and the repeat purchases BG/NBD expects of
+        a just-acquired client after it, discounted like every other client's.
+        """
+        self._check_fitted()
+        start = float(min(max(converts_after_days, 0.0), self.horizon_days))
+        rest = self.horizon_days - start
+        n = max(1, round(rest / DAYS_PER_MONTH))
+        steps = rest * np.arange(1, n + 1) / n
+        repeats = np.atleast_1d(self.bgnbd_.expected_purchases(steps)) if rest > 0 else np.zeros(1)
+        incr = np.diff(repeats, prepend=0.0)
+        rate = 1.0 + self.annual_discount_rate
+        discounted = rate ** (-start / 365.25) + float(incr @ rate ** (-(start + steps) / 365.25))
+        value = float(self.gamma_gamma_.population_mean_)
+        return 1.0 + float(repeats[-1]), discounted, value
 
     def summary(self) -> pd.DataFrame:
         """Fitted parameters and log-likelihoods.

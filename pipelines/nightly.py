@@ -371,7 +371,7 @@ def _compute(
     cltv = clock.time(
         "cltv", cltv_task, con, as_of, btyd, config, champions.cltv, decision.refit, registration
     )
-    scores = steps.score_clients(cltv.bundle, btyd, config, cltv.version)
+    scores = steps.score_clients(cltv.bundle, features, config, cltv.version)
     con.execute("DROP TABLE events")  # its last reader was the CLTV backtest
     clusters = clock.time(
         "clusters",

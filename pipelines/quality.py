@@ -145,7 +145,9 @@ class _Nights:
         features = steps.compute_features(con, as_of, config)
         self.rules = self.rules or steps.load_ruleset(config)
         btyd = steps.btyd_inputs(features)
-        scores = steps.score_clients(steps.fit_cltv(con, as_of, btyd, config), btyd, config, "q")
+        scores = steps.score_clients(
+            steps.fit_cltv(con, as_of, btyd, config), features, config, "q"
+        )
         if refit or previous is None:
             bundle = steps.fit_clusters(
                 features,

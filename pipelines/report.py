@@ -49,7 +49,7 @@ JsonValue: TypeAlias = Any
 # One row of the `runs` table as a dict, plus `metrics` (see ReportData).
 RunRecord: TypeAlias = Mapping[str, JsonValue]
 # What `metrics_from_mlflow` picks: numbers, and `quarantined_by_reason` {reason: rows}.
-MlflowMetrics: TypeAlias = dict[str, float | dict[str, int]]
+MlflowMetrics: TypeAlias = dict[str, float | dict[str, int] | dict[str, float]]
 
 
 class ReportError(SegmentationError, ValueError):
@@ -285,6 +285,13 @@ def metrics_from_mlflow(logged: Mapping[str, float]) -> MlflowMetrics:
         for prefix in ("", "backtest_", "backtest.", "events_", "events."):
             if k.startswith(prefix) and k[len(prefix) :] in keys:
                 out.setdefault(k[len(prefix) :], float(v))
+    selection = {
+        k.split("selection.", 1)[1]: float(v)
+        for k, v in logged.items()
+        if k.startswith(("selection.", "backtest.selection.", "backtest_selection."))
+    }
+    if selection:
+        out["selection"] = selection
     reasons = {
         k.split(".", 1)[1]: int(v)
         for k, v in logged.items()
@@ -943,7 +950,87 @@ def _cltv_section(
         f"{len(values):,} scored clients, "
         f"{_money(total)} in total. Below: how the current model did on held-out purchases."
     )
-    return _section("cltv", title, explain, _figure(fig, "fig-cltv", 420) + backtest)
+    selection = _selection_tables(metrics)
+    return _section("cltv", title, explain, _figure(fig, "fig-cltv", 420) + backtest + selection)
+
+
+def _selection_tables(metrics: Mapping[str, object]) -> str:
+    """The model choice (BG/NBD against the learned model on the test clients), the decile
+    lift of the champion and the calibration of p_purchase, from `selection.*` metrics."""
+    sel = {str(k): float(v) for k, v in dict(metrics.get("selection") or {}).items()}  # type: ignore[call-overload]
+    if not sel:
+        return ""
+    rows = ""
+    for model, label in (
+        ("btyd", "BG/NBD x Gamma-Gamma"),
+        ("learned", "learned (gradient boosting)"),
+    ):
+        if f"{model}.purchases_rmse" not in sel:
+            continue
+        champion = (sel.get("learned_is_champion") == 1.0) == (model == "learned")
+        cells = "".join(
+            f"<td class=num>{_num(sel.get(f'{model}.{t}_{s}'), 2)}</td>"
+            for t in BACKTEST_TARGETS
+            for s in ("rmse", "mae", "bias")
+        )
+        mark = " (champion)" if champion else ""
+        rows += f"<tr><td>{_e(label + mark)}</td>{cells}</tr>"
+    head = "".join(
+        f"<th class=num>{_e(t)} {_e(s)}</th>"
+        for t in BACKTEST_TARGETS
+        for s in ("RMSE", "MAE", "bias")
+    )
+    html = (
+        '<p class="flows-title">Model choice on held-out clients (next '
+        f"{_num(sel.get('window_days'), 0)} days after the training cut)</p>"
+        if "window_days" in sel
+        else '<p class="flows-title">Model choice on held-out clients</p>'
+    )
+    html += (
+        f"<table class=backtest><thead><tr><th>Buyers' model</th>{head}</tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+    if "prospect.test_clients" in sel:
+        auc = _num(sel.get("prospect.auc"), 3) if "prospect.auc" in sel else "n/a"
+        html += (
+            f"<p class=note>Prospects (never bought): AUC of p_purchase {auc};"
+            f" predicted converters {_num(sel.get('prospect.predicted_converters'), 1)},"
+            f" actual {_num(sel.get('prospect.actual_converters'), 0)}"
+            f" of {_num(sel.get('prospect.test_clients'), 0)} test prospects.</p>"
+        )
+    html += _grouped_table(
+        sel,
+        "lift.d",
+        "Decile lift of the champion (decile 1: highest predicted spend; per client)",
+        ("clients", "predicted_purchases", "actual_purchases", "predicted_spend", "actual_spend"),
+    )
+    html += _grouped_table(
+        sel,
+        "calibration.b",
+        "Calibration of p_purchase (test buyers and prospects)",
+        ("bin_low", "bin_high", "clients", "mean_predicted", "actual_rate"),
+    )
+    return html
+
+
+def _grouped_table(
+    sel: Mapping[str, float], prefix: str, title: str, columns: Sequence[str]
+) -> str:
+    groups = sorted({k[len(prefix) :].split(".", 1)[0] for k in sel if k.startswith(prefix)})
+    if not groups:
+        return ""
+    head = "".join(f"<th class=num>{_e(c.replace('_', ' '))}</th>" for c in columns)
+    body = ""
+    for g in groups:
+        cells = "".join(
+            f"<td class=num>{_num(sel.get(f'{prefix}{g}.{c}'), 0 if c == 'clients' else 2)}</td>"
+            for c in columns
+        )
+        body += f"<tr><td>{_e(str(int(g)))}</td>{cells}</tr>"
+    return (
+        f'<p class="flows-title">{_e(title)}</p>'
+        f"<table class=backtest><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _use_log(stats: Sequence[tuple[float, float]]) -> bool:

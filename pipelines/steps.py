@@ -14,7 +14,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
@@ -26,6 +26,9 @@ from features.events import ValidationReport, check_bad_share, load_configured_e
 from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
 from models.cltv import BTYD_COLUMNS, SCORE_COLUMNS, CltvModel
+from models.learned import btyd_signals, model_inputs, window_labels
+from models.scoring import score_clients as score_with_models
+from models.selection import CltvChoice, Window, select_cltv_model
 from pipelines import policy
 from pipelines.policy import Candidate, ChampionFit, ModelChoice, RefitDecision
 from segmentation.clustering import ClusterModel
@@ -64,7 +67,10 @@ __all__ = [
     "run_identity",
     "score_clients",
     "segment_clients",
+    "select_learned_models",
+    "selection_metrics",
     "stability_against",
+    "training_inputs",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,15 +99,40 @@ class ClusterBundle:
 
 @dataclass
 class CltvBundle:
-    """The registered CLTV model with the backtest that qualified it."""
+    """The registered CLTV models with the backtest that qualified them: BG/NBD x Gamma-Gamma
+    fit on the history up to `fitted_as_of`, and the selection (`models.selection`) with the
+    learned buyer model and the prospects' conversion model (None: a bundle registered before
+    they existed, or no history before the window; BG/NBD then scores the buyers alone)."""
 
     model: CltvModel
     backtest: dict[str, float]
     fitted_as_of: date
+    choice: CltvChoice | None = None
+    window_days: int = 90
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each client's CLTV figures from BTYD inputs (the registry's contract)."""
         return self.model.predict(X)
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Every client's scores (`models.scoring.score_clients`), index client_id."""
+        btyd = btyd_inputs(features)
+        is_buyer = features["has_purchased"].fillna(0).to_numpy() > 0
+        choice = getattr(self, "choice", None)  # absent from bundles pickled before it
+        window = getattr(self, "window_days", 90)
+        if choice is None:
+            return score_with_models(self.model, btyd, None, is_buyer, window)
+        inputs = model_inputs(features, btyd_signals(self.model, btyd, window))
+        return score_with_models(
+            self.model,
+            btyd,
+            inputs,
+            is_buyer,
+            window,
+            champion=choice.champion,
+            purchase_model=choice.purchase_model,
+            conversion_model=choice.conversion_model,
+        )
 
 
 @dataclass(frozen=True)
@@ -268,21 +299,91 @@ def fit_cltv(
             log.warning("CLTV backtest did not converge: %s", exc)
             metrics = {"backtest_failed": 1.0}
     model.fit(btyd)
-    return CltvBundle(model=model, backtest=metrics, fitted_as_of=as_of)
+    choice = select_learned_models(con, as_of, purchases, config)
+    if choice is not None:
+        metrics.update(selection_metrics(choice, config.cltv.holdout_days))
+    return CltvBundle(
+        model=model,
+        backtest=metrics,
+        fitted_as_of=as_of,
+        choice=choice,
+        window_days=config.cltv.holdout_days,
+    )
+
+
+def select_learned_models(
+    con: duckdb.DuckDBPyConnection, as_of: date, purchases: pd.DataFrame, config: EngineConfig
+) -> CltvChoice | None:
+    """Train the learned buyer model and the prospects' conversion model on the history and
+    let the buyer model compete with BG/NBD on a later window than it learned from
+    (`models.selection`); None, with the reason logged, when the history before the latest
+    window cannot train anything."""
+    latest = training_inputs(con, as_of, purchases, config)
+    if isinstance(latest, str):
+        log.warning("CLTV: BG/NBD alone, no learned models: %s", latest)
+        return None
+    earlier = training_inputs(
+        con, as_of - timedelta(days=config.cltv.holdout_days), purchases, config
+    )
+    if isinstance(earlier, str):
+        log.warning("CLTV: the learned buyer model cannot be judged: %s", earlier)
+    choice = select_cltv_model(
+        earlier if isinstance(earlier, Window) else None, latest, config.cltv, config.seed
+    )
+    log.info("CLTV champion for buyers: %s (%s)", choice.champion, choice.reason)
+    return choice
+
+
+def selection_metrics(choice: CltvChoice, window_days: int) -> dict[str, float]:
+    """The selection as flat metrics for MLflow and the report: `selection.<metric>`, the
+    decile lift as `selection.lift.dNN.<column>` and the calibration of p_purchase as
+    `selection.calibration.bNN.<column>`."""
+    out = {f"selection.{k}": float(v) for k, v in choice.metrics.items()}
+    out["selection.window_days"] = float(window_days)
+    for row in choice.lift.to_dict(orient="records"):
+        d = int(row.pop("decile"))
+        out.update({f"selection.lift.d{d:02d}.{k}": float(v) for k, v in row.items()})
+    for i, row in enumerate(choice.calibration.to_dict(orient="records")):
+        out.update({f"selection.calibration.b{i:02d}.{k}": float(v) for k, v in row.items()})
+    return out
+
+
+def training_inputs(
+    con: duckdb.DuckDBPyConnection, as_of: date, purchases: pd.DataFrame, config: EngineConfig
+) -> Window | str:
+    """The window of h days ending at `as_of` (h = `cltv.holdout_days`) as training data:
+    inputs as of as_of - h (the point-in-time features and a BG/NBD fit on the purchases up to
+    then), whether each client had bought by then, and the purchases and spend in
+    (as_of - h, as_of]. A string says why there is none (no client, or no BG/NBD fit, before
+    the window)."""
+    window = config.cltv.holdout_days
+    then = as_of - timedelta(days=window)
+    try:
+        past = compute_features(con, then, config)
+    except NothingToSegmentError:
+        return f"no client has an event up to {then} (as-of minus cltv.holdout_days)"
+    btyd = btyd_inputs(past)
+    is_buyer = past["has_purchased"].fillna(0).to_numpy() > 0
+    try:
+        calibration = CltvModel.from_config(config.cltv).fit(btyd[is_buyer])
+    except ConvergenceError as exc:
+        return f"BG/NBD does not converge on the history up to {then}: {exc}"
+    inputs = model_inputs(past, btyd_signals(calibration, btyd, window))
+    labels = window_labels(purchases, then, as_of).reindex(inputs.index, fill_value=0.0)
+    return Window(inputs, is_buyer, labels)
 
 
 def score_clients(
-    bundle: CltvBundle | None, btyd: pd.DataFrame, config: EngineConfig, version: str
+    bundle: CltvBundle | None, features: pd.DataFrame, config: EngineConfig, version: str
 ) -> pd.DataFrame:
-    """client_scores rows: p_alive, expected purchases and value, discounted CLTV, and
-    cltv_percentile (share of tonight's scored clients with a predicted CLTV at most the
-    client's own, 0..1; the rules define VIP as a top percentile, whatever the currency)."""
+    """client_scores rows (`models.scoring`: p_alive, p_purchase, expected purchases and value,
+    discounted CLTV, the model behind them) and cltv_percentile (share of tonight's scored
+    clients with a predicted CLTV at most the client's own, 0..1; the rules define VIP as a
+    top percentile, whatever the currency)."""
     columns = [*SCORE_COLUMNS, "cltv_percentile"]
     if bundle is None:
         return pd.DataFrame(columns=columns)
-    predicted = bundle.model.predict(btyd)
-    predicted = predicted.reset_index().rename(columns={"index": "client_id"})
-    predicted["client_id"] = btyd.index.to_numpy()
+    predicted = bundle.score(features).rename_axis("client_id").reset_index()
     predicted["cltv_percentile"] = predicted["predicted_cltv"].rank(method="max", pct=True)
     predicted["horizon_days"] = bundle.model.horizon_days
     predicted["model_version"] = version

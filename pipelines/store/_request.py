@@ -46,6 +46,9 @@ RUN_INFO_KEYS = (
 MEMBERSHIP_INPUT = list(MEMBERSHIP_COLUMNS)
 SEGMENTS_INPUT = list(SEGMENT_COLUMNS)
 SCORES_INPUT = list(SCORE_COLUMNS)
+# Added by schema version 3: a producer written before it may leave them out (null then).
+SCORES_OPTIONAL = ("p_purchase", "cltv_model")
+CLTV_MODELS = ("btyd", "learned", "prospect")
 SEGMENT_SOURCES = ("rule", "cluster", "noise")
 SEGMENT_KINDS = ("cluster", "rule", "noise")
 
@@ -183,11 +186,18 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     scores = _frame(
         run.scores if run.scores is not None else pd.DataFrame(columns=SCORES_INPUT),
         "scores",
-        SCORES_INPUT,
+        [c for c in SCORES_INPUT if c not in SCORES_OPTIONAL],
+        keep=SCORES_INPUT,
     )
+    for col in SCORES_OPTIONAL:
+        if col not in scores.columns:
+            scores[col] = None
+    scores = scores[SCORES_INPUT]
     scores["client_id"] = _text(scores["client_id"], "scores.client_id")
     _unique_ids(scores, "client_id", "scores")
     _in_range(scores["p_alive"], "scores.p_alive", 0.0, 1.0)
+    _in_range(scores["p_purchase"], "scores.p_purchase", 0.0, 1.0)
+    _allowed(scores["cltv_model"], CLTV_MODELS, "scores.cltv_model")
 
     quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
     kept = ["reason", *QUARANTINE_RAW, "line_number"]

@@ -28,7 +28,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -148,9 +148,11 @@ SCORES = Table(
         ("client_id", "text"),
         ("as_of", "date"),
         ("p_alive", "double"),
+        ("p_purchase", "double"),
         ("expected_purchases", "double"),
         ("expected_avg_value", "double"),
         ("predicted_cltv", "double"),
+        ("cltv_model", "text"),
         ("horizon_days", "integer"),
         ("model_version", "text"),
         ("run_id", "text"),
@@ -246,8 +248,9 @@ VIEWS = {
     "v_client_current": """
         SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
                m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
-               c.p_alive, c.expected_purchases, c.expected_avg_value, c.predicted_cltv,
-               c.horizon_days, c.model_version AS cltv_model_version, m.as_of, m.run_id
+               c.p_alive, c.p_purchase, c.expected_purchases, c.expected_avg_value,
+               c.predicted_cltv, c.cltv_model, c.horizon_days,
+               c.model_version AS cltv_model_version, m.as_of, m.run_id
         FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
     """,
 }
@@ -260,7 +263,21 @@ ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = (
     (2, RUNS, "error"),
     (2, QUARANTINE, "raw_line"),
     (2, QUARANTINE, "line_number"),
+    (3, SCORES, "p_purchase"),
+    (3, SCORES, "cltv_model"),
 )
+# Views whose body changed after version 1, by the version that changes them (its migration
+# re-creates them), and their version-1 bodies (they name only version-1 columns).
+CHANGED_VIEWS: dict[int, tuple[str, ...]] = {3: ("v_client_current",)}
+_VIEWS_V1 = {
+    "v_client_current": """
+        SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
+               m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
+               c.p_alive, c.expected_purchases, c.expected_avg_value, c.predicted_cltv,
+               c.horizon_days, c.model_version AS cltv_model_version, m.as_of, m.run_id
+        FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
+    """,
+}
 
 
 def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
@@ -272,7 +289,7 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
     if version == 1:
         return _version_1(schema, dialect)
     added = [(table, column) for v, table, column in ADDED_COLUMNS if v == version]
-    if not added:
+    if not added and version not in CHANGED_VIEWS:
         raise ValueError(f"no migration to schema version {version}")
     statements = []
     for table, column in added:
@@ -280,6 +297,8 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
         statements.append(
             f"ALTER TABLE {schema}.{table.name} ADD COLUMN IF NOT EXISTS {column} {kind}"
         )
+    for name in CHANGED_VIEWS.get(version, ()):
+        statements.extend(_view_ddl(schema, dialect, name, VIEWS[name]))
     return statements
 
 
@@ -291,7 +310,13 @@ def _version_1(schema: str, dialect: str) -> list[str]:
         columns = tuple(c for c in table.columns if (table.name, c[0]) not in later)
         statements.extend(Table(table.name, columns, table.pg_indexes).ddl(schema, dialect))
     for name, body in VIEWS.items():
-        statements.append(f"DROP VIEW IF EXISTS {schema}.{name}")
-        prefix = "" if dialect == "duckdb" else f"{schema}."
-        statements.append(f"CREATE VIEW {schema}.{name} AS {body.format(v=prefix).strip()}")
+        statements.extend(_view_ddl(schema, dialect, name, _VIEWS_V1.get(name, body)))
     return statements
+
+
+def _view_ddl(schema: str, dialect: str, name: str, body: str) -> list[str]:
+    prefix = "" if dialect == "duckdb" else f"{schema}."
+    return [
+        f"DROP VIEW IF EXISTS {schema}.{name}",
+        f"CREATE VIEW {schema}.{name} AS {body.format(v=prefix).strip()}",
+    ]

@@ -119,7 +119,20 @@ ESTIMATOR_SECTIONS = [
         set(),
         id="clustering",
     ),
-    pytest.param("cltv", CltvConfig, CltvModel, set(), {"holdout_days"}, id="cltv"),
+    pytest.param(
+        "cltv",
+        CltvConfig,
+        CltvModel,
+        set(),
+        {
+            "holdout_days",
+            "learned_model",
+            "min_training_purchasers",
+            "test_share",
+            "max_training_clients",
+        },
+        id="cltv",
+    ),
 ]
 
 

@@ -76,10 +76,11 @@ def test_a_seed_keeps_giving_the_same_events() -> None:
     # Pinned content of generate(300, 60, END, 11), events and truth: a change of the order of
     # the random draws (or of any parameter) changes every data set made with a seed. Update
     # this only for an intended change of the generated data (numpy does not promise the same
-    # streams across versions either: a numpy upgrade can move it too).
+    # streams across versions either: a numpy upgrade can move it too). Last intended change:
+    # activity follows the purchase rate (ACTIVITY_BUY_ELASTICITY, issue 15).
     events, truth = generate(300, 60, END, 11)
-    assert events.num_rows == 1443
-    expected = "9639bb9fbcb4bf8f84f265b774c7cef94c8bded68025594eebaa9ebfba39b447"
+    assert events.num_rows == 1442
+    expected = "7a20c7147d570279d1b5e6770e4376c970aa23aef11effa411f18be33464af87"
     assert _fingerprint(events, truth) == expected
 
 
@@ -282,3 +283,12 @@ def test_write_refuses_to_mix_with_existing_parts(tmp_path) -> None:
     assert pq.read_table(tmp_path / "events").num_rows == summary["events"]
     with pytest.raises(ValueError, match="rows_per_file"):
         write_dataset(tmp_path / "x", 50, 30, END, 2, rows_per_file=0)
+
+
+def test_engaged_clients_browse_and_buy_more(data) -> None:
+    # The behavioral signal a learned CLTV model can use: within a persona, a client's browsing
+    # activity follows their purchase rate (rank correlation well above zero).
+    _, truth, _ = data
+    same = truth[truth["persona_before"] == truth["persona_before"].mode()[0]]
+    rho = same["activity_rate_before"].rank().corr(same["purchase_rate_before"].rank())
+    assert rho > 0.4, rho

@@ -90,8 +90,12 @@ def test_nightly_runs_publish_tables_and_track_models(prefect_harness, dataset, 
 
     scores = store.scores()
     assert len(scores) == len(membership)
-    assert scores["p_alive"].between(0, 1).all()
-    assert (scores["predicted_cltv"] >= 0).all()
+    buyers = scores["cltv_model"].isin(["btyd", "learned"])
+    assert set(scores["cltv_model"]) <= {"btyd", "learned", "prospect"} and buyers.any()
+    assert scores.loc[buyers, "p_alive"].between(0, 1).all()
+    assert scores.loc[~buyers, "p_alive"].isna().all()  # prospects: nothing to be alive for
+    assert scores["p_purchase"].dropna().between(0, 1).all()
+    assert (scores["predicted_cltv"].dropna() >= 0).all()
 
     segments = store.segments()
     assert {"cluster", "rule"} <= set(segments["kind"])

@@ -522,3 +522,35 @@ def test_report_is_attached_to_the_mlflow_run_and_reads_its_metrics(tmp_path) ->
         "quarantined_by_reason": {"negative_amount": 4},
     }
     assert mlflow_metrics(uri, "no-such-run") == {}
+
+
+def test_model_choice_lift_and_calibration_from_selection_metrics() -> None:
+    logged = {
+        "backtest.selection.btyd.purchases_rmse": 1.5,
+        "backtest.selection.btyd.spend_rmse": 180.0,
+        "backtest.selection.learned.purchases_rmse": 1.2,
+        "backtest.selection.learned.spend_rmse": 150.0,
+        "backtest.selection.learned_is_champion": 1.0,
+        "backtest.selection.window_days": 90.0,
+        "backtest.selection.prospect.test_clients": 400.0,
+        "backtest.selection.prospect.auc": 0.81,
+        "backtest.selection.prospect.predicted_converters": 52.4,
+        "backtest.selection.prospect.actual_converters": 50.0,
+        "backtest.selection.lift.d01.clients": 10.0,
+        "backtest.selection.lift.d01.predicted_spend": 900.0,
+        "backtest.selection.lift.d01.actual_spend": 870.0,
+        "backtest.selection.calibration.b00.bin_low": 0.0,
+        "backtest.selection.calibration.b00.mean_predicted": 0.04,
+        "backtest.selection.calibration.b00.actual_rate": 0.05,
+    }
+    metrics = metrics_from_mlflow(logged)
+    assert metrics["selection"]["learned.spend_rmse"] == 150.0  # type: ignore[index]
+    data = make_data()
+    data.run["metrics"] = {**data.run.get("metrics", {}), **metrics}
+    section = _section(render_report(data), "cltv")
+    assert "next 90 days" in section
+    assert _row(section, "learned (gradient boosting) (champion)")[1] == "1.20"
+    assert _row(section, "BG/NBD x Gamma-Gamma")[4] == "180.00"
+    assert "AUC of p_purchase 0.810" in section and "actual 50 of 400" in section
+    lift = _row(section, "1")  # decile 1
+    assert lift[1] == "10" and lift[4] == "900.00" and lift[5] == "870.00"

@@ -306,11 +306,13 @@ def test_scores_carry_a_cltv_percentile_that_ranks_predicted_cltv():
         index=cdnow["ID"].astype(str).rename("client_id"),
     )
     model = CltvModel(horizon_days=365).fit(btyd)
-    scores = score_clients(CltvBundle(model, {}, date(1997, 9, 30)), btyd, CONFIG, "7")
+    features = btyd.reset_index().assign(has_purchased=1)
+    scores = score_clients(CltvBundle(model, {}, date(1997, 9, 30)), features, CONFIG, "7")
     assert scores["client_id"].tolist() == btyd.index.tolist()
+    assert (scores["cltv_model"] == "btyd").all()  # a bundle without learned models
     assert scores["cltv_percentile"].between(0, 1).all()
     assert scores["cltv_percentile"].max() == 1.0
     ranked = scores.sort_values("predicted_cltv")
     assert ranked["cltv_percentile"].is_monotonic_increasing
     assert (scores["model_version"] == "7").all()
-    assert score_clients(None, btyd, CONFIG, "none").empty
+    assert score_clients(None, features, CONFIG, "none").empty
