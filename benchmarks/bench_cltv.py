@@ -86,22 +86,20 @@ def learned(df: pd.DataFrame, model: CltvModel, n_features: int, seed: int) -> N
     t0 = time.perf_counter()
     choice = select_cltv_model(windows[0], windows[1], CltvConfig(), seed)
     t1 = time.perf_counter()
-    scores = score_clients(
-        model,
-        df,
-        windows[1].inputs,
-        is_buyer,
-        90,
-        "learned",
-        choice.purchase_model or _fit_anyway(windows[1], seed),
-        choice.conversion_model,
-    )
+    serving = choice.purchase_model
+    if serving is None:  # BG/NBD won: time the learned champion's serving refit anyway
+        serving = _fit_anyway(windows[1], seed)
     t2 = time.perf_counter()
+    scores = score_clients(
+        model, df, windows[1].inputs, is_buyer, 90, "learned", serving, choice.conversion_model
+    )
+    t3 = time.perf_counter()
     assert scores["predicted_cltv"].notna().all()
+    extra = t2 - t1 if choice.purchase_model is None else 0.0
     print(
         f"learned models, {n:,} clients x {n_features} features + BG/NBD signals:"
-        f" selection (fit, judge, refit) {t1 - t0:.1f} s, scoring {t2 - t1:.1f} s,"
-        f" total {t2 - t0:.1f} s wall (champion: {choice.champion})"
+        f" selection (fit, judge, refit) {t1 - t0 + extra:.1f} s, scoring {t3 - t2:.1f} s,"
+        f" total {t1 - t0 + extra + t3 - t2:.1f} s wall, as on a night the learned model wins"
     )
 
 

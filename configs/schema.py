@@ -246,23 +246,22 @@ class CltvConfig(_Section):
     model parameter: it is the calibration/holdout split of the backtest that qualifies a fit
     (`models.backtest.split_btyd` and `backtest`, called by the pipeline), and the window of
     the learned models: they learn from features as of as_of - holdout_days what happens in
-    the holdout_days after, and `p_purchase` is over that window. `learned_model: false` keeps
-    BG/NBD for buyers (prospects still get the conversion model); with fewer than
-    `min_training_purchasers` training clients buying in the window, BG/NBD serves and the run
-    logs why. `test_share` of the clients is held out to judge the models; a fit samples at
-    most `max_training_clients` rows.
+    the holdout_days after, and `p_purchase` is over that window. The learned buyer model is
+    fit on the window before the latest and judged on the latest against BG/NBD
+    (`models.selection`). `learned_model: false` keeps BG/NBD for buyers (prospects still get
+    the conversion model); with fewer than `min_training_purchasers` training clients buying in
+    the window, BG/NBD serves and the run logs why. A fit samples at most
+    `max_training_clients` rows.
     """
 
     horizon_days: int = Field(365, ge=1)
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     penalizer: float = Field(0.0, ge=0)
     holdout_days: int = Field(90, ge=7)
-    # The learned models (models.learned, models.selection): trained on features as of
-    # as_of - holdout_days and the purchases after it; they compete with BG/NBD on test clients.
+    # The learned models (models.learned, models.selection).
     learned_model: bool = True
     min_training_purchasers: int = Field(50, ge=1)
-    test_share: float = Field(0.25, gt=0, lt=1)
-    max_training_clients: int = Field(150_000, ge=100)
+    max_training_clients: int = Field(60_000, ge=100)
 
 
 class RefitConfig(_Section):

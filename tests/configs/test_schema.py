@@ -128,7 +128,6 @@ ESTIMATOR_SECTIONS = [
             "holdout_days",
             "learned_model",
             "min_training_purchasers",
-            "test_share",
             "max_training_clients",
         },
         id="cltv",
