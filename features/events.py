@@ -330,6 +330,7 @@ class _ScanPlan:
             self.csv_source.drop_rejects(con)
         if self.temp_table:
             con.execute(f"DROP TABLE IF EXISTS {self.temp_table}")
+            con.execute(f"DROP TABLE IF EXISTS {self.temp_table}_bad")
 
 
 def _plan_scans(
@@ -347,16 +348,23 @@ def _plan_scans(
     the typed pass, the raw pass and the malformed lines all read that table."""
     where = f"events at {path}"
     if kind == "json":
-        json_source = _json_source(con, files)
-        found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
-        columns = {c: (c, "VARCHAR") for c in found}
-        _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
+        json_source = _json_source(con, files, sample=True)
+        try:
+            found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
+            columns = {c: (c, "VARCHAR") for c in found}
+            _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
+        except EventContractError:  # a key the first lines lack may come later: look at all
+            json_source = _json_source(con, files)
+            found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
+            columns = {c: (c, "VARCHAR") for c in found}
+            _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
         table = f"_json_lines_{uuid.uuid4().hex[:8]}"
         wanted = {c: source.paths for c, source in found.items()}
         try:
             reader, malformed = json_source.materialize(con, wanted, table)
         except duckdb.Error as exc:
             con.execute(f"DROP TABLE IF EXISTS {table}")
+            con.execute(f"DROP TABLE IF EXISTS {table}_bad")
             raise _read_error(con, kind, files, columns, path, exc) from exc
         return _ScanPlan(columns, (reader, reader, malformed), None, table)
     csv_source = _csv_source(files) if kind == "csv" else None
@@ -622,9 +630,11 @@ def _csv_source(files: list[str]) -> CsvSource:
         raise EventContractError(str(exc)) from exc
 
 
-def _json_source(con: duckdb.DuckDBPyConnection, files: list[str]) -> JsonSource:
+def _json_source(
+    con: duckdb.DuckDBPyConnection, files: list[str], sample: bool = False
+) -> JsonSource:
     try:
-        return JsonSource.of(con, files)
+        return JsonSource.of(con, files, sample)
     except duckdb.Error as exc:
         culprit = files[0]
         for file in files if len(files) > 1 else []:  # the file that cannot be read

@@ -523,3 +523,34 @@ def test_config_accepts_fallback_lists_and_names_a_bad_one(tmp_path: Path) -> No
         config_from_mapping({"events": {"columns": {"client_id": []}}}, source)
     with pytest.raises(ConfigError, match=r"my\.yaml.*events.columns"):
         config_from_mapping({"events": {"columns": {"client_id": {"a": 1}}}}, source)
+
+
+def test_json_keys_first_seen_after_the_sampled_lines_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import features.json_source as json_source
+
+    monkeypatch.setattr(json_source, "KEY_SAMPLE_LINES", 2)
+    file = tmp_path / "late.jsonl"
+    lines = [
+        {"client_id": "c1", "event_time": "2024-03-01T10:00:00Z", "event_type": "login"},
+        {"client_id": "c2", "event_time": "2024-03-01T10:01:00Z", "event_type": "login"},
+        # after the sample: an optional contract key, and the key a mapping reads
+        {"client_id": "c3", "event_time": "2024-03-01T10:02:00Z", "event_type": "review",
+         "sentiment": "0.8", "props": {"cat": "shoes"}},
+    ]  # fmt: skip
+    file.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows, _ = _events(file)
+    assert [r[0] for r in rows] == ["c1", "c2", "c3"]
+    sentiment = duckdb.connect()
+    load_events(sentiment, file, now=NOW)
+    assert sentiment.execute("SELECT sentiment FROM events WHERE client_id = 'c3'").fetchone() == (
+        0.8,
+    )
+    con = duckdb.connect()
+    load_events(con, file, now=NOW, column_map={"category": "props.cat"})
+    assert con.execute("SELECT category FROM events WHERE client_id = 'c3'").fetchone() == (
+        "shoes",
+    )
+    with pytest.raises(EventContractError, match="props_missing"):
+        load_events(duckdb.connect(), file, now=NOW, column_map={"category": "props_missing.x"})
