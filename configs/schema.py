@@ -251,7 +251,8 @@ class CltvConfig(_Section):
     (`models.selection`). `learned_model: false` keeps BG/NBD for buyers (prospects still get
     the conversion model); with fewer than `min_training_purchasers` training clients buying in
     the window, BG/NBD serves and the run logs why. A fit samples at most
-    `max_training_clients` rows.
+    `max_training_clients` rows; with more than `window_clients` clients, the training windows
+    are built for a hash partition of about that many clients.
     """
 
     horizon_days: int = Field(365, ge=1)
@@ -261,7 +262,8 @@ class CltvConfig(_Section):
     # The learned models (models.learned, models.selection).
     learned_model: bool = True
     min_training_purchasers: int = Field(50, ge=1)
-    max_training_clients: int = Field(60_000, ge=100)
+    max_training_clients: int = Field(40_000, ge=100)
+    window_clients: int = Field(60_000, ge=1_000)
 
 
 class RefitConfig(_Section):

@@ -299,7 +299,7 @@ def fit_cltv(
             log.warning("CLTV backtest did not converge: %s", exc)
             metrics = {"backtest_failed": 1.0}
     model.fit(btyd)
-    choice = select_learned_models(con, as_of, purchases, config)
+    choice = select_learned_models(con, as_of, purchases, config, clients=len(btyd))
     if choice is not None:
         metrics.update(selection_metrics(choice, config.cltv.holdout_days))
     return CltvBundle(
@@ -312,18 +312,28 @@ def fit_cltv(
 
 
 def select_learned_models(
-    con: duckdb.DuckDBPyConnection, as_of: date, purchases: pd.DataFrame, config: EngineConfig
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    purchases: pd.DataFrame,
+    config: EngineConfig,
+    clients: int = 0,
 ) -> CltvChoice | None:
     """Train the learned buyer model and the prospects' conversion model on the history and
     let the buyer model compete with BG/NBD on a later window than it learned from
     (`models.selection`); None, with the reason logged, when the history before the latest
-    window cannot train anything."""
-    latest = training_inputs(con, as_of, purchases, config)
+    window cannot train anything.
+
+    With more than `cltv.window_clients` clients tonight, both windows are built for one hash
+    partition of the clients (the same clients in both; about `window_clients` of them): the
+    fits sample at most `max_training_clients` rows anyway, and the judge needs tens of
+    thousands of buyers, not every one (each window is a feature build of its own)."""
+    shards = max(1, -(-clients // config.cltv.window_clients))
+    latest = training_inputs(con, as_of, purchases, config, shards)
     if isinstance(latest, str):
         log.warning("CLTV: BG/NBD alone, no learned models: %s", latest)
         return None
     earlier = training_inputs(
-        con, as_of - timedelta(days=config.cltv.holdout_days), purchases, config
+        con, as_of - timedelta(days=config.cltv.holdout_days), purchases, config, shards
     )
     if isinstance(earlier, str):
         log.warning("CLTV: the learned buyer model cannot be judged: %s", earlier)
@@ -349,19 +359,26 @@ def selection_metrics(choice: CltvChoice, window_days: int) -> dict[str, float]:
 
 
 def training_inputs(
-    con: duckdb.DuckDBPyConnection, as_of: date, purchases: pd.DataFrame, config: EngineConfig
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    purchases: pd.DataFrame,
+    config: EngineConfig,
+    shards: int = 1,
 ) -> Window | str:
     """The window of h days ending at `as_of` (h = `cltv.holdout_days`) as training data:
     inputs as of as_of - h (the point-in-time features and a BG/NBD fit on the purchases up to
     then), whether each client had bought by then, and the purchases and spend in
-    (as_of - h, as_of]. A string says why there is none (no client, or no BG/NBD fit, before
-    the window)."""
+    (as_of - h, as_of]. With `shards > 1`, for the clients of hash partition 0 only. A string
+    says why there is none (no client, or no BG/NBD fit, before the window)."""
+    from features.build import build_features_shard
+
     window = config.cltv.holdout_days
     then = as_of - timedelta(days=window)
-    try:
-        past = compute_features(con, then, config)
-    except NothingToSegmentError:
+    table = build_features_shard(con, then, config.features, 0, shards)
+    if table.num_rows == 0:
         return f"no client has an event up to {then} (as-of minus cltv.holdout_days)"
+    past = table.to_pandas()
+    past["client_id"] = past["client_id"].astype(str)
     btyd = btyd_inputs(past)
     is_buyer = past["has_purchased"].fillna(0).to_numpy() > 0
     try:

@@ -129,6 +129,7 @@ ESTIMATOR_SECTIONS = [
             "learned_model",
             "min_training_purchasers",
             "max_training_clients",
+            "window_clients",
         },
         id="cltv",
     ),

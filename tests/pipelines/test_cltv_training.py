@@ -126,3 +126,18 @@ def test_too_little_history_before_the_window_falls_back_to_bgnbd(generated):
     assert (scores.loc[bought, "cltv_model"] == "btyd").all()
     assert scores.loc[~bought, "predicted_cltv"].isna().all()
     assert np.isfinite(scores.loc[bought, "predicted_cltv"]).all()
+
+
+def test_a_sampled_window_holds_the_same_rows_for_its_clients(generated):
+    con = _connection(generated, before=AS_OF)
+    purchases = purchase_log(con, AS_OF).rename(columns={"event_time": "day"})
+    full = steps.training_inputs(con, AS_OF, purchases, CONFIG)
+    part = steps.training_inputs(con, AS_OF, purchases, CONFIG, shards=3)
+    assert 0.2 < len(part.inputs) / len(full.inputs) < 0.5
+    mine = full.inputs.index.get_indexer(part.inputs.index)
+    assert (mine >= 0).all()
+    pd.testing.assert_frame_equal(part.labels, full.labels.iloc[mine])
+    assert (part.is_buyer == full.is_buyer[mine]).all()
+    # the behavioral features are the same; the BG/NBD signals come from a fit on the sample
+    behavior = [c for c in part.inputs.columns if not c.startswith("bg_")]
+    pd.testing.assert_frame_equal(part.inputs[behavior], full.inputs.iloc[mine][behavior])
