@@ -135,7 +135,32 @@ def model_inputs(features: pd.DataFrame, signals: pd.DataFrame | None = None) ->
     return out
 
 
-class PurchaseModel(BaseEstimator):
+class _Boosted(BaseEstimator):
+    """The gradient-boosting parameters the learned models share (documented on
+    `PurchaseModel`); configuration only, as scikit-learn's estimators take it."""
+
+    def __init__(
+        self,
+        max_iter: int = 60,
+        learning_rate: float = 0.15,
+        max_leaf_nodes: int = 15,
+        min_samples_leaf: int = 100,
+        l2_regularization: float = 1.0,
+        max_rows: int = 40_000,
+        min_class_rows: int = 20,
+        random_state: int = 0,
+    ):
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.l2_regularization = l2_regularization
+        self.max_rows = max_rows
+        self.min_class_rows = min_class_rows
+        self.random_state = random_state
+
+
+class PurchaseModel(_Boosted):
     """Purchases, spend and P(any purchase) over a window, for clients who bought before.
 
     Three gradient-boosted models over the same inputs: purchases with a Poisson loss (a count
@@ -182,26 +207,6 @@ class PurchaseModel(BaseEstimator):
     n_train_ : int
         Rows fit on.
     """
-
-    def __init__(
-        self,
-        max_iter: int = 60,
-        learning_rate: float = 0.15,
-        max_leaf_nodes: int = 15,
-        min_samples_leaf: int = 100,
-        l2_regularization: float = 1.0,
-        max_rows: int = 40_000,
-        min_class_rows: int = 20,
-        random_state: int = 0,
-    ):
-        self.max_iter = max_iter
-        self.learning_rate = learning_rate
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_samples_leaf = min_samples_leaf
-        self.l2_regularization = l2_regularization
-        self.max_rows = max_rows
-        self.min_class_rows = min_class_rows
-        self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, y: pd.DataFrame) -> PurchaseModel:
         """Fit the three models.
@@ -288,7 +293,7 @@ class PurchaseModel(BaseEstimator):
         )
 
 
-class ConversionModel(BaseEstimator):
+class ConversionModel(_Boosted):
     """P(first purchase within a window) for prospects (clients who never bought).
 
     Parameters are those of `PurchaseModel` (the classifier's).
@@ -302,26 +307,6 @@ class ConversionModel(BaseEstimator):
         Share of training prospects who converted in the window.
     n_train_ : int
     """
-
-    def __init__(
-        self,
-        max_iter: int = 60,
-        learning_rate: float = 0.15,
-        max_leaf_nodes: int = 15,
-        min_samples_leaf: int = 100,
-        l2_regularization: float = 1.0,
-        max_rows: int = 40_000,
-        min_class_rows: int = 20,
-        random_state: int = 0,
-    ):
-        self.max_iter = max_iter
-        self.learning_rate = learning_rate
-        self.max_leaf_nodes = max_leaf_nodes
-        self.min_samples_leaf = min_samples_leaf
-        self.l2_regularization = l2_regularization
-        self.max_rows = max_rows
-        self.min_class_rows = min_class_rows
-        self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, y: pd.Series | np.ndarray) -> ConversionModel:
         """Fit on prospects' inputs and whether each bought in the window.
@@ -362,7 +347,7 @@ class ConversionModel(BaseEstimator):
             return self.classifier_.predict_proba(_matrix(X, self.feature_names_in_))[:, 1]
 
 
-def _classifier(params: PurchaseModel | ConversionModel) -> HistGradientBoostingClassifier:
+def _classifier(params: _Boosted) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(
         max_iter=params.max_iter,
         learning_rate=params.learning_rate,
