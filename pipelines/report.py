@@ -981,10 +981,10 @@ def _selection_tables(metrics: Mapping[str, object]) -> str:
         for s in ("RMSE", "MAE", "bias")
     )
     html = (
-        '<p class="flows-title">Model choice on held-out clients (next '
-        f"{_num(sel.get('window_days'), 0)} days after the training cut)</p>"
+        '<p class="flows-title">Model choice: fit on one window, judged on the next '
+        f"{_num(sel.get('window_days'), 0)} days (every buyer of the latest window)</p>"
         if "window_days" in sel
-        else '<p class="flows-title">Model choice on held-out clients</p>'
+        else '<p class="flows-title">Model choice: fit on one window, judged on the next</p>'
     )
     html += (
         f"<table class=backtest><thead><tr><th>Buyers' model</th>{head}</tr></thead>"
@@ -1026,7 +1026,8 @@ def _grouped_table(
             f"<td class=num>{_num(sel.get(f'{prefix}{g}.{c}'), 0 if c == 'clients' else 2)}</td>"
             for c in columns
         )
-        body += f"<tr><td>{_e(str(int(g)))}</td>{cells}</tr>"
+        label = str(int(g)) if prefix == "lift.d" else ""  # calibration rows: the bin columns
+        body += f"<tr><td>{_e(label)}</td>{cells}</tr>"
     return (
         f'<p class="flows-title">{_e(title)}</p>'
         f"<table class=backtest><thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
