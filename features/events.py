@@ -348,16 +348,18 @@ def _plan_scans(
     the typed pass, the raw pass and the malformed lines all read that table."""
     where = f"events at {path}"
     if kind == "json":
-        json_source = _json_source(con, files, sample=True)
-        try:
-            found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
-            columns = {c: (c, "VARCHAR") for c in found}
-            _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
-        except EventContractError:  # a key the first lines lack may come later: look at all
-            json_source = _json_source(con, files)
-            found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
-            columns = {c: (c, "VARCHAR") for c in found}
-            _check_required(con, files, columns, path, None, json_source, mapping, lenient_columns)
+        for sample in (True, False):  # a key the first lines lack may come later: look at all
+            json_source = _json_source(con, files, sample=sample)
+            try:
+                found = _contract_columns(json_source.columns(), mapping, where, lenient_columns)
+                columns = {c: (c, "VARCHAR") for c in found}
+                _check_required(
+                    con, files, columns, path, None, json_source, mapping, lenient_columns
+                )
+                break
+            except EventContractError:
+                if not sample:
+                    raise
         table = f"_json_lines_{uuid.uuid4().hex[:8]}"
         wanted = {c: source.paths for c, source in found.items()}
         try:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from models.cltv import CltvModel
 from models.learned import ConversionModel, PurchaseModel
+from models.selection import CHAMPIONS
 
 __all__ = ["SCORED_COLUMNS", "SCORE_SOURCES", "score_clients"]
 
@@ -69,8 +70,8 @@ def score_clients(
     is_buyer = np.asarray(is_buyer, dtype=bool)
     if len(is_buyer) != len(btyd):
         raise ValueError("is_buyer must have one value per client")
-    if champion not in ("btyd", "learned"):
-        raise ValueError(f"champion must be 'btyd' or 'learned', got {champion!r}")
+    if champion not in CHAMPIONS:
+        raise ValueError(f"champion must be one of {CHAMPIONS}, got {champion!r}")
     if champion == "learned" and purchase_model is None:
         raise ValueError("the learned champion needs its purchase model")
     if inputs is None and (champion == "learned" or conversion_model is not None):
@@ -104,8 +105,9 @@ def _buyers(
     if champion == "btyd" or purchase_model is None or inputs is None:
         base["p_purchase"] = model.p_purchase(btyd, window_days)
         return base
-    learned = purchase_model.predict(inputs.loc[btyd.index])
-    in_window = model.expected_purchases(btyd, window_days)
+    rows = inputs.loc[btyd.index]
+    learned = purchase_model.predict(rows)
+    in_window = rows["bg_expected_purchases"].to_numpy(float)  # the BG/NBD signal over the window
     discounted = base["predicted_cltv"] / base["expected_avg_value"]
     fallback = model.horizon_days / window_days
     ok = in_window > 1e-12

@@ -119,7 +119,7 @@ def select_cltv_model(
         prospect_p = conv.predict_proba(latest.inputs[test_p])
         metrics.update(_prospect_metrics(prospect_p, bought[test_p]))
     p_all = np.concatenate([champion_pred["p_purchase"].to_numpy(float), prospect_p])
-    y_all = np.concatenate([bought[test_b], bought[test_p][: len(prospect_p)]])
+    y_all = np.concatenate([bought[test_b], bought[test_p] if prospect_p.size else bought[:0]])
 
     serving = None
     if champion == "learned":

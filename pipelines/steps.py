@@ -42,6 +42,8 @@ from segmentation.drift import DriftReference, fit_reference, psi
 from segmentation.rules import RuleSet, load_rules
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from pipelines.registry import ModelRegistry
 
 __all__ = [
@@ -201,6 +203,11 @@ def compute_features(
     table = build_features(con, as_of, config.features, shards=config.features.shards)
     if table.num_rows == 0:
         raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
+    return _feature_frame(table)
+
+
+def _feature_frame(table: pa.Table) -> pd.DataFrame:
+    """A feature table as pandas (nulls as NaN), client ids as text."""
     frame = table.to_pandas()
     frame["client_id"] = frame["client_id"].astype(str)
     return frame
@@ -377,8 +384,7 @@ def training_inputs(
     table = build_features_shard(con, then, config.features, 0, shards)
     if table.num_rows == 0:
         return f"no client has an event up to {then} (as-of minus cltv.holdout_days)"
-    past = table.to_pandas()
-    past["client_id"] = past["client_id"].astype(str)
+    past = _feature_frame(table)
     btyd = btyd_inputs(past)
     is_buyer = past["has_purchased"].fillna(0).to_numpy() > 0
     try:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.cltv import SCORE_COLUMNS
+from models.scoring import SCORE_SOURCES
 from pipelines.store._common import PublishInputError
 from pipelines.store._schema import QUARANTINE_RAW, Table
 from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS
@@ -48,7 +49,6 @@ SEGMENTS_INPUT = list(SEGMENT_COLUMNS)
 SCORES_INPUT = list(SCORE_COLUMNS)
 # Added by schema version 3: a producer written before it may leave them out (null then).
 SCORES_OPTIONAL = ("p_purchase", "cltv_model")
-CLTV_MODELS = ("btyd", "learned", "prospect")
 SEGMENT_SOURCES = ("rule", "cluster", "noise")
 SEGMENT_KINDS = ("cluster", "rule", "noise")
 
@@ -197,7 +197,7 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     _unique_ids(scores, "client_id", "scores")
     _in_range(scores["p_alive"], "scores.p_alive", 0.0, 1.0)
     _in_range(scores["p_purchase"], "scores.p_purchase", 0.0, 1.0)
-    _allowed(scores["cltv_model"], CLTV_MODELS, "scores.cltv_model")
+    _allowed(scores["cltv_model"], SCORE_SOURCES, "scores.cltv_model")
 
     quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
     kept = ["reason", *QUARANTINE_RAW, "line_number"]
