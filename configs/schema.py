@@ -51,12 +51,26 @@ class MlflowConfig(_Section):
     enabled: bool = True
 
 
+class ExtraEventType(_Section):
+    """An event type added to the taxonomy: its journey stage and who starts it."""
+
+    stage: str
+    initiated_by: Literal["client", "brand"] | None = Field(
+        None,
+        description="client or brand; without it the type counts as client-initiated, with a"
+        " warning",
+    )
+
+
 class EventsConfig(_Section):
     path: str = "{workdir}/events"
     future_tolerance_hours: float = Field(24.0, ge=0)
     max_bad_share: float = Field(0.05, ge=0, le=1)
     taxonomy_file: str = "taxonomy.yaml"
-    extra_event_types: dict[str, str] = Field(default_factory=dict)
+    extra_event_types: dict[str, str | ExtraEventType] = Field(
+        default_factory=dict,
+        description="event type -> stage, or {stage, initiated_by: client | brand}",
+    )
     earliest_event_time: date = Field(
         date(2000, 1, 1),
         description="events before this day (UTC) are quarantined as implausible_event_time",
@@ -119,8 +133,11 @@ class EventsConfig(_Section):
 
     @field_validator("extra_event_types")
     @classmethod
-    def _known_stages(cls, value: dict[str, str]) -> dict[str, str]:
-        for event_type, stage in value.items():
+    def _known_stages(
+        cls, value: dict[str, str | ExtraEventType]
+    ) -> dict[str, str | ExtraEventType]:
+        for event_type, spec in value.items():
+            stage = spec if isinstance(spec, str) else spec.stage
             if stage not in STAGES:
                 raise ValueError(
                     f"event type {event_type!r}: stage {stage!r} is not one of {STAGES}"

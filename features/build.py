@@ -66,6 +66,10 @@ FIELD_BITS = 32
 # bit_count (a TINYINT) cannot overflow.
 DAY_WORD_BITS = 127
 _RANK_SHIFT = 60  # furthest-stage key: rank * 2**60 + age in microseconds (< 36,000 years)
+# Stage code of a brand-initiated event (client-initiated ones carry their stage rank, 0 to
+# len(STAGES)): such events count as exposure only, never as the client's activity, stage,
+# channel or intent.
+BRAND_CODE = len(STAGES) + 1
 _OTHER_TYPES = (
     ("return", "returns"),
     ("refund", "refunds"),
@@ -330,12 +334,14 @@ def _ratio(recent: str, previous: str) -> str:
 _Cell = Callable[[int, int], bool]
 
 
-def _cell(code: int | None = None, above: int = -1, upto: int | None = None) -> _Cell:
-    """A packed field's predicate on a cell (code, age bucket): the code is `code` (any code
-    when None) and the bucket is in (above, upto] (no upper bound when `upto` is None)."""
+def _cell(code: int | range | None = None, above: int = -1, upto: int | None = None) -> _Cell:
+    """A packed field's predicate on a cell (code, age bucket): the code is `code` (one of them
+    for a range, any code when None) and the bucket is in (above, upto] (no upper bound when
+    `upto` is None)."""
+    codes = code if isinstance(code, range) else None if code is None else range(code, code + 1)
 
     def hit(cell_code: int, bucket: int) -> bool:
-        in_code = code is None or cell_code == code
+        in_code = codes is None or cell_code in codes
         return in_code and above < bucket and (upto is None or bucket <= upto)
 
     return hit
@@ -409,8 +415,9 @@ class _Plan:
                        epoch_us(event_time) AS ts,
                        CAST(round(amount * {MONEY_SCALE}) AS BIGINT) AS amt_u,
                        DATE '{as_of.isoformat()}' - CAST(event_time AS DATE) AS age,
-                       CASE stage {stage_case} ELSE 0 END AS sc,
-                       CASE WHEN channel IS NULL THEN 0 ELSE
+                       CASE WHEN NOT by_client THEN {BRAND_CODE} ELSE
+                           CASE stage {stage_case} ELSE 0 END END AS sc,
+                       CASE WHEN channel IS NULL OR NOT by_client THEN 0 ELSE
                            CASE channel {chan_case} ELSE {len(CHANNELS) + 1} END END AS cc,
                        CASE event_type {type_case} ELSE 0 END AS tc
                 FROM {events_table} WHERE {where}))"""
@@ -450,6 +457,7 @@ class _Plan:
                              count(*) FILTER (WHERE age < {self.i}) AS r,
                              count(*) FILTER (WHERE age >= {self.i}) AS p
                       FROM {ev} WHERE category IS NOT NULL AND age < {2 * self.i}
+                            AND sc <> {BRAND_CODE}
                       GROUP BY client_id, category)""",
             ),
         ]
@@ -461,12 +469,15 @@ class _Plan:
         Counts are packed in fields of `bits` bits; `only` (a query of client_id) restricts the
         pass to those clients."""
         kb, m = self.bucket_of, self.m
+        own = range(BRAND_CODE)  # the codes of client-initiated events
         stage: list[tuple[str, _Cell]] = [
-            ("ev_recent", _cell(upto=kb(m))),
-            ("ev_prev", _cell(above=kb(m), upto=kb(2 * m))),
+            ("ev_recent", _cell(own, upto=kb(m))),
+            ("ev_prev", _cell(own, above=kb(m), upto=kb(2 * m))),
+            ("n_exposures", _cell(BRAND_CODE)),
         ]
         for w in self.windows:
-            stage.append((f"events_{w}d", _cell(upto=kb(w))))
+            stage.append((f"events_{w}d", _cell(own, upto=kb(w))))
+            stage.append((f"exposures_{w}d", _cell(BRAND_CODE, upto=kb(w))))
             for s in STAGES:
                 stage.append((f"{s}_events_{w}d", _cell(STAGE_RANK[s], upto=kb(w))))
         chan: list[tuple[str, _Cell]] = []  # n_chan, events with a channel, is their sum
@@ -478,31 +489,36 @@ class _Plan:
         aggs: list[str] = []
         cols: list[str] = []
         for prefix, fields, keys, key in (
-            ("ps", stage, range(len(STAGES) + 1), "sc"),
+            ("ps", stage, range(BRAND_CODE + 1), "sc"),
             ("pc", chan, range(len(_MIX) + 1), "cc"),
         ):
             piece_aggs, piece_cols = self._packed(prefix, fields, keys, key, bits)
             aggs += piece_aggs
             cols += piece_cols
         max_w, d = self.windows[-1], DAY_WORD_BITS
+        own_event = f"sc <> {BRAND_CODE}"
         day_words = [
-            f"bit_or(CASE WHEN age >= {d * k} AND age < {min(d * (k + 1), max_w)}"
+            f"bit_or(CASE WHEN sc <> {BRAND_CODE} AND age >= {d * k}"
+            f" AND age < {min(d * (k + 1), max_w)}"
             f" THEN CAST(1 AS HUGEINT) << CAST(age - {d * k} AS HUGEINT) END) AS days{k}"
             for k in range(self.day_words)
         ]
         return f"""
-            SELECT client_id, n_events, first_ts, last_ts, last_before_m, first_in_m,
+            SELECT client_id, n_events, first_ts,
+                   coalesce(last_ts, first_ts) AS last_ts, last_before_m, first_in_m,
                    fkey >> {_RANK_SHIFT} AS furthest_rank,
                    {self.end_us} - (fkey & {2**_RANK_SHIFT - 1}) AS furthest_t0,
                    coalesce(((ckey % 8) + 8) % 8, 0) AS current_rank,
                    {", ".join(f"days{k}" for k in range(self.day_words))}, {", ".join(cols)},
                    {" + ".join(f"n_{c}" for c in _MIX)} AS n_chan
             FROM (
-                SELECT client_id, count(*) AS n_events, min(ts) AS first_ts, max(ts) AS last_ts,
-                       max(CASE WHEN age >= {m} THEN ts END) AS last_before_m,
-                       min(CASE WHEN age < {m} THEN ts END) AS first_in_m,
-                       max(sc * {2**_RANK_SHIFT} + ({self.end_us} - ts)) AS fkey,
-                       max(CASE WHEN sc > 0 THEN ts * 8 + sc END) AS ckey,
+                SELECT client_id, count(*) AS n_events, min(ts) AS first_ts,
+                       max(CASE WHEN {own_event} THEN ts END) AS last_ts,
+                       max(CASE WHEN age >= {m} AND {own_event} THEN ts END) AS last_before_m,
+                       min(CASE WHEN age < {m} AND {own_event} THEN ts END) AS first_in_m,
+                       max(CASE WHEN {own_event} THEN sc ELSE 0 END * {2**_RANK_SHIFT}
+                           + ({self.end_us} - ts)) AS fkey,
+                       max(CASE WHEN sc > 0 AND {own_event} THEN ts * 8 + sc END) AS ckey,
                        {", ".join(day_words)},
                        {", ".join(aggs)}
                 FROM {self.ev} {f"WHERE client_id IN ({only})" if only else ""}
@@ -553,7 +569,9 @@ class _Plan:
             "max(age) AS first_age",
             "min(age) AS last_age",
             "max(t1) AS last_p_ts",
-            "arg_max(amt_u, age) AS first_day_u",
+            # coalesce: arg_max skips a null argument, so a first day with no known amount
+            # would yield the second day's spend
+            "arg_max(coalesce(amt_u, 0), age) AS first_day_u",
             f"sum(amt_u) FILTER (WHERE age < {m}) AS spend_recent",
             f"sum(amt_u) FILTER (WHERE age >= {m} AND age < {2 * m}) AS spend_prev",
             f"sum(n) FILTER (WHERE age < {m}) AS purch_recent",
@@ -640,7 +658,7 @@ class _Plan:
             "recency_days": self.days("last_ts"),
             "days_since_last_purchase": self.days("last_p_ts"),
             "tenure_days": self.days("first_ts"),
-            "n_events": count("n_events"),
+            "n_events": count("n_events - n_exposures"),  # the client's own events
             "n_purchases": count("n_purchases"),
             "purchase_days": count("purchase_days"),
             "has_purchased": "CAST(coalesce(purchase_days, 0) > 0 AS BIGINT)",
@@ -717,8 +735,10 @@ class _Plan:
             )
         for c in CHANNELS:
             cols[f"share_{c}"] = f"CAST(coalesce(n_{c}, 0) AS DOUBLE) / nullif(n_chan, 0)"
+        cols["n_exposures"] = count("n_exposures")
         for w in self.windows:
             cols[f"events_{w}d"] = count(f"events_{w}d")
+            cols[f"exposures_{w}d"] = count(f"exposures_{w}d")
             cols[f"active_days_{w}d"] = self._active_days(w)
             cols[f"purchases_{w}d"] = count(f"purchases_{w}d")
             cols[f"spend_{w}d"] = money(f"spend_u_{w}d")

@@ -42,7 +42,10 @@ FAMILIES = {
     "key": "The client the row describes.",
     "rfm": "Recency, frequency, monetary value and purchase history up to the as-of date.",
     "btyd": "Inputs of the buy-till-you-die CLTV models (BG/NBD, Gamma-Gamma), in days.",
-    "activity": "Activity by window: events, active days, purchases, spend, by stage and channel.",
+    "activity": "Activity by window: the client's own events (client-initiated), active days,"
+    " purchases, spend, by stage and channel.",
+    "exposure": "Exposure: brand-initiated touches (ads shown, messages sent or delivered, and"
+    " whatever else the taxonomy marks `brand`), kept apart from the client's own activity.",
     "change": "Momentum: the recent window against the window before it.",
     "journey": "Journey stage: furthest reached, current, and how long since it advanced.",
     "funnel": "Funnel drop-off: carts and checkouts without a purchase in time.",
@@ -87,15 +90,27 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
 
     add("client_id", "key", "string", "Client identifier.")
 
-    add("recency_days", "rfm", "float64", "Days from the last event to the end of the as-of day.")
+    add(
+        "recency_days",
+        "rfm",
+        "float64",
+        "Days from the last client-initiated event to the end of the as-of day (a brand touch"
+        " such as an ad impression or a sent email does not count); from the first event of any"
+        " kind if the client never acted.",
+    )
     add(
         "days_since_last_purchase",
         "rfm",
         "float64",
         "Days from the last purchase to the end of the as-of day; null if never purchased.",
     )
-    add("tenure_days", "rfm", "float64", "Days from the first event to the end of the as-of day.")
-    add("n_events", "rfm", "int64", "Events up to the as-of date.")
+    add(
+        "tenure_days",
+        "rfm",
+        "float64",
+        "Days from the first event of any kind to the end of the as-of day.",
+    )
+    add("n_events", "rfm", "int64", "Client-initiated events up to the as-of date.")
     add("n_purchases", "rfm", "int64", "Purchase events up to the as-of date.")
     add("purchase_days", "rfm", "int64", "Distinct days with a purchase.")
     add("has_purchased", "rfm", "int64", "1 if the client ever purchased, else 0.")
@@ -145,13 +160,13 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
 
     windows = feature_windows(config)
     for w in windows:
-        add(f"events_{w}d", "activity", "int64", f"Events in the last {w} days.")
+        add(f"events_{w}d", "activity", "int64", f"Client-initiated events in the last {w} days.")
     for w in windows:
         add(
             f"active_days_{w}d",
             "activity",
             "int64",
-            f"Days with at least one event, last {w} days.",
+            f"Days with at least one client-initiated event, last {w} days.",
         )
     for w in windows:
         add(f"purchases_{w}d", "activity", "int64", f"Purchase events in the last {w} days.")
@@ -163,7 +178,7 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
                 f"{stage}_events_{w}d",
                 "activity",
                 "int64",
-                f"Events of journey stage {stage} in the last {w} days.",
+                f"Client-initiated events of journey stage {stage} in the last {w} days.",
             )
     for w in CHANNEL_WINDOWS:
         for channel in CHANNELS:
@@ -171,14 +186,29 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
                 f"{channel}_events_{w}d",
                 "activity",
                 "int64",
-                f"Events on channel {channel} in the last {w} days.",
+                f"Client-initiated events on channel {channel} in the last {w} days.",
             )
+
+    add(
+        "n_exposures",
+        "exposure",
+        "int64",
+        "Brand-initiated events (ads shown, messages sent or delivered) up to the as-of date.",
+    )
+    for w in windows:
+        add(
+            f"exposures_{w}d",
+            "exposure",
+            "int64",
+            f"Brand-initiated events in the last {w} days.",
+        )
 
     add(
         "activity_momentum",
         "change",
         "float64",
-        f"(r - p) / (r + p) for events in the last {m} days (r) and the {m} days before (p);"
+        f"(r - p) / (r + p) for client-initiated events in the last {m} days (r) and the {m}"
+        " days before (p);"
         " 0 when both are 0.",
     )
     add(
@@ -199,7 +229,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
         "return_gap_days",
         "change",
         "float64",
-        f"Days from the last event before the last {m} days to the first event inside them;"
+        f"Days from the last client-initiated event before the last {m} days to the first one"
+        " inside them;"
         " null if none on either side.",
     )
 
@@ -207,14 +238,16 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
         "furthest_stage",
         "journey",
         "string",
-        "Furthest journey stage reached (awareness < ... < advocacy); 'other' if none.",
+        "Furthest journey stage reached by a client-initiated event (awareness < ... <"
+        " advocacy); 'other' if none.",
     )
     add("furthest_stage_rank", "journey", "int64", "Rank of furthest_stage: 0 (other) to 5.")
     add(
         "current_stage",
         "journey",
         "string",
-        "Journey stage of the most recent event with a known stage; 'other' if none.",
+        "Journey stage of the most recent client-initiated event with a known stage; 'other'"
+        " if none.",
     )
     add("current_stage_rank", "journey", "int64", "Rank of current_stage: 0 (other) to 5.")
     add(
@@ -261,7 +294,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
         "preferred_channel",
         "channel",
         "string",
-        "Channel with the most events (ties: alphabetical first; unknown channels as 'other');"
+        "Channel with the most client-initiated events (ties: alphabetical first; unknown"
+        " channels as 'other');"
         " null if no channel.",
     )
     add(
@@ -276,7 +310,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
             f"share_{channel}",
             "channel",
             "float64",
-            f"Share of events with a channel that were on {channel}; null if no channel.",
+            f"Share of client-initiated events with a channel that were on {channel}; null if"
+            " no channel.",
         )
 
     add(
@@ -328,7 +363,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
         "purchases_per_active_month",
         "rates",
         "float64",
-        "Purchase events per 30 days of the active span (first to last event, at least 30 days).",
+        "Purchase events per 30 days of the active span (first event to the last"
+        " client-initiated one, at least 30 days).",
     )
     for name, what in (
         ("tickets_per_purchase", "Support tickets"),
@@ -342,7 +378,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
             f"{stage}_share_{w}d",
             "rates",
             "float64",
-            f"Share of the last {w} days' events in the {stage} stage; null if none.",
+            f"Share of the last {w} days' client-initiated events in the {stage} stage; null if"
+            " none.",
         )
     # Mixes that follow a change of behavior within weeks yet remember the year (the segments'
     # default inputs, see segmentation/clustering.py).
@@ -352,7 +389,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
             f"{stage}_share_weighted",
             "rates",
             "float64",
-            f"Share of events in the {stage} stage over the last {w} days, those of the last"
+            f"Share of client-initiated events in the {stage} stage over the last {w} days,"
+            f" those of the last"
             f" {w90} days counting {times}; null if none.",
         )
     for channel in CHANNELS:
@@ -360,7 +398,8 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
             f"share_{channel}_weighted",
             "channel",
             "float64",
-            f"Share of events on {channel} among the standard channels, all time, those of the"
+            f"Share of client-initiated events on {channel} among the standard channels, all"
+            f" time, those of the"
             f" last {w90} days counting {times}; null if none.",
         )
     return out

@@ -10,6 +10,7 @@ counted; every other rejected row is kept with its reason.
 from __future__ import annotations
 
 import glob as globlib
+import logging
 import os
 import re
 import uuid
@@ -36,6 +37,11 @@ from features.csv_source import COMPRESSED_SUFFIXES, MALFORMED_LINE, CsvHeaderEr
 from features.json_source import JSON_SUFFIXES, JsonSource, Step
 
 OTHER_STAGE = "other"
+# Who starts an event: the client (a visit, a purchase, a click) or the brand (an ad shown, a
+# message sent). Activity, recency and lifecycle read client-initiated events only.
+INITIATORS = ("client", "brand")
+DEFAULT_INITIATOR = "client"
+logger = logging.getLogger(__name__)
 
 # Order matters: a row with several problems is quarantined under the first that applies.
 # `malformed_line` (a CSV line that does not parse) comes before them all: nothing of the line
@@ -68,6 +74,7 @@ EVENT_SCHEMA = {
     "category": "VARCHAR",
     "sentiment": "DOUBLE",
     "event_id": "VARCHAR",
+    "by_client": "BOOLEAN",  # client-initiated (taxonomy); else brand-initiated (exposure)
 }
 TEXT_COLUMNS = ("client_id", "event_type", "channel", "category", "event_id")
 DEFAULT_EARLIEST_EVENT_TIME = date(2000, 1, 1)
@@ -99,12 +106,24 @@ class BadInputError(SegmentationError, ValueError):
 
 @dataclass(frozen=True)
 class Taxonomy:
-    """Event type to journey stage; unknown types map to `other`."""
+    """Event type to journey stage and to who started it; unknown types map to stage `other`
+    and count as client-initiated (they are reported as unknown anyway)."""
 
     stage_of: dict[str, str]
+    initiator_of: dict[str, str] = field(default_factory=dict)
+    # Types listed without a who, counted as DEFAULT_INITIATOR (warned about when loaded).
+    defaulted: tuple[str, ...] = ()
 
     def stage(self, event_type: str) -> str:
         return self.stage_of.get(event_type, OTHER_STAGE)
+
+    def initiator(self, event_type: str) -> str:
+        return self.initiator_of.get(event_type, DEFAULT_INITIATOR)
+
+    @property
+    def brand_types(self) -> tuple[str, ...]:
+        """The brand-initiated event types, sorted."""
+        return tuple(sorted(t for t, who in self.initiator_of.items() if who == "brand"))
 
 
 @dataclass(frozen=True)
@@ -134,25 +153,69 @@ class ValidationReport:
 
 
 def load_taxonomy(
-    path: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None
+    path: str | os.PathLike[str] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> Taxonomy:
-    """Read a taxonomy YAML (stage -> list of event types) and add config extensions."""
+    """Read a taxonomy YAML (stage -> event type -> client | brand) and add config extensions.
+
+    A stage may also list its types (the older form): each then counts as client-initiated,
+    as does a type mapped to nothing, with a warning naming the types. `extra` maps a type to a
+    stage, or to a mapping (or object) with `stage` and `initiated_by`.
+    """
     file = Path(path) if path else CONFIG_DIR / "taxonomy.yaml"
     try:
         raw = yaml.safe_load(file.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise EventContractError(f"{file}: cannot read the taxonomy: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise EventContractError(f"{file}: must map journey stages to event types")
     stage_of: dict[str, str] = {}
-    for stage, event_types in raw.items():
+    initiator_of: dict[str, str] = {}
+    defaulted: list[str] = []
+    for stage, entries in raw.items():
         if stage not in STAGES:
             raise EventContractError(f"{file}: key '{stage}': not a journey stage {STAGES}")
-        if not isinstance(event_types, list):
-            raise EventContractError(f"{file}: key '{stage}': must be a list of event types")
-        for event_type in event_types:
-            stage_of[str(event_type).strip().lower()] = stage
-    for event_type, stage in (extra or {}).items():
-        stage_of[event_type.strip().lower()] = stage
-    return Taxonomy(stage_of)
+        if isinstance(entries, list):
+            entries = dict.fromkeys(entries)
+        if not isinstance(entries, dict):
+            raise EventContractError(
+                f"{file}: key '{stage}': must map event types to client or brand (or list them)"
+            )
+        for event_type, who in entries.items():
+            name = str(event_type).strip().lower()
+            stage_of[name] = stage
+            _set_initiator(name, who, initiator_of, defaulted, f"{file}: key '{stage}.{name}'")
+    for event_type, spec in (extra or {}).items():
+        name = event_type.strip().lower()
+        stage = spec if isinstance(spec, str) else _field(spec, "stage")
+        stage_of[name] = str(stage)
+        who = None if isinstance(spec, str) else _field(spec, "initiated_by")
+        where = f"events.extra_event_types.{event_type}"
+        _set_initiator(name, who, initiator_of, defaulted, where)
+    if defaulted:
+        logger.warning(
+            "taxonomy %s: no initiator (client or brand) for %s: counted as %s-initiated",
+            file,
+            ", ".join(sorted(defaulted)),
+            DEFAULT_INITIATOR,
+        )
+    return Taxonomy(stage_of, initiator_of, tuple(sorted(defaulted)))
+
+
+def _field(spec: object, key: str) -> object:
+    return spec.get(key) if isinstance(spec, Mapping) else getattr(spec, key, None)
+
+
+def _set_initiator(
+    name: str, who: object, initiator_of: dict[str, str], defaulted: list[str], where: str
+) -> None:
+    if who is None:
+        initiator_of[name] = DEFAULT_INITIATOR
+        defaulted.append(name)
+    elif who in INITIATORS:
+        initiator_of[name] = str(who)
+    else:
+        raise EventContractError(f"{where}: initiator {who!r} is not one of {INITIATORS}")
 
 
 # The formats by file name ending (lower case): a compressed CSV or JSON lines file is read by
@@ -670,7 +733,11 @@ def _create_tables(
     typed = _typed_sql(columns, reader, aliases=aliases, times=times)
     reason = _reason_sql(columns, limits)
     stage = _stage_sql(taxonomy)
-    select_cols = ", ".join(c if c != "stage" else f"{stage} AS stage" for c in EVENT_SCHEMA)
+    derived = {
+        "stage": f"{stage} AS stage",
+        "by_client": f"{_by_client_sql(taxonomy)} AS by_client",
+    }
+    select_cols = ", ".join(derived.get(c, c) for c in EVENT_SCHEMA)
     con.execute(
         f"CREATE OR REPLACE TABLE {events_table} AS"
         f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
@@ -1131,6 +1198,12 @@ def _stage_sql(taxonomy: Taxonomy) -> str:
         for stage, types in by_stage.items()
     )
     return f"CASE {whens} ELSE '{OTHER_STAGE}' END"
+
+
+def _by_client_sql(taxonomy: Taxonomy) -> str:
+    """True for a client-initiated event (any type the taxonomy does not mark `brand`)."""
+    brand = ", ".join("'" + t.replace("'", "''") + "'" for t in taxonomy.brand_types)
+    return f"event_type NOT IN ({brand})" if brand else "true"
 
 
 def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -10,7 +10,8 @@ Model, per client (all draws vectorized with numpy, no per-event Python loop):
 - individual variation: gamma multipliers on the activity and purchase rates, a Gamma-Gamma
   spend (per-client nu ~ Gamma(q), per-order amount ~ Gamma(p, nu)), a dominant category;
 - BTYD purchases: Poisson purchases while alive, an exponential lifetime (Pareto/NBD dropout);
-  after dropout the client is dormant (rare marketing touches, no purchases);
+  after dropout the client is dormant: the brand keeps sending emails and pushes and showing
+  ads (brand-initiated events, about two a month), the client almost never acts and never buys;
 - each online purchase comes with its funnel (product_view, add_to_cart, checkout_start minutes
   before) and possible follow-ups (return, refund, support_ticket, review, referral, share,
   survey_response) days after;
@@ -49,6 +50,7 @@ EVENT_TYPES = (
     "checkout_start", "purchase",
     "login", "support_ticket", "survey_response", "return", "refund", "subscription_renewal",
     "review", "referral", "share",
+    "email_sent", "push_sent",
 )  # fmt: skip
 # How browsing activity follows a client's purchase-rate multiplier (0: independent).
 ACTIVITY_BUY_ELASTICITY = 0.7
@@ -403,10 +405,11 @@ _P = {
          "share": 0.05, "survey": 0.1},
     ),
 }
-# A dropped-out client: rare marketing touches, never a purchase.
+# A dropped-out client: the brand keeps writing and showing ads (some emails opened by the mail
+# client on its own), the client almost never acts and never buys.
 _DORMANT = _Persona(
-    5, 0, 1.0, 1.0, 1.0, 0.0, 0.7,
-    {"ad_impression": 10, "email_open": 5, "page_view": 2},
+    24, 0, 1.0, 1.0, 1.0, 0.0, 0.7,
+    {"email_sent": 10, "ad_impression": 8, "email_open": 3, "push_sent": 2, "page_view": 0.5},
     {"web": 2, "app": 1, "email": 4, "messenger": 0.2, "social": 3, "store": 0.2,
      "call_center": 0.1},
     dict.fromkeys(CATEGORIES, 1.0),
@@ -443,9 +446,14 @@ _CHANNELS_OF = {
     "review": "web app",
     "referral": "web app social messenger email",
     "share": "social messenger app",
+    "email_sent": "email",
+    "push_sent": "app",
 }
 _FOLLOW_UPS = ("return", "refund", "ticket", "review", "referral", "share", "survey")
-_NO_CATEGORY = {"email_open", "login", "survey_response", "subscription_renewal", "referral"}
+_NO_CATEGORY = {
+    "email_open", "login", "survey_response", "subscription_renewal", "referral", "email_sent",
+    "push_sent",
+}  # fmt: skip
 _SENTIMENT_OFFSET = {"survey_response": 0.0, "review": 0.1, "support_ticket": -0.35}
 
 _T = {name: i for i, name in enumerate(EVENT_TYPES)}

@@ -29,8 +29,9 @@ END = day_end(AS_OF)
 TYPES = [
     "page_view", "ad_click", "product_view", "search", "add_to_cart", "checkout_start",
     "purchase", "purchase", "login", "support_ticket", "return", "refund", "review",
-    "referral", "share", "email_open", "mystery_event",
+    "referral", "share", "email_open", "mystery_event", "ad_impression", "email_sent",
 ]  # fmt: skip
+BRAND = set(load_taxonomy().brand_types)  # email_open, ad_impression, email_sent among TYPES
 CATEGORIES = ["shoes", "bags", "hats", "coats"]
 # Names other modules rely on (HELPERS.md); they must exist whatever the config.
 CONTRACT_NAMES = [
@@ -125,7 +126,10 @@ def random_events(n_clients: int = 40, n_events: int = 2500, seed: int = 7) -> p
 def make_events(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, table: str = "events") -> None:
     """Create an events table of the normalized contract from a frame (stage from the taxonomy)."""
     taxonomy = load_taxonomy()
-    frame = frame.assign(stage=frame["event_type"].map(taxonomy.stage))
+    frame = frame.assign(
+        stage=frame["event_type"].map(taxonomy.stage),
+        by_client=frame["event_type"].map(lambda t: taxonomy.initiator(t) == "client"),
+    )
     frame = frame[list(EVENT_SCHEMA)]
     casts = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in EVENT_SCHEMA.items())
     con.register("_frame", frame)
@@ -363,10 +367,17 @@ def pandas_features(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> p
     ev = events[events["event_time"] < end].copy()
     ev["event_time"] = pd.to_datetime(ev["event_time"])
     out = {}
-    for client, g in ev.groupby("client_id"):
+    for client, everything in ev.groupby("client_id"):
         row: dict[str, object] = {}
-        row["recency_days"] = (end - g["event_time"].max()) / day
-        row["tenure_days"] = (end - g["event_time"].min()) / day
+        # Activity is the client's own events; brand-initiated ones are exposure.
+        brand = everything["event_type"].isin(BRAND)
+        g = everything[~brand]
+        last = g["event_time"].max() if len(g) else everything["event_time"].min()
+        row["recency_days"] = (end - last) / day
+        row["tenure_days"] = (end - everything["event_time"].min()) / day
+        row["n_events"] = len(g)
+        row["n_exposures"] = int(brand.sum())
+        row["exposures_30d"] = int((brand & (everything["event_time"] >= end - 30 * day)).sum())
         recent = g[g["event_time"] >= end - 30 * day]
         row["events_30d"] = len(recent)
         row["active_days_30d"] = recent["event_time"].dt.normalize().nunique()
@@ -433,7 +444,7 @@ def pandas_features(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> p
         else:
             row["intent_shift"] = np.nan
         row["dominant_category_recent"] = min(now.index[now == now.max()]) if len(now) else None
-        s = g.dropna(subset=["sentiment"]).sort_values(["event_time", "sentiment"])
+        s = everything.dropna(subset=["sentiment"]).sort_values(["event_time", "sentiment"])
         row["sentiment_mean"] = s["sentiment"].mean() if len(s) else np.nan
         row["sentiment_last"] = s["sentiment"].iloc[-1] if len(s) else np.nan
         row["sentiment_trend"] = (
@@ -484,12 +495,20 @@ def stage_and_type_counts(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig
     ev = events[events["event_time"] < end].copy()
     ev["event_time"] = pd.to_datetime(ev["event_time"])
     ev["rank"] = ev["event_type"].map(taxonomy.stage).map(ranks).fillna(0).astype(int)
+    ev["own"] = ~ev["event_type"].isin(BRAND)
+    ev.loc[~ev["own"], "rank"] = 0  # a brand touch never sets the client's stage
     ev["age"] = (pd.Timestamp(as_of) - ev["event_time"].dt.normalize()) // day
     m = cfg.momentum_days
     out = {}
-    for client, g in ev.groupby("client_id"):
+    for client, everything in ev.groupby("client_id"):
         row: dict[str, object] = {}
-        top = g[g["rank"] == g["rank"].max()]
+        g = everything[everything["own"]]
+        for etype, name in (("return", "n_returns"), ("support_ticket", "n_support_tickets")):
+            row[name] = int((everything["event_type"] == etype).sum())
+        if not len(g):
+            out[client] = row
+            continue
+        top = everything[everything["rank"] == everything["rank"].max()]
         row["furthest_stage_rank"] = g["rank"].max()
         row["days_since_stage_advance"] = (end - top["event_time"].min()) / day
         staged = g[g["rank"] > 0].sort_values(["event_time", "rank"])
@@ -507,8 +526,6 @@ def stage_and_type_counts(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig
         before, inside = g[g["age"] >= m], g[g["age"] < m]
         gap = (inside["event_time"].min() - before["event_time"].max()) / day
         row["return_gap_days"] = gap if len(before) and len(inside) else np.nan
-        for etype, name in (("return", "n_returns"), ("support_ticket", "n_support_tickets")):
-            row[name] = int((g["event_type"] == etype).sum())
         row["returns_90d"] = int(((g["event_type"] == "return") & (g["age"] < 90)).sum())
         row["return_amount"] = g.loc[g["event_type"] == "return", "amount"].sum()
         out[client] = row
@@ -541,6 +558,7 @@ def test_recency_weighted_mixes_match_pandas(events: pd.DataFrame, built) -> Non
     ev["age"] = (pd.Timestamp(AS_OF) - pd.to_datetime(ev["event_time"]).dt.normalize()).dt.days
     ev["weight"] = np.where(ev["age"] < 90, float(RECENT_WEIGHT), 1.0)
     ev["stage"] = ev["event_type"].map(stage_of)
+    ev = ev[~ev["event_type"].isin(BRAND)]  # mixes of the client's own events
 
     def share(frame: pd.DataFrame, column: str, value: str) -> float:
         if not len(frame):
@@ -562,3 +580,42 @@ def test_recency_weighted_mixes_match_pandas(events: pd.DataFrame, built) -> Non
     # the weighting matters on this data: weighted and plain mixes differ
     assert (got["share_web_weighted"] - got["share_web"]).abs().max() > 0.01
     assert (got["purchase_share_weighted"] - got[f"purchase_share_{longest}d"]).abs().max() > 0.01
+
+
+def test_brand_touches_are_exposure_not_activity() -> None:
+    """A client who stopped acting while ads and emails kept coming reads as silent since
+    their last own event; a client the brand only ever reached has no activity at all."""
+    rows = []
+    start = datetime(2025, 1, 1, 12)
+    for d in range(0, 40, 2):  # acts for 40 days: views, a purchase
+        rows.append(("a", start + timedelta(days=d), "product_view", "app", None, "shoes", None))
+    rows.append(("a", start + timedelta(days=38), "purchase", "app", 30.0, "shoes", None))
+    for d in range(0, 90):  # the brand keeps writing and showing ads, opens happen on their own
+        when = start + timedelta(days=d, hours=3)
+        rows.append(("a", when, "email_sent", "email", None, "hats", None))
+        rows.append(("a", when, "email_open", "email", None, "hats", None))
+        rows.append(("b", when, "ad_impression", "web", None, "hats", None))
+    frame = pd.DataFrame(
+        rows, columns=[*list(EVENT_SCHEMA)[:3], "channel", "amount", "category", "sentiment"]
+    )
+    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
+    con = duckdb.connect()
+    make_events(con, frame)
+    as_of = date(2025, 3, 31)  # 89 days after the start
+    got = build_features(con, as_of).to_pandas().set_index("client_id")
+    a, b = got.loc["a"], got.loc["b"]
+    assert a["recency_days"] == pytest.approx((day_end(as_of) - (start + timedelta(38))).days + 0.5)
+    assert a["tenure_days"] > a["recency_days"] + 30
+    assert a["events_30d"] == 0 and a["active_days_30d"] == 0
+    assert a["n_events"] == 21 and a["n_exposures"] == 180
+    assert a["exposures_30d"] == 60
+    assert a["current_stage"] == "purchase" and a["preferred_channel"] == "app"
+    assert a["share_email"] == 0.0
+    assert pd.isna(a["dominant_category_recent"])  # the brand's hats are not the client's intent
+    assert a["activity_momentum"] == -1.0  # acted in the 30 days before the last 30, not since
+    # Reached but never acting: silent since first seen, no stage, no channel of their own.
+    assert b["n_events"] == 0 and b["n_exposures"] == 90
+    assert b["recency_days"] == pytest.approx(b["tenure_days"])
+    assert b["furthest_stage"] == "other" and b["current_stage"] == "other"
+    assert b["active_days_90d"] == 0 and np.isnan(b["share_web"])
+    assert pd.isna(b["preferred_channel"])

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from configs import SegmentationError
 from features.events import (
     BadInputError,
     EventContractError,
@@ -111,6 +112,71 @@ def test_taxonomy_extension_from_config_maps_a_new_type(tmp_path):
     con, report = _load(_write_csv(tmp_path / "events.csv", rows), taxonomy=taxonomy)
     assert report.unknown_event_types == {}
     assert con.execute("SELECT stage FROM events").fetchall()[0][0] == "consideration"
+
+
+def test_every_shipped_type_says_who_starts_it():
+    taxonomy = load_taxonomy()
+    assert taxonomy.defaulted == ()
+    assert set(taxonomy.stage_of) == set(taxonomy.initiator_of)
+    for brand in ("ad_impression", "email_sent", "email_delivered", "push_sent", "sms_sent"):
+        assert taxonomy.initiator(brand) == "brand"
+    # Opens are machine-made as often as not (privacy proxies, scanners); a click is the person.
+    assert taxonomy.initiator("email_open") == "brand"
+    for own in ("page_view", "search", "add_to_cart", "purchase", "login", "email_click"):
+        assert taxonomy.initiator(own) == "client"
+    assert taxonomy.initiator("never_heard_of") == "client"
+
+
+def test_loaded_events_carry_who_started_them(tmp_path):
+    rows = [
+        ("c1", "2024-05-01T10:00:00", "ad_impression", "web", "", "", "", "b1"),
+        ("c1", "2024-05-01T11:00:00", "page_view", "web", "", "", "", "b2"),
+        ("c1", "2024-05-01T12:00:00", "webinar_join", "web", "", "", "", "b3"),
+    ]
+    con, _ = _load(_write_csv(tmp_path / "events.csv", rows))
+    got = dict(con.execute("SELECT event_type, by_client FROM events").fetchall())
+    assert got == {"ad_impression": False, "page_view": True, "webinar_join": True}
+
+
+def test_a_taxonomy_entry_without_initiator_defaults_to_client_with_a_warning(tmp_path, caplog):
+    file = tmp_path / "taxonomy.yaml"
+    file.write_text("awareness: [ad_impression, banner_seen]\npurchase:\n  purchase: client\n")
+    with caplog.at_level("WARNING", logger="features.events"):
+        taxonomy = load_taxonomy(file, extra={"newsletter_sent": {"stage": "awareness"}})
+    assert taxonomy.defaulted == ("ad_impression", "banner_seen", "newsletter_sent")
+    assert taxonomy.initiator("banner_seen") == "client"
+    assert "ad_impression, banner_seen, newsletter_sent" in caplog.text
+    brand = load_taxonomy(
+        file, extra={"newsletter_sent": {"stage": "awareness", "initiated_by": "brand"}}
+    )
+    assert brand.brand_types == ("newsletter_sent",)
+
+
+def test_a_bad_initiator_is_named(tmp_path):
+    file = tmp_path / "taxonomy.yaml"
+    file.write_text("awareness:\n  ad_impression: marketing\n")
+    with pytest.raises(EventContractError, match=r"awareness\.ad_impression.*'marketing'"):
+        load_taxonomy(file)
+
+
+def test_config_extra_types_take_an_initiator(tmp_path):
+    from configs import load_config
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "events:\n  extra_event_types:\n    push_opened: consideration\n"
+        "    push_sent_v2: {stage: awareness, initiated_by: brand}\n"
+    )
+    config = load_config(cfg)
+    taxonomy = load_taxonomy(extra=config.events.extra_event_types)
+    assert taxonomy.initiator("push_sent_v2") == "brand"
+    assert taxonomy.stage("push_opened") == "consideration"
+    assert taxonomy.defaulted == ("push_opened",)
+    cfg.write_text(
+        "events:\n  extra_event_types:\n    x: {stage: awareness, initiated_by: robot}\n"
+    )
+    with pytest.raises(SegmentationError, match="extra_event_types"):
+        load_config(cfg)
 
 
 @pytest.mark.parametrize("missing", ["client_id", "event_time", "event_type"])
