@@ -58,6 +58,10 @@ def main() -> None:
             f"changed segment by shift+60d ({label}): shifted {rates['shifted']:.3f}, "
             f"unshifted {rates['unshifted']:.3f} ({ratio:.2f}x)"
         )
+    print(
+        f"lapsers (own activity stops at the shift) out of their segment by shift+60d:"
+        f" same model {r.lapse_moved['same_model']:.3f}, refit {r.lapse_moved['refit']:.3f}"
+    )
     print(f"changes by segment source (share of each group): {r.extra['changes_by_source']}")
     print(f"elapsed {time.perf_counter() - start:.1f}s")
 

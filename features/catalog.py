@@ -25,8 +25,9 @@ from configs import STAGES, FeaturesConfig
 # Rank of each journey stage; events of unknown type (stage `other`) have rank 0.
 STAGE_RANK = {"other": 0, **{stage: i + 1 for i, stage in enumerate(STAGES)}}
 CHANNELS = ("web", "app", "email", "messenger", "social", "store", "call_center")
-# Windows that always exist, whatever the config, because other modules use their names.
-REQUIRED_WINDOWS = (30, 90)
+# Windows that always exist, whatever the config, because other modules (the shipped rules:
+# active_days_365d) use their names.
+REQUIRED_WINDOWS = (30, 90, 365)
 # Fixed window of the funnel and pain features (their names carry it).
 FIXED_WINDOW = 90
 # Weight of the last FIXED_WINDOW days' events in the recency-weighted mixes (*_weighted): for
@@ -73,7 +74,7 @@ class Feature:
 
 
 def feature_windows(config: FeaturesConfig | None = None) -> tuple[int, ...]:
-    """The windows (days) of the activity family: the configured ones plus 30 and 90."""
+    """The windows (days) of the activity family: the configured ones plus 30, 90 and 365."""
     config = config or FeaturesConfig()
     return tuple(sorted(set(config.windows_days) | set(REQUIRED_WINDOWS)))
 
@@ -431,7 +432,7 @@ def render_markdown(config: FeaturesConfig | None = None) -> str:
         "by client_id. Nothing after the end of the as-of day counts; durations are in days,",
         "measured to the end of the as-of day (`features.events.day_end(as_of)`).",
         "",
-        f"Default configuration: windows {list(config.windows_days)} days (30 and 90 always"
+        f"Default configuration: windows {list(config.windows_days)} days (30, 90 and 365 always"
         f" included), momentum {config.momentum_days} days, intent {config.intent_days} days,"
         f" abandonment {config.abandonment_days} days; per-channel counts over"
         f" {' and '.join(map(str, CHANNEL_WINDOWS))} days. {len(catalog)} columns.",

@@ -24,6 +24,10 @@ from pipelines import steps
 from segmentation.rules import RuleSet
 
 
+# A client with an action of their own within this many days before the shift was active then.
+ACTIVE_DAYS = 30
+
+
 @dataclass
 class Night:
     """One nightly run: features, scores, the cluster bundle and the published membership."""
@@ -50,6 +54,9 @@ class QualityReport:
     refit_stability_unshifted: float
     change_predict: dict[str, float]  # same model after the shift: shifted / unshifted
     change_refit: dict[str, float]  # refit after the shift: shifted / unshifted
+    # Shifted clients whose own activity stops at the shift (persona_after lapsed): the share
+    # that left the segment they had the day before the shift, same model / refit.
+    lapse_moved: dict[str, float] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -102,6 +109,10 @@ def measure_quality(
         refit_stability_unshifted=figures.stability,
         change_predict=_change_rates(before.membership, same_model.membership, truth),
         change_refit=_change_rates(before.membership, refitted.membership, truth),
+        lapse_moved={
+            "same_model": _lapse_moved(before, same_model.membership, truth),
+            "refit": _lapse_moved(before, refitted.membership, truth),
+        },
         extra={
             **figures.ceilings,
             "clients_before": len(personas),
@@ -255,6 +266,18 @@ def _change_rates(
         "shifted": round(float(np.mean(changed[shifted])), 4),
         "unshifted": round(float(np.mean(changed[~shifted])), 4),
     }
+
+
+def _lapse_moved(before: Night, current: pd.DataFrame, truth: pd.DataFrame) -> float:
+    """The share of the clients who lapse at the shift (shifted to persona `lapsed`, and active
+    then: an action of their own within ACTIVE_DAYS before it) whose segment is no longer the
+    one they had the day before."""
+    changed = ~_kept(before.membership, current)
+    recency = before.features.set_index("client_id")["recency_days"]
+    active = recency.reindex(changed.index).to_numpy() <= ACTIVE_DAYS
+    lapsers = truth["shifted"] & (truth["persona_after"] == "lapsed")
+    group = lapsers.reindex(changed.index).to_numpy(dtype=bool) & active
+    return round(float(np.mean(changed[group])), 4) if group.any() else float("nan")
 
 
 def _changes_by_source(

@@ -54,6 +54,7 @@ def test_default_rules_load_against_the_feature_catalog(default_rules):
         "rule_vip",
         "rule_win_back",
         "rule_cart_abandoner",
+        "rule_gone_quiet",
     ]
     assert default_rules.features <= set(HELPERS_FEATURES) | set(SCORE_COLUMNS) | {
         "lifecycle_stage"
@@ -81,6 +82,7 @@ def client(**values):
         "support_tickets_90d": 0.0,
         "sentiment_mean": np.nan,
         "carts_abandoned_90d": 0.0,
+        "active_days_365d": 120.0,  # active every third day or so
     }
     return {**base, **values}
 
@@ -130,14 +132,18 @@ def test_default_segments_on_hand_made_clients(default_rules):
         [
             client(support_tickets_90d=3, sentiment_mean=-0.6, cltv_percentile=0.99),
             client(cltv_percentile=0.98, recency_days=5),
-            client(cltv_percentile=0.97, recency_days=90),
+            client(cltv_percentile=0.97, recency_days=40),
             client(cltv_percentile=0.96, recency_days=5),  # below the top 3%
-            client(cltv_percentile=0.99, recency_days=95),  # top value, but gone quiet
+            client(cltv_percentile=0.99, recency_days=50),  # top value, but gone quiet
             client(total_spend=50_000.0),  # lifetime spend alone is not vip
             client(recency_days=200, total_spend=800, purchases_90d=0),
             client(carts_abandoned_90d=2, purchases_90d=0, recency_days=3),
             client(carts_abandoned_90d=2, purchases_90d=1, recency_days=3),
             client(support_tickets_90d=3),  # no sentiment: unknown, no match
+            # Silent for 50 days after acting every third day: quiet. Silent as long after
+            # acting once a month: that is their rhythm, not quiet (2 x 400/13 = 62 days).
+            client(recency_days=50),
+            client(recency_days=50, active_days_365d=13),
         ]
     )
     ids, names, priorities, _ = default_rules.match_segments(frame)
@@ -146,11 +152,13 @@ def test_default_segments_on_hand_made_clients(default_rules):
         "rule_vip",
         "rule_vip",
         None,
-        None,
+        "rule_gone_quiet",  # a VIP who has gone quiet is a reactivation case
         None,
         "rule_win_back",
         "rule_cart_abandoner",
         None,
+        None,
+        "rule_gone_quiet",
         None,
     ]
     assert list(names[[0, 1, 2, 6, 7]]) == [
@@ -161,7 +169,9 @@ def test_default_segments_on_hand_made_clients(default_rules):
         "cart_abandoner",
     ]
     nan = np.nan
-    np.testing.assert_array_equal(priorities, [100, 90, 90, nan, nan, nan, 80, 70, nan, nan])
+    np.testing.assert_array_equal(
+        priorities, [100, 90, 90, nan, 60, nan, 80, 70, nan, nan, 60, nan]
+    )
 
 
 def test_lifecycle_covers_every_client_whatever_the_values(default_rules):
