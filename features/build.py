@@ -543,10 +543,14 @@ class _Plan:
         ]
         ss = SENTIMENT_SCALE
         return f"""
-            SELECT client_id, returns_u, refunds_u, n_sent, s_u, last_u, {", ".join(cols)}
+            SELECT client_id, returns_u, refunds_u, n_sent, s_u, last_u, n_sent_w, s_u_w,
+                   {", ".join(cols)}
             FROM (
                 SELECT client_id, {", ".join(amounts + aggs)}, count(sentiment) AS n_sent,
                        sum(CAST(round(sentiment * {ss}) AS BIGINT)) AS s_u,
+                       count(sentiment) FILTER (WHERE age < {FIXED_WINDOW}) AS n_sent_w,
+                       sum(CAST(round(sentiment * {ss}) AS BIGINT))
+                           FILTER (WHERE age < {FIXED_WINDOW}) AS s_u_w,
                        CAST(round(max_by(sentiment, (ts, sentiment))
                                   FILTER (WHERE sentiment IS NOT NULL) * {ss}) AS BIGINT) AS last_u
                 FROM {self.ev} WHERE tc > 0 OR sentiment IS NOT NULL GROUP BY client_id)"""
@@ -705,6 +709,7 @@ class _Plan:
             "n_sentiment": count("n_sent"),
             "sentiment_mean": f"CAST(s_u AS DOUBLE) / {ss} / nullif(n_sent, 0)",
             "sentiment_last": f"CAST(last_u AS DOUBLE) / {ss}",
+            f"sentiment_{w90}d": f"CAST(s_u_w AS DOUBLE) / {ss} / nullif(n_sent_w, 0)",
             "sentiment_trend": f"CASE WHEN n_sent = 1 THEN 0.0 ELSE (CAST(last_u AS DOUBLE)"
             f" - CAST(s_u - last_u AS DOUBLE) / (n_sent - 1)) / {ss} END",
             "dominant_category_recent": "dom_recent",

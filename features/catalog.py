@@ -328,6 +328,12 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
     add("sentiment_mean", "emotion", "float64", "Mean sentiment in [-1, 1]; null if none.")
     add("sentiment_last", "emotion", "float64", "Most recent sentiment; null if none.")
     add(
+        f"sentiment_{w90}d",
+        "emotion",
+        "float64",
+        f"Mean sentiment in [-1, 1] over the last {w90} days (how they feel now); null if none.",
+    )
+    add(
         "sentiment_trend",
         "emotion",
         "float64",

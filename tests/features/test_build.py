@@ -447,6 +447,8 @@ def pandas_features(events: pd.DataFrame, as_of: date, cfg: FeaturesConfig) -> p
         s = everything.dropna(subset=["sentiment"]).sort_values(["event_time", "sentiment"])
         row["sentiment_mean"] = s["sentiment"].mean() if len(s) else np.nan
         row["sentiment_last"] = s["sentiment"].iloc[-1] if len(s) else np.nan
+        recent_s = s.loc[s["event_time"] >= end - 90 * day, "sentiment"]
+        row["sentiment_90d"] = recent_s.mean() if len(recent_s) else np.nan
         row["sentiment_trend"] = (
             np.nan
             if not len(s)

@@ -81,6 +81,7 @@ def client(**values):
         "total_spend": 100.0,
         "support_tickets_90d": 0.0,
         "sentiment_mean": np.nan,
+        "sentiment_90d": np.nan,
         "carts_abandoned_90d": 0.0,
         "active_days_365d": 120.0,  # active every third day or so
     }
@@ -130,7 +131,7 @@ def test_default_rules_work_before_scores_exist(default_rules):
 def test_default_segments_on_hand_made_clients(default_rules):
     frame = pd.DataFrame(
         [
-            client(support_tickets_90d=3, sentiment_mean=-0.6, cltv_percentile=0.99),
+            client(support_tickets_90d=3, sentiment_90d=-0.6, cltv_percentile=0.99),
             client(cltv_percentile=0.98, recency_days=5),
             client(cltv_percentile=0.97, recency_days=40),
             client(cltv_percentile=0.96, recency_days=5),  # below the top 3%
