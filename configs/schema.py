@@ -248,6 +248,8 @@ class ClusteringConfig(_Section):
     assigner_neighbors: int = Field(10, ge=1)
     min_confidence: float = Field(0.0, ge=0, le=1)
     stickiness: float = Field(0.15, ge=0, le=1)
+    attach_outliers: bool = True
+    min_segment_share: float = Field(0.01, ge=0, lt=0.5)
 
 
 class RulesConfig(_Section):
@@ -290,6 +292,12 @@ class RefitConfig(_Section):
     min_clusters: int = Field(2, ge=1)
     min_quality: float = Field(-1.0, ge=-1, le=1)
     min_stability: float = Field(0.0, ge=0, le=1)
+    max_published_noise_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a fit that would publish more of its sample as unclustered fails its gate",
+    )
 
 
 class ScheduleConfig(_Section):

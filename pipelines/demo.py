@@ -109,9 +109,16 @@ def _print_summary(
         f" {last['segments']} segments; clustering {last['refit_reason']}"
     )
     merged = membership.merge(scores[["client_id", "predicted_cltv"]], on="client_id", how="left")
+    # a cluster segment holds its dense members and its loose fits (cluster_outlier)
+    merged["kind"] = merged["segment_source"].replace({"cluster_outlier": "cluster"})
+    merged["loose"] = merged["segment_source"] == "cluster_outlier"
     table = (
-        merged.groupby(["segment_id", "segment_name", "segment_source"], dropna=False)
-        .agg(clients=("client_id", "size"), mean_cltv=("predicted_cltv", "mean"))
+        merged.groupby(["segment_id", "segment_name", "kind"], dropna=False)
+        .agg(
+            clients=("client_id", "size"),
+            loose_fits=("loose", "sum"),
+            mean_cltv=("predicted_cltv", "mean"),
+        )
         .reset_index()
         .sort_values("clients", ascending=False)
     )

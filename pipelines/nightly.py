@@ -276,6 +276,9 @@ def nightly_run(
             _record_failure(store, run_id, as_of, started, None, exc)
             raise
         clock = _Clock(as_of, progress or log.info)
+        allowance = policy.noise_allowance(config.clustering, config.refit)
+        if allowance:
+            log.warning("%s", allowance)
         run = _Run(config, as_of, run_id, started, clock, store, registry, tracked)
         try:
             con = stack.enter_context(scratch.events_connection(config))

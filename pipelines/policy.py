@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Generic, Protocol, TypeVar
 
-from configs import RefitConfig
+from configs import ClusteringConfig, RefitConfig
 
 __all__ = [
     "Candidate",
@@ -41,9 +41,13 @@ __all__ = [
     "cluster_refit_needed",
     "gate_failures",
     "needs_champion_fit",
+    "noise_allowance",
     "promotions",
     "refit_decision",
 ]
+
+# The share of clients a marketer may find in no segment before the run and report warn.
+MAX_PUBLISHED_NOISE = 0.05
 
 #: Metric name -> value for the run's MLflow log (None values are skipped when logged).
 Metrics = Mapping[str, float | None]
@@ -100,6 +104,10 @@ class ClusterQuality:
     noise_share: float | None
     quality: float | None = None
     stability: float | None = None
+    # the share its membership would publish as unclustered, and its smallest segment's share
+    # (None: not measured, a fit from before they were)
+    published_noise_share: float | None = None
+    smallest_segment_share: float | None = None
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, object]) -> ClusterQuality:
@@ -110,6 +118,8 @@ class ClusterQuality:
             noise_share=_number(metrics.get("noise_share")),
             quality=_number(metrics.get("quality")),
             stability=_number(metrics.get("stability")),
+            published_noise_share=_number(metrics.get("published_noise_share")),
+            smallest_segment_share=_number(metrics.get("smallest_segment_share")),
         )
 
 
@@ -192,11 +202,16 @@ def refit_decision(
     return keep
 
 
-def gate_failures(quality: ClusterQuality, rules: RefitConfig) -> list[str]:
+def gate_failures(
+    quality: ClusterQuality, rules: RefitConfig, min_segment_share: float = 0.0
+) -> list[str]:
     """The quality gates a clustering refit fails, in words; empty: it may become champion.
 
-    A missing cluster count or noise share fails its gate; a missing or non-finite quality
-    or stability (not measured on this fit) passes.
+    A missing cluster count or noise share fails its gate; a missing or non-finite quality,
+    stability, published noise or smallest segment share (not measured on this fit) passes.
+    Published noise (unclustered clients after outliers are attached) must stay within
+    `rules.max_published_noise_share`, and no segment under `min_segment_share` (the
+    clustering's merge threshold) may be published.
     """
     failures = []
     if (quality.n_clusters or 0) < rules.min_clusters:
@@ -204,6 +219,12 @@ def gate_failures(quality: ClusterQuality, rules: RefitConfig) -> list[str]:
     noise = quality.noise_share
     if noise is None or noise > rules.max_noise_share:
         failures.append(f"noise_share {noise} > {rules.max_noise_share}")
+    published = quality.published_noise_share
+    if published is not None and published > rules.max_published_noise_share:
+        failures.append(f"published noise share {published} > {rules.max_published_noise_share}")
+    smallest = quality.smallest_segment_share
+    if smallest is not None and math.isfinite(smallest) and smallest < min_segment_share:
+        failures.append(f"smallest segment share {smallest:.4f} < {min_segment_share}")
     score = quality.quality
     if score is not None and math.isfinite(score) and score < rules.min_quality:
         failures.append(f"quality {score:.3f} < {rules.min_quality}")
@@ -211,6 +232,33 @@ def gate_failures(quality: ClusterQuality, rules: RefitConfig) -> list[str]:
     if stability is not None and math.isfinite(stability) and stability < rules.min_stability:
         failures.append(f"stability {stability:.3f} < {rules.min_stability}")
     return failures
+
+
+def noise_allowance(clustering: ClusteringConfig, refit: RefitConfig) -> str | None:
+    """Why this configuration may publish more than MAX_PUBLISHED_NOISE of the clients in no
+    segment, in words, or None when it keeps unclustered clients within it."""
+    reasons = []
+    if not clustering.attach_outliers:
+        reasons.append(
+            "clustering.attach_outliers is false (clients outside every dense"
+            " cluster stay unclustered)"
+        )
+    if clustering.min_confidence > 0:
+        reasons.append(
+            f"clustering.min_confidence {clustering.min_confidence} turns loose fits"
+            " back into unclustered clients"
+        )
+    if refit.max_published_noise_share > MAX_PUBLISHED_NOISE:
+        reasons.append(
+            f"refit.max_published_noise_share {refit.max_published_noise_share}"
+            f" is above {MAX_PUBLISHED_NOISE}"
+        )
+    if not reasons:
+        return None
+    return (
+        f"this configuration may publish more than {MAX_PUBLISHED_NOISE:.0%} of the clients"
+        " as unclustered, in no segment a campaign can use: " + "; ".join(reasons)
+    )
 
 
 def cltv_refit_needed(champion: Candidate[B] | None, as_of: date, refit_clusters: bool) -> bool:

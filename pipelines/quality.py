@@ -23,7 +23,6 @@ from features.events import load_events
 from pipelines import steps
 from segmentation.rules import RuleSet
 
-
 # A client with an action of their own within this many days before the shift was active then.
 ACTIVE_DAYS = 30
 

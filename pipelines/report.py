@@ -32,6 +32,7 @@ NEW = "(new clients)"
 GONE = "(left)"
 OTHER = "other segments"
 NOISE_KINDS = ("noise",)
+MAX_UNCLUSTERED = 0.05  # above this share of unclustered clients the report warns
 BACKTEST_TARGETS = ("purchases", "spend")
 BACKTEST_STATS = (("bias", "bias"), ("rmse", "RMSE"), ("mae", "MAE"), ("corr", "correlation"))
 
@@ -327,7 +328,13 @@ def segment_summary(data: ReportData) -> pd.DataFrame:
         )
         for s in out.index
     ]
-    source = m.groupby("segment_id")["segment_source"].first() if "segment_source" in m else None
+    # a cluster segment's members are dense ones and attached outliers: its kind is cluster
+    kind_of = (
+        m["segment_source"].replace({"cluster_outlier": "cluster"})
+        if "segment_source" in m
+        else None
+    )
+    source = kind_of.groupby(m["segment_id"]).first() if kind_of is not None else None
     out["kind"] = [
         _first_text(
             source.get(s) if source is not None else None,
@@ -611,7 +618,9 @@ def _header(data: ReportData, summary: pd.DataFrame) -> str:
         ("Quarantined", _int_text(run.get("events_quarantined"))),
         ("Clients", _int_text(len(data.membership))),
         ("Segments", _int_text(len(summary))),
-        ("Noise share", _pct(metrics.get("noise_share"))),
+        ("Noise share (fit sample)", _pct(metrics.get("noise_share"))),
+        ("Unclustered", _pct(_source_share(data.membership, "noise"))),
+        ("Loose fits", _pct(_source_share(data.membership, "cluster_outlier"))),
         ("Cluster quality", _num(metrics.get("cluster_quality"), 3)),
         ("Stability vs previous", _pct(metrics.get("stability"))),
         ("Cluster model", run.get("cluster_model_version")),
@@ -623,11 +632,30 @@ def _header(data: ReportData, summary: pd.DataFrame) -> str:
         for k, v in facts
         if v not in (None, "", "nan")
     )
-    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in data.notes)
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in (*data.notes, *_noise_notes(data)))
     return (
         f"<header><h1>{_e(data.title)} <small>as of {_e(_date_text(data.as_of))}</small></h1>"
         f'<div class="facts">{cards}</div>{notes}</header>'
     )
+
+
+def _source_share(membership: pd.DataFrame, source: str) -> float | None:
+    if "segment_source" not in membership.columns or not len(membership):
+        return None
+    return float((membership["segment_source"] == source).mean())
+
+
+def _noise_notes(data: ReportData) -> list[str]:
+    """A warning when more than MAX_UNCLUSTERED of the clients are published in no segment."""
+    share = _source_share(data.membership, "noise")
+    if share is None or share <= MAX_UNCLUSTERED:
+        return []
+    return [
+        f"{share:.1%} of the clients are published as unclustered, above"
+        f" {MAX_UNCLUSTERED:.0%}: the configuration lets them be (clustering.attach_outliers"
+        " false, or refit.max_published_noise_share above 0.05). No campaign bound to a"
+        " segment reaches them."
+    ]
 
 
 def _segments_section(summary: pd.DataFrame) -> str:

@@ -449,6 +449,7 @@ def fit_clusters(
     model = ClusterModel.from_config(config.clustering, random_state=config.seed)
     assignments = None
     if previous_membership is not None and len(previous_membership):
+        # ids are matched on the dense members; attached outliers fit loosely
         assignments = previous_membership[previous_membership["segment_source"] == "cluster"][
             ["client_id", "segment_id"]
         ]
@@ -467,7 +468,9 @@ def quality_gate_failures(bundle: ClusterBundle, config: EngineConfig) -> list[s
     """The configured quality gates a refit fails (`policy.gate_failures`); empty means it
     may become champion."""
     return policy.gate_failures(
-        policy.ClusterQuality.from_metrics(bundle.model.metrics_), config.refit
+        policy.ClusterQuality.from_metrics(bundle.model.metrics_),
+        config.refit,
+        config.clustering.min_segment_share,
     )
 
 
@@ -576,6 +579,7 @@ def _membership_metrics(membership: pd.DataFrame) -> dict[str, float]:
         "clients": float(len(membership)),
         "share_rule": float(sizes.get("rule", 0) / len(membership)),
         "share_cluster": float(sizes.get("cluster", 0) / len(membership)),
+        "share_cluster_outlier": float(sizes.get("cluster_outlier", 0) / len(membership)),
         "share_noise": float(sizes.get("noise", 0) / len(membership)),
     }
     for segment_id, size in membership["segment_id"].value_counts().items():
@@ -586,10 +590,12 @@ def _membership_metrics(membership: pd.DataFrame) -> dict[str, float]:
 
 
 def _cluster_members(previous: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The clients of the previous membership who were in a cluster segment (for stickiness)."""
+    """The clients of the previous membership who were in a cluster segment, dense members and
+    attached outliers alike (for stickiness)."""
     if previous is None or "segment_source" not in previous.columns:
         return None
-    return previous.loc[previous["segment_source"] == "cluster", ["client_id", "segment_id"]]
+    in_cluster = previous["segment_source"].isin(("cluster", "cluster_outlier"))
+    return previous.loc[in_cluster, ["client_id", "segment_id"]]
 
 
 def _champion(

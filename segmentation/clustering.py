@@ -81,6 +81,9 @@ CLIENT_ID = "client_id"
 NOISE_ID = stable_ids.NOISE_ID
 K_HYSTERESIS = 1 / 3  # share of kmeans_min_gap_gain within which a refit keeps the previous k
 QUALITY_MARGIN = 0.02  # DBCV gain needed to prefer the other cluster selection
+# An attached outlier's confidence is its noise confidence (at most NOISE_CONFIDENCE_MAX, falling
+# with the distance to the clusters) times this: at most 0.15, below every core member's 0.2.
+OUTLIER_CONFIDENCE = 0.75
 
 # The default behavioral subset of the feature catalog: how a client behaves, as rates that do
 # not fade when the client goes quiet (journey-stage and channel mixes, purchases per active
@@ -300,6 +303,9 @@ class ClusterMetrics(TypedDict, total=False):
     """
 
     degenerate: bool  # the configured density fit was not publishable
+    published_noise_share: float  # sample share left unclustered after outliers are attached
+    smallest_segment_share: float  # the smallest cluster's share of the sample, after merging
+    merged_clusters: int  # clusters under min_segment_share merged into their neighbour
     degenerate_reason: str | None
     fallback: str | None  # None, "retry_leaf", "kmeans" or "single"
     algorithm: str  # "hdbscan", "kmeans" or "single"
@@ -384,6 +390,16 @@ class ClusterModel(BaseEstimator):
         Sticky assignment margin of `predict(X, previous=...)`: a client keeps its previous
         cluster segment while that segment's centre is within (1 + stickiness) times the
         distance of the cluster it would join now. 0 turns it off.
+    attach_outliers : bool, default=True
+        `predict` attaches a client outside every dense cluster to the nearest cluster (by
+        centre), flagged `is_outlier`, with its noise confidence scaled by OUTLIER_CONFIDENCE
+        (at most 0.15, where a member has at least 0.2 before stickiness): a marketer gets a
+        segment for everyone, and the flag says who fits it loosely. False: such clients are
+        noise.
+    min_segment_share : float in [0, 0.5), default=0.01
+        At fit, a cluster holding less than this share of the sample is merged into the
+        cluster with the nearest centre (smallest first, down to two clusters), before the
+        segments are named and matched: no segment too small to act on is published.
     clip : float or None, default=5.0
         Not a config key. Scaled values are clipped to +-clip; None: no clipping; > 0.
     validate_assigner : bool, default=True
@@ -454,6 +470,8 @@ class ClusterModel(BaseEstimator):
         assigner_neighbors: int = 10,
         min_confidence: float = 0.0,
         stickiness: float = 0.15,
+        attach_outliers: bool = True,
+        min_segment_share: float = 0.01,
         clip: float | None = 5.0,
         validate_assigner: bool = True,
         select_by_quality: bool = True,
@@ -475,6 +493,8 @@ class ClusterModel(BaseEstimator):
         self.assigner_neighbors = assigner_neighbors
         self.min_confidence = min_confidence
         self.stickiness = stickiness
+        self.attach_outliers = attach_outliers
+        self.min_segment_share = min_segment_share
         self.clip = clip
         self.validate_assigner = validate_assigner
         self.select_by_quality = select_by_quality
@@ -509,12 +529,14 @@ class ClusterModel(BaseEstimator):
     def __setstate__(self, state: dict[str, object]) -> None:
         """Unpickle, bringing the parameters of a model saved by an earlier version up to date:
         `n_neighbors` is now `assigner_neighbors`, a model saved before sticky assignment has
-        stickiness 0 (what it did), other absent parameters take their defaults. Fitted state
+        stickiness 0 and one saved before outliers were attached keeps its noise (what they
+        did), other absent parameters take their defaults. Fitted state
         is left as saved (`predict` handles a model without `centers_`)."""
         state = dict(state)
         if "n_neighbors" in state and "assigner_neighbors" not in state:
             state["assigner_neighbors"] = state.pop("n_neighbors")
         state.setdefault("stickiness", 0.0)
+        state.setdefault("attach_outliers", False)  # saved before: its noise stays noise
         for name, field in _ClusterModelParams.model_fields.items():
             state.setdefault(name, field.default)
         super().__setstate__(state)
@@ -579,7 +601,7 @@ class ClusterModel(BaseEstimator):
         self.pipeline_ = build_pipeline(features, self.clip, self.pca_components, self.random_state)
         Z = self.pipeline_.fit_transform(sample)
 
-        found = self._cluster(Z, previous)
+        found, merged = _merge_small(self._cluster(Z, previous), Z, self.min_segment_share)
         labels = found.labels
         self.sample_labels_ = labels
         self.centers_ = _member_means(Z, labels)
@@ -590,10 +612,16 @@ class ClusterModel(BaseEstimator):
 
         stability = self._name_segments(sample, labels, previous, previous_assignments)
         sizes = pd.Series(labels).map(self.segment_ids_).fillna(NOISE_ID).value_counts()
+        noise_share = float(np.mean(labels == NOISE))
+        clustered = np.bincount(labels[labels >= 0]) if (labels >= 0).any() else np.zeros(1)
         self.metrics_: ClusterMetrics = {
             **found.metrics,
             "n_clusters": len(self.segment_ids_),
-            "noise_share": round(float(np.mean(labels == NOISE)), 4),
+            "noise_share": round(noise_share, 4),
+            # what membership publishes as unclustered: outliers are attached unless disabled
+            "published_noise_share": 0.0 if self.attach_outliers else round(noise_share, 4),
+            "smallest_segment_share": round(float(clustered.min() / len(labels)), 4),
+            "merged_clusters": merged,
             "sizes": {str(k): int(v) for k, v in sizes.sort_index().items()},
             "sample_size": len(sample),
             "assigner_agreement": agreement,
@@ -619,7 +647,8 @@ class ClusterModel(BaseEstimator):
         -------
         pandas.DataFrame
             One row per row of `X`, in order: client_id, cluster_id (-1: noise), segment_id
-            ("noise" for noise), confidence in [0, 1], is_noise.
+            ("noise" for noise), confidence in [0, 1], is_noise, is_outlier (outside every
+            dense cluster, attached to the nearest one: `attach_outliers`).
 
         Raises
         ------
@@ -629,11 +658,12 @@ class ClusterModel(BaseEstimator):
         check_is_fitted(self, "assigner_")
         _check_frame(X, list(self.feature_names_in_), require_rows=False)
         ids = X[CLIENT_ID].reset_index(drop=True)
-        labels, conf = self._assign(X, self._sticky_state(previous, ids))
+        labels, conf, outlier = self._assign(X, self._sticky_state(previous, ids))
         if self.min_confidence > 0:
             weak = (labels >= 0) & (conf < self.min_confidence)
             labels[weak] = NOISE
             conf[weak] = np.minimum(conf[weak], NOISE_CONFIDENCE_MAX)
+            outlier &= ~weak
         # label -> id lookup; the last slot (reached by -1) is noise
         lookup = np.array([NOISE_ID] * (max(self.segment_ids_, default=-1) + 2), dtype=object)
         for label, sid in self.segment_ids_.items():
@@ -646,16 +676,23 @@ class ClusterModel(BaseEstimator):
                 "segment_id": segment,
                 "confidence": np.round(conf, 4),
                 "is_noise": labels == NOISE,
+                "is_outlier": outlier,
             }
         )
 
     def _assign(
         self, X: pd.DataFrame, sticky: tuple[np.ndarray, np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and confidences of the rows of `X`, in blocks; with `sticky` (each client's
-        previous label, the label centres) clients keep their previous label by the margin."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels, confidences and outlier flags of the rows of `X`, in blocks: noise attached
+        to the nearest centre (`attach_outliers`); with `sticky` (each client's previous
+        label, the label centres) clients keep their previous label by the margin."""
         labels = np.empty(len(X), dtype=np.int64)
         conf = np.empty(len(X))
+        outlier = np.zeros(len(X), dtype=bool)
+        # models saved before outliers were attached may lack centres
+        attach_to: np.ndarray | None = getattr(self, "centers_", None)
+        if not self.attach_outliers or attach_to is None or not len(attach_to):
+            attach_to = None
         step = 250_000
         for start in range(0, len(X), step):
             block = slice(start, start + step)
@@ -663,12 +700,17 @@ class ClusterModel(BaseEstimator):
             result = self.assigner_.assign(Z)
             labels[block] = result.labels
             conf[block] = result.confidence
+            if attach_to is not None:
+                out = np.flatnonzero(labels[block] == NOISE)
+                labels[block][out] = _nearest(Z[out], attach_to)
+                conf[block][out] *= OUTLIER_CONFIDENCE
+                outlier[block][out] = True
             if sticky is not None:
                 before, centers = sticky
                 _keep_previous(
                     Z, labels[block], conf[block], before[block], centers, self.stickiness
                 )
-        return labels, conf
+        return labels, conf, outlier
 
     def _sticky_state(
         self, previous: pd.DataFrame | None, ids: pd.Series
@@ -1031,7 +1073,10 @@ class ClusterModel(BaseEstimator):
         if previous is None:
             raise ValueError("the previous segment ids need previous or previous_assignments")
         assigned = previous.predict(sample)
-        return pd.Series(assigned["segment_id"].to_numpy(), index=assigned[CLIENT_ID].to_numpy())
+        # ids are matched on dense members: an attached outlier counts as noise
+        loose = assigned.get("is_outlier", pd.Series(False, index=assigned.index)).to_numpy(bool)
+        ids = np.where(loose, NOISE_ID, assigned["segment_id"].to_numpy(dtype=object))
+        return pd.Series(ids, index=assigned[CLIENT_ID].to_numpy())
 
     def _label_centers(self, cluster_profiles: dict[int, dict[str, Any]]) -> pd.DataFrame:
         medians = pd.DataFrame({k: v["median"] for k, v in cluster_profiles.items()}).T
@@ -1058,6 +1103,61 @@ def _member_means(Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if members.any():
             centers[label] = Z[members].mean(axis=0)
     return centers
+
+
+def _nearest(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """The index of the nearest of `centers` for each row of `Z`."""
+    if not len(Z):
+        return np.zeros(0, dtype=np.int64)
+    d2 = (Z**2).sum(1)[:, None] - 2 * Z @ centers.T + (centers**2).sum(1)
+    return np.argmin(d2, axis=1).astype(np.int64)
+
+
+def _merge_small(found: _Clustering, Z: np.ndarray, min_share: float) -> tuple[_Clustering, int]:
+    """`found` with every cluster under `min_share` of the sample merged into the cluster with
+    the nearest centre (member means), smallest first, while more than two remain; labels are
+    renumbered 0.. in order. Returns the clustering and how many clusters were merged.
+
+    An HDBSCAN geometry is carried over: a merged cluster is born at the loosest of its parts'
+    birth distances and its densest core is the densest of theirs; k-means centres become the
+    merged clusters' member means."""
+    labels = found.labels.copy()
+    n = len(labels)
+    k = int(labels.max()) + 1 if n and labels.max() >= 0 else 0
+    owner = np.arange(k)
+    merged = 0
+    while True:
+        sizes = np.bincount(labels[labels >= 0], minlength=k)
+        alive = np.flatnonzero(sizes > 0)
+        small = [c for c in alive if sizes[c] < min_share * n]
+        if not small or len(alive) <= 2:
+            break
+        c = min(small, key=lambda label: (sizes[label], label))
+        centers = _member_means(Z, labels)
+        others = alive[alive != c]
+        target = int(others[np.argmin(np.linalg.norm(centers[others] - centers[c], axis=1))])
+        labels[labels == c] = target
+        owner[owner == c] = target
+        merged += 1
+    if not merged:
+        return found, 0
+    kept = np.unique(owner)
+    new_of = np.full(k, -1, dtype=np.int64)
+    new_of[kept] = np.arange(len(kept))
+    relabelled = np.where(labels >= 0, new_of[np.maximum(labels, 0)], NOISE)
+    geometry = found.geometry
+    if geometry is not None:
+        birth = np.array([geometry.birth_distances[owner == c].max() for c in kept])
+        densest = np.array([geometry.densest_distances[owner == c].min() for c in kept])
+        geometry = geometry._replace(birth_distances=birth, densest_distances=densest)
+    centers = found.centers
+    if centers is not None:
+        centers = _member_means(Z, relabelled)
+    metrics: ClusterMetrics = {**found.metrics}
+    return (
+        _Clustering(relabelled, centers, found.hdbscan, found.kmeans, geometry, metrics),
+        merged,
+    )
 
 
 def _keep_previous(

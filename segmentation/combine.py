@@ -4,7 +4,9 @@ Precedence (DESIGN.md, segment_membership): the highest-priority matching busine
 (source ``rule``, confidence 1.0, reason: the rule and its condition, or its `stay_when` for a
 member the rule keeps, given the last published membership); a client no rule takes
 keeps its behavioral cluster (source ``cluster``, the cluster's confidence, reason: the
-cluster's defining features); a client outside every cluster is ``noise``. Every client also
+cluster's defining features), or, outside every dense cluster, the nearest one it was attached
+to (source ``cluster_outlier``, a low confidence, a reason saying it fits loosely); a client
+left outside every cluster is ``noise``. Every client also
 gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
 """
 
@@ -43,6 +45,9 @@ CLUSTER_COLUMNS = (
 NOISE_SEGMENT_ID = "noise"
 NOISE_SEGMENT_NAME = "unclustered"
 NOISE_REASON = "no rule matched; outside every cluster"
+OUTLIER_NOTE = "a loose fit: outside the segment's dense core, nearer to it than to any other"
+# Values of segment_source (the store checks them).
+SEGMENT_SOURCES = ("rule", "cluster", "cluster_outlier", "noise")
 RULE_CONFIDENCE = 1.0
 JOURNEY_COLUMN = "current_stage"
 
@@ -138,6 +143,7 @@ def _layers(
     by_rule = pd.notna(rule_id)
     in_cluster = ~cluster["is_noise"].to_numpy(dtype=bool) & ~by_rule
     noise = ~by_rule & ~in_cluster
+    outlier = in_cluster & cluster["is_outlier"].to_numpy(dtype=bool)
 
     names = {rule.segment_id: rule.name for rule in rules.segment_rules}
     segment_id = np.where(by_rule, rule_id, cluster["segment_id"].to_numpy(dtype=object))
@@ -147,6 +153,7 @@ def _layers(
     segment_name[noise] = NOISE_SEGMENT_NAME
     source = np.full(len(rule_id), "cluster", dtype=object)
     source[by_rule] = "rule"
+    source[outlier] = "cluster_outlier"
     source[noise] = "noise"
 
     confidence = cluster["confidence"].to_numpy(dtype=float, na_value=np.nan).copy()
@@ -160,6 +167,11 @@ def _layers(
     stayed = match.stayed
     reason[stayed] = pd.Series(rule_id[stayed], dtype=object).map(stay_reasons).to_numpy()
     reason[in_cluster] = _cluster_reasons(cluster.loc[in_cluster], cluster_reasons)
+    reason[outlier] = (
+        "cluster "
+        + cluster.loc[outlier, "segment_name"].astype(str).to_numpy(dtype=object)
+        + (" (" + OUTLIER_NOTE + ")")
+    )
     return {
         "segment_id": segment_id,
         "segment_name": segment_name,
@@ -244,6 +256,7 @@ def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataF
                 "segment_name": np.full(n, None, dtype=object),
                 "confidence": np.zeros(n),
                 "is_noise": np.ones(n, dtype=bool),
+                "is_outlier": np.zeros(n, dtype=bool),
                 "reason": np.full(n, None, dtype=object),
             }
         )
@@ -260,6 +273,9 @@ def _aligned_clusters(clusters: pd.DataFrame | None, ids: pd.Series) -> pd.DataF
     aligned = indexed.iloc[position].reset_index(drop=True)
     if "reason" not in aligned.columns:
         aligned["reason"] = None
+    if "is_outlier" not in aligned.columns:  # an assigner that attaches nobody
+        aligned["is_outlier"] = False
+    aligned["is_outlier"] = aligned["is_outlier"].astype(object).fillna(False).astype(bool)
     flagged = aligned["is_noise"].astype(object).fillna(True).astype(bool).to_numpy()
     aligned["is_noise"] = flagged | aligned["segment_id"].isna().to_numpy()
     return aligned

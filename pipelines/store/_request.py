@@ -16,7 +16,7 @@ from models.cltv import SCORE_COLUMNS
 from models.scoring import SCORE_SOURCES
 from pipelines.store._common import PublishInputError
 from pipelines.store._schema import QUARANTINE_RAW, Table
-from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS
+from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS, SEGMENT_SOURCES
 
 __all__ = [
     "MEMBERSHIP_INPUT",
@@ -49,7 +49,6 @@ SEGMENTS_INPUT = list(SEGMENT_COLUMNS)
 SCORES_INPUT = list(SCORE_COLUMNS)
 # Added by schema version 3: a producer written before it may leave them out (null then).
 SCORES_OPTIONAL = ("p_purchase", "cltv_model")
-SEGMENT_SOURCES = ("rule", "cluster", "noise")
 SEGMENT_KINDS = ("cluster", "rule", "noise")
 
 _ARROW = {

@@ -46,7 +46,10 @@ def make_request(
             "client_id": client_id,
             "segment_id": segment_id,
             "segment_name": "segment " + segment_id,
-            "segment_source": np.where(segment == 0, "rule", "cluster"),
+            # every source a membership publishes, outliers of a cluster included
+            "segment_source": np.where(
+                segment == 0, "rule", np.where(present % 7 == 0, "cluster_outlier", "cluster")
+            ),
             "cluster_id": pd.array(np.where(segment == 0, -1, segment), dtype="Int32"),
             "confidence": rng.random(n_clients).round(4),
             "lifecycle_stage": [LIFECYCLES[k] for k in lifecycle],

@@ -24,6 +24,7 @@ from pipelines.policy import (
     cluster_refit_needed,
     gate_failures,
     needs_champion_fit,
+    noise_allowance,
     promotions,
     refit_decision,
 )
@@ -168,6 +169,18 @@ def test_every_failing_gate_is_named():
     assert [f.split()[0] for f in failures] == ["n_clusters", "noise_share", "quality", "stability"]
 
 
+def test_published_noise_and_tiny_segments_fail_their_gates():
+    attached = ClusterQuality(4, 0.2, published_noise_share=0.0, smallest_segment_share=0.03)
+    assert gate_failures(attached, RULES, min_segment_share=0.01) == []
+    unattached = ClusterQuality(4, 0.2, published_noise_share=0.2, smallest_segment_share=0.03)
+    assert gate_failures(unattached, RULES, 0.01) == ["published noise share 0.2 > 0.05"]
+    tiny = ClusterQuality(4, 0.2, published_noise_share=0.0, smallest_segment_share=0.004)
+    assert gate_failures(tiny, RULES, 0.01) == ["smallest segment share 0.0040 < 0.01"]
+    # a looser configuration passes what it allows
+    loose = RULES.model_copy(update={"max_published_noise_share": 0.25})
+    assert gate_failures(unattached, loose, 0.01) == []
+
+
 def test_gate_figures_come_from_the_model_metrics():
     metrics = {
         "n_clusters": np.int64(4),
@@ -179,6 +192,9 @@ def test_gate_figures_come_from_the_model_metrics():
     }
     quality = ClusterQuality.from_metrics(metrics)
     assert quality == ClusterQuality(n_clusters=4, noise_share=0.25, quality=None, stability=None)
+    metrics |= {"published_noise_share": 0.0, "smallest_segment_share": np.float64(0.02)}
+    quality = ClusterQuality.from_metrics(metrics)
+    assert (quality.published_noise_share, quality.smallest_segment_share) == (0.0, 0.02)
     assert ClusterQuality.from_metrics({}) == ClusterQuality(None, None)
 
 
@@ -308,3 +324,15 @@ def test_champions_change_only_after_a_publish_in_order():
         Promotion("cltv", 4),
     ]
     assert promotions([kept], published=True) == []
+
+
+def test_a_config_allowing_more_than_5_percent_noise_is_named():
+    from configs import ClusteringConfig
+
+    assert noise_allowance(ClusteringConfig(), RULES) is None
+    said = noise_allowance(ClusteringConfig(attach_outliers=False), RULES)
+    assert said is not None and "clustering.attach_outliers is false" in said
+    loose = RULES.model_copy(update={"max_published_noise_share": 0.2})
+    said = noise_allowance(ClusteringConfig(min_confidence=0.3), loose)
+    assert said is not None
+    assert "min_confidence 0.3" in said and "max_published_noise_share 0.2" in said

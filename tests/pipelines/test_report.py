@@ -554,3 +554,16 @@ def test_model_choice_lift_and_calibration_from_selection_metrics() -> None:
     assert "AUC of p_purchase 0.810" in section and "actual 50 of 400" in section
     lift = _row(section, "1")  # decile 1
     assert lift[1] == "10" and lift[4] == "900.00" and lift[5] == "870.00"
+
+
+def test_more_than_5_percent_unclustered_is_warned_and_loose_fits_counted() -> None:
+    data = make_data()
+    membership = data.membership.assign(segment_source="cluster")
+    calm = render_report(replace(data, membership=membership))
+    assert "published as unclustered" not in calm
+    n = len(membership)
+    membership["segment_source"] = ["noise"] * (n // 10) + ["cluster_outlier"] * (n - n // 10)
+    html = render_report(replace(data, membership=membership))
+    assert f"{n // 10 / n:.1%} of the clients are published as unclustered" in html
+    assert "clustering.attach_outliers" in html
+    assert "Loose fits" in html

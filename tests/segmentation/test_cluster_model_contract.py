@@ -37,6 +37,8 @@ OTHER_VALUES = {
     "assigner_neighbors": 5,
     "min_confidence": 0.2,
     "stickiness": 0.0,
+    "attach_outliers": False,
+    "min_segment_share": 0.05,
 }
 
 

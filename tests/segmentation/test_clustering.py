@@ -18,7 +18,7 @@ from segmentation.clustering import (
 )
 from tests.segmentation.behavioral_data import make_behavioral_frame
 
-PREDICT_COLUMNS = ["client_id", "cluster_id", "segment_id", "confidence", "is_noise"]
+PREDICT_COLUMNS = ["client_id", "cluster_id", "segment_id", "confidence", "is_noise", "is_outlier"]
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +56,20 @@ def test_predict_output(frame, model):
     assert list(pred.columns) == PREDICT_COLUMNS
     assert pred["client_id"].tolist() == frame["client_id"].tolist()
     assert pred["confidence"].between(0, 1).all()
-    noise = pred["is_noise"]
-    assert (pred.loc[noise, "segment_id"] == "noise").all()
-    assert (pred.loc[noise, "cluster_id"] == -1).all()
-    assert pred.loc[noise, "confidence"].max() <= 0.2
-    assert pred.loc[~noise, "confidence"].median() > 0.5
+    # outside every dense cluster: attached to the nearest, flagged, less sure; nobody is noise
+    outlier = pred["is_outlier"]
+    assert outlier.any() and not pred["is_noise"].any()
+    assert (pred.loc[outlier, "cluster_id"] >= 0).all()
+    assert pred.loc[outlier, "confidence"].max() <= 0.15
+    assert pred.loc[~outlier, "confidence"].median() > 0.5
     for label, sid in model.segment_ids_.items():
         assert (pred.loc[pred["cluster_id"] == label, "segment_id"] == sid).all()
-    # the assigner reproduces the fitted labels of the sample clients themselves
+    # the assigner reproduces the fitted labels of the sample clients themselves (their noise
+    # as outliers)
     sample = pd.Series(model.sample_labels_, index=model.sample_ids_)
-    assert (pred.set_index("client_id")["cluster_id"].loc[sample.index] == sample).mean() >= 0.97
+    got = pred.set_index("client_id").loc[sample.index]
+    dense = got["cluster_id"].where(~got["is_outlier"], -1)
+    assert (dense == sample).mean() >= 0.97
 
 
 def test_stable_ids_and_names(model):
@@ -86,8 +90,17 @@ def test_far_away_clients_are_noise(frame, model):
     odd["share_store_weighted"] = 1.0
     odd[["share_web_weighted", "share_app_weighted", "share_call_center_weighted"]] = 0.0
     pred = model.predict(odd)
-    assert pred["is_noise"].all()
-    assert (pred["confidence"] <= 0.2).all()
+    # attached to the nearest segment, flagged, and less sure than any dense member
+    assert pred["is_outlier"].all() and not pred["is_noise"].any()
+    assert (pred["cluster_id"] >= 0).all()
+    assert (pred["confidence"] <= 0.15).all()
+    members = model.predict(frame.head(300))
+    core = members.loc[~members["is_outlier"], "confidence"]
+    assert pred["confidence"].max() < core.min()
+    loose = pickle.loads(pickle.dumps(model)).set_params(attach_outliers=False)
+    kept = loose.predict(odd)
+    assert kept["is_noise"].all() and not kept["is_outlier"].any()
+    assert (kept["confidence"] <= 0.2).all()
 
 
 def test_sample_size_is_respected_and_all_clients_assigned(frame):
@@ -355,11 +368,13 @@ def test_stickiness_keeps_border_clients_and_lets_real_moves_through():
 
 
 def test_a_model_saved_before_sticky_assignment_still_predicts(frame):
-    model = ClusterModel(min_cluster_size=40, stickiness=0.2).fit(frame.head(600))
+    model = ClusterModel(min_cluster_size=40, stickiness=0.2, attach_outliers=False)
+    model.fit(frame.head(600))
     plain = model.predict(frame.head(600))
-    # the pickled state of an older champion: no stickiness, no centers_, n_neighbors
+    # the pickled state of an older champion: no stickiness, no outliers attached, no
+    # centers_, n_neighbors
     state = dict(model.__getstate__())
-    del state["stickiness"], state["centers_"]
+    del state["stickiness"], state["centers_"], state["attach_outliers"]
     state["n_neighbors"] = state.pop("assigner_neighbors")
     old = ClusterModel.__new__(ClusterModel)
     old.__setstate__(state)
@@ -367,5 +382,48 @@ def test_a_model_saved_before_sticky_assignment_still_predicts(frame):
     pd.testing.assert_frame_equal(again, plain)
     # its parameters are readable again (repr, get_params, clone): stickiness 0, as it behaved
     assert old.get_params()["stickiness"] == 0.0
+    assert old.get_params()["attach_outliers"] is False
     assert old.get_params()["assigner_neighbors"] == model.assigner_neighbors
     assert "n_neighbors" not in old.__dict__
+
+
+def _planted(seed: int = 0) -> pd.DataFrame:
+    """Three dense blobs of 600, a tiny dense blob of 12 (0.6%) and 60 scattered points."""
+    rng = np.random.default_rng(seed)
+    blobs = [rng.normal(center, 0.3, (600, 2)) for center in ((0, 0), (6, 0), (0, 6))]
+    tiny = rng.normal((6, 6), 0.05, (12, 2))
+    scattered = rng.uniform(-12, 18, (60, 2))
+    xy = np.vstack([*blobs, tiny, scattered])
+    return pd.DataFrame(
+        {"client_id": [f"p{i:04d}" for i in range(len(xy))], "x": xy[:, 0], "y": xy[:, 1]}
+    )
+
+
+def test_small_clusters_are_merged_and_outliers_attached():
+    frame = _planted()
+    model = ClusterModel(features=("x", "y"), min_cluster_size=10, random_state=1).fit(frame)
+    metrics = model.metrics_
+    # the 12-client blob is a cluster of its own for HDBSCAN, but under 1% of the sample
+    assert metrics["merged_clusters"] >= 1
+    assert metrics["smallest_segment_share"] >= 0.01
+    assert len(model.segment_ids_) == 3
+    assert metrics["published_noise_share"] == 0.0 and metrics["noise_share"] > 0
+    pred = model.predict(frame)
+    assert not pred["is_noise"].any()  # everyone has a segment
+    scattered = pred.iloc[-60:]
+    core = pred.iloc[:1800]
+    assert scattered["is_outlier"].mean() > 0.5
+    assert core["is_outlier"].mean() < 0.05
+    assert pred.loc[pred["is_outlier"], "confidence"].max() < core["confidence"].median()
+    # the merged blob went to its nearest neighbour as a whole
+    assert pred.iloc[1800:1812]["segment_id"].nunique() == 1
+
+
+def test_outliers_stay_noise_when_not_attached():
+    frame = _planted()
+    model = ClusterModel(
+        features=("x", "y"), min_cluster_size=10, random_state=1, attach_outliers=False
+    ).fit(frame)
+    assert model.metrics_["published_noise_share"] == model.metrics_["noise_share"] > 0
+    pred = model.predict(frame)
+    assert pred["is_noise"].iloc[-60:].mean() > 0.5 and not pred["is_outlier"].any()

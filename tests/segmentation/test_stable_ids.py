@@ -129,7 +129,7 @@ def test_refit_with_previous_assignments_uses_them(base, first):
 def test_vanished_persona_retires_its_segment_and_new_persona_gets_new_id(base, first):
     pred = first.predict(base)
     table = pd.crosstab(base["persona"], pred["segment_id"])
-    gone_id = table.loc["cart_abandoner"].drop("noise").idxmax()
+    gone_id = table.loc["cart_abandoner"].drop("noise", errors="ignore").idxmax()
     without = base[base["persona"] != "cart_abandoner"]
     second = ClusterModel(min_cluster_size=40, validate_assigner=False).fit(without, previous=first)
     assert second.metrics_["segments_retired"] == [gone_id]
