@@ -50,13 +50,16 @@ def main() -> None:
             f"k-means {night}: k {k['kmeans_k']}, init {k['kmeans_init']}, scores {k['kmeans_k_scores']}"
         )
     print(
-        f"refit stability (unshifted keep segment, 7 days apart) {r.refit_stability_unshifted:.3f}"
+        f"refit stability (unshifted keep segment, 7 days apart) {r.refit_stability_unshifted:.3f};"
+        f" steady (no dropout of their own either) {r.extra['refit_stability_steady']:.3f}"
     )
     for label, rates in (("same model", r.change_predict), ("refit", r.change_refit)):
         ratio = rates["shifted"] / max(rates["unshifted"], 1e-9)
+        steady = rates["shifted"] / max(rates["steady"], 1e-9)
         print(
             f"changed segment by shift+60d ({label}): shifted {rates['shifted']:.3f}, "
-            f"unshifted {rates['unshifted']:.3f} ({ratio:.2f}x)"
+            f"unshifted {rates['unshifted']:.3f} ({ratio:.2f}x), steady {rates['steady']:.3f}"
+            f" ({steady:.2f}x)"
         )
     print(
         f"lapsers (own activity stops at the shift) out of their segment by shift+60d:"

@@ -106,14 +106,15 @@ def measure_quality(
         n_clusters=int(metrics["n_clusters"]),
         sizes={str(k): int(v) for k, v in sizes.items()},
         refit_stability_unshifted=figures.stability,
-        change_predict=_change_rates(before.membership, same_model.membership, truth),
-        change_refit=_change_rates(before.membership, refitted.membership, truth),
+        change_predict=_change_rates(before, same_model, truth),
+        change_refit=_change_rates(before, refitted, truth),
         lapse_moved={
             "same_model": _lapse_moved(before, same_model.membership, truth),
             "refit": _lapse_moved(before, refitted.membership, truth),
         },
         extra={
             **figures.ceilings,
+            "refit_stability_steady": figures.stability_steady,
             "clients_before": len(personas),
             "shift_date": shift.isoformat(),
             "segment_sources": before.membership["segment_source"].value_counts().to_dict(),
@@ -188,6 +189,7 @@ class _BeforeShift:
     ari_clusters: float
     stability: float  # unshifted clients that kept their segment since the earlier night
     ceilings: dict[str, float]
+    stability_steady: float = float("nan")  # the same for steady clients (`_steady`)
 
 
 def _before_shift(
@@ -203,6 +205,7 @@ def _before_shift(
     unshifted = ~truth["shifted"]
     kept = _kept(earlier.membership, before.membership)
     stability = float(kept[unshifted.reindex(kept.index).to_numpy()].mean())
+    steady = _steady(truth, earlier.as_of, before.as_of).reindex(kept.index).to_numpy(bool)
 
     by_rule = (before.membership["segment_source"] == "rule").to_numpy()
     rule_ids = before.membership["segment_id"].to_numpy(dtype=object)
@@ -222,6 +225,7 @@ def _before_shift(
         ari_clusters=round(adjusted_rand_score(personas, clusters["segment_id"]), 4),
         stability=round(stability, 4),
         ceilings=ceilings,
+        stability_steady=round(float(kept[steady].mean()), 4),
     )
 
 
@@ -256,15 +260,25 @@ def _kept(previous: pd.DataFrame, current: pd.DataFrame) -> pd.Series:
     )
 
 
-def _change_rates(
-    previous: pd.DataFrame, current: pd.DataFrame, truth: pd.DataFrame
-) -> dict[str, float]:
-    changed = ~_kept(previous, current)
+def _change_rates(before: Night, after: Night, truth: pd.DataFrame) -> dict[str, float]:
+    """The share of clients whose segment changed between the two nights: shifted, unshifted,
+    and steady (unshifted, and no dropout of their own between the nights: no change at all)."""
+    changed = ~_kept(before.membership, after.membership)
     shifted = truth["shifted"].reindex(changed.index).to_numpy(dtype=bool)
+    steady = _steady(truth, before.as_of, after.as_of).reindex(changed.index).to_numpy(bool)
     return {
         "shifted": round(float(np.mean(changed[shifted])), 4),
         "unshifted": round(float(np.mean(changed[~shifted])), 4),
+        "steady": round(float(np.mean(changed[steady])), 4),
     }
+
+
+def _steady(truth: pd.DataFrame, start: date, end: date) -> pd.Series:
+    """Per client: not shifted, and not dropping out (the generator's own lifetime) in
+    (start, end]: a client whose behaviour did not change between the two days."""
+    dropout = pd.to_datetime(truth["dropout_date"])
+    dropped = (dropout > pd.Timestamp(start)) & (dropout <= pd.Timestamp(end))
+    return ~truth["shifted"] & ~dropped.fillna(False)
 
 
 def _lapse_moved(before: Night, current: pd.DataFrame, truth: pd.DataFrame) -> float:

@@ -106,6 +106,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "tickets_per_purchase",
     "advocacy_per_purchase",
     "sentiment_mean",
+    "sentiment_90d",  # how they feel now: a change of mood moves the segment within weeks
     "share_web_weighted",
     "share_app_weighted",
     "share_store_weighted",

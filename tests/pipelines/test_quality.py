@@ -19,10 +19,11 @@ def report(tmp_path_factory) -> QualityReport:
 
 @pytest.mark.slow
 def test_shifted_clients_change_segment_far_more_often(report):
-    # Measured here (4000 clients, seed 7): same model 0.372 vs 0.174 (2.13x), refit 0.374 vs
-    # 0.175 (2.14x). Seeds 3 and 11 give 2.2x; seed 5 1.9-2.0x (README, "Segment quality").
+    # Measured here (4000 clients, seed 7): same model 0.685 vs 0.259 (2.64x), refit 0.684 vs
+    # 0.261 (2.62x); 6000 clients, seeds 7 and 3: 2.97x and 2.96x (README, "Segment quality").
+    # Before client-initiated recency and the gone_quiet rule: 0.372 vs 0.174 (2.13x).
     for label, rates in (("same model", report.change_predict), ("refit", report.change_refit)):
-        assert rates["shifted"] >= 2 * rates["unshifted"], (
+        assert rates["shifted"] >= 2.4 * rates["unshifted"], (
             f"{label}: shifted {rates['shifted']:.3f} vs unshifted {rates['unshifted']:.3f}"
         )
 
@@ -30,16 +31,16 @@ def test_shifted_clients_change_segment_far_more_often(report):
 @pytest.mark.slow
 def test_a_lapse_moves_clients_out_of_their_segment(report):
     # Clients active at the shift whose own actions stop then (the brand keeps writing): the
-    # share out of their segment 60 days later. Measured 0.68-0.80 (seeds 3, 7); 0.12 when
-    # ads and emails counted as activity.
+    # share out of their segment 60 days later. Measured 0.80-0.83 (seeds 3, 7; 4000 and 6000
+    # clients); 0.12 when ads and emails counted as activity.
     for label, moved in report.lapse_moved.items():
-        assert moved >= 0.6, f"{label}: {moved:.3f}"
+        assert moved >= 0.7, f"{label}: {moved:.3f}"
 
 
 @pytest.mark.slow
 def test_refit_a_week_later_keeps_unshifted_clients_in_their_segment(report):
-    # measured 0.95-0.98 with sticky assignment (0.90-0.92 without)
-    assert report.refit_stability_unshifted >= 0.9, report.refit_stability_unshifted
+    # measured 0.94-0.95 (0.90-0.92 without sticky assignment)
+    assert report.refit_stability_unshifted >= 0.92, report.refit_stability_unshifted
 
 
 @pytest.mark.slow

@@ -149,6 +149,7 @@ def _persona_rows(par: dict, m: int, rng: np.random.Generator) -> pd.DataFrame:
             "support_tickets_90d": tickets,
             "returns_90d": rng.poisson(0.05 * n_purchases),
             "sentiment_mean": sentiment,
+            "sentiment_90d": np.clip(sentiment + rng.normal(0, 0.1, m), -1, 1),
             "channel_entropy": entropy,
             "reviews": rng.poisson(par["reviews"], m),
             "referrals": rng.poisson(par["referrals"], m),

@@ -211,7 +211,7 @@ def test_from_config():
 
 
 def test_default_features_are_the_documented_subset():
-    assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 14
+    assert len(DEFAULT_FEATURES) == len(set(DEFAULT_FEATURES)) == 15
     assert {"purchases_per_active_month", "share_app_weighted", "tickets_per_purchase"} <= set(
         DEFAULT_FEATURES
     )
