@@ -399,6 +399,7 @@ def _compute(
         clusters.version,
         rules_version,
         previous,
+        as_of,
     )
     stability = steps.stability_against(previous, segmentation.membership)
     return _Tonight(events, features, decision, cltv, scores, clusters, segmentation, stability)

@@ -177,6 +177,7 @@ class _Nights:
             "q",
             "q",
             previous.membership if previous else None,
+            as_of,
         )
         return Night(as_of, features, scores, bundle, seg.membership)
 

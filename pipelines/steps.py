@@ -39,6 +39,7 @@ from segmentation.combine import (
     segment_definitions,
 )
 from segmentation.drift import DriftReference, fit_reference, psi
+from segmentation.reasons import cluster_reasons
 from segmentation.rules import RuleSet, load_rules
 
 if TYPE_CHECKING:
@@ -487,32 +488,32 @@ def segment_clients(
     cluster_version: str,
     rules_version: str,
     previous: pd.DataFrame | None = None,
+    as_of: date | None = None,
 ) -> Segmentation:
     """Assign every client: override rules, else their cluster, else noise; plus the
     `segments` rows (definitions and profiles) for the store. `previous` is the last published
-    membership (the rules' `stay_when` keeps members by it)."""
+    membership (the rules' `stay_when` keeps members by it); `as_of` turns the days in the
+    reasons into dates."""
     assigned = None
     sticky = _cluster_members(previous)
-    reasons: dict[str, str] = {}
     cluster_rows: list[dict[str, Any]] = []
     if clusters is not None:
         model = clusters.model
         assigned = clusters.predict(features, sticky)
         assigned["segment_name"] = assigned["segment_id"].map(model.segment_names_)
         assigned.loc[assigned["is_noise"], "segment_name"] = NOISE_SEGMENT_NAME
+        # each member's own values where it is most like its segment and unlike the rest
+        assigned["reason"] = cluster_reasons(
+            features, assigned["segment_id"].to_numpy(), model.profiles_
+        )
         cluster_rows = _cluster_segment_rows(model, cluster_version)
-        reasons = {
-            segment_id: _cluster_reason(profile)
-            for segment_id, profile in model.profiles_.items()
-            if segment_id != NOISE_SEGMENT_ID
-        }
     membership = assign_segments(
         features,
         assigned,
         rules,
         scores=scores if len(scores) else None,
-        cluster_reasons=reasons,
         previous=previous,
+        as_of=as_of,
     )
     if clusters is not None and sticky is not None:
         # Stickiness is for the clients the rules leave to the clusters: under a rule the
@@ -702,14 +703,6 @@ def _without_client_ids(bundle: ClusterBundle) -> ClusterBundle:
 def _prefixed(prefix: str, values: Mapping[str, float] | None) -> dict[str, float]:
     """Metric names under `prefix.` (e.g. the backtest's)."""
     return {f"{prefix}.{k}": v for k, v in (values or {}).items()}
-
-
-def _cluster_reason(profile: dict[str, Any]) -> str:
-    top = profile.get("top_features") or []
-    if not top:
-        return "close to the population on every feature"
-    parts = [f"{t['feature']} {'high' if t['z'] > 0 else 'low'} (z={t['z']:+.1f})" for t in top[:3]]
-    return "defining features: " + ", ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:

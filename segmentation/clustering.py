@@ -1151,12 +1151,10 @@ def _merge_small(found: _Clustering, Z: np.ndarray, min_share: float) -> tuple[_
         birth = np.array([geometry.birth_distances[owner == c].max() for c in kept])
         densest = np.array([geometry.densest_distances[owner == c].min() for c in kept])
         geometry = geometry._replace(birth_distances=birth, densest_distances=densest)
-    centers = found.centers
-    if centers is not None:
-        centers = _member_means(Z, relabelled)
+    merged_centers = None if found.centers is None else _member_means(Z, relabelled)
     metrics: ClusterMetrics = {**found.metrics}
     return (
-        _Clustering(relabelled, centers, found.hdbscan, found.kmeans, geometry, metrics),
+        _Clustering(relabelled, merged_centers, found.hdbscan, found.kmeans, geometry, metrics),
         merged,
     )
 

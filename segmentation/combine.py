@@ -1,10 +1,11 @@
 """Combine the layers into one membership row per client: override rule, else cluster, else noise.
 
 Precedence (DESIGN.md, segment_membership): the highest-priority matching business rule wins
-(source ``rule``, confidence 1.0, reason: the rule and its condition, or its `stay_when` for a
-member the rule keeps, given the last published membership); a client no rule takes
-keeps its behavioral cluster (source ``cluster``, the cluster's confidence, reason: the
-cluster's defining features), or, outside every dense cluster, the nearest one it was attached
+(source ``rule``, confidence 1.0, reason: the client's own values of what the rule reads, in
+words, "kept in the segment: ..." for a member its `stay_when` keeps, given the last published
+membership); a client no rule takes keeps its behavioral cluster (source ``cluster``, the
+cluster's confidence, reason: the features where the client is most like its segment and
+unlike the rest, with its values, from `segmentation.reasons`), or, outside every dense cluster, the nearest one it was attached
 to (source ``cluster_outlier``, a low confidence, a reason saying it fits loosely); a client
 left outside every cluster is ``noise``. Every client also
 gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import date
 
 import numpy as np
 import pandas as pd
 
+from segmentation.reasons import rule_reasons
 from segmentation.rules import LIFECYCLE_COLUMN, RuleSet, SegmentMatch
 
 # The membership columns this layer produces: the store publishes exactly these.
@@ -59,6 +62,7 @@ def assign_segments(
     scores: pd.DataFrame | None = None,
     cluster_reasons: Mapping[str, str] | None = None,
     previous: pd.DataFrame | None = None,
+    as_of: date | None = None,
 ) -> pd.DataFrame:
     """One membership row per client of `features`, in the order of `features`.
 
@@ -84,6 +88,9 @@ def assign_segments(
     previous : pandas.DataFrame, optional
         The last published membership (client_id, segment_id), which the rules' `stay_when`
         conditions need; None means no previous state.
+    as_of : datetime.date, optional
+        The as-of day: the reasons say dates ("no purchase since 2026-05-02") rather than
+        days.
 
     Returns
     -------
@@ -105,15 +112,15 @@ def assign_segments(
     frame = _with_scores(features, scores)
 
     stage, _ = rules.assign_lifecycle(frame)
-    match = rules.match_segments(
-        frame.assign(**{LIFECYCLE_COLUMN: stage}), _previous_segments(previous, ids)
-    )
+    ruled = frame.assign(**{LIFECYCLE_COLUMN: stage})
+    match = rules.match_segments(ruled, _previous_segments(previous, ids))
+    texts = rule_reasons(rules, ruled, match.segment_id, match.stayed, as_of)
     cluster = _aligned_clusters(clusters, ids)
     _check_no_clash(rules, cluster)
     out = pd.DataFrame(
         {
             "client_id": ids.to_numpy(dtype=object),
-            **_layers(rules, match, cluster, cluster_reasons),
+            **_layers(rules, match, cluster, cluster_reasons, texts),
             "cluster_id": _cluster_ids(cluster),
             "lifecycle_stage": stage,
             "journey_stage": features[JOURNEY_COLUMN].to_numpy(dtype=object),
@@ -136,6 +143,7 @@ def _layers(
     match: SegmentMatch,
     cluster: pd.DataFrame,
     cluster_reasons: Mapping[str, str] | None,
+    rule_texts: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """segment_id, segment_name, segment_source, confidence and reason per client: the rule
     that takes the client, else its cluster, else noise."""
@@ -160,12 +168,8 @@ def _layers(
     confidence[by_rule] = RULE_CONFIDENCE
     confidence = np.clip(np.nan_to_num(confidence, nan=0.0), 0.0, 1.0)
 
-    reasons = {rule.segment_id: rule.reason for rule in rules.segment_rules}
-    stay_reasons = {rule.segment_id: rule.stay_reason for rule in rules.segment_rules}
     reason = np.full(len(rule_id), NOISE_REASON, dtype=object)
-    reason[by_rule] = pd.Series(rule_id[by_rule], dtype=object).map(reasons).to_numpy()
-    stayed = match.stayed
-    reason[stayed] = pd.Series(rule_id[stayed], dtype=object).map(stay_reasons).to_numpy()
+    reason[by_rule] = rule_texts[by_rule]
     reason[in_cluster] = _cluster_reasons(cluster.loc[in_cluster], cluster_reasons)
     reason[outlier] = (
         "cluster "

@@ -112,12 +112,14 @@ class Rule:
 
     @property
     def reason(self) -> str:
-        """Why a client is in this rule's segment, as published in segment_membership.reason."""
+        """The rule and its condition as text (the same for every member); the per-client
+        reason in words, with the client's own values, is `segmentation.reasons.rule_reasons`."""
         return f"rule {self.name}: {' '.join(self.when.split())}"
 
     @property
     def stay_reason(self) -> str:
-        """The reason of a member kept by `stay_when` though `when` no longer holds."""
+        """The text reason of a member kept by `stay_when` though `when` no longer holds (in
+        words, per client: `segmentation.reasons.rule_reasons` with `stayed`)."""
         return f"rule {self.name} (kept while {' '.join((self.stay_when or '').split())})"
 
     def matches(self, frame: pd.DataFrame, missing_as_null: Iterable[str] = ()) -> np.ndarray:

@@ -96,11 +96,12 @@ def test_rule_then_cluster_then_noise(features, clusters, rules):
     ]
     assert pd.isna(out.loc[4, "journey_stage"])
     assert out["segment_id"].dtype == "str"
+    # rule reasons: the client's own values of what the rule reads, never the rule text
     assert list(out["reason"]) == [
-        "rule support_risk: support_tickets_90d >= 2 and sentiment_mean < -0.2",
-        "rule vip: total_spend >= 2000 or predicted_cltv >= 1000",
+        "3 support tickets in the last 90 days, average sentiment (-1 to 1): -0.50",
+        "total spend: 2,500",
         "cluster loyal: high frequency",
-        "rule support_risk: support_tickets_90d >= 2 and sentiment_mean < -0.2",
+        "5 support tickets in the last 90 days, average sentiment (-1 to 1): -0.90",
         "no rule matched; outside every cluster",
     ]
 
@@ -249,8 +250,11 @@ def test_previous_membership_keeps_members_with_a_stay_reason(features, clusters
     )
     out = assign_segments(calmer, clusters, rules, previous=previous).set_index("client_id")
     assert out.loc["d", "segment_id"] == "rule_support_risk"  # one ticket left: kept
-    assert out.loc["d", "reason"].startswith("rule support_risk (kept while")
-    assert out.loc["a", "reason"].startswith("rule support_risk: ")  # entered by `when`
+    assert out.loc["d", "reason"] == (
+        "kept in the segment: 1 support ticket in the last 90 days,"
+        " average sentiment (-1 to 1): -0.90"
+    )
+    assert out.loc["a", "reason"].startswith("3 support tickets")  # entered by `when`
     without = assign_segments(calmer, clusters, rules).set_index("client_id")
     assert without.loc["d", "segment_id"] == "C2"
 

@@ -87,8 +87,10 @@ def test_description_mentions_features_and_values(frame):
     data, labels = frame
     profiles = cluster_profiles(data, labels, list(data.columns))
     text = describe(profiles[1])
-    assert "higher recency_days" in text and "lower sentiment_mean" in text
+    assert text.startswith("33% of clients. Days since last activity: ")
+    assert "average sentiment (-1 to 1): " in text
     assert "overall" in text and text.endswith(".")
+    assert "_" not in text and "z=" not in text
     assert describe({"top_features": []}).startswith("Clients close to the population")
 
 
