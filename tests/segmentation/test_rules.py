@@ -515,3 +515,18 @@ def test_stay_when_is_checked_at_load_like_when(tmp_path):
 def test_default_override_rules_have_hysteresis(default_rules):
     sticky = {rule.name for rule in default_rules.segment_rules if rule.stay_when}
     assert {"vip", "support_risk", "cart_abandoner"} <= sticky
+
+
+def test_gone_quiet_ends_on_a_real_return_not_on_one_stray_visit(default_rules):
+    frame = pd.DataFrame(
+        [
+            client(recency_days=2, active_days_30d=1),  # one visit after a long silence
+            client(recency_days=2, active_days_30d=3),  # back on three days this month
+        ]
+    )
+    was_quiet = np.array(["rule_gone_quiet", "rule_gone_quiet"], dtype=object)
+    ids, _, _, stayed = default_rules.match_segments(frame, was_quiet)
+    assert list(ids) == ["rule_gone_quiet", None]
+    assert list(stayed) == [True, False]
+    # without the previous state, neither is quiet tonight
+    assert list(default_rules.match_segments(frame)[0]) == [None, None]
