@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from segmentation.drift import DriftReference, fit_reference, psi
     from segmentation.dynamics import compute_transitions, entries_exits
     from segmentation.expressions import RuleError
-    from segmentation.profiles import cluster_profiles, name_profiles
+    from segmentation.profiles import check_name, cluster_profiles, name_profiles
+    from segmentation.reasons import cluster_reasons, lifecycle_reasons, rule_reasons
     from segmentation.rules import Rule, RuleSet, RuleSetError, load_rules, rules_from_mapping
     from segmentation.stable_ids import IdMatch, match_cluster_ids, stability
 
@@ -44,14 +45,18 @@ __all__ = [
     "RuleSet",
     "RuleSetError",
     "assign_segments",
+    "check_name",
     "cluster_profiles",
+    "cluster_reasons",
     "compute_transitions",
     "entries_exits",
     "fit_reference",
+    "lifecycle_reasons",
     "load_rules",
     "match_cluster_ids",
     "name_profiles",
     "psi",
+    "rule_reasons",
     "rules_from_mapping",
     "segment_definitions",
     "stability",
@@ -72,6 +77,10 @@ _EXPORTS: dict[str, str] = {
     "RuleError": "segmentation.expressions",
     "cluster_profiles": "segmentation.profiles",
     "name_profiles": "segmentation.profiles",
+    "check_name": "segmentation.profiles",
+    "cluster_reasons": "segmentation.reasons",
+    "lifecycle_reasons": "segmentation.reasons",
+    "rule_reasons": "segmentation.reasons",
     "Rule": "segmentation.rules",
     "RuleSet": "segmentation.rules",
     "RuleSetError": "segmentation.rules",
