@@ -308,15 +308,18 @@ def _synthetic(out: Path, n: int, seed: int = 0) -> None:
 
 
 def _plain_load(con: duckdb.DuckDBPyConnection, glob: str) -> None:
-    """The events table straight from Parquet (stage from the default taxonomy), no checks."""
-    stage_of = load_taxonomy().stage_of
-    cases = " ".join(f"WHEN '{t}' THEN '{s}'" for t, s in stage_of.items())
+    """The events table straight from Parquet (stage and initiator from the default taxonomy),
+    no checks."""
+    taxonomy = load_taxonomy()
+    cases = " ".join(f"WHEN '{t}' THEN '{s}'" for t, s in taxonomy.stage_of.items())
+    brand = ", ".join(f"'{t}'" for t in taxonomy.brand_types) or "NULL"
     con.execute(
         f"""CREATE OR REPLACE TABLE events AS
         SELECT client_id, CAST(event_time AS TIMESTAMP) AS event_time, event_type,
                CASE event_type {cases} ELSE 'other' END AS stage, channel,
                CAST(amount AS DOUBLE) AS amount, category, CAST(sentiment AS DOUBLE) AS sentiment,
-               CAST(event_id AS VARCHAR) AS event_id
+               CAST(event_id AS VARCHAR) AS event_id,
+               coalesce(event_type NOT IN ({brand}), true) AS by_client
         FROM read_parquet('{glob}')"""
     )
 

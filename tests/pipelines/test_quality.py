@@ -52,10 +52,10 @@ def test_segments_are_never_all_noise(report):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="measured segments ARI 0.42-0.51, clusters alone 0.48-0.59 (4000 clients, seeds "
-    "3/5/7/11): the default business rules split personas (with the true personas in place of "
-    "the clusters they give 0.88; a classifier trained on the personas, plus the rules, 0.61), "
-    "and dropped-out clients of every persona look alike",
+    reason="measured segments ARI 0.40-0.41, clusters alone 0.59-0.62 (4000-20000 clients, seeds "
+    "7/11): the default business rules split personas on purpose (gone_quiet alone takes about "
+    "a quarter of the clients), and dropped-out clients of every persona look alike; persona "
+    "recovery is judged on cluster_id",
 )
 def test_segments_recover_personas_before_the_shift(report):
     assert report.ari_segments >= 0.6, (report.ari_segments, report.ari_clusters)
