@@ -43,10 +43,13 @@ NOISE_CONFIDENCE_MAX = 0.2
 
 
 class Assignment(NamedTuple):
-    """Labels (-1 = noise) and confidences in [0, 1] of a batch of points."""
+    """Labels (-1 = noise) and confidences in [0, 1] of a batch of points, and for each point
+    the cluster it is nearest to even when it is noise (-1 when that is not known: the nearest
+    fitted point is noise itself)."""
 
     labels: np.ndarray
     confidence: np.ndarray
+    nearest: np.ndarray | None = None
 
 
 class ClusterGeometry(NamedTuple):
@@ -265,7 +268,7 @@ class NeighborAssigner(_Assigner):
         mreach = np.zeros(n, dtype=np.float64)
         nearest_label = np.full(n, NOISE, dtype=np.int64)
         if n == 0:
-            return Assignment(labels, np.zeros(0))
+            return Assignment(labels, np.zeros(0), nearest_label)
         queries = np.empty((n, Z.shape[1] + 2), dtype=np.float32)
         queries[:, :-2] = Z
         queries[:, -2] = 1.0
@@ -287,7 +290,7 @@ class NeighborAssigner(_Assigner):
                     )
 
             list(pool.map(work, range(len(self.centers_))))
-        return Assignment(labels, self._confidence(labels, mreach, nearest_label))
+        return Assignment(labels, self._confidence(labels, mreach, nearest_label), nearest_label)
 
     def _nearest_cell(self, queries: np.ndarray) -> np.ndarray:
         """Index of the nearest cell centre, in cache-sized blocks of augmented rows."""
@@ -447,7 +450,7 @@ class CentroidAssigner(_Assigner):
             NOISE_CONFIDENCE_MAX * np.clip(1 / np.maximum(ratio, 1e-12), 0, 1),
             NOISE_CONFIDENCE_MAX + (1 - NOISE_CONFIDENCE_MAX) * np.clip(1 - ratio, 0, 1),
         )
-        return Assignment(np.where(noise, NOISE, labels), conf)
+        return Assignment(np.where(noise, NOISE, labels), conf, labels)
 
 
 def _as_matrix(Z: np.ndarray) -> np.ndarray:

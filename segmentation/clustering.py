@@ -392,8 +392,9 @@ class ClusterModel(BaseEstimator):
         cluster segment while that segment's centre is within (1 + stickiness) times the
         distance of the cluster it would join now. 0 turns it off.
     attach_outliers : bool, default=True
-        `predict` attaches a client outside every dense cluster to the nearest cluster (by
-        centre), flagged `is_outlier`, with its noise confidence scaled by OUTLIER_CONFIDENCE
+        `predict` attaches a client outside every dense cluster to the cluster of its nearest
+        fitted point (which follows the cluster's shape; the nearest centre when that point is
+        noise too), flagged `is_outlier`, with its noise confidence scaled by OUTLIER_CONFIDENCE
         (at most 0.15, where a member has at least 0.2 before stickiness): a marketer gets a
         segment for everyone, and the flag says who fits it loosely. False: such clients are
         noise.
@@ -703,7 +704,7 @@ class ClusterModel(BaseEstimator):
             conf[block] = result.confidence
             if attach_to is not None:
                 out = np.flatnonzero(labels[block] == NOISE)
-                labels[block][out] = _nearest(Z[out], attach_to)
+                labels[block][out] = _attach(Z[out], result.nearest, out, attach_to)
                 conf[block][out] *= OUTLIER_CONFIDENCE
                 outlier[block][out] = True
             if sticky is not None:
@@ -1104,6 +1105,18 @@ def _member_means(Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if members.any():
             centers[label] = Z[members].mean(axis=0)
     return centers
+
+
+def _attach(
+    Z: np.ndarray, nearest: np.ndarray | None, rows: np.ndarray, centers: np.ndarray
+) -> np.ndarray:
+    """The cluster each noise point (rows `rows` of the block, coordinates `Z`) joins: the
+    cluster of its nearest fitted point in the density's own terms (`Assignment.nearest`),
+    which follows a cluster's shape; the nearest centre where that point is noise itself."""
+    target = np.full(len(rows), NOISE, dtype=np.int64) if nearest is None else nearest[rows]
+    unknown = target < 0
+    target[unknown] = _nearest(Z[unknown], centers)
+    return target
 
 
 def _nearest(Z: np.ndarray, centers: np.ndarray) -> np.ndarray:

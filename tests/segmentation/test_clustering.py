@@ -9,6 +9,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 
 from configs import ClusteringConfig
+from segmentation.assigner import Assignment
 from segmentation.clustering import (
     DEFAULT_FEATURES,
     ClusterModel,
@@ -427,3 +428,23 @@ def test_outliers_stay_noise_when_not_attached():
     assert model.metrics_["published_noise_share"] == model.metrics_["noise_share"] > 0
     pred = model.predict(frame)
     assert pred["is_noise"].iloc[-60:].mean() > 0.5 and not pred["is_outlier"].any()
+
+
+def test_an_outlier_joins_the_cluster_of_its_nearest_fitted_point(monkeypatch):
+    # The density decides (the cluster of the nearest fitted point follows the cluster's
+    # shape); the nearest centre only when that point is noise too.
+    frame = _planted()
+    model = ClusterModel(features=("x", "y"), min_cluster_size=10, random_state=1).fit(frame)
+    far = pd.DataFrame({"client_id": ["a", "b"], "x": [-10.0, -10.0], "y": [-10.0, -10.0]})
+    by_centre = model.predict(far)["cluster_id"].iloc[0]
+    other = (by_centre + 1) % len(model.segment_ids_)
+
+    def density(Z):
+        return Assignment(
+            np.full(len(Z), -1), np.full(len(Z), 0.1), np.array([other, -1])[: len(Z)]
+        )
+
+    monkeypatch.setattr(model.assigner_, "assign", density)
+    got = model.predict(far)
+    assert list(got["cluster_id"]) == [other, by_centre]
+    assert got["is_outlier"].all() and (got["confidence"] <= 0.15).all()
