@@ -48,7 +48,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -331,6 +331,7 @@ class ClusterMetrics(TypedDict, total=False):
     segments_kept: list[str]
     segments_new: list[str]
     segments_retired: list[str]
+    segments_renamed: list[str]  # kept ids whose name no longer fits their members: renamed
     segment_match: dict[str, dict[str, str | float]]  # new id -> how it was matched, score
 
 
@@ -1019,6 +1020,8 @@ class ClusterModel(BaseEstimator):
             )
             prev_names = dict(getattr(previous, "segment_names_", {}) or {})
             kept_names = {sid: prev_names[sid] for sid in match.kept if sid in prev_names}
+            renamed = _untrue_names(kept_names, match.ids, cluster_profiles)
+            kept_names = {sid: n for sid, n in kept_names.items() if sid not in renamed}
             new_ids = sample_labels.map(match.ids).fillna(NOISE_ID)
             stab = stable_ids.stability(prev_ids, new_ids)
             stability = {
@@ -1029,6 +1032,7 @@ class ClusterModel(BaseEstimator):
                 "segments_kept": match.kept,
                 "segments_new": match.new,
                 "segments_retired": match.retired,
+                "segments_renamed": renamed,
                 "segment_match": {
                     match.ids[k]: {"how": match.how[k], "score": match.score[k]} for k in match.ids
                 },
@@ -1105,6 +1109,21 @@ def _member_means(Z: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if members.any():
             centers[label] = Z[members].mean(axis=0)
     return centers
+
+
+def _untrue_names(
+    names: Mapping[str, str], ids: Mapping[int, str], cluster_profiles: Mapping[int, Any]
+) -> list[str]:
+    """The segment ids among `names` (kept from the previous model) whose name the segment's
+    statistics tonight no longer support: the id stays (campaigns are bound to it), the name
+    is made again, since a name that says "store" of app clients misleads whoever reads it."""
+    label_of = {sid: label for label, sid in ids.items()}
+    untrue = []
+    for sid, name in names.items():
+        profile = cluster_profiles.get(label_of.get(sid, -1))
+        if profile and profiles.check_name(name, profile, profile.get("population") or {}):
+            untrue.append(sid)
+    return sorted(untrue)
 
 
 def _attach(

@@ -1,10 +1,13 @@
 """Tests of stable segment identities: matching, new and retired ids, refits that keep ids."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from segmentation.clustering import ClusterModel
+from segmentation.profiles import check_name
 from segmentation.stable_ids import fresh_ids, match_cluster_ids, stability
 from tests.segmentation.behavioral_data import make_behavioral_frame
 
@@ -145,3 +148,25 @@ def test_vanished_persona_retires_its_segment_and_new_persona_gets_new_id(base, 
     for sid in kept:
         assert third.segment_names_[sid] == second.segment_names_[sid]
     assert third.segment_names_[new[0]] not in set(second.segment_names_.values())
+
+
+def test_a_kept_segment_whose_name_became_untrue_keeps_its_id_and_gets_a_true_name(base, first):
+    # The previous model called its least store-going segment "store clients" (say, before its
+    # members moved to the app): the refit keeps the id, and the name is made again.
+    previous = copy.deepcopy(first)
+    store = {
+        sid: p["median"]["share_store_weighted"]
+        for sid, p in first.profiles_.items()
+        if sid != "noise"
+    }
+    least = min(store, key=store.get)
+    previous.segment_names_[least] = "store clients"
+    refit = ClusterModel(min_cluster_size=40, validate_assigner=False).fit(base, previous=previous)
+    assert least in refit.segment_ids_.values()
+    assert refit.metrics_["segments_renamed"] == [least]
+    assert refit.segment_names_[least] != "store clients"
+    prof = refit.profiles_[least]
+    assert check_name(refit.segment_names_[least], prof, prof["population"]) == []
+    # the other kept segments keep their names
+    for sid in set(refit.metrics_["segments_kept"]) - {least}:
+        assert refit.segment_names_[sid] == first.segment_names_[sid]
