@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from configs import STAGES, EngineConfig, SegmentationError
+from segmentation.wording import words_for
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -406,46 +407,10 @@ def describe_features(top_features: Sequence[Mapping[str, object]], k: int = 3) 
     return ", ".join(parts)
 
 
-_FEATURE_LABELS = {
-    "recency_days": "days since last event",
-    "days_since_last_purchase": "days since last purchase",
-    "tenure_days": "tenure",
-    "n_events": "events",
-    "n_purchases": "purchases",
-    "purchase_days": "purchase days",
-    "frequency": "repeat purchases",
-    "monetary_value": "spend per purchase",
-    "total_spend": "total spend",
-    "avg_order_value": "order value",
-    "activity_momentum": "activity momentum",
-    "spend_momentum": "spend momentum",
-    "cart_abandon_rate_90d": "cart abandonment (90d)",
-    "checkout_abandon_rate_90d": "checkout abandonment (90d)",
-    "sentiment_mean": "sentiment",
-    "sentiment_last": "last sentiment",
-    "sentiment_trend": "sentiment trend",
-    "channel_entropy": "channel variety",
-    "intent_shift": "intent shift",
-    "furthest_stage_rank": "journey stage reached",
-    "current_stage_rank": "current journey stage",
-    "return_gap_days": "gap before return",
-}
-
-
 def feature_label(feature: str) -> str:
-    """A feature name as words: share_app -> "app share", events_90d -> "events (90d)"."""
-    if feature in _FEATURE_LABELS:
-        return _FEATURE_LABELS[feature]
-    name = feature
-    window = ""
-    for suffix in ("_7d", "_30d", "_90d", "_365d"):
-        if name.endswith(suffix):
-            name, window = name[: -len(suffix)], f" ({suffix[1:]})"
-    if name.startswith("share_"):
-        name = name[len("share_") :] + " share"
-    if name.startswith("n_"):
-        name = name[2:]
-    return name.replace("_", " ") + window
+    """A feature name as the catalog says it in words: share_store_weighted -> "share of store
+    activity", recency_days -> "days since last activity" (segmentation.wording)."""
+    return words_for(feature).label
 
 
 def membership_at(

@@ -195,8 +195,8 @@ def test_segment_table_has_sizes_shares_cltv_and_readable_profiles(page: str) ->
     assert _row(table, "Browsers")[3:6] == ["30", "30.0%", "50.00"]
     assert _row(table, "VIP rule")[2:6] == ["rule", "20", "20.0%", "1,000.00"]
     assert _row(table, "Unclustered")[2:4] == ["noise", "10"]
-    assert "total spend 3.2x population, app share high" in table
-    assert "events (90d) very high, purchases 0 (population 2)" in table
+    assert "total spend 3.2x population, share of app activity high" in table
+    assert "actions in the last 90 days very high, purchases in total 0 (population 2)" in table
     assert "rule: total_spend &gt; 5000" in table
     # largest first
     assert table.index("Big spenders") < table.index("Browsers") < table.index("VIP rule")
@@ -365,9 +365,10 @@ def test_bad_input_names_the_problem() -> None:
 
 
 def test_feature_text() -> None:
-    assert feature_label("share_call_center") == "call center share"
-    assert feature_label("support_tickets_90d") == "support tickets (90d)"
-    assert feature_label("n_refunds") == "refunds"
+    # the catalog's own words (segmentation.wording), never a column name
+    assert feature_label("share_call_center") == "share of call center activity"
+    assert feature_label("support_tickets_90d") == "support tickets in the last 90 days"
+    assert feature_label("n_refunds") == "refunds in total"
     text = describe_features(
         [
             {"feature": "recency_days", "z": 2.0, "median": 200, "population_median": 20},
@@ -375,9 +376,9 @@ def test_feature_text() -> None:
             {"feature": "sentiment_mean", "z": -1.6, "median": -0.2, "population_median": 0.1},
         ]
     )
-    assert (
-        text
-        == "days since last event 10.0x population, spend (90d) 0.05x population, sentiment very low"
+    assert text == (
+        "days since last activity 10.0x population, spend in the last 90 days 0.05x population,"
+        " average sentiment (-1 to 1) very low"
     )
 
 
