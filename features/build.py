@@ -498,7 +498,7 @@ class _Plan:
         max_w, d = self.windows[-1], DAY_WORD_BITS
         own_event = f"sc <> {BRAND_CODE}"
         day_words = [
-            f"bit_or(CASE WHEN sc <> {BRAND_CODE} AND age >= {d * k}"
+            f"bit_or(CASE WHEN {own_event} AND age >= {d * k}"
             f" AND age < {min(d * (k + 1), max_w)}"
             f" THEN CAST(1 AS HUGEINT) << CAST(age - {d * k} AS HUGEINT) END) AS days{k}"
             for k in range(self.day_words)

@@ -109,8 +109,8 @@ def measure_quality(
         change_predict=_change_rates(before, same_model, truth),
         change_refit=_change_rates(before, refitted, truth),
         lapse_moved={
-            "same_model": _lapse_moved(before, same_model.membership, truth),
-            "refit": _lapse_moved(before, refitted.membership, truth),
+            "same_model": _lapse_moved(before, same_model, truth),
+            "refit": _lapse_moved(before, refitted, truth),
         },
         extra={
             **figures.ceilings,
@@ -282,11 +282,11 @@ def _steady(truth: pd.DataFrame, start: date, end: date) -> pd.Series:
     return ~truth["shifted"] & ~dropped.fillna(False)
 
 
-def _lapse_moved(before: Night, current: pd.DataFrame, truth: pd.DataFrame) -> float:
+def _lapse_moved(before: Night, after: Night, truth: pd.DataFrame) -> float:
     """The share of the clients who lapse at the shift (shifted to persona `lapsed`, and active
     then: an action of their own within ACTIVE_DAYS before it) whose segment is no longer the
     one they had the day before."""
-    changed = ~_kept(before.membership, current)
+    changed = ~_kept(before.membership, after.membership)
     recency = before.features.set_index("client_id")["recency_days"]
     active = recency.reindex(changed.index).to_numpy() <= ACTIVE_DAYS
     lapsers = truth["shifted"] & (truth["persona_after"] == "lapsed")

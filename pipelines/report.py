@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from configs import STAGES, EngineConfig, SegmentationError
+from pipelines.policy import MAX_PUBLISHED_NOISE
 from segmentation.wording import words_for
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ NEW = "(new clients)"
 GONE = "(left)"
 OTHER = "other segments"
 NOISE_KINDS = ("noise",)
-MAX_UNCLUSTERED = 0.05  # above this share of unclustered clients the report warns
 BACKTEST_TARGETS = ("purchases", "spend")
 BACKTEST_STATS = (("bias", "bias"), ("rmse", "RMSE"), ("mae", "MAE"), ("corr", "correlation"))
 
@@ -611,13 +611,13 @@ def _source_share(membership: pd.DataFrame, source: str) -> float | None:
 
 
 def _noise_notes(data: ReportData) -> list[str]:
-    """A warning when more than MAX_UNCLUSTERED of the clients are published in no segment."""
+    """A warning when more than MAX_PUBLISHED_NOISE of the clients are in no segment."""
     share = _source_share(data.membership, "noise")
-    if share is None or share <= MAX_UNCLUSTERED:
+    if share is None or share <= MAX_PUBLISHED_NOISE:
         return []
     return [
         f"{share:.1%} of the clients are published as unclustered, above"
-        f" {MAX_UNCLUSTERED:.0%}: the configuration lets them be (clustering.attach_outliers"
+        f" {MAX_PUBLISHED_NOISE:.0%}: the configuration lets them be (clustering.attach_outliers"
         " false, or refit.max_published_noise_share above 0.05). No campaign bound to a"
         " segment reaches them."
     ]

@@ -502,10 +502,10 @@ def segment_clients(
         assigned = clusters.predict(features, sticky)
         assigned["segment_name"] = assigned["segment_id"].map(model.segment_names_)
         assigned.loc[assigned["is_noise"], "segment_name"] = NOISE_SEGMENT_NAME
-        # each member's own values where it is most like its segment and unlike the rest
-        assigned["reason"] = cluster_reasons(
-            features, assigned["segment_id"].to_numpy(), model.profiles_
-        )
+        # each dense member's own values where it is most like its segment and unlike the
+        # rest (an attached outlier's reason says it fits loosely: not computed)
+        dense = assigned["segment_id"].where(~assigned["is_outlier"]).to_numpy(object)
+        assigned["reason"] = cluster_reasons(features, dense, model.profiles_)
         cluster_rows = _cluster_segment_rows(model, cluster_version)
     membership = assign_segments(
         features,

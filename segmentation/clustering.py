@@ -49,7 +49,7 @@ import copy
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypedDict
 
 import hdbscan
@@ -687,7 +687,7 @@ class ClusterModel(BaseEstimator):
         self, X: pd.DataFrame, sticky: tuple[np.ndarray, np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Labels, confidences and outlier flags of the rows of `X`, in blocks: noise attached
-        to the nearest centre (`attach_outliers`); with `sticky` (each client's previous
+        to a cluster (`attach_outliers`, `_attach`); with `sticky` (each client's previous
         label, the label centres) clients keep their previous label by the margin."""
         labels = np.empty(len(X), dtype=np.int64)
         conf = np.empty(len(X))
@@ -1184,11 +1184,7 @@ def _merge_small(found: _Clustering, Z: np.ndarray, min_share: float) -> tuple[_
         densest = np.array([geometry.densest_distances[owner == c].min() for c in kept])
         geometry = geometry._replace(birth_distances=birth, densest_distances=densest)
     merged_centers = None if found.centers is None else _member_means(Z, relabelled)
-    metrics: ClusterMetrics = {**found.metrics}
-    return (
-        _Clustering(relabelled, merged_centers, found.hdbscan, found.kmeans, geometry, metrics),
-        merged,
-    )
+    return replace(found, labels=relabelled, centers=merged_centers, geometry=geometry), merged
 
 
 def _keep_previous(

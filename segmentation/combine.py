@@ -5,9 +5,9 @@ Precedence (DESIGN.md, segment_membership): the highest-priority matching busine
 words, "kept in the segment: ..." for a member its `stay_when` keeps, given the last published
 membership); a client no rule takes keeps its behavioral cluster (source ``cluster``, the
 cluster's confidence, reason: the features where the client is most like its segment and
-unlike the rest, with its values, from `segmentation.reasons`), or, outside every dense cluster, the nearest one it was attached
-to (source ``cluster_outlier``, a low confidence, a reason saying it fits loosely); a client
-left outside every cluster is ``noise``. Every client also
+unlike the rest, with its values, from `segmentation.reasons`), or, outside every dense
+cluster, the one it was attached to (source ``cluster_outlier``, a low confidence, a reason
+saying it fits loosely); a client left outside every cluster is ``noise``. Every client also
 gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
 """
 
