@@ -9,6 +9,8 @@ imported eagerly.
 
 from configs.base import (
     CONTRACT_COLUMNS,
+    ID_TYPES,
+    IDENTIFIER_COLUMNS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     STAGES,
@@ -29,6 +31,7 @@ from configs.schema import (
     EventsConfig,
     ExtraEventType,
     FeaturesConfig,
+    IdentityConfig,
     InvalidParameterError,
     MlflowConfig,
     RefitConfig,
@@ -47,6 +50,8 @@ __all__ = [
     "ENV_CONFIG",
     "ENV_MLFLOW_URI",
     "ENV_STORE_URL",
+    "IDENTIFIER_COLUMNS",
+    "ID_TYPES",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "STAGES",
@@ -57,6 +62,7 @@ __all__ = [
     "EventsConfig",
     "ExtraEventType",
     "FeaturesConfig",
+    "IdentityConfig",
     "InvalidParameterError",
     "MlflowConfig",
     "RefitConfig",

@@ -9,6 +9,8 @@ from importlib import import_module
 
 __all__ = [
     "CONTRACT_COLUMNS",
+    "IDENTIFIER_COLUMNS",
+    "ID_TYPES",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "STAGES",
@@ -24,7 +26,12 @@ STAGES = ("awareness", "consideration", "purchase", "retention", "advocacy")
 # columns onto them, the store keeps them raw for rejected rows.
 REQUIRED_COLUMNS = ("client_id", "event_time", "event_type")
 OPTIONAL_COLUMNS = ("channel", "amount", "category", "sentiment", "event_id")
-CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+# Other identifiers of the same person (identity stitching): a row needs client_id or one of
+# them once the input carries any. Their source names are mapped like any contract column.
+IDENTIFIER_COLUMNS = ("anonymous_id", "device_id", "email_hash", "phone_hash")
+ID_TYPES = ("client_id", *IDENTIFIER_COLUMNS)
+"""The identifier types of the identity graph (`identity_map.id_type`, links-file `id_type`)."""
+CONTRACT_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS + IDENTIFIER_COLUMNS
 
 
 class SegmentationError(Exception):

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from configs.base import CONTRACT_COLUMNS, STAGES, SegmentationError
+from configs.base import CONTRACT_COLUMNS, ID_TYPES, STAGES, SegmentationError
 from configs.paths import CONFIG_DIR
 
 DEFAULT_CONFIG_PATH = CONFIG_DIR / "default.yaml"
@@ -300,6 +300,71 @@ class RefitConfig(_Section):
     )
 
 
+# How many distinct identifiers of each type one identifier may be linked to before it counts as
+# over-linked (a shared family tablet, a call-center default email, a test account) and is
+# quarantined instead of merging persons. client_id 1: an anonymous identifier seen with two
+# known clients belongs to neither.
+DEFAULT_MAX_LINKS = {
+    "client_id": 1,
+    "anonymous_id": 1000,
+    "device_id": 20,
+    "email_hash": 10,
+    "phone_hash": 10,
+}
+# Values that mean "no identifier" (compared trimmed and case-insensitively); a value made of
+# one repeated character (`0000-0000`, `xxxxxxxx`, separators ignored) is ignored too.
+DEFAULT_PLACEHOLDERS = (
+    "null",
+    "none",
+    "nil",
+    "nan",
+    "na",
+    "n/a",
+    "unknown",
+    "undefined",
+    "anonymous",
+    "guest",
+    "test",
+    "default",
+    "[]",
+    "{}",
+)
+
+
+class IdentityConfig(_Section):
+    """Identity stitching: links file, over-linking limits, what counts as no identifier."""
+
+    links_file: str | None = Field(
+        None,
+        description="Parquet or CSV of CRM/loyalty links: id_type, id_value, client_id and an"
+        " optional linked_at (UTC); a link without linked_at counts from the start",
+    )
+    max_links: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_MAX_LINKS),
+        description="identifier type -> the most distinct identifiers of that type one"
+        " identifier may be linked to; beyond it the identifier is quarantined as"
+        " identifier_over_linked (keys not given keep their default)",
+    )
+    merge_known_clients: bool = Field(
+        False,
+        description="merge two known client_ids linked only through other identifiers, and"
+        " lift the client_id limit of max_links (off: only a links-file row of id_type"
+        " client_id merges two known clients)",
+    )
+    max_identifier_length: int = Field(256, ge=8, le=4096)
+    placeholders: tuple[str, ...] = DEFAULT_PLACEHOLDERS
+
+    @field_validator("max_links")
+    @classmethod
+    def _known_types(cls, value: dict[str, int]) -> dict[str, int]:
+        for id_type, limit in value.items():
+            if id_type not in ID_TYPES:
+                raise ValueError(f"{id_type!r} is not an identifier type {ID_TYPES}")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"{id_type!r}: the limit must be an integer >= 1, got {limit!r}")
+        return {**DEFAULT_MAX_LINKS, **value}
+
+
 class ScheduleConfig(_Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -316,6 +381,7 @@ class EngineConfig(_Section):
     store: StoreConfig = StoreConfig()
     mlflow: MlflowConfig = MlflowConfig()
     events: EventsConfig = EventsConfig()
+    identity: IdentityConfig = IdentityConfig()
     features: FeaturesConfig = FeaturesConfig()
     clustering: ClusteringConfig = ClusteringConfig()
     rules: RulesConfig = RulesConfig()
@@ -344,6 +410,11 @@ class EngineConfig(_Section):
     @property
     def events_path(self) -> str:
         return self.resolve(self.events.path)
+
+    @property
+    def links_path(self) -> str | None:
+        """The identity-links file, `{workdir}` filled in; None when not configured."""
+        return self.resolve(self.identity.links_file) if self.identity.links_file else None
 
     def config_file(self, name: str) -> Path:
         """A referenced file (taxonomy, rules): relative to the config's own folder."""

@@ -25,6 +25,7 @@ import yaml
 
 from configs import (
     CONTRACT_COLUMNS,
+    IDENTIFIER_COLUMNS,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
     STAGES,
@@ -34,6 +35,7 @@ from configs import (
 )
 from configs.paths import CONFIG_DIR
 from features.csv_source import COMPRESSED_SUFFIXES, MALFORMED_LINE, CsvHeaderError, CsvSource
+from features.identifiers import identifier_columns, normalized_sql
 from features.json_source import JSON_SUFFIXES, JsonSource, Step
 
 OTHER_STAGE = "other"
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 REASONS = (
     MALFORMED_LINE,
     "missing_client_id",
+    "no_identifier",  # identity stitching: neither client_id nor a usable other identifier
     "missing_event_time",
     "missing_event_type",
     "nul_byte",
@@ -76,7 +79,7 @@ EVENT_SCHEMA = {
     "event_id": "VARCHAR",
     "by_client": "BOOLEAN",  # client-initiated (taxonomy); else brand-initiated (exposure)
 }
-TEXT_COLUMNS = ("client_id", "event_type", "channel", "category", "event_id")
+TEXT_COLUMNS = ("client_id", "event_type", "channel", "category", "event_id", *IDENTIFIER_COLUMNS)
 DEFAULT_EARLIEST_EVENT_TIME = date(2000, 1, 1)
 # Far below the 9.22e12 where the feature build's integer micro-units overflow a BIGINT.
 DEFAULT_MAX_AMOUNT = 1e9
@@ -136,6 +139,9 @@ class ValidationReport:
     quarantined: int
     by_reason: dict[str, int]
     unknown_event_types: dict[str, int] = field(default_factory=dict)
+    # Identity stitching: events whose identifier values identify nobody (placeholder, too
+    # long, ...), by `type:reason` (the stitching step fills it in).
+    ignored_identifiers: dict[str, int] = field(default_factory=dict)
 
     @property
     def bad_share(self) -> float:
@@ -149,6 +155,11 @@ class ValidationReport:
             "quarantined": self.quarantined,
             "by_reason": dict(self.by_reason),
             "unknown_event_types": dict(self.unknown_event_types),
+            **(
+                {"ignored_identifiers": dict(self.ignored_identifiers)}
+                if self.ignored_identifiers
+                else {}
+            ),
         }
 
 
@@ -336,6 +347,11 @@ def load_events(
     lenient_columns : frozenset of str
         Contract columns of `column_map` that may be absent (a preset's optional columns):
         they are then read as missing instead of failing.
+
+    An input with identifiers besides client_id (`IDENTIFIER_COLUMNS`) needs no client_id
+    column: a row with none of them is quarantined as ``no_identifier``, and the identifier
+    columns are kept in `events_table` for the identity graph (`features.identity`, which
+    also judges each distinct value: placeholders and the like identify nobody).
 
     Returns
     -------
@@ -737,7 +753,8 @@ def _create_tables(
         "stage": f"{stage} AS stage",
         "by_client": f"{_by_client_sql(taxonomy)} AS by_client",
     }
-    select_cols = ", ".join(derived.get(c, c) for c in EVENT_SCHEMA)
+    kept = [*EVENT_SCHEMA, *identifier_columns(list(columns))]
+    select_cols = ", ".join(derived.get(c, c) for c in kept)
     con.execute(
         f"CREATE OR REPLACE TABLE {events_table} AS"
         f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
@@ -746,7 +763,7 @@ def _create_tables(
     con.execute(
         f"CREATE OR REPLACE TABLE {quarantine_table} AS"
         f" SELECT reason, {raw_cols}, source_file,"
-        f"  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line FROM ("
+        f"  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line, NULL::VARCHAR AS detail FROM ("
         f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, second, True, aliases, times)}) AS t"
         f" ) AS q WHERE reason IS NOT NULL"
     )
@@ -918,9 +935,10 @@ def event_mapping(config: EngineConfig) -> EventMapping:
     }
     preset_unit = preset.get("epoch_unit")
     epoch_unit = events.epoch_unit or (str(preset_unit) if preset_unit else None)
-    lenient = frozenset(
-        c for c in preset_columns if c in OPTIONAL_COLUMNS and c not in events.columns
-    )
+    optional = set(OPTIONAL_COLUMNS) | set(IDENTIFIER_COLUMNS)
+    if any(c in IDENTIFIER_COLUMNS for c in preset_columns):
+        optional.add("client_id")  # an export may hold anonymous calls only
+    lenient = frozenset(c for c in preset_columns if c in optional and c not in events.columns)
     return EventMapping(columns, aliases, epoch_unit, lenient)
 
 
@@ -969,7 +987,7 @@ def _check_required(
 ) -> None:
     """Every required column in the union and in each file (a stray file fails, named), and a
     client_id of text or integers (a float id would turn NaN into a client "nan")."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    missing = _missing_required(columns)
     if missing:
         raise EventContractError(
             f"events at {path}: missing required column(s) {', '.join(missing)}"
@@ -988,7 +1006,7 @@ def _check_required(
                 sources = _contract_columns(found, mapping or {}, f"events file {file}", lenient)
                 found = {c: (s.name, s.dtype) for c, s in sources.items()}
             per_file[file] = found
-            lacking = [c for c in REQUIRED_COLUMNS if c not in found]
+            lacking = _missing_required(found)
             if lacking:
                 raise EventContractError(
                     f"events file {file}: missing required column(s) {', '.join(lacking)}"
@@ -996,12 +1014,24 @@ def _check_required(
     else:
         per_file[files[0]] = columns
     for file, found in per_file.items():
+        if "client_id" not in found:
+            continue
         name, dtype = found["client_id"]
-        if dtype and dtype != "VARCHAR" and dtype not in _INTEGER_TYPES:
+        # "NULL": a Parquet column with no value at all (pandas writes one for an all-None column)
+        if dtype and dtype not in ("VARCHAR", '"NULL"', "NULL") and dtype not in _INTEGER_TYPES:
             raise EventContractError(
                 f"events file {file}: column {name} has type {dtype}; client ids must be"
                 " text or integers"
             )
+
+
+def _missing_required(found: Mapping[str, object]) -> list[str]:
+    """The required columns not in `found`; client_id may be missing when another identifier
+    column is there (identity stitching)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in found]
+    if "client_id" in missing and identifier_columns(list(found)):
+        missing.remove("client_id")
+    return missing
 
 
 def _read_error(
@@ -1067,6 +1097,7 @@ def _typed_sql(
         _text("channel", columns, lower=True),
         _text("category", columns, lower=False),
         _text("event_id", columns, lower=False),
+        *(_identifier(c, columns) for c in identifier_columns(list(columns))),
         _timestamp(columns, *times),
         _number("amount", columns),
         _number("sentiment", columns),
@@ -1092,6 +1123,12 @@ def _typed_sql(
         parts += [f"{_quoted(columns, c)} AS src_{c}" for c in CONTRACT_COLUMNS if c in columns]
         parts.append("source_file")
     return f"SELECT {', '.join(parts)} FROM {reader}"
+
+
+def _identifier(col: str, columns: dict[str, tuple[str, str]]) -> str:
+    """An identifier column as text, trimmed, lower-cased where its type is case-blind."""
+    text = _text(col, columns, lower=False).removesuffix(f" AS {col}")
+    return f"{normalized_sql(text, col)} AS {col}"
 
 
 def _sql_text(value: str) -> str:
@@ -1245,8 +1282,13 @@ def _reason_sql(columns: dict[str, tuple[str, str]], limits: _Limits) -> str:
     """
     latest = limits.cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
     earliest = limits.earliest.strftime("%Y-%m-%d %H:%M:%S.%f")
+    ids = identifier_columns(list(columns))
+    if ids:
+        who = f"WHEN coalesce(client_id, {', '.join(ids)}) IS NULL THEN 'no_identifier'"
+    else:
+        who = "WHEN client_id IS NULL THEN 'missing_client_id'"
     return f"""CASE
-        WHEN client_id IS NULL THEN 'missing_client_id'
+        {who}
         WHEN NOT has_event_time THEN 'missing_event_time'
         WHEN event_type IS NULL THEN 'missing_event_type'
         WHEN has_nul THEN 'nul_byte'

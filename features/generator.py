@@ -23,16 +23,21 @@ draws from `numpy.random.SeedSequence(seed, spawn_key=(k,))`. Chunk boundaries d
 client count, never on `rows_per_file` (which only splits a chunk's rows over files), so the same
 seed gives the same events however the output is split. Client ids are `c` + 8-digit index;
 event ids are `<client_id>-<ordinal of the event within the client>`, unique by construction.
+
+Identity mode (`write_dataset(..., identities=True)`, issue 17): `features.generator_identity`
+adds the identifiers a person leaves (cookies, devices, hashed emails and phones; a client_id
+only when logged in), a CRM links file and planted traps, chunk by chunk.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -75,6 +80,7 @@ SHIFT_TARGET = {
 }
 CHUNK_CLIENTS = 25_000
 DEFAULT_ROWS_PER_FILE = 2_000_000
+IDENTITY_FILES = ("identity_links.parquet", "identity_truth.parquet")
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -134,6 +140,8 @@ class DatasetSummary(TypedDict):
     shift_date: str
     shifted: int
     personas: dict[str, int]
+    identity_links: NotRequired[str]  # with identities=True
+    identity_truth: NotRequired[str]
 
 
 def generate(
@@ -197,12 +205,18 @@ def write_dataset(
     shift_date: date | None = None,
     rows_per_file: int = DEFAULT_ROWS_PER_FILE,
     overwrite: bool = False,
+    *,
+    identities: bool = False,
 ) -> DatasetSummary:
     """Write `out/events/part-NNNNN.parquet` and `out/truth.parquet`; return a summary.
 
     Memory stays bounded by one chunk of clients. A chunk's rows go to one file, or to several
     when it has more than `rows_per_file` rows (the events do not depend on this split).
     The same `seed` gives the same events whatever `rows_per_file`.
+
+    With `identities`, chunk k gets `features.generator_identity.add_identities(events,
+    chunk_seed(seed, k))` (identifiers, client_id only when logged in; traps per chunk) and the
+    CRM links and identifier truth go to `out/identity_links.parquet`, `identity_truth.parquet`.
 
     Parameters
     ----------
@@ -223,14 +237,17 @@ def write_dataset(
     rows_per_file : int, default DEFAULT_ROWS_PER_FILE
         The most rows in one part file.
     overwrite : bool, default False
-        Remove existing part files first; without it they make this fail.
+        Remove existing part files (and identity files) first; without it they make this fail.
+    identities : bool, default False
+        Add identifiers to the events and write the identity links and truth.
 
     Returns
     -------
     DatasetSummary
         What was written (the JSON that `segmentation generate` prints): paths, number of
         files, events and clients, the window, the seed, the shift date, the number of shifted
-        clients and the clients per persona.
+        clients and the clients per persona; with `identities`, the paths `identity_links` and
+        `identity_truth`.
 
     Raises
     ------
@@ -241,13 +258,22 @@ def write_dataset(
     """
     if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
         raise GeneratorError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
+    _check(clients, days, end, seed, shift_share)  # before any file is touched
+    window = _window(days, end, shift_date)
     events_dir = _empty_events_dir(Path(out) / "events", overwrite)
     chunks = _chunks(clients, days, end, seed, shift_share, shift_date)
-    files, rows, truth_table = _write_parts(events_dir, chunks, rows_per_file)
+    identity_paths = [Path(out) / name for name in IDENTITY_FILES]
+    if overwrite:
+        for path in identity_paths:
+            path.unlink(missing_ok=True)
+    if identities:
+        parts = _write_identity_parts(events_dir, chunks, rows_per_file, seed, identity_paths)
+    else:
+        parts = _write_parts(events_dir, chunks, rows_per_file)
+    files, rows, truth_table = parts
     pq.write_table(truth_table, Path(out) / "truth.parquet", compression="zstd")
-    window = _window(days, end, shift_date)
     personas = pc.value_counts(truth_table["persona_before"]).to_pylist()
-    return {
+    summary: DatasetSummary = {
         "out": str(Path(out)),
         "events_dir": str(events_dir),
         "truth": str(Path(out) / "truth.parquet"),
@@ -262,6 +288,26 @@ def write_dataset(
         "shifted": int(pc.sum(truth_table["shifted"]).as_py() or 0),
         "personas": {p["values"]: p["counts"] for p in sorted(personas, key=lambda p: p["values"])},
     }
+    if identities:
+        summary["identity_links"], summary["identity_truth"] = map(str, identity_paths)
+    return summary
+
+
+def _write_identity_parts(
+    events_dir: Path,
+    chunks: Iterator[tuple[pa.Table, pa.Table]],
+    rows_per_file: int,
+    seed: int,
+    paths: list[Path],
+) -> tuple[int, int, pa.Table]:
+    """`_write_parts` of the chunks with identifiers; the links and identity truth go to
+    `paths` as the chunks pass (`features.generator_identity.identity_chunks`)."""
+    # Imported here: generator_identity imports this module.
+    from features.generator_identity import identity_chunks
+
+    links, truth = paths
+    with closing(identity_chunks(chunks, seed, links, truth)) as parts:
+        return _write_parts(events_dir, parts, rows_per_file)
 
 
 def _empty_events_dir(events_dir: Path, overwrite: bool) -> Path:

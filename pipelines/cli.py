@@ -19,8 +19,9 @@ import traceback
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-from configs import EngineConfig, SegmentationError, load_config
+from configs import IDENTIFIER_COLUMNS, EngineConfig, SegmentationError, load_config
 
 __all__ = ["CommandLineError", "main"]
 
@@ -121,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--shift-share", type=float, default=0.2, help="share of clients that shift")
+    p.add_argument(
+        "--identities",
+        action="store_true",
+        help="add identifiers (cookies, devices, hashed emails and phones) for identity"
+        " stitching, and write identity_links.parquet and identity_truth.parquet",
+    )
     p.set_defaults(handler=_generate)
 
     p = sub.add_parser("validate", help="check events against the contract; print a JSON summary")
@@ -134,6 +141,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output Parquet file")
     _config_arg(p)
     p.set_defaults(handler=_features)
+
+    p = sub.add_parser(
+        "identity", help="stitch identifiers into persons as of a date; print a summary"
+    )
+    p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
+    p.add_argument("--as-of", type=_date, required=True)
+    p.add_argument(
+        "--links", help="identity-links file (default: the config's identity.links_file)"
+    )
+    p.add_argument("--since", type=_date, help="also list the merges since this date")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--top", type=int, default=10, help="over-linked identifiers and merges shown")
+    _config_arg(p)
+    p.set_defaults(handler=_identity)
 
     p = sub.add_parser("run", help="the nightly run for one as-of date")
     _config_arg(p)
@@ -203,6 +224,7 @@ def _generate(args: argparse.Namespace) -> int:
         end=args.end,
         seed=args.seed,
         shift_share=args.shift_share,
+        identities=args.identities,
     )
     print(json.dumps(summary, default=str))
     return 0
@@ -225,6 +247,7 @@ def _features(args: argparse.Namespace) -> int:
 
     from features.build import build_features
     from features.events import check_bad_share, load_configured_events
+    from features.identity import needs_stitching, stitch_events
     from pipelines.scratch import events_connection
 
     config = _config(args)
@@ -232,6 +255,8 @@ def _features(args: argparse.Namespace) -> int:
     with events_connection(config) as con:
         report = load_configured_events(con, config, args.events)
         check_bad_share(report, config.events.max_bad_share)
+        if needs_stitching(con, config.links_path):  # the features of persons, not identifiers
+            stitch_events(con, args.as_of, config.identity, links_path=config.links_path)
         table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +265,83 @@ def _features(args: argparse.Namespace) -> int:
         json.dumps({"clients": table.num_rows, "features": table.num_columns - 1, "out": str(out)})
     )
     return 0
+
+
+def _identity(args: argparse.Namespace) -> int:
+    from features.events import check_bad_share, load_configured_events
+    from features.identity import needs_stitching, stitch_events
+    from pipelines.scratch import events_connection
+
+    config = _config(args)
+    links = args.links or config.links_path
+    config.workdir_path.mkdir(parents=True, exist_ok=True)
+    with events_connection(config) as con:
+        report = load_configured_events(con, config, args.events)
+        check_bad_share(report, config.events.max_bad_share)
+        if not needs_stitching(con, links):
+            raise SegmentationError(
+                f"events at {args.events} carry no identifier besides client_id"
+                f" ({', '.join(IDENTIFIER_COLUMNS)}) and no links file is given: nothing to stitch"
+            )
+        stitching = stitch_events(
+            con,
+            args.as_of,
+            config.identity,
+            links_path=links,
+            previous_as_of=args.since,
+        )
+    summary = dict(stitching.summary)
+    top = max(args.top, 0)
+    summary["over_linked_identifiers"] = stitching.quarantined_identifiers.head(top).to_dict(
+        "records"
+    )
+    summary["merges_since"] = str(args.since) if args.since else None
+    summary["merge_list"] = stitching.merges.head(top).to_dict("records")
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(_identity_text(args.as_of, summary))
+    return 0
+
+
+def _identity_text(as_of: date, s: dict[str, Any]) -> str:
+    """The identity summary as lines for a terminal."""
+    by_type = ", ".join(f"{k} {v:,}" for k, v in s["identifiers_by_type"].items())
+    sizes = ", ".join(f"{k}: {v:,}" for k, v in s["persons_by_identifiers"].items())
+    lines = [
+        f"Identity as of {as_of}: {s['persons']:,} persons from {s['identifiers']:,} identifiers"
+        f" ({by_type})",
+        f"  known (a client_id): {s['known_persons']:,}; anonymous: {s['anonymous_persons']:,};"
+        f" largest person: {s['largest_person']:,} identifiers",
+        f"  persons by number of identifiers: {sizes}",
+        f"  quarantined identifiers: {s['over_linked']:,} over-linked, {s['ambiguous']:,}"
+        " ambiguous (between known clients)",
+    ]
+    for row in s["over_linked_identifiers"]:
+        lines.append(f"    {row['id_type']} {row['id_value']}: {row['detail']}")
+    ignored = s.get("ignored_identifiers") or {}
+    if ignored:
+        lines.append(
+            "  identifier values ignored (events): "
+            + ", ".join(f"{k} {v:,}" for k, v in ignored.items())
+        )
+    moved = s.get("events_quarantined") or {}
+    if moved:
+        lines.append(
+            "  events without a usable identifier: "
+            + ", ".join(f"{k} {v:,}" for k, v in moved.items())
+        )
+    if s.get("links"):
+        links = s["links"]
+        lines.append(
+            f"  links file: {links['rows']:,} rows, {links['used']:,} used,"
+            f" {links['rejected']:,} rejected"
+        )
+    since = f" since {s['merges_since']}" if s.get("merges_since") else " (known client ids)"
+    lines.append(f"  merges{since}: {s['merges']:,}")
+    for row in s["merge_list"]:
+        lines.append(f"    {row['merged_id']} -> {row['into_id']}  {row['evidence']}")
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:

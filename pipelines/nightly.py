@@ -360,6 +360,16 @@ def _compute(
     events = clock.time(
         "validate", read_events_task.with_options(**retrying), con, config, events_path
     )
+    before, merged_before = _identity_history(run.store, as_of, latest)
+    events = clock.time(
+        "identity", stitch_task, con, config, as_of, events, before, merged_before
+    )
+    if events.stitching is not None:
+        summary = events.stitching.summary
+        clock.say(
+            f"identity: {summary['persons']:,} persons from {summary['identifiers']:,}"
+            f" identifiers ({summary['over_linked']:,} over-linked, {summary['merges']:,} merges)"
+        )
     clock.say(f"building features ({events.report.valid:,} valid events)")
     features = clock.time("features", features_task, con, as_of, config)
     previous = run.store.membership() if latest is not None else None
@@ -405,12 +415,33 @@ def _compute(
     return _Tonight(events, features, decision, cltv, scores, clusters, segmentation, stability)
 
 
+def _identity_history(
+    store: Store, as_of: date, latest: date | None
+) -> tuple[date | None, dict[str, str]]:
+    """The published as-of date before `as_of` (whose persons tonight's merges are measured
+    against) and the ids merged by runs before `as_of` -> the id they went into."""
+    if latest is None:
+        return None, {}
+    runs = store.runs()
+    dates = [
+        d
+        for d in pd.to_datetime(runs.loc[runs["status"] == "success", "as_of"]).dt.date
+        if d < as_of
+    ]
+    merges = store.identity_merges()
+    if len(merges):
+        merges = merges[pd.to_datetime(merges["as_of"]).dt.date < as_of]
+    merged = dict(zip(merges["merged_id"], merges["into_id"], strict=True))
+    return (max(dates) if dates else None), merged
+
+
 def _publish(run: _Run, tonight: _Tonight, rebuild: bool) -> PublishResult:
     """The one atomic publish of everything the run computed (retried on transient errors)."""
     from pipelines.store import PublishRequest
 
     run.clock.say(f"publishing to {run.store.url}")
     report = tonight.events.report
+    stitching = tonight.events.stitching
     request = PublishRequest(
         run_id=run.run_id,
         as_of=run.as_of,
@@ -419,6 +450,8 @@ def _publish(run: _Run, tonight: _Tonight, rebuild: bool) -> PublishResult:
         segments=tonight.segmentation.segments,
         scores=tonight.scores,
         quarantine=tonight.events.quarantine,
+        identity_map=stitching.identity_map if stitching else None,
+        identity_merges=stitching.merges if stitching else None,
         run_info={
             "events_read": report.rows,
             "events_quarantined": report.quarantined,
@@ -511,6 +544,7 @@ def _summary(
 
 # The steps as Prefect tasks: tracked runs of the plain functions in `steps`, nothing more.
 read_events_task = task(name="read-events", persist_result=False)(steps.read_events)
+stitch_task = task(name="identity", persist_result=False)(steps.stitch_identities)
 features_task = task(name="features", persist_result=False)(steps.compute_features)
 load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)

@@ -94,6 +94,10 @@ class ReportData:
     scores: pd.DataFrame | None = None
     funnel: pd.DataFrame | None = None
     notes: tuple[str, ...] = ()
+    # Identity stitching of the run (None: the events carried client ids only): the counts
+    # of `features.identity.identity_map_summary`, `merges` (tonight's) and the
+    # quarantined identifiers by reason.
+    identity: dict[str, Any] | None = None
     top_n: int = 8
     title: str = "Segmentation run report"
 
@@ -111,6 +115,7 @@ def render_report(data: ReportData) -> str:
         _over_time_section(data, summary, labels, colors),
         _funnel_section(data, summary, labels),
         _cltv_section(data, summary, labels, colors),
+        _identity_section(data),
         _quality_section(data),
     ]
     return _page(data.title + f" as of {_date_text(data.as_of)}", "\n".join(sections))
@@ -173,6 +178,7 @@ def _load(
         if by_reason is not None:
             run_metrics["quarantined_by_reason"] = by_reason
     run["metrics"] = run_metrics
+    identity = _identity_data(store, chosen, run_metrics.get("quarantined_by_reason"))
     funnel = None
     if "furthest_stage" in membership.columns:
         funnel = membership[["client_id", "furthest_stage"]]
@@ -187,6 +193,7 @@ def _load(
         scores=scores,
         funnel=funnel,
         notes=tuple(notes),
+        identity=identity,
     )
 
 
@@ -1053,6 +1060,71 @@ def _backtest_table(metrics: Mapping[str, object]) -> str:
         f"<table class=backtest><thead><tr><th>Predicted</th>{head}</tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
+
+
+def _identity_data(store: TableSource, as_of: date, by_reason: object) -> dict[str, Any] | None:
+    """How many persons came from how many identifiers, tonight's merges and the identifiers
+    quarantined, from the identity tables (None when the run did no stitching or the store
+    predates them)."""
+    from features.identity import identity_map_summary
+
+    try:
+        identity_map = _frame(store.read_sql("identity_map"))
+        merges = _frame(store.read_sql("identity_merges"))
+    except Exception:  # a store without the identity tables: nothing to show
+        return None
+    if identity_map.empty:
+        return None
+    summary = identity_map_summary(identity_map["person_id"], identity_map["id_type"])
+    if not merges.empty:
+        merges = merges[_to_date(merges["as_of"]) == as_of]
+    reasons = dict(by_reason) if isinstance(by_reason, Mapping) else {}
+    summary["merges"] = len(merges)
+    summary["merge_sample"] = merges.head(5)[["merged_id", "into_id"]].to_dict("records")
+    summary["quarantined"] = {
+        k: int(v)
+        for k, v in reasons.items()
+        if k in ("identifier_over_linked", "identifier_ambiguous", "no_identifier")
+    }
+    return summary
+
+
+def _identity_section(data: ReportData) -> str:
+    """Persons from identifiers: the stitching in one table and a sentence."""
+    identity = data.identity
+    if not identity:
+        return ""
+    by_type = ", ".join(f"{k} {v:,}" for k, v in identity["identifiers_by_type"].items())
+    sizes = pd.DataFrame(
+        {
+            "Identifiers per person": list(identity["persons_by_identifiers"]),
+            "Persons": [f"{v:,}" for v in identity["persons_by_identifiers"].values()],
+        }
+    )
+    quarantined = identity.get("quarantined") or {}
+    lines = [
+        f"<p>{identity['persons']:,} persons from {identity['identifiers']:,} identifiers"
+        f" ({_e(by_type)}): {identity['known_persons']:,} with a known client id,"
+        f" {identity['anonymous_persons']:,} anonymous. Largest person:"
+        f" {identity['largest_person']:,} identifiers.</p>",
+        f"<p>Merged tonight: {identity['merges']:,} ids joined another person (table"
+        " <code>identity_merges</code>; re-key by it)."
+        + (
+            " Quarantined: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in quarantined.items())
+            + "."
+            if quarantined
+            else ""
+        )
+        + "</p>",
+        sizes.to_html(index=False, classes="table", border=0),
+    ]
+    explain = (
+        "Identifiers seen together (a cookie, a device, a hashed email or phone, a client id) are"
+        " stitched into one person; over-linked identifiers (a shared tablet, a default email)"
+        " are quarantined instead of merging people."
+    )
+    return _section("identity", "Identity: persons from identifiers", explain, "\n".join(lines))
 
 
 def _quality_section(data: ReportData) -> str:

@@ -10,6 +10,7 @@ steps take data and config and return data (frames and dataclasses); where they 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from segmentation.rules import RuleSet, load_rules
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from features.identity import Stitching
     from pipelines.registry import ModelRegistry
 
 __all__ = [
@@ -145,6 +147,9 @@ class EventsRead:
 
     report: ValidationReport
     quarantine: pd.DataFrame
+    # Identity stitching's result when the events carry other identifiers or a links file is
+    # configured (the `events` table is then on person ids); None otherwise.
+    stitching: Stitching | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,45 @@ def read_events(
     report = load_configured_events(con, config, events_path, now=now)
     check_bad_share(report, config.events.max_bad_share)
     return EventsRead(report, con.execute("SELECT * FROM quarantine").df())
+
+
+def stitch_identities(
+    con: duckdb.DuckDBPyConnection,
+    config: EngineConfig,
+    as_of: date,
+    events: EventsRead,
+    previous_as_of: date | None = None,
+    merged_before: Mapping[str, str] | None = None,
+) -> EventsRead:
+    """Stitch the events' identifiers into persons as of `as_of` (`features.identity`) when
+    they carry any besides client_id or a links file is configured; fail above the bad share
+    once the events left without a usable identifier are counted."""
+    from features.identity import needs_stitching, stitch_events
+
+    links = config.links_path
+    if not needs_stitching(con, links):
+        return events
+    stitching = stitch_events(
+        con,
+        as_of,
+        config.identity,
+        links_path=links,
+        previous_as_of=previous_as_of,
+        merged_before=merged_before,
+    )
+    moved = stitching.events_quarantined
+    by_reason = dict(events.report.by_reason)
+    for reason, n in moved.items():
+        by_reason[reason] = by_reason.get(reason, 0) + n
+    report = dataclasses.replace(
+        events.report,
+        valid=events.report.valid - sum(moved.values()),
+        quarantined=events.report.quarantined + sum(moved.values()),
+        by_reason=dict(sorted(by_reason.items())),
+        ignored_identifiers=stitching.summary.get("ignored_identifiers", {}),
+    )
+    check_bad_share(report, config.events.max_bad_share)
+    return EventsRead(report, con.execute("SELECT * FROM quarantine").df(), stitching)
 
 
 def compute_features(

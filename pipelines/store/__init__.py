@@ -25,6 +25,8 @@ from pipelines.store._common import (
 )
 from pipelines.store._core import Reader, Store
 from pipelines.store._request import (
+    IDENTITY_MAP_INPUT,
+    IDENTITY_MERGES_INPUT,
     MEMBERSHIP_INPUT,
     SCORES_INPUT,
     PublishRequest,
@@ -33,6 +35,8 @@ from pipelines.store._request import (
 from pipelines.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
 
 __all__ = [
+    "IDENTITY_MAP_INPUT",
+    "IDENTITY_MERGES_INPUT",
     "MEMBERSHIP_INPUT",
     "READABLE",
     "SCHEMA_VERSION",

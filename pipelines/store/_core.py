@@ -41,6 +41,10 @@ from pipelines.store._request import (
 )
 from pipelines.store._schema import (
     HISTORY,
+    IDENTITY_MAP,
+    IDENTITY_MERGES,
+    IDENTITY_UNDO_HISTORY,
+    IDENTITY_UNDO_TRANSITIONS,
     MEMBERSHIP,
     QUARANTINE,
     READABLE,
@@ -129,6 +133,25 @@ class Reader:
         """Rejected event rows with their reason (optionally of one run)."""
         where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
         return self._df(f"SELECT * FROM {self._s}.quarantine {where}", params)
+
+    def identity_map(self, person_id: str | None = None) -> pd.DataFrame:
+        """The current identifier -> person map (optionally of one person)."""
+        where, params = (
+            ("WHERE person_id = ?", [str(person_id)]) if person_id is not None else ("", [])
+        )
+        return self._df(
+            f"SELECT * FROM {self._s}.{IDENTITY_MAP.name} {where}"
+            " ORDER BY person_id, id_type, id_value",
+            params,
+        )
+
+    def identity_merges(self, since: date | None = None) -> pd.DataFrame:
+        """The merge log (optionally only merges as of `since` or later)."""
+        where, params = ("WHERE as_of >= ?", [since]) if since is not None else ("", [])
+        return self._df(
+            f"SELECT * FROM {self._s}.{IDENTITY_MERGES.name} {where} ORDER BY as_of, merged_id",
+            params,
+        )
 
     def latest_as_of(self) -> date | None:
         """The as_of of the latest successful run, or None before the first publish."""
@@ -269,7 +292,8 @@ class Store:
         _after_stage: StageHook | None = None,
     ) -> PublishResult:
         """Publish one run atomically: membership, history, transitions, segments, scores,
-        the run log row and the quarantine, all in one transaction under the publish lock.
+        the identity map and merges, the run log row and the quarantine, all in one
+        transaction under the publish lock.
 
         Parameters
         ----------
@@ -299,6 +323,8 @@ class Store:
         Notes
         -----
         Re-publishing the latest as_of replaces that run; history is never duplicated.
+        Tonight's merges are applied to the previous state before transitions are computed:
+        a merged id's history follows its person (docs/store.md, "Identity stitching").
         """
         started = time.perf_counter()
         stages: dict[str, float] = {}
@@ -521,6 +547,41 @@ class Store:
         with self.snapshot() as r:
             return r.quarantine(run_id)
 
+    def identity_map(self, person_id: str | None = None) -> pd.DataFrame:
+        """Which person each identifier belongs to (the latest stitching run's map).
+
+        Parameters
+        ----------
+        person_id : str, optional
+            Only the identifiers of this person.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `identity_map` rows (id_type, id_value, person_id, first_seen, last_seen,
+            as_of, run_id) ordered by person_id, id_type and id_value; empty when the latest
+            run did no stitching.
+        """
+        with self.snapshot() as r:
+            return r.identity_map(person_id)
+
+    def identity_merges(self, since: date | None = None) -> pd.DataFrame:
+        """The persons merged into another person, night by night.
+
+        Parameters
+        ----------
+        since : datetime.date, optional
+            Only merges published as of this date or later.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `identity_merges` rows (as_of, merged_id, into_id, evidence, run_id) ordered
+            by as_of and merged_id. A tool re-keys what it holds under merged_id to into_id.
+        """
+        with self.snapshot() as r:
+            return r.identity_merges(since)
+
     def latest_as_of(self) -> date | None:
         """The as_of of the latest successful run.
 
@@ -592,12 +653,13 @@ class Store:
             latest = r.latest_as_of()
             undo_from = _undo_point(req.as_of, latest, rebuild_from)
             cutoff = undo_from or req.as_of
-            previous = r._df(
-                f"SELECT client_id, segment_id, lifecycle_stage, valid_from"
-                f" FROM {s}.segment_history"
-                f" WHERE valid_from < ? AND (valid_to IS NULL OR valid_to >= ?)",
-                [cutoff, cutoff],
+            restore = undo_from is not None and bool(
+                r._con.fetchall(
+                    f"SELECT count(*) FROM {s}.{IDENTITY_UNDO_HISTORY.name} WHERE merge_as_of >= ?",
+                    [undo_from],
+                )[0][0]
             )
+            previous = r._df(*_previous_sql(s, cutoff, restore))
             replaced: list[str] = []
             if undo_from is not None:
                 replaced = [
@@ -616,7 +678,7 @@ class Store:
                 f"run_id {req.run_id!r} was already published as of {_as_date(existing[0][1])};"
                 " give this run its own run_id"
             )
-        return _Plan(undo_from, previous, replaced)
+        return _Plan(undo_from, previous, replaced, restore)
 
     def _write(
         self,
@@ -630,6 +692,9 @@ class Store:
         s = w.prefix(self.schema)
         undo_from = plan.undo_from
         if undo_from is not None:
+            if plan.restore_rekeyed:
+                _restore_rekeyed(w, s, undo_from)
+            w.execute(f"DELETE FROM {s}.{IDENTITY_MERGES.name} WHERE as_of >= ?", [undo_from])
             w.execute(
                 f"DELETE FROM {s}.quarantine WHERE run_id IN"
                 f" (SELECT run_id FROM {s}.runs WHERE status = 'success' AND as_of >= ?)",
@@ -653,6 +718,8 @@ class Store:
         mark("write_membership")
         hook("membership")
 
+        if work.rekey.num_rows:
+            _rekey(w, s, req.as_of, work.rekey)
         closed = work.closed
         if closed.num_rows:
             w.create_temp("_closed", [("client_id", "text")])
@@ -677,6 +744,14 @@ class Store:
 
         self._upsert_segments(w, req.run_id, work.segments)
         hook("segments")
+
+        w.execute(f"DELETE FROM {s}.{IDENTITY_MAP.name}")
+        if req.identity_map is not None and req.identity_map.num_rows:
+            w.load(f"{s}.{IDENTITY_MAP.name}", req.identity_map)
+        if req.identity_merges is not None and req.identity_merges.num_rows:
+            w.load(f"{s}.{IDENTITY_MERGES.name}", req.identity_merges)
+        mark("write_identity")
+        hook("identity")
 
         if work.quarantine.num_rows:
             w.load(f"{s}.quarantine", work.quarantine)
@@ -769,6 +844,8 @@ class _Plan:
     undo_from: date | None
     previous: pd.DataFrame
     replaced: list[str]
+    # Whether the undo restores history that merges of the undone runs re-keyed.
+    restore_rekeyed: bool = False
 
 
 class _Counts(TypedDict):
@@ -778,6 +855,7 @@ class _Counts(TypedDict):
     lifecycle_changes: int
     history_opened: int
     history_closed: int
+    merges: int
 
 
 @dataclass(frozen=True)
@@ -791,6 +869,7 @@ class _Work:
     scores: pa.Table
     segments: pa.Table
     quarantine: pa.Table
+    rekey: pa.Table
     counts: _Counts
 
 
@@ -808,8 +887,12 @@ def _check_rebuild_from(rebuild_from: object, as_of: date) -> None:
 def _compute(req: CleanRequest, plan: _Plan) -> _Work:
     """Everything the write step loads, computed before the write connection is opened."""
     membership = req.membership
+    merges = req.identity_merges
+    previous, silently_closed, rekey = _apply_merges(
+        plan.previous, merges if merges is not None else _NO_MERGES
+    )
     valid_from, moves = advance_arrow(
-        plan.previous, membership[STATE_COLUMNS], req.as_of, check=False, sort=False
+        previous, membership[STATE_COLUMNS], req.as_of, check=False, sort=False
     )
     frm, to = moves["from_segment_id"], moves["to_segment_id"]
     n_entries, n_exits = frm.null_count, to.null_count
@@ -823,6 +906,11 @@ def _compute(req: CleanRequest, plan: _Plan) -> _Work:
         }
     )
     closed = moves.filter(pc.is_valid(frm)).select(["client_id"])
+    if len(silently_closed):
+        closed = pa.concat_tables(
+            [closed, pa.table({"client_id": pa.array(silently_closed, pa.string())})],
+            promote_options="permissive",
+        )
 
     segments = req.segments.copy()
     sizes, means = _segment_stats(membership, req.scores)
@@ -842,6 +930,7 @@ def _compute(req: CleanRequest, plan: _Plan) -> _Work:
             segments, SEGMENTS, {"first_run_id": req.run_id, "last_run_id": req.run_id}
         ),
         quarantine=to_arrow(req.quarantine, QUARANTINE, {"run_id": req.run_id}),
+        rekey=to_arrow(rekey, _REKEY),
         counts={
             "entries": n_entries,
             "exits": n_exits,
@@ -849,6 +938,7 @@ def _compute(req: CleanRequest, plan: _Plan) -> _Work:
             "lifecycle_changes": moves.num_rows - n_entries - n_exits - n_moves,
             "history_opened": history.num_rows,
             "history_closed": closed.num_rows,
+            "merges": merges.num_rows if merges is not None else 0,
         },
     )
 
@@ -882,6 +972,151 @@ def _segment_stats(
 
 
 _CLOSED = Table("_closed", (("client_id", "text"),))
+# Ids whose history a merge re-keys: (continued merged id, survivor) and (survivor, survivor).
+_REKEY = Table("_rekey", (("client_id", "text"), ("into_id", "text")))
+_UNDO_KEYS = Table("_undo_keys", (("client_id", "text"), ("merge_as_of", "date")))
+_NO_MERGES = pa.table(
+    {"merged_id": pa.array([], pa.string()), "into_id": pa.array([], pa.string())}
+)
+
+
+def _apply_merges(
+    previous: pd.DataFrame, merges: pa.Table
+) -> tuple[pd.DataFrame, list[str], pd.DataFrame]:
+    """Tonight's merges applied to the previous state, so history follows the person.
+
+    For each survivor (into_id) and the merged ids that have an open stretch: when the
+    survivor has one too, the merged ids' stretches are closed silently (no transition: a
+    merge is not an exit); otherwise the merged id whose stretch started earliest (tie:
+    smallest id) is continued: its stretch becomes the survivor's previous state (and its
+    rows are re-keyed to the survivor), the others are closed silently.
+
+    Returns
+    -------
+    previous : pandas.DataFrame
+        The previous state without the merged ids, with the continued stretches re-keyed.
+    closed : list of str
+        The merged ids whose open stretch is closed without a transition.
+    rekey : pandas.DataFrame
+        client_id, into_id: each continued merged id and its survivor, and each such
+        survivor with itself (the ids whose history the write re-keys, saved for undo).
+    """
+    none = pd.DataFrame({"client_id": pd.Series(dtype=object), "into_id": pd.Series(dtype=object)})
+    if not merges.num_rows or previous.empty:
+        return previous, [], none
+    pairs = pd.DataFrame(
+        {
+            "merged_id": merges["merged_id"].to_pylist(),
+            "into_id": merges["into_id"].to_pylist(),
+        }
+    )
+    ids = previous["client_id"]
+    involved = ids.isin(pairs["merged_id"])
+    if not involved.any():
+        return previous, [], none
+    stretches = pairs.merge(
+        previous[involved].rename(columns={"client_id": "merged_id"}), on="merged_id"
+    )
+    survivor_open = stretches["into_id"].isin(ids)
+    continued = (
+        stretches[~survivor_open]
+        .sort_values(["into_id", "valid_from", "merged_id"], kind="stable")
+        .drop_duplicates("into_id")
+    )
+    carried = continued[["into_id", "segment_id", "lifecycle_stage", "valid_from"]].rename(
+        columns={"into_id": "client_id"}
+    )
+    kept = previous[~involved]
+    state = pd.concat([kept, carried.astype(kept.dtypes.to_dict())], ignore_index=True)
+    silent = stretches["merged_id"][~stretches["merged_id"].isin(continued["merged_id"])]
+    rekey = pd.DataFrame(
+        {
+            "client_id": [*continued["merged_id"], *continued["into_id"]],
+            "into_id": [*continued["into_id"], *continued["into_id"]],
+        }
+    )
+    return state, sorted(silent), rekey
+
+
+def _previous_sql(s: str, cutoff: date, restore: bool) -> tuple[str, list[object]]:
+    """The open stretches as of `cutoff` once the runs from `cutoff` on are undone; with
+    `restore`, the history that merges of those runs re-keyed is read as it was before."""
+    state = (
+        "SELECT client_id, segment_id, lifecycle_stage, valid_from FROM {h}"
+        " WHERE valid_from < ? AND (valid_to IS NULL OR valid_to >= ?)"
+    )
+    if not restore:
+        return state.format(h=f"{s}.{HISTORY.name}"), [cutoff, cutoff]
+    history = (
+        f"(WITH keys AS ({_undo_keys_sql(s)}) SELECT client_id, segment_id, lifecycle_stage,"
+        f" valid_from, valid_to FROM {s}.{HISTORY.name}"
+        " WHERE client_id NOT IN (SELECT client_id FROM keys)"
+        " UNION ALL SELECT u.client_id, u.segment_id, u.lifecycle_stage, u.valid_from,"
+        f" u.valid_to FROM {s}.{IDENTITY_UNDO_HISTORY.name} u JOIN keys"
+        " ON u.client_id = keys.client_id AND u.merge_as_of = keys.merge_as_of) AS h"
+    )
+    return state.format(h=history), [cutoff, cutoff, cutoff, cutoff]
+
+
+def _undo_keys_sql(s: str) -> str:
+    """Each id re-keyed by a merge as of `?` or later (merged id or survivor), with the date
+    of its earliest such merge: its saved history of that date is its history before."""
+    undo = f"{s}.{IDENTITY_UNDO_HISTORY.name}"
+    return (
+        "SELECT client_id, min(merge_as_of) AS merge_as_of FROM ("
+        f"SELECT client_id, merge_as_of FROM {undo} WHERE merge_as_of >= ?"
+        f" UNION ALL SELECT into_id, merge_as_of FROM {undo} WHERE merge_as_of >= ?"
+        ") AS k GROUP BY client_id"
+    )
+
+
+def _rekey(w: Connection, s: str, as_of: date, rekey: pa.Table) -> None:
+    """Save the history and transitions of the continued merged ids and their survivors
+    (for undo), then re-key the merged ids' rows to their survivor."""
+    w.create_temp(_REKEY.name, _REKEY.columns)
+    w.load(_REKEY.name, rekey)
+    for table, undo, extra, key in (
+        (HISTORY, IDENTITY_UNDO_HISTORY, "k.into_id, ", "into_id, "),
+        (TRANSITIONS, IDENTITY_UNDO_TRANSITIONS, "", ""),
+    ):
+        cols = table.column_names
+        w.execute(
+            f"INSERT INTO {s}.{undo.name} (merge_as_of, {key}{', '.join(cols)})"
+            f" SELECT ?, {extra}{', '.join('t.' + c for c in cols)} FROM {s}.{table.name} t"
+            f" JOIN {_REKEY.name} k ON t.client_id = k.client_id",
+            [as_of],
+        )
+        w.execute(
+            f"UPDATE {s}.{table.name} AS t SET client_id = k.into_id FROM {_REKEY.name} AS k"
+            " WHERE t.client_id = k.client_id AND k.client_id <> k.into_id"
+        )
+
+
+def _restore_rekeyed(w: Connection, s: str, undo_from: date) -> None:
+    """Undo the re-keying of merges as of `undo_from` or later: every id they re-keyed gets
+    back the history and transitions saved at its earliest such merge (the ordinary undo
+    that follows then removes what runs from `undo_from` on added)."""
+    w.create_temp(_UNDO_KEYS.name, _UNDO_KEYS.columns)
+    w.execute(
+        f"INSERT INTO {_UNDO_KEYS.name} (client_id, merge_as_of) {_undo_keys_sql(s)}",
+        [undo_from, undo_from],
+    )
+    for table, undo in (
+        (HISTORY, IDENTITY_UNDO_HISTORY),
+        (TRANSITIONS, IDENTITY_UNDO_TRANSITIONS),
+    ):
+        cols = table.column_names
+        w.execute(
+            f"DELETE FROM {s}.{table.name}"
+            f" WHERE client_id IN (SELECT client_id FROM {_UNDO_KEYS.name})"
+        )
+        w.execute(
+            f"INSERT INTO {s}.{table.name} ({', '.join(cols)})"
+            f" SELECT {', '.join('u.' + c for c in cols)} FROM {s}.{undo.name} u"
+            f" JOIN {_UNDO_KEYS.name} k"
+            " ON u.client_id = k.client_id AND u.merge_as_of = k.merge_as_of"
+        )
+        w.execute(f"DELETE FROM {s}.{undo.name} WHERE merge_as_of >= ?", [undo_from])
 
 
 def _undo_point(as_of: date, latest: date | None, rebuild_from: date | None) -> date | None:

@@ -12,13 +12,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from configs import ID_TYPES
 from models.cltv import SCORE_COLUMNS
 from models.scoring import SCORE_SOURCES
 from pipelines.store._common import PublishInputError
-from pipelines.store._schema import QUARANTINE_RAW, Table
+from pipelines.store._schema import IDENTITY_MAP, IDENTITY_MERGES, QUARANTINE_RAW, Table
 from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS, SEGMENT_SOURCES
 
 __all__ = [
+    "IDENTITY_MAP_INPUT",
+    "IDENTITY_MERGES_INPUT",
     "MEMBERSHIP_INPUT",
     "RUN_INFO_KEYS",
     "SCORES_INPUT",
@@ -50,6 +53,9 @@ SCORES_INPUT = list(SCORE_COLUMNS)
 # Added by schema version 3: a producer written before it may leave them out (null then).
 SCORES_OPTIONAL = ("p_purchase", "cltv_model")
 SEGMENT_KINDS = ("cluster", "rule", "noise")
+# Identity stitching (schema version 4): the store adds as_of and run_id.
+IDENTITY_MAP_INPUT = ["id_type", "id_value", "person_id", "first_seen", "last_seen"]
+IDENTITY_MERGES_INPUT = ["merged_id", "into_id", "evidence"]
 
 _ARROW = {
     "text": pa.string(),
@@ -64,7 +70,12 @@ _ARROW = {
 @dataclass
 class PublishRequest:
     """Everything one run publishes. Frames hold the columns named in docs/store.md;
-    extra columns are ignored. `scores` and `quarantine` may be empty or None."""
+    extra columns are ignored. `scores` and `quarantine` may be empty or None.
+
+    Identity stitching: `identity_map` (IDENTITY_MAP_INPUT; a pandas DataFrame or a pyarrow
+    Table) replaces the `identity_map` table, None (a run that did no stitching) empties it;
+    `identity_merges` (IDENTITY_MERGES_INPUT) are tonight's merges: appended to the log, and
+    the merged ids' history follows their person (docs/store.md)."""
 
     run_id: str
     as_of: date
@@ -74,6 +85,8 @@ class PublishRequest:
     scores: pd.DataFrame | None = None
     quarantine: pd.DataFrame | None = None
     run_info: Mapping[str, object] = field(default_factory=dict)
+    identity_map: pd.DataFrame | pa.Table | None = None
+    identity_merges: pd.DataFrame | pa.Table | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,7 @@ class PublishResult:
     replaced_run_ids: tuple[str, ...]
     seconds: float
     stage_seconds: dict[str, float]
+    merges: int = 0  # identity_merges rows appended
 
 
 def check_run_identity(
@@ -151,6 +165,10 @@ class CleanRequest:
     scores: pd.DataFrame
     quarantine: pd.DataFrame
     run_info: RunInfo
+    # Identity stitching, ready to load: the map (None: the run did no stitching) and the
+    # merges, both in their table's columns with as_of and run_id.
+    identity_map: pa.Table | None = None
+    identity_merges: pa.Table | None = None
 
 
 def validate_request(run: PublishRequest) -> CleanRequest:
@@ -199,7 +217,7 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     _allowed(scores["cltv_model"], SCORE_SOURCES, "scores.cltv_model")
 
     quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
-    kept = ["reason", *QUARANTINE_RAW, "line_number"]
+    kept = ["reason", *QUARANTINE_RAW, "line_number", "detail"]
     quarantine = _frame(quarantine, "quarantine", ["reason"], keep=kept)
     for col in kept[1:]:
         if col not in quarantine.columns:
@@ -210,11 +228,132 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     if quarantine["reason"].isna().any():
         raise PublishInputError("quarantine.reason has null values: every rejected row needs one")
 
-    return CleanRequest(run_id, as_of, started_at, membership, segments, scores, quarantine, info)
+    constants = {"as_of": as_of, "run_id": run_id}
+    identity_map = _identity_map(run.identity_map, constants)
+    merges = _identity_merges(run.identity_merges, constants, membership, identity_map)
+    return CleanRequest(
+        run_id,
+        as_of,
+        started_at,
+        membership,
+        segments,
+        scores,
+        quarantine,
+        info,
+        identity_map,
+        merges,
+    )
+
+
+def _identity_map(frame: object, constants: Mapping[str, object]) -> pa.Table | None:
+    """The identity map as the `identity_map` table: known id types, no null ids, one row
+    per (id_type, id_value), first_seen <= last_seen. Arrow throughout (millions of rows)."""
+    if frame is None:
+        return None
+    table = to_arrow(_columns(frame, "identity_map", IDENTITY_MAP_INPUT), IDENTITY_MAP, constants)
+    id_type = table["id_type"]
+    bad = pc.invert(pc.fill_null(pc.is_in(id_type, value_set=pa.array(ID_TYPES)), False))
+    if pc.any(bad).as_py():
+        value = id_type.filter(bad)[0].as_py()
+        raise PublishInputError(
+            f"identity_map.id_type has value {value!r}; allowed: {', '.join(ID_TYPES)}"
+        )
+    for col in ("id_value", "person_id"):
+        if table[col].null_count:
+            raise PublishInputError(f"identity_map.{col} has null values")
+    keys = table.select(["id_type", "id_value"])
+    distinct = keys.group_by(["id_type", "id_value"]).aggregate([([], "count_all")])
+    if distinct.num_rows != table.num_rows:
+        dup = distinct.filter(pc.greater(distinct["count_all"], 1)).slice(0, 1).to_pylist()[0]
+        raise PublishInputError(
+            f"identity_map has more than one row for id_type {dup['id_type']!r}"
+            f" id_value {dup['id_value']!r}"
+        )
+    late = pc.fill_null(pc.greater(table["first_seen"], table["last_seen"]), False)
+    if pc.any(late).as_py():
+        row = table.filter(late).slice(0, 1).to_pylist()[0]
+        raise PublishInputError(
+            f"identity_map.first_seen is after last_seen for id_type {row['id_type']!r}"
+            f" id_value {row['id_value']!r}"
+        )
+    return table
+
+
+def _identity_merges(
+    frame: object,
+    constants: Mapping[str, object],
+    membership: pd.DataFrame,
+    identity_map: pa.Table | None,
+) -> pa.Table:
+    """Tonight's merges as `identity_merges` rows: chains resolved (no merged_id twice, none
+    merged into itself or into another merged id), merged ids gone from tonight's membership
+    and map, evidence as JSON text."""
+    if frame is None:
+        frame = pd.DataFrame({c: pd.Series(dtype=object) for c in IDENTITY_MERGES_INPUT})
+    columns = _columns(frame, "identity_merges", IDENTITY_MERGES_INPUT)
+    frame = columns.to_pandas() if isinstance(columns, pa.Table) else columns
+    for col in ("merged_id", "into_id"):
+        frame[col] = _text(frame[col], f"identity_merges.{col}")
+        if frame[col].isna().any():
+            raise PublishInputError(f"identity_merges.{col} has null values")
+    _unique_ids(frame, "merged_id", "identity_merges")
+    merged, into = frame["merged_id"], frame["into_id"]
+    same = merged == into
+    if same.any():
+        raise PublishInputError(f"identity_merges merges {merged[same].iloc[0]!r} into itself")
+    chained = into.isin(set(merged))
+    if chained.any():
+        raise PublishInputError(
+            f"identity_merges.into_id {into[chained].iloc[0]!r} is also a merged_id: resolve"
+            " chains before publishing (merge every id into its final person)"
+        )
+    ids = pa.array(merged, type=pa.string())
+    for name, present in (
+        ("membership.client_id", pa.array(membership["client_id"], from_pandas=True)),
+        ("identity_map.person_id", None if identity_map is None else identity_map["person_id"]),
+    ):
+        if present is not None and len(ids):
+            hit = pc.is_in(present, value_set=ids)
+            if pc.any(hit).as_py():
+                value = present.filter(hit)[0].as_py()
+                raise PublishInputError(
+                    f"identity_merges.merged_id {value!r} is in {name}: a merged id is no"
+                    " longer a person of its own"
+                )
+    frame["evidence"] = frame["evidence"].map(_evidence_text).astype(object)
+    return to_arrow(frame, IDENTITY_MERGES, constants)
+
+
+def _columns(frame: object, name: str, required: list[str]) -> pd.DataFrame | pa.Table:
+    """The required columns of a DataFrame or an Arrow table (extra ones ignored)."""
+    if isinstance(frame, pa.Table):
+        missing = [c for c in required if c not in frame.column_names]
+        if missing:
+            raise PublishInputError(f"{name} is missing column(s): {', '.join(missing)}")
+        return frame.select(required)
+    return _frame(frame, name, required)
+
+
+def _evidence_text(value: object) -> str | None:
+    """Evidence as JSON text: text must parse as JSON, other values are serialized."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            raise PublishInputError(
+                f"identity_merges.evidence {value[:80]!r} is not JSON text"
+            ) from None
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, default=str)
+    except TypeError:
+        raise PublishInputError(f"identity_merges.evidence {value!r} is not JSON-able") from None
 
 
 def to_arrow(
-    frame: pd.DataFrame, table: Table, constants: Mapping[str, object] | None = None
+    frame: pd.DataFrame | pa.Table, table: Table, constants: Mapping[str, object] | None = None
 ) -> pa.Table:
     """Build an Arrow table with exactly `table`'s columns and types (constants fill columns)."""
     constants = constants or {}
@@ -236,6 +375,12 @@ def _arrow_column(
     series: pd.Series | np.ndarray | pa.Array | pa.ChunkedArray, kind: str, label: str
 ) -> pa.Array:
     target = _ARROW[kind]
+    if (
+        kind == "text"
+        and isinstance(series, pa.Array | pa.ChunkedArray)
+        and pa.types.is_floating(series.type)
+    ):
+        raise PublishInputError(f"{label} is float: give ids as text or integers")
     try:
         if isinstance(series, pa.Array | pa.ChunkedArray):
             return series.cast(target)

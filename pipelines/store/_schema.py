@@ -5,13 +5,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from features.events import CONTRACT_COLUMNS
 from pipelines.store._common import StoreArgumentError
 
 __all__ = [
+    "ADDED_COLUMNS",
+    "ADDED_TABLES",
     "HISTORY",
+    "IDENTITY_MAP",
+    "IDENTITY_MERGES",
+    "IDENTITY_UNDO_HISTORY",
+    "IDENTITY_UNDO_TRANSITIONS",
+    "INTERNAL_TABLES",
     "MEMBERSHIP",
     "QUARANTINE",
+    "QUARANTINE_IDENTIFIERS",
     "QUARANTINE_RAW",
     "READABLE",
     "RUNS",
@@ -28,7 +35,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -178,24 +185,94 @@ RUNS = Table(
     ),
     (("id", "run_id", True),),
 )
-# The raw text of a rejected event row; for a malformed file line (reason malformed_line) the
-# whole line and its number (schema version 2), since it has no fields to split.
-QUARANTINE_RAW = (*CONTRACT_COLUMNS, "source_file", "raw_line")
+# The raw text of a rejected event row (the event contract's columns, named here so that a
+# column added to the contract changes the store only through a migration; a test checks
+# that every contract column is kept), its source file, and for a malformed file line
+# (reason malformed_line) the whole line and its number (schema version 2), since it has no
+# fields to split. Version 4 adds the other identifiers of identity stitching and `detail`
+# (why, in words, e.g. "linked to 2 client_id (limit 1)"; null for ordinary rejected rows).
+_QUARANTINE_V1_RAW = (
+    "client_id",
+    "event_time",
+    "event_type",
+    "channel",
+    "amount",
+    "category",
+    "sentiment",
+    "event_id",
+)
+QUARANTINE_IDENTIFIERS = ("anonymous_id", "device_id", "email_hash", "phone_hash")
+QUARANTINE_RAW = (*_QUARANTINE_V1_RAW, *QUARANTINE_IDENTIFIERS, "source_file", "raw_line")
 QUARANTINE = Table(
     "quarantine",
     (
         ("run_id", "text"),
         ("reason", "text"),
-        *((c, "text") for c in QUARANTINE_RAW),
+        *((c, "text") for c in _QUARANTINE_V1_RAW),
+        ("source_file", "text"),
+        ("raw_line", "text"),
         ("line_number", "bigint"),
+        *((c, "text") for c in QUARANTINE_IDENTIFIERS),
+        ("detail", "text"),
     ),
     (("run", "run_id", False),),
+)
+# Identity stitching (schema version 4). The current identifier -> person map, replaced by
+# every publish (emptied by a run that did no stitching), and the append-only merge log.
+IDENTITY_MAP = Table(
+    "identity_map",
+    (
+        ("id_type", "text"),
+        ("id_value", "text"),
+        ("person_id", "text"),
+        ("first_seen", "timestamp"),
+        ("last_seen", "timestamp"),
+        ("as_of", "date"),
+        ("run_id", "text"),
+    ),
+    (("person", "person_id", False), ("id", "id_type, id_value", False)),
+)
+IDENTITY_MERGES = Table(
+    "identity_merges",
+    (
+        ("as_of", "date"),
+        ("merged_id", "text"),
+        ("into_id", "text"),
+        ("evidence", "text"),
+        ("run_id", "text"),
+    ),
+    (("merged", "merged_id", False),),
+)
+# Internal, not for tools: the history and transitions of the ids whose history a merge
+# re-keyed (the continued merged id and its survivor), as they were just before, so that
+# undoing that run (a re-run of the day, a rebuild) restores them exactly.
+IDENTITY_UNDO_HISTORY = Table(
+    "identity_undo_history",
+    (("merge_as_of", "date"), ("into_id", "text"), *HISTORY.columns),
+    (("as_of", "merge_as_of", False),),
+)
+IDENTITY_UNDO_TRANSITIONS = Table(
+    "identity_undo_transitions",
+    (("merge_as_of", "date"), *TRANSITIONS.columns),
+    (("as_of", "merge_as_of", False),),
 )
 SCHEMA_VERSION_TABLE = Table(
     "schema_version", (("version", "integer"), ("applied_at", "timestamp"))
 )
 
-TABLES = (MEMBERSHIP, HISTORY, TRANSITIONS, SEGMENTS, SCORES, RUNS, QUARANTINE)
+# The published tables (readable by tools), and the store's own bookkeeping tables.
+TABLES = (
+    MEMBERSHIP,
+    HISTORY,
+    TRANSITIONS,
+    SEGMENTS,
+    SCORES,
+    RUNS,
+    QUARANTINE,
+    IDENTITY_MAP,
+    IDENTITY_MERGES,
+)
+INTERNAL_TABLES = (IDENTITY_UNDO_HISTORY, IDENTITY_UNDO_TRANSITIONS)
 
 _LATEST = "(SELECT max(as_of) FROM {v}runs WHERE status = 'success')"
 
@@ -265,6 +342,15 @@ ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = (
     (2, QUARANTINE, "line_number"),
     (3, SCORES, "p_purchase"),
     (3, SCORES, "cltv_model"),
+    *((4, QUARANTINE, column) for column in (*QUARANTINE_IDENTIFIERS, "detail")),
+)
+# Tables added after version 1, by the version that adds them: its migration creates them
+# (with their indexes), version 1 does not.
+ADDED_TABLES: tuple[tuple[int, Table], ...] = (
+    (4, IDENTITY_MAP),
+    (4, IDENTITY_MERGES),
+    (4, IDENTITY_UNDO_HISTORY),
+    (4, IDENTITY_UNDO_TRANSITIONS),
 )
 # Views whose body changed after version 1, by the version that changes them (its migration
 # re-creates them), and their version-1 bodies (they name only version-1 columns).
@@ -289,9 +375,12 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
     if version == 1:
         return _version_1(schema, dialect)
     added = [(table, column) for v, table, column in ADDED_COLUMNS if v == version]
-    if not added and version not in CHANGED_VIEWS:
+    tables = [table for v, table in ADDED_TABLES if v == version]
+    if not added and not tables and version not in CHANGED_VIEWS:
         raise ValueError(f"no migration to schema version {version}")
     statements = []
+    for table in tables:
+        statements.extend(table.ddl(schema, dialect))
     for table, column in added:
         kind = TYPES[dict(table.columns)[column]][dialect]
         statements.append(
@@ -303,10 +392,14 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
 
 
 def _version_1(schema: str, dialect: str) -> list[str]:
-    """The first schema: every table without the columns later versions add, and the views."""
+    """The first schema: the tables of version 1 without the columns later versions add, and
+    the views."""
     later = {(table.name, column) for _, table, column in ADDED_COLUMNS}
+    later_tables = {table.name for _, table in ADDED_TABLES}
     statements: list[str] = []
-    for table in TABLES:
+    for table in (*TABLES, *INTERNAL_TABLES):
+        if table.name in later_tables:
+            continue
         columns = tuple(c for c in table.columns if (table.name, c[0]) not in later)
         statements.extend(Table(table.name, columns, table.pg_indexes).ddl(schema, dialect))
     for name, body in VIEWS.items():
