@@ -20,7 +20,8 @@ file; its connected components (scipy.sparse.csgraph) are persons. Conservative,
 
 A person's id is stable: the known client id when the component has one (the earliest seen
 when a links-file row merged several), otherwise ``anon_`` + 16 hex digits of the md5 of the
-component's earliest identifier. Point in time: the graph as of D reads only events and links
+component's earliest identifier (ties between identifiers first seen on the same event go by
+the md5 of `type:value`). Point in time: the graph as of D reads only events and links
 up to the end of D. Merges are found by comparing tonight's persons with the persons of the
 graph as of the previous run's date, computed from the same input, so they do not depend on
 what the store holds; an id merged before (`merged_before`) never comes back.
@@ -94,6 +95,9 @@ class Graph:
     edge_first: np.ndarray
     edge_strong: np.ndarray
     node_seen: np.ndarray | None = None
+    # Breaks ties of `node_seen` (identifiers first seen on the same event): the low 64 bits
+    # of md5(`type:value`), so the earliest identifier does not depend on node numbering.
+    node_tie: np.ndarray | None = None
 
     @property
     def n_nodes(self) -> int:
@@ -241,22 +245,32 @@ def resolve_graph(
     weak = ~strong
     ends = np.concatenate([a[weak], b[weak]])
     others = np.concatenate([b[weak], a[weak]])
-    counts = np.bincount(
-        ends.astype(np.int64) * n_types + graph.node_type[others], minlength=n * n_types
-    ).reshape(n, n_types)
-    ratio = counts / max_links[None, :]
-    worst_type = np.argmax(ratio, axis=1).astype(np.int8)
-    worst_count = counts[np.arange(n), worst_type]
+    counts = (
+        np.bincount(
+            ends.astype(np.int64) * n_types + graph.node_type[others], minlength=n * n_types
+        )
+        .astype(np.int32)
+        .reshape(n, n_types)
+    )
     status = np.where(present, OK, ABSENT).astype(np.int8)
     over = counts > max_links[None, :]
     if merge_known_clients:  # then a client-to-client path merges anyway: no client limit
         over[:, 0] = False
     status[present & over.any(axis=1)] = OVER_LINKED
+    # For a quarantined node: the type whose limit it passes most, and its count.
+    worst_type = np.zeros(n, dtype=np.int8)
+    worst_count = np.zeros(n, dtype=np.int64)
+    bad = np.flatnonzero(status == OVER_LINKED)
+    if bad.size:
+        worst_type[bad] = np.argmax(counts[bad] / max_links[None, :], axis=1)
+        worst_count[bad] = counts[bad, worst_type[bad]]
+    del counts, over
     keep = (status[a] == OK) & (status[b] == OK)
     a, b, strong = a[keep], b[keep], strong[keep]
     is_client = (graph.node_type == 0) & (status == OK)
     seen = graph.node_first if graph.node_seen is None else graph.node_seen
-    order_key = np.lexsort((np.arange(n), seen))  # earliest first, then node id
+    tie = np.arange(n) if graph.node_tie is None else graph.node_tie
+    order_key = np.lexsort((tie, seen))  # earliest first, then by the identifier's hash
     rank = np.empty(n, dtype=np.int64)
     rank[order_key] = np.arange(n)
     if merge_known_clients:
@@ -368,8 +382,7 @@ def _tuple_hash(ids: list[str], alias: str = "") -> str:
 def _nodes(
     con: duckdb.DuckDBPyConnection, ids: list[str], with_links: bool, rules: IdentifierRules
 ) -> tuple[int, dict[str, int]]:
-    """`_id_nodes`: one row per usable identifier (type, value), numbered in (type, value)
-    order. A value that identifies nobody (`features.identifiers`) is left out; returns the
+    """`_id_nodes`: one row per usable identifier (type, value), numbered. A value that identifies nobody (`features.identifiers`) is left out; returns the
     node count and the events carrying such values, by `type:reason`.
 
     The rules run once per distinct value, not once per event: a repeated-character test on
@@ -394,17 +407,27 @@ def _nodes(
                bool_or(first_seen IS NULL) AS undated
         FROM ({" UNION ALL ".join(parts)}) GROUP BY id_type, id_value"""
     )
+    # Only values that could be ignored are judged (short, long, or starting and ending
+    # alike or with a separator): the full test on every value costs seconds per million.
+    seps = ", ".join(f"'{c}'" for c in "-_.:/ ")
+    longest = max((len(p.encode()) for p in rules.placeholders), default=0)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _id_ignored AS
         SELECT id_type, id_value, reason FROM (
             SELECT id_type, id_value, CASE id_type {reason} END AS reason FROM _id_values
+            WHERE strlen(id_value) <= {max(longest, 1)} OR strlen(id_value) > {rules.max_length}
+               OR left(id_value, 1) = right(id_value, 1)
+               OR left(id_value, 1) IN ({seps}) OR right(id_value, 1) IN ({seps})
         ) WHERE reason IS NOT NULL"""
     )
+    # Nodes are numbered in no particular order (a sort of millions of strings costs more
+    # than the rest of the step); every result depends on values only (ties by md5).
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _id_nodes AS
         SELECT v.id_type, v.id_value, v.first_seen, v.last_seen, v.undated,
                CAST(CASE v.id_type {type_order} END AS TINYINT) AS type_code,
-               row_number() OVER (ORDER BY v.id_type, v.id_value) - 1 AS node
+               md5_number_lower(v.id_type || ':' || v.id_value) AS tie,
+               row_number() OVER () - 1 AS node
         FROM _id_values v ANTI JOIN _id_ignored i
             ON i.id_type = v.id_type AND i.id_value = v.id_value"""
     )
@@ -466,7 +489,7 @@ def _graph(
     a, b, t, s = _dedupe_edges(a, b, t, s, n_nodes)
     nodes = con.sql(
         f"SELECT type_code, CASE WHEN undated THEN {_NEVER} ELSE epoch_us(first_seen) END"
-        f" AS first_us, coalesce(epoch_us(first_seen), {_NEVER}) AS seen_us"
+        f" AS first_us, coalesce(epoch_us(first_seen), {_NEVER}) AS seen_us, tie"
         " FROM _id_nodes ORDER BY node"
     ).to_arrow_table()
     graph = Graph(
@@ -477,6 +500,7 @@ def _graph(
         edge_first=t,
         edge_strong=s,
         node_seen=nodes["seen_us"].to_numpy().astype(np.int64),
+        node_tie=nodes["tie"].to_numpy().astype(np.uint64),
     )
     return graph, tuple_nodes
 
@@ -816,7 +840,7 @@ _QUARANTINE_RAW = (
 
 
 def _identity_map(con: duckdb.DuckDBPyConnection, res: Resolution) -> pa.Table:
-    """The usable identifiers and their person, in (type, value) order."""
+    """The usable identifiers and their person (in no particular order)."""
     ok = np.flatnonzero(res.status == OK)
     con.register(
         "_id_node_rep",
@@ -825,7 +849,7 @@ def _identity_map(con: duckdb.DuckDBPyConnection, res: Resolution) -> pa.Table:
     table = con.sql(
         "SELECT n.id_type, n.id_value, r.person_id, n.first_seen, n.last_seen"
         " FROM _id_node_rep p JOIN _id_nodes n ON n.node = p.node"
-        " JOIN _id_rep_name r ON r.rep = p.rep ORDER BY n.node"
+        " JOIN _id_rep_name r ON r.rep = p.rep"
     ).to_arrow_table()
     con.unregister("_id_node_rep")
     return table
@@ -865,10 +889,10 @@ def _summary(
     links: dict[str, int] | None,
 ) -> dict[str, Any]:
     """Counts for the report, the run's log and the `identity` command."""
-    sizes = duckdb.sql(
-        "SELECT person_id, count(*) AS n FROM identity_map GROUP BY person_id"
-    ).to_df()
-    types = duckdb.sql("SELECT id_type, count(*) AS n FROM identity_map GROUP BY id_type").to_df()
+    with duckdb.connect() as con:  # a group-by of millions of ids: DuckDB, not pandas
+        con.register("m", identity_map)
+        sizes = con.execute("SELECT person_id, count(*) AS n FROM m GROUP BY 1").df()
+        types = con.execute("SELECT id_type, count(*) AS n FROM m GROUP BY 1").df()
     return {
         **_size_summary(sizes.set_index("person_id")["n"], types.set_index("id_type")["n"]),
         "over_linked": int((quarantined["reason"] == STATUS_REASON[OVER_LINKED]).sum()),

@@ -361,9 +361,7 @@ def _compute(
         "validate", read_events_task.with_options(**retrying), con, config, events_path
     )
     before, merged_before = _identity_history(run.store, as_of, latest)
-    events = clock.time(
-        "identity", stitch_task, con, config, as_of, events, before, merged_before
-    )
+    events = clock.time("identity", stitch_task, con, config, as_of, events, before, merged_before)
     if events.stitching is not None:
         summary = events.stitching.summary
         clock.say(

@@ -261,14 +261,7 @@ def _identity_map(frame: object, constants: Mapping[str, object]) -> pa.Table | 
     for col in ("id_value", "person_id"):
         if table[col].null_count:
             raise PublishInputError(f"identity_map.{col} has null values")
-    keys = table.select(["id_type", "id_value"])
-    distinct = keys.group_by(["id_type", "id_value"]).aggregate([([], "count_all")])
-    if distinct.num_rows != table.num_rows:
-        dup = distinct.filter(pc.greater(distinct["count_all"], 1)).slice(0, 1).to_pylist()[0]
-        raise PublishInputError(
-            f"identity_map has more than one row for id_type {dup['id_type']!r}"
-            f" id_value {dup['id_value']!r}"
-        )
+    _unique_identifiers(table)
     late = pc.fill_null(pc.greater(table["first_seen"], table["last_seen"]), False)
     if pc.any(late).as_py():
         row = table.filter(late).slice(0, 1).to_pylist()[0]
@@ -277,6 +270,21 @@ def _identity_map(frame: object, constants: Mapping[str, object]) -> pa.Table | 
             f" id_value {row['id_value']!r}"
         )
     return table
+
+
+def _unique_identifiers(table: pa.Table) -> None:
+    """One row per (id_type, id_value). Values rarely repeat across types, so distinct values
+    alone settle it in one hash pass (a second of 5M rows saved); else the pairs decide."""
+    if len(pc.unique(table["id_value"])) == table.num_rows:
+        return
+    keys = table.select(["id_type", "id_value"])
+    distinct = keys.group_by(["id_type", "id_value"]).aggregate([([], "count_all")])
+    if distinct.num_rows != table.num_rows:
+        dup = distinct.filter(pc.greater(distinct["count_all"], 1)).slice(0, 1).to_pylist()[0]
+        raise PublishInputError(
+            f"identity_map has more than one row for id_type {dup['id_type']!r}"
+            f" id_value {dup['id_value']!r}"
+        )
 
 
 def _identity_merges(

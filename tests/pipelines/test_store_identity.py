@@ -596,3 +596,13 @@ def test_float_identifiers_are_refused(store):
     )
     with pytest.raises(PublishInputError, match="identity_map.id_value is float"):
         store.publish(request(D[0], {"c1": "s1"}, identity_map=table))
+
+
+def test_a_value_may_repeat_under_another_id_type(store):
+    both = id_map(("client_id", "7", "7"), ("anonymous_id", "7", "7"), ("device_id", "d", "7"))
+    store.publish(request(D[0], {"7": "s1"}, identity_map=both))
+    assert rows(store.identity_map("7"), ["id_type", "id_value"]) == [
+        ("anonymous_id", "7"),
+        ("client_id", "7"),
+        ("device_id", "d"),
+    ]
