@@ -47,7 +47,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 
-from configs import ID_TYPES, IdentityConfig
+from configs import CONTRACT_COLUMNS, ID_TYPES, IdentityConfig
 from features.events import EVENT_SCHEMA, EventContractError, day_end
 from features.identifiers import IdentifierRules, ignored_reason_sql, normalized_sql
 
@@ -823,20 +823,7 @@ def _rewrite_events(
     return {str(k): int(v) for k, v in sorted(moved.items())}
 
 
-_QUARANTINE_RAW = (
-    "client_id",
-    "event_time",
-    "event_type",
-    "channel",
-    "amount",
-    "category",
-    "sentiment",
-    "event_id",
-    "anonymous_id",
-    "device_id",
-    "email_hash",
-    "phone_hash",
-)
+_QUARANTINE_RAW = CONTRACT_COLUMNS  # the raw values a quarantined event keeps
 
 
 def _identity_map(con: duckdb.DuckDBPyConnection, res: Resolution) -> pa.Table:
