@@ -339,7 +339,9 @@ class Store:
                 self._ensure_migrated()
             plan = self._read_plan(req, rebuild_from)
             mark("read")
-            work = _compute(req, plan)
+            # PostgreSQL maintains the identity map's indexes row by row: rows loaded in
+            # index order touch each index page once (about half the load time for millions).
+            work = _compute(req, plan, index_order=self.backend == "postgresql")
             mark("compute")
             hook("computed")
             with self._backend.write(after_commit=lambda: hook("committed")) as w:
@@ -746,8 +748,8 @@ class Store:
         hook("segments")
 
         w.execute(f"DELETE FROM {s}.{IDENTITY_MAP.name}")
-        if req.identity_map is not None and req.identity_map.num_rows:
-            w.load(f"{s}.{IDENTITY_MAP.name}", req.identity_map)
+        if work.identity_map is not None and work.identity_map.num_rows:
+            w.load(f"{s}.{IDENTITY_MAP.name}", work.identity_map)
         if req.identity_merges is not None and req.identity_merges.num_rows:
             w.load(f"{s}.{IDENTITY_MERGES.name}", req.identity_merges)
         mark("write_identity")
@@ -870,6 +872,7 @@ class _Work:
     segments: pa.Table
     quarantine: pa.Table
     rekey: pa.Table
+    identity_map: pa.Table | None
     counts: _Counts
 
 
@@ -884,8 +887,9 @@ def _check_rebuild_from(rebuild_from: object, as_of: date) -> None:
         )
 
 
-def _compute(req: CleanRequest, plan: _Plan) -> _Work:
-    """Everything the write step loads, computed before the write connection is opened."""
+def _compute(req: CleanRequest, plan: _Plan, *, index_order: bool = False) -> _Work:
+    """Everything the write step loads, computed before the write connection is opened.
+    `index_order`: sort a large identity map by (id_type, id_value) for loading."""
     membership = req.membership
     merges = req.identity_merges
     previous, silently_closed, rekey = _apply_merges(
@@ -931,6 +935,7 @@ def _compute(req: CleanRequest, plan: _Plan) -> _Work:
         ),
         quarantine=to_arrow(req.quarantine, QUARANTINE, {"run_id": req.run_id}),
         rekey=to_arrow(rekey, _REKEY),
+        identity_map=_load_order(req.identity_map) if index_order else req.identity_map,
         counts={
             "entries": n_entries,
             "exits": n_exits,
@@ -1004,20 +1009,23 @@ def _apply_merges(
     none = pd.DataFrame({"client_id": pd.Series(dtype=object), "into_id": pd.Series(dtype=object)})
     if not merges.num_rows or previous.empty:
         return previous, [], none
-    pairs = pd.DataFrame(
-        {
-            "merged_id": merges["merged_id"].to_pylist(),
-            "into_id": merges["into_id"].to_pylist(),
-        }
-    )
-    ids = previous["client_id"]
-    involved = ids.isin(pairs["merged_id"])
+    merged_ids = merges["merged_id"].combine_chunks()
+    ids = pa.array(previous["client_id"], type=pa.string(), from_pandas=True)
+    # Arrow set lookups: pandas' isin on a million ids costs seconds
+    involved = pc.is_in(ids, value_set=merged_ids).to_numpy(zero_copy_only=False)
     if not involved.any():
         return previous, [], none
-    stretches = pairs.merge(
-        previous[involved].rename(columns={"client_id": "merged_id"}), on="merged_id"
+    open_survivors = set(
+        ids.filter(pc.is_in(ids, value_set=merges["into_id"].combine_chunks())).to_pylist()
     )
-    survivor_open = stretches["into_id"].isin(ids)
+    pairs = pd.DataFrame(
+        {"merged_id": merged_ids.to_pylist(), "into_id": merges["into_id"].to_pylist()}
+    )
+    stretches = pairs.merge(
+        previous[involved].rename(columns={"client_id": "merged_id"}).astype({"merged_id": object}),
+        on="merged_id",
+    )
+    survivor_open = stretches["into_id"].map(open_survivors.__contains__).astype(bool)
     continued = (
         stretches[~survivor_open]
         .sort_values(["into_id", "valid_from", "merged_id"], kind="stable")
@@ -1028,7 +1036,7 @@ def _apply_merges(
     )
     kept = previous[~involved]
     state = pd.concat([kept, carried.astype(kept.dtypes.to_dict())], ignore_index=True)
-    silent = stretches["merged_id"][~stretches["merged_id"].isin(continued["merged_id"])]
+    silent = set(stretches["merged_id"]) - set(continued["merged_id"])
     rekey = pd.DataFrame(
         {
             "client_id": [*continued["merged_id"], *continued["into_id"]],
@@ -1036,6 +1044,17 @@ def _apply_merges(
         }
     )
     return state, sorted(silent), rekey
+
+
+_SORTED_FROM = 100_000
+
+
+def _load_order(identity_map: pa.Table | None) -> pa.Table | None:
+    """A large identity map sorted by (id_type, id_value), the order of its main index."""
+    if identity_map is None or identity_map.num_rows < _SORTED_FROM:
+        return identity_map
+    keys = [("id_type", "ascending"), ("id_value", "ascending")]
+    return identity_map.take(pc.sort_indices(identity_map, sort_keys=keys))
 
 
 def _previous_sql(s: str, cutoff: date, restore: bool) -> tuple[str, list[object]]:

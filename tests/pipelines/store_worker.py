@@ -27,9 +27,12 @@ def make_request(
     seed: int = 7,
     run_id: str | None = None,
     move_share: float = 0.1,
+    identity: bool = False,
 ) -> PublishRequest:
     """A deterministic publish request for `as_of`: about `n_clients` clients drawn from a
-    larger universe (so clients enter and leave), segments that move for some clients."""
+    larger universe (so clients enter and leave), segments that move for some clients.
+    `identity`: with an identity map (each client's id, and an anonymous id for every third
+    client); never with merges, so history is as without it."""
     day = as_of.toordinal()
     rng = np.random.default_rng(seed * 1_000_003 + day)
     universe = int(n_clients * 1.1)
@@ -80,6 +83,18 @@ def make_request(
     quarantine = pd.DataFrame(
         {"reason": ["negative_amount"], "client_id": ["c9"], "amount": ["-3"], "event_time": [None]}
     )
+    identity_map = None
+    if identity:
+        anonymous = client_id[present % 3 == 0]
+        identity_map = pd.DataFrame(
+            {
+                "id_type": ["client_id"] * n_clients + ["anonymous_id"] * len(anonymous),
+                "id_value": [*client_id, *("a-" + anonymous)],
+                "person_id": [*client_id, *anonymous],
+                "first_seen": datetime(as_of.year, as_of.month, as_of.day, 1),
+                "last_seen": datetime(as_of.year, as_of.month, as_of.day, 23),
+            }
+        )
     return PublishRequest(
         run_id=run_id or f"run-{as_of.isoformat()}",
         as_of=as_of,
@@ -89,6 +104,7 @@ def make_request(
         scores=scores,
         quarantine=quarantine,
         run_info={"events_read": 10 * n_clients, "events_quarantined": 1, "mlflow_run_id": "m1"},
+        identity_map=identity_map,
     )
 
 
@@ -114,7 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                     Path(f"{args.signal}.{as_of.isoformat()}").touch()
                 time.sleep(args.pause_seconds)
 
-        store.publish(make_request(as_of, args.clients, args.seed), _after_stage=hook)
+        request = make_request(as_of, args.clients, args.seed, identity=True)
+        store.publish(request, _after_stage=hook)
     store.close()
 
 

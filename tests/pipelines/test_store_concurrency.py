@@ -64,15 +64,16 @@ def location(store_location) -> tuple[str, str]:
     return store_location()
 
 
-@pytest.mark.parametrize("stage", ["history", "runs"])
+@pytest.mark.parametrize("stage", ["history", "identity", "runs"])
 def test_killed_publisher_leaves_previous_state_and_next_run_succeeds(
     store_location, tmp_path, stage
 ):
     url, schema = location(store_location)
     store = open_store(url, schema, lock_timeout=20, reader_retry=20)
-    store.publish(make_request(DAYS[0], N))
+    store.publish(make_request(DAYS[0], N, identity=True))
     before = published_tables(store)
     runs_before = store.runs()
+    identity_before = store.identity_map()
 
     process, prefix = start_publisher(url, schema, DAYS[1:2], tmp_path, stage, 120)
     wait_for(f"{prefix}.{DAYS[1].isoformat()}", process)
@@ -82,6 +83,7 @@ def test_killed_publisher_leaves_previous_state_and_next_run_succeeds(
     assert published_tables(store) == before
     assert store.latest_as_of() == DAYS[0]
     pd.testing.assert_frame_equal(store.runs(), runs_before)
+    pd.testing.assert_frame_equal(store.identity_map(), identity_before)
 
     request = make_request(DAYS[1], N)
     result = store.publish(request)  # the lock and the file are free again
@@ -126,6 +128,7 @@ def consistency_problems(store) -> tuple[date | None, list[str]]:
         history = r.history()
         transitions = r.transitions()
         segments = r.segments()
+        identity = r.identity_map()
     latest = runs[runs["status"] == "success"].sort_values("as_of").iloc[-1]
     problems = []
     if len(membership) != latest.clients:
@@ -144,13 +147,15 @@ def consistency_problems(store) -> tuple[date | None, list[str]]:
         problems.append("transitions of the latest as_of do not belong to the latest run")
     if segments["size"].sum() != latest.clients:
         problems.append("segment sizes do not add up to the membership")
+    if set(identity["run_id"]) != {latest.run_id}:
+        problems.append("the identity map does not belong to the latest run")
     return pd.Timestamp(latest.as_of).date(), problems
 
 
 def test_readers_polling_during_publishes_see_old_or_new_complete_state(store_location, tmp_path):
     url, schema = location(store_location)
     store = open_store(url, schema, lock_timeout=30, reader_retry=30)
-    store.publish(make_request(DAYS[0], N))
+    store.publish(make_request(DAYS[0], N, identity=True))
     # Each publish pauses inside its transaction, after writing membership and history.
     process, prefix = start_publisher(url, schema, DAYS[1:], tmp_path, "history", 0.4)
 
