@@ -29,7 +29,6 @@ what the store holds; an id merged before (`merged_before`) never comes back.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -98,6 +97,8 @@ class Graph:
     # Breaks ties of `node_seen` (identifiers first seen on the same event): the low 64 bits
     # of md5(`type:value`), so the earliest identifier does not depend on node numbering.
     node_tie: np.ndarray | None = None
+    # True when the nodes are numbered in that order already (earliest first): no sort then.
+    ranked: bool = False
 
     @property
     def n_nodes(self) -> int:
@@ -269,15 +270,21 @@ def resolve_graph(
     a, b, strong = a[keep], b[keep], strong[keep]
     is_client = (graph.node_type == 0) & (status == OK)
     seen = graph.node_first if graph.node_seen is None else graph.node_seen
-    tie = np.arange(n) if graph.node_tie is None else graph.node_tie
-    order_key = np.lexsort((tie, seen))  # earliest first, then by the identifier's hash
-    rank = np.empty(n, dtype=np.int64)
-    rank[order_key] = np.arange(n)
+    if graph.ranked:
+        rank = np.arange(n, dtype=np.int64)
+    else:
+        tie = np.arange(n) if graph.node_tie is None else graph.node_tie
+        order_key = np.lexsort((tie, seen))  # earliest first, then by the identifier's hash
+        rank = np.empty(n, dtype=np.int64)
+        rank[order_key] = np.arange(n)
     if merge_known_clients:
         owner = np.full(n, -1, dtype=np.int64)
         comp = _components(n, a, b)
     else:
-        owner = _earliest_in(_components(n, a[strong], b[strong]), rank, is_client)
+        if strong.any():  # links-file merges of known clients: the earliest of each group
+            owner = _earliest_in(_components(n, a[strong], b[strong]), rank, is_client)
+        else:  # every known client is its own owner
+            owner = np.where(is_client, np.arange(n), -1)
         comp = _components(n, a, b)
     rep = np.full(n, -1, dtype=np.int64)
     # Per component: its distinct owners (canonical known clients), or none.
@@ -285,9 +292,10 @@ def resolve_graph(
     if merge_known_clients:
         first_client = _earliest_in(comp, rank, is_client)
         owner[is_client] = first_client[is_client]
-        owners = np.unique(np.stack([client_comp, first_client[is_client]]), axis=1)
+        pairs = np.unique(client_comp * n + first_client[is_client])
     else:
-        owners = np.unique(np.stack([client_comp, owner[is_client]]), axis=1)
+        pairs = np.unique(client_comp * n + owner[is_client])
+    owners = np.stack([pairs // n, pairs % n])
     n_owners = np.bincount(owners[0], minlength=n)
     comp_owner = np.full(n, -1, dtype=np.int64)
     single = n_owners[owners[0]] == 1
@@ -318,7 +326,7 @@ class _PersonNames:
     def of(
         cls, con: duckdb.DuckDBPyConnection, rep: np.ndarray, merged_before: Mapping[str, str]
     ) -> _PersonNames:
-        reps = np.unique(rep[rep >= 0])
+        reps = np.flatnonzero(np.bincount(rep[rep >= 0], minlength=rep.size))  # sorted, unique
         names = _resolve_merged(person_ids(con, reps, "_id_nodes"), merged_before)
         con.register(
             "_id_rep_name",
@@ -340,18 +348,14 @@ def person_ids(con: duckdb.DuckDBPyConnection, reps: np.ndarray, nodes: str) -> 
     if not reps.size:
         return np.empty(0, dtype=object)
     con.register("_id_reps", pa.table({"node": pa.array(reps, pa.int64())}))
-    rows = con.execute(
-        f"SELECT n.id_type, n.id_value FROM _id_reps r JOIN {nodes} n ON n.node = r.node"
-        " ORDER BY r.node"
-    ).fetchall()
+    names = con.sql(
+        f"""SELECT CASE WHEN n.id_type = 'client_id' THEN n.id_value
+                    ELSE '{ANON_PREFIX}' || left(md5(n.id_type || ':' || n.id_value), 16) END
+                    AS person_id
+        FROM _id_reps r JOIN {nodes} n ON n.node = r.node ORDER BY r.node"""
+    ).to_arrow_table()["person_id"]
     con.unregister("_id_reps")
-    return np.array(
-        [
-            value if id_type == "client_id" else ANON_PREFIX + _digest(f"{id_type}:{value}")
-            for id_type, value in rows
-        ],
-        dtype=object,
-    )
+    return names.to_numpy(zero_copy_only=False)
 
 
 # -- the graph from the events -------------------------------------------------------------
@@ -420,14 +424,16 @@ def _nodes(
                OR left(id_value, 1) IN ({seps}) OR right(id_value, 1) IN ({seps})
         ) WHERE reason IS NOT NULL"""
     )
-    # Nodes are numbered in no particular order (a sort of millions of strings costs more
-    # than the rest of the step); every result depends on values only (ties by md5).
+    # Nodes are numbered earliest first, ties by the md5 of the identifier: the resolution's
+    # order without a sort of millions of strings.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _id_nodes AS
         SELECT v.id_type, v.id_value, v.first_seen, v.last_seen, v.undated,
                CAST(CASE v.id_type {type_order} END AS TINYINT) AS type_code,
-               md5_number_lower(v.id_type || ':' || v.id_value) AS tie,
-               row_number() OVER () - 1 AS node
+               row_number() OVER (
+                   ORDER BY coalesce(epoch_us(v.first_seen), {_NEVER}),
+                            md5_number_lower(v.id_type || ':' || v.id_value)
+               ) - 1 AS node
         FROM _id_values v ANTI JOIN _id_ignored i
             ON i.id_type = v.id_type AND i.id_value = v.id_value"""
     )
@@ -452,71 +458,58 @@ def _graph(
         for k, c in enumerate(ids)
     )
     selected = ", ".join(f"coalesce(n{k}.node, -1) AS {c}" for k, c in enumerate(ids))
-    tuples = con.sql(
-        f"SELECT t.tid, {selected}, epoch_us(t.first_seen) AS first_us FROM _id_tuples t {joins}"
-        " ORDER BY t.tid"
-    ).to_arrow_table()
-    tuple_nodes = {c: tuples[c].to_numpy().astype(np.int64) for c in ids}
-    first = tuples["first_us"].to_numpy().astype(np.int64)
-    edges_a, edges_b, edges_t, edges_s = [], [], [], []
-    for i, ci in enumerate(ids):
-        for cj in ids[i + 1 :]:
-            x, y = tuple_nodes[ci], tuple_nodes[cj]
-            both = (x >= 0) & (y >= 0)
-            edges_a.append(np.minimum(x[both], y[both]))
-            edges_b.append(np.maximum(x[both], y[both]))
-            edges_t.append(first[both])
-            edges_s.append(np.zeros(int(both.sum()), dtype=bool))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE _id_tn AS"
+        f" SELECT t.tid, {selected}, epoch_us(t.first_seen) AS first_us FROM _id_tuples t {joins}"
+    )
+    tuples = con.sql(f"SELECT {', '.join(ids)} FROM _id_tn ORDER BY tid").to_arrow_table()
+    tuple_nodes = {c: tuples[c].to_numpy().astype(np.int32) for c in ids}
+    del tuples
+    # Every pair of identifiers seen on one event, and the links: one edge per node pair,
+    # first seen at its earliest (a group-by in DuckDB, not a sort of tens of millions).
+    pairs = [
+        f"SELECT {ci} AS x, {cj} AS y, first_us AS t, false AS strong FROM _id_tn"
+        f" WHERE {ci} >= 0 AND {cj} >= 0"
+        for i, ci in enumerate(ids)
+        for cj in ids[i + 1 :]
+    ]
     if with_links:
-        linked = con.sql(
-            f"""SELECT a.node AS x, c.node AS y, coalesce(epoch_us(l.linked_at), {_NEVER}) AS t,
-                      l.id_type = 'client_id' AS strong
+        pairs.append(
+            f"""SELECT a.node, c.node, coalesce(epoch_us(l.linked_at), {_NEVER}),
+                       l.id_type = 'client_id'
             FROM _id_links l
             JOIN _id_nodes a ON a.id_type = l.id_type AND a.id_value = l.id_value
             JOIN _id_nodes c ON c.id_type = 'client_id' AND c.id_value = l.client_id
             WHERE a.node <> c.node"""
+        )
+    if pairs:
+        edges = con.sql(
+            f"""SELECT least(x, y) AS a, greatest(x, y) AS b, min(t) AS t, bool_or(strong) AS s
+            FROM ({" UNION ALL ".join(pairs)}) GROUP BY 1, 2"""
         ).to_arrow_table()
-        x = linked["x"].to_numpy().astype(np.int64)
-        y = linked["y"].to_numpy().astype(np.int64)
-        edges_a.append(np.minimum(x, y))
-        edges_b.append(np.maximum(x, y))
-        edges_t.append(linked["t"].to_numpy().astype(np.int64))
-        edges_s.append(linked["strong"].to_numpy().astype(bool))
-    a = np.concatenate(edges_a) if edges_a else np.empty(0, np.int64)
-    b = np.concatenate(edges_b) if edges_b else np.empty(0, np.int64)
-    t = np.concatenate(edges_t) if edges_t else np.empty(0, np.int64)
-    s = np.concatenate(edges_s) if edges_s else np.empty(0, bool)
-    a, b, t, s = _dedupe_edges(a, b, t, s, n_nodes)
+        a = edges["a"].to_numpy().astype(np.int64)
+        b = edges["b"].to_numpy().astype(np.int64)
+        t = edges["t"].to_numpy().astype(np.int64)
+        strong = edges["s"].to_numpy(zero_copy_only=False).astype(bool)
+        del edges
+    else:
+        a = b = t = np.empty(0, np.int64)
+        strong = np.empty(0, bool)
+    con.execute("DROP TABLE _id_tn")
     nodes = con.sql(
         f"SELECT type_code, CASE WHEN undated THEN {_NEVER} ELSE epoch_us(first_seen) END"
-        f" AS first_us, coalesce(epoch_us(first_seen), {_NEVER}) AS seen_us, tie"
-        " FROM _id_nodes ORDER BY node"
+        " AS first_us FROM _id_nodes ORDER BY node"
     ).to_arrow_table()
     graph = Graph(
-        node_type=nodes["type_code"].to_numpy().astype(np.int64),
+        node_type=nodes["type_code"].to_numpy().astype(np.int8),
         node_first=nodes["first_us"].to_numpy().astype(np.int64),
         edge_a=a,
         edge_b=b,
         edge_first=t,
-        edge_strong=s,
-        node_seen=nodes["seen_us"].to_numpy().astype(np.int64),
-        node_tie=nodes["tie"].to_numpy().astype(np.uint64),
+        edge_strong=strong,
+        ranked=True,
     )
     return graph, tuple_nodes
-
-
-def _dedupe_edges(
-    a: np.ndarray, b: np.ndarray, t: np.ndarray, s: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One edge per node pair: first seen at its earliest, strong if any of its rows is."""
-    if not a.size:
-        return a, b, t, s
-    key = a * n + b
-    order = np.lexsort((t, key))
-    key, t, s = key[order], t[order], s[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    strong = np.logical_or.reduceat(s, starts)
-    return key[starts] // n, key[starts] % n, t[starts], strong
 
 
 # -- resolution helpers --------------------------------------------------------------------
@@ -641,7 +634,7 @@ def _merges(
     run's graph whose identifiers now belong to another person, and known client ids that a
     links-file row (or `merge_known_clients`) merged into another."""
     rows: dict[str, tuple[str, dict[str, Any]]] = {}
-    current = set(names.names.tolist())
+    current = _LazySet(names.names)  # tonight's person ids, built only when asked
     if before is not None:
         both = (before.status == OK) & (tonight.status == OK) & (before.rep != tonight.rep)
         if both.any():
@@ -654,7 +647,7 @@ def _merges(
                     "new": names.of_reps(tonight.rep[both]),
                 }
             )
-            frame = frame[(frame["old"] != frame["new"]) & ~frame["old"].isin(current)]
+            frame = frame[(frame["old"] != frame["new"]) & ~frame["old"].isin(current.values)]
             counts = frame.value_counts().reset_index(name="identifiers")
             counts = counts.sort_values(
                 ["old", "identifiers", "new"], ascending=[True, False, True]
@@ -678,6 +671,23 @@ def _merges(
             "evidence": [json.dumps(rows[m][1], sort_keys=True) for m in merged],
         }
     )
+
+
+class _LazySet:
+    """A set of strings built from an array on the first membership test."""
+
+    def __init__(self, items: np.ndarray) -> None:
+        self._items = items
+        self._set: set[str] | None = None
+
+    @property
+    def values(self) -> set[str]:
+        if self._set is None:
+            self._set = set(self._items.tolist())
+        return self._set
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.values
 
 
 def _node_values(con: duckdb.DuckDBPyConnection, nodes: np.ndarray) -> list[str]:
@@ -989,10 +999,6 @@ def _load_links(
 
 def _micros(moment: datetime) -> int:
     return int((moment - datetime(1970, 1, 1)).total_seconds()) * 1_000_000
-
-
-def _digest(text: str) -> str:
-    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
