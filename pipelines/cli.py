@@ -163,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("--refit", action="store_true", help="refit the clustering whatever the policy")
     p.add_argument("--rebuild", action="store_true", help="allow an as-of older than the latest")
+    _allow_future_arg(p)
     p.set_defaults(handler=_run)
 
     p = sub.add_parser("backfill", help="nightly runs for a range of dates, in order")
@@ -171,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     _store_arg(p)
     p.add_argument("--start", type=_date, required=True)
     p.add_argument("--end", type=_date, required=True)
+    _allow_future_arg(p)
     p.set_defaults(handler=_backfill)
 
     p = sub.add_parser("serve", help="run the nightly flow on the configured cron (Prefect)")
@@ -196,6 +198,12 @@ def _parser() -> argparse.ArgumentParser:
 def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="YAML config (default: $SEGMENTATION_CONFIG or the shipped one)"
+    )
+
+
+def _allow_future_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-future", action="store_true", help="allow an as-of date after today (UTC)"
     )
 
 
@@ -345,9 +353,18 @@ def _identity_text(as_of: date, s: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.nightly import run_nightly
+    from pipelines.nightly import _as_of_or_yesterday, run_nightly
+    from pipelines.preflight import preflight
 
     config = _config(args)
+    preflight(
+        config,
+        as_of=_as_of_or_yesterday(args.as_of.isoformat() if args.as_of else None),
+        events=args.events,
+        store_url=args.store,
+        rebuild=args.rebuild,
+        allow_future=args.allow_future,
+    )
     result = run_nightly(
         config,
         as_of=args.as_of,
@@ -364,9 +381,19 @@ def _backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise CommandLineError(f"--end {args.end} is before --start {args.start}")
     from pipelines.nightly import run_backfill
+    from pipelines.preflight import preflight
 
+    config = _config(args)
+    for day in (args.end, args.start):  # the future check on the last, the order on the first
+        preflight(
+            config,
+            as_of=day,
+            events=args.events,
+            store_url=args.store,
+            allow_future=args.allow_future,
+        )
     results = run_backfill(
-        _config(args), start=args.start, end=args.end, events=args.events, store_url=args.store
+        config, start=args.start, end=args.end, events=args.events, store_url=args.store
     )
     for result in results:
         print(json.dumps(result, default=str))
