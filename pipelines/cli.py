@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check events against the contract; print a JSON summary")
     p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
+    p.add_argument(
+        "--samples", type=int, default=3, help="rejected rows shown per reason (0: none)"
+    )
     _config_arg(p)
     p.set_defaults(handler=_validate)
 
@@ -242,12 +245,34 @@ def _validate(args: argparse.Namespace) -> int:
     import duckdb
 
     from features.events import check_bad_share, load_configured_events
+    from segmentation.rules import load_rules
 
     config = _config(args)
-    report = load_configured_events(duckdb.connect(), config, args.events)
-    print(json.dumps(report.to_dict()))
+    load_rules(config.config_file(config.rules.file))  # a config's rules fail here, not at night
+    con = duckdb.connect()
+    report = load_configured_events(con, config, args.events)
+    summary: dict[str, Any] = dict(report.to_dict())
+    if args.samples > 0 and report.quarantined:
+        summary["samples"] = _quarantine_samples(con, args.samples)
+    print(json.dumps(summary, default=str))
     check_bad_share(report, config.events.max_bad_share)
     return 0
+
+
+def _quarantine_samples(con: Any, per_reason: int) -> dict[str, list[dict[str, Any]]]:
+    """Up to `per_reason` rejected rows of each reason, in file order, with their raw values
+    (columns that are empty in every sample left out)."""
+    rows = con.execute(
+        "SELECT * EXCLUDE (k) FROM (SELECT *, row_number() OVER (PARTITION BY reason"
+        " ORDER BY source_file, line_number NULLS LAST, event_time, client_id) AS k"
+        " FROM quarantine) WHERE k <= ? ORDER BY reason, k",
+        [per_reason],
+    ).df()
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for reason, group in rows.groupby("reason", sort=True):
+        group = group.drop(columns="reason").dropna(axis=1, how="all")
+        samples[str(reason)] = group.astype(object).where(group.notna(), None).to_dict("records")
+    return samples
 
 
 def _features(args: argparse.Namespace) -> int:

@@ -78,6 +78,24 @@ def test_validate_reports_injected_bad_rows_under_their_reasons(tmp_path, capsys
     assert report["quarantined"] == 6
     assert report["rows"] == len(good) + 7
     assert report["valid"] == len(good)
+    # One sample row per reason (default up to 3), with the raw values that were rejected.
+    assert set(report["samples"]) == set(report["by_reason"])
+    assert report["samples"]["negative_amount"][0]["amount"] == "-5.0"
+    assert report["samples"]["unparseable_event_time"][0]["event_time"] == "31/02/2024"
+    assert "client_id" not in report["samples"]["missing_client_id"][0]
+    main(["validate", "--events", str(path), "--samples", "0"])
+    assert "samples" not in json.loads(capsys.readouterr().out)
+
+
+def test_validate_checks_the_configs_rules_file(tmp_path, capsys):
+    out, _ = _generate(tmp_path, capsys)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - name: x\n    when: recency_days >>> 3\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"rules:\n  file: {rules}\n")
+    code = main(["validate", "--events", str(out / "events"), "--config", str(config)])
+    assert code == 1
+    assert "rules.yaml" in capsys.readouterr().err
 
 
 def test_validate_above_threshold_exits_non_zero_with_one_line(tmp_path, capsys):
