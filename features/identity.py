@@ -83,9 +83,11 @@ class Graph:
     """The identity graph: node types (index into ID_TYPES) and first-seen times (epoch
     microseconds, `_NEVER` for undated links), and deduplicated undirected edges (a < b) with
     the time they were first seen and whether a links-file row of id_type client_id made them
-    (a merge of two known clients). `node_seen` orders nodes by when they were first seen on
-    an event or a dated link (undated links left out; default `node_first`): the earliest
-    known client of a merged group and the earliest identifier of an anonymous one."""
+    (a merge of two known clients).
+
+    Nodes are numbered earliest first: by when they were first seen on an event or a dated
+    link, ties by the md5 of `type:value` (`_nodes`). The lowest node of a group is its
+    earliest identifier: the known client a merged group keeps, the id of an anonymous one."""
 
     node_type: np.ndarray
     node_first: np.ndarray
@@ -93,12 +95,6 @@ class Graph:
     edge_b: np.ndarray
     edge_first: np.ndarray
     edge_strong: np.ndarray
-    node_seen: np.ndarray | None = None
-    # Breaks ties of `node_seen` (identifiers first seen on the same event): the low 64 bits
-    # of md5(`type:value`), so the earliest identifier does not depend on node numbering.
-    node_tie: np.ndarray | None = None
-    # True when the nodes are numbered in that order already (earliest first): no sort then.
-    ranked: bool = False
 
     @property
     def n_nodes(self) -> int:
@@ -269,20 +265,12 @@ def resolve_graph(
     keep = (status[a] == OK) & (status[b] == OK)
     a, b, strong = a[keep], b[keep], strong[keep]
     is_client = (graph.node_type == 0) & (status == OK)
-    seen = graph.node_first if graph.node_seen is None else graph.node_seen
-    if graph.ranked:
-        rank = np.arange(n, dtype=np.int64)
-    else:
-        tie = np.arange(n) if graph.node_tie is None else graph.node_tie
-        order_key = np.lexsort((tie, seen))  # earliest first, then by the identifier's hash
-        rank = np.empty(n, dtype=np.int64)
-        rank[order_key] = np.arange(n)
     if merge_known_clients:
         owner = np.full(n, -1, dtype=np.int64)
         comp = _components(n, a, b)
     else:
         if strong.any():  # links-file merges of known clients: the earliest of each group
-            owner = _earliest_in(_components(n, a[strong], b[strong]), rank, is_client)
+            owner = _earliest_in(_components(n, a[strong], b[strong]), is_client)
         else:  # every known client is its own owner
             owner = np.where(is_client, np.arange(n), -1)
         comp = _components(n, a, b)
@@ -290,7 +278,7 @@ def resolve_graph(
     # Per component: its distinct owners (canonical known clients), or none.
     client_comp = comp[is_client]
     if merge_known_clients:
-        first_client = _earliest_in(comp, rank, is_client)
+        first_client = _earliest_in(comp, is_client)
         owner[is_client] = first_client[is_client]
         pairs = np.unique(client_comp * n + first_client[is_client])
     else:
@@ -300,7 +288,7 @@ def resolve_graph(
     comp_owner = np.full(n, -1, dtype=np.int64)
     single = n_owners[owners[0]] == 1
     comp_owner[owners[0][single]] = owners[1][single]
-    earliest = _earliest_in(comp, rank, status == OK)
+    earliest = _earliest_in(comp, status == OK)
     ok = status == OK
     rep[ok] = np.where(comp_owner[comp[ok]] >= 0, comp_owner[comp[ok]], earliest[ok])
     conflicted = ok & (n_owners[comp] > 1)
@@ -386,8 +374,9 @@ def _tuple_hash(ids: list[str], alias: str = "") -> str:
 def _nodes(
     con: duckdb.DuckDBPyConnection, ids: list[str], with_links: bool, rules: IdentifierRules
 ) -> tuple[int, dict[str, int]]:
-    """`_id_nodes`: one row per usable identifier (type, value), numbered. A value that identifies nobody (`features.identifiers`) is left out; returns the
-    node count and the events carrying such values, by `type:reason`.
+    """`_id_nodes`: one row per usable identifier (type, value), numbered earliest first
+    (`Graph`). A value that identifies nobody (`features.identifiers`) is left out; returns
+    the node count and the events carrying such values, by `type:reason`.
 
     The rules run once per distinct value, not once per event: a repeated-character test on
     every identifier of 20M events costs DuckDB about 30 s, on the distinct values about 1 s."""
@@ -507,7 +496,6 @@ def _graph(
         edge_b=b,
         edge_first=t,
         edge_strong=strong,
-        ranked=True,
     )
     return graph, tuple_nodes
 
@@ -522,19 +510,14 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _earliest_in(labels: np.ndarray, rank: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Per node, the eligible node of its label with the lowest rank (-1 when none)."""
+def _earliest_in(labels: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Per node, the lowest (earliest: `Graph`) eligible node of its label, -1 when none."""
     n = labels.size
-    best_rank = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    lowest = np.full(n, n, dtype=np.int64)
     idx = np.flatnonzero(eligible)
-    np.minimum.at(best_rank, labels[idx], rank[idx])
-    by_rank = np.empty(n, dtype=np.int64)
-    by_rank[rank] = np.arange(n)
-    found = best_rank[labels]
-    out = np.full(n, -1, dtype=np.int64)
-    has = found < n
-    out[has] = by_rank[found[has]]
-    return out
+    np.minimum.at(lowest, labels[idx], idx)
+    found = lowest[labels]
+    return np.where(found < n, found, -1)
 
 
 def _nearest_owner(

@@ -360,7 +360,13 @@ def _compute(
     events = clock.time(
         "validate", read_events_task.with_options(**retrying), con, config, events_path
     )
-    before, merged_before = _identity_history(run.store, as_of, latest)
+    from features.identity import needs_stitching
+
+    before, merged_before = (
+        _identity_history(run.store, as_of, latest)
+        if needs_stitching(con, config.links_path)
+        else (None, {})
+    )  # the merge log is read only for events that are stitched
     events = clock.time("identity", stitch_task, con, config, as_of, events, before, merged_before)
     if events.stitching is not None:
         summary = events.stitching.summary

@@ -366,7 +366,7 @@ def test_anonymous_components_match_a_plain_breadth_first_search(seed):
         edge_first=np.zeros(a.size, dtype=np.int64),
         edge_strong=np.zeros(a.size, dtype=bool),
     )
-    res = resolve_graph(graph, 1, np.full(5, 10_000))  # no node_tie: ties by node number
+    res = resolve_graph(graph, 1, np.full(5, 10_000))
     reference = _bfs_components(n, pairs)
     assert (res.status == OK).all()
     # Same partition: rep equal exactly where the reference labels are equal.
