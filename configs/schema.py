@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -365,6 +365,106 @@ class IdentityConfig(_Section):
         return {**DEFAULT_MAX_LINKS, **value}
 
 
+class JourneyConfig(_Section):
+    """The customer journey map: analysis window, stall rule, and when a statistic is shown."""
+
+    enabled: bool = True
+    window_days: int = Field(
+        180, ge=7, description="the map reads the events of the last window_days up to the as-of"
+    )
+    stall_days: int = Field(
+        30,
+        ge=1,
+        description="a client with no client-initiated event for this many days has stalled at"
+        " the furthest stage reached (fewer days: still in progress)",
+    )
+    min_clients: int = Field(
+        30,
+        ge=1,
+        description="a rate, lift or uplift needs at least this many clients on each side;"
+        " fewer: the counts are shown with 'too few clients'",
+    )
+    top_touchpoints: int = Field(10, ge=1, description="touchpoints kept per stage and segment")
+    max_dropoff_points: int = Field(5, ge=1, description="drop-off points kept per segment")
+    max_causes: int = Field(5, ge=1, description="causes kept per drop-off point")
+    max_moments: int = Field(5, ge=1, description="moments of truth kept per stage")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="level of every interval")
+    negative_sentiment: float = Field(
+        -0.3, ge=-1, le=0, description="an event with sentiment below this is a negative one"
+    )
+    pain_event_types: tuple[str, ...] = Field(
+        ("support_ticket", "return", "refund"),
+        description="event types that are pains wherever they occur",
+    )
+
+
+class HoldoutConfig(_Section):
+    """Members held out of campaigns, per segment, to measure the campaigns' lift."""
+
+    share: float = Field(
+        0.05, ge=0, le=0.5, description="share of each segment's members held out (0: none)"
+    )
+    salt: str = Field(
+        "holdout-v1",
+        min_length=1,
+        description="part of the hash: changing it draws a new holdout group",
+    )
+    segments: dict[str, float] = Field(
+        default_factory=dict, description="segment id -> its own share, overriding share"
+    )
+
+    @field_validator("segments")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        for segment_id, share in value.items():
+            if (
+                isinstance(share, bool)
+                or not isinstance(share, int | float)
+                or not 0 <= share <= 0.5
+            ):
+                raise ValueError(
+                    f"{segment_id!r}: the share must be a number in [0, 0.5], got {share!r}"
+                )
+        return value
+
+
+class WebhookDestination(_Section):
+    """Entries and exits POSTed as JSON batches to an HTTP endpoint."""
+
+    kind: Literal["webhook"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(description="http(s) URL; ${ENV_VAR} is replaced from the environment")
+    segments: tuple[str, ...] | None = Field(None, description="segment ids; null: every segment")
+    include_holdout: bool = Field(False, description="send held-out members too (flagged)")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra headers; ${ENV_VAR} is replaced (no secrets here)"
+    )
+    batch_size: int = Field(500, ge=1, le=100_000)
+    timeout_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(1.0, ge=0)
+
+
+class FileDestination(_Section):
+    """Entries and exits written as one file per segment, kind and day into a folder."""
+
+    kind: Literal["file"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    path: str = Field(description="folder; {workdir} is filled in")
+    format: Literal["parquet", "csv"] = "parquet"
+    segments: tuple[str, ...] | None = Field(None, description="segment ids; null: every segment")
+    include_holdout: bool = Field(False, description="write held-out members too (flagged)")
+
+
+class AlertsConfig(_Section):
+    """Who is told when a run fails."""
+
+    failure_webhook: str | None = Field(
+        None, description="URL POSTed a JSON message when a run fails; ${ENV_VAR} is replaced"
+    )
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
 class ScheduleConfig(_Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -388,6 +488,12 @@ class EngineConfig(_Section):
     cltv: CltvConfig = CltvConfig()
     refit: RefitConfig = RefitConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+    journey: JourneyConfig = JourneyConfig()
+    holdout: HoldoutConfig = HoldoutConfig()
+    destinations: tuple[
+        Annotated[WebhookDestination | FileDestination, Field(discriminator="kind")], ...
+    ] = ()
+    alerts: AlertsConfig = AlertsConfig()
     source: str | None = Field(None, description="file this config was loaded from")
 
     # Resolved locations: placeholders and environment overrides applied.
