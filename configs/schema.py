@@ -396,6 +396,11 @@ class JourneyConfig(_Section):
         ("support_ticket", "return", "refund"),
         description="event types that are pains wherever they occur",
     )
+    funnel_steps: tuple[str, ...] = Field(
+        ("add_to_cart", "checkout_start"),
+        description="event types that are steps of the funnel itself (a cart comes before a"
+        " checkout by construction): never listed as moments of truth",
+    )
 
 
 class HoldoutConfig(_Section):

@@ -54,6 +54,7 @@ __all__ = [
     "JourneyMap",
     "journey_map",
     "katz_interval",
+    "mantel_haenszel_interval",
     "newcombe_interval",
     "wilson_interval",
 ]
@@ -124,6 +125,7 @@ DROPOFF_COLUMNS = [
 _PREFIX = "_journey_"
 _COMPARE_CAP = 20_000  # clients per side of a drop-off comparison (a hash sample above it)
 _SAMPLE_BASE = 1_000_000
+_MIN_CAUSE_CLIENTS = 5  # dropped clients with a factor, at least, for it to be a cause
 _DAY_US = 86_400e6
 
 
@@ -164,7 +166,11 @@ def journey_map(
     started = time.perf_counter()
     end = day_end(as_of)
     window = _Window(end - timedelta(days=config.window_days), end, config)
-    members = membership[["client_id", "segment_id", "segment_name"]]
+    members = membership[["client_id", "segment_id", "segment_name"]].assign(
+        stratum=membership["cluster_id"].astype("string")
+        if "cluster_id" in membership.columns
+        else pd.Series(pd.NA, index=membership.index, dtype="string")
+    )
     names = _segment_names(members)
     with _temporary(con, "members", members) as member_table:
         _client_tables(con, events_table, member_table, window)
@@ -250,6 +256,46 @@ def katz_interval(
         ratio = (x1c / n1c) / (x0c / n0c)
         se = np.sqrt(1 / x1c - 1 / n1c + 1 / x0c - 1 / n0c)
     return ratio, ratio * np.exp(-z * se), ratio * np.exp(z * se)
+
+
+def mantel_haenszel_interval(
+    groups: np.ndarray,
+    x1: npt.ArrayLike,
+    n1: npt.ArrayLike,
+    x0: npt.ArrayLike,
+    n0: npt.ArrayLike,
+    confidence: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Risk ratio (x1/n1) / (x0/n0) pooled over strata by Mantel-Haenszel, with the
+    Greenland-Robins interval, per group of rows (`groups`: one label per stratum row; the
+    result is in the sorted order of the distinct labels). With one stratum it is the crude
+    ratio and the Katz interval. Strata with one side empty carry no information and drop
+    out; a group whose pooled counts hold a zero falls back to the Katz interval of its summed
+    counts with the 0.5 correction."""
+    x1, n1, x0, n0 = (np.asarray(v, dtype=float) for v in (x1, n1, x0, n0))
+    labels, index = np.unique(np.asarray(groups), return_inverse=True)
+    total = n1 + n0
+    both = (n1 > 0) & (n0 > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(both, x1 * n0 / total, 0.0)
+        s = np.where(both, x0 * n1 / total, 0.0)
+        p = np.where(both, (n1 * n0 * (x1 + x0) - x1 * x0 * total) / total**2, 0.0)
+
+    def summed(values: np.ndarray) -> np.ndarray:
+        return np.bincount(index, weights=values, minlength=len(labels))
+
+    big_r, big_s, big_p = summed(r), summed(s), summed(p)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    crude, crude_low, crude_high = katz_interval(
+        summed(x1), summed(n1), summed(x0), summed(n0), confidence
+    )
+    usable = (big_r > 0) & (big_s > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(usable, big_r / big_s, crude)
+        se = np.sqrt(big_p / (big_r * big_s))
+        low = np.where(usable, ratio * np.exp(-z * se), crude_low)
+        high = np.where(usable, ratio * np.exp(z * se), crude_high)
+    return ratio, low, high
 
 
 # ------------------------------------------------------------------------ per-client tables
@@ -342,6 +388,7 @@ def _client_tables(
                a.last_at IS NOT NULL AND a.last_at < {window.stall_before} AS stalled
         FROM (
             SELECT tp.client_id, any_value(m.segment_id) AS segment_id,
+                   any_value(m.stratum) AS stratum,
                    max(t_max) FILTER (WHERE by_client) AS last_at,
                    arg_max({{'stage': stage, 'event_type': event_type, 'channel': channel}},
                            (t_max, event_type, coalesce(channel, '')))
@@ -667,7 +714,7 @@ def _cause_rows(
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE {_PREFIX}pop AS
             SELECT p.seg, p.stage AS p_stage, p.event_type AS p_type, p.channel AS p_channel,
-                   tp.client_id, tp.t_max AS cutoff, c.t_neg,
+                   tp.client_id, tp.t_max AS cutoff, c.t_neg, c.stratum,
                    c.stalled AND c.last_at = tp.t_max AS dropped
             FROM {_PREFIX}tp tp
             JOIN {_PREFIX}client c USING (client_id)
@@ -691,58 +738,91 @@ def _cause_rows(
         """)
         counts = con.execute(f"""
             WITH factors AS (
-                SELECT pop.seg, p_stage, p_type, p_channel, dropped,
+                SELECT pop.seg, p_stage, p_type, p_channel, stratum, dropped,
                        CASE WHEN f.by_client THEN 'touchpoint' ELSE 'exposure' END AS factor_kind,
                        f.event_type || coalesce('/' || f.channel, '') AS factor, pop.client_id
                 FROM {_PREFIX}pop pop JOIN {_PREFIX}tp f
                   ON f.client_id = pop.client_id AND f.t_min <= pop.cutoff
                 UNION ALL
-                SELECT pop.seg, p_stage, p_type, p_channel, dropped, 'channel', f.channel,
+                SELECT pop.seg, p_stage, p_type, p_channel, stratum, dropped, 'channel', f.channel,
                        pop.client_id
                 FROM {_PREFIX}pop pop JOIN {_PREFIX}chan f
                   ON f.client_id = pop.client_id AND f.t_min <= pop.cutoff
                 UNION ALL
-                SELECT pop.seg, p_stage, p_type, p_channel, dropped, 'category', f.category,
+                SELECT pop.seg, p_stage, p_type, p_channel, stratum, dropped, 'category',
+                       f.category,
                        pop.client_id
                 FROM {_PREFIX}pop pop JOIN {_PREFIX}cat f
                   ON f.client_id = pop.client_id AND f.t_min <= pop.cutoff
                 UNION ALL
-                SELECT seg, p_stage, p_type, p_channel, dropped, 'sentiment', '{NEGATIVE}',
-                       client_id
+                SELECT seg, p_stage, p_type, p_channel, stratum, dropped, 'sentiment',
+                       '{NEGATIVE}', client_id
                 FROM {_PREFIX}pop WHERE t_neg <= cutoff
             )
-            SELECT seg, p_stage, p_type, p_channel, factor_kind, factor,
+            SELECT seg, p_stage, p_type, p_channel, stratum, factor_kind, factor,
                    count(*) FILTER (WHERE dropped) AS group_with,
                    count(*) FILTER (WHERE NOT dropped) AS other_with
             FROM factors GROUP BY ALL
         """).df()
         sizes = con.execute(f"""
-            SELECT seg, p_stage, p_type, p_channel,
+            SELECT seg, p_stage, p_type, p_channel, stratum,
                    count(*) FILTER (WHERE dropped) AS group_clients,
                    count(*) FILTER (WHERE NOT dropped) AS other_clients
             FROM {_PREFIX}pop GROUP BY ALL
         """).df()
-    keys = ["seg", "p_stage", "p_type", "p_channel"]
-    frame = counts.merge(sizes, on=keys, how="left")
-    return _rank_causes(frame, config)
+    keys = ["seg", "p_stage", "p_type", "p_channel", "stratum"]
+    strata = counts.merge(sizes, on=keys, how="left")
+    return _rank_causes(_pooled_over_strata(strata, config.confidence), config)
+
+
+def _pooled_over_strata(strata: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """One row per point and factor: the counts summed over the behavioral clusters, and the
+    lift pooled across them (Mantel-Haenszel), so that what tells a segment's clusters apart
+    is not taken for a cause when its dropped and continuing clients come from different
+    clusters."""
+    keys = ["seg", "p_stage", "p_type", "p_channel", "factor_kind", "factor"]
+    if strata.empty:
+        return strata.assign(effect=[], effect_low=[], effect_high=[])
+    # Every stratum of a point, also where a factor is absent (zero counts) or on one side only.
+    sizes = strata[[*keys[:4], "stratum", "group_clients", "other_clients"]].drop_duplicates(
+        [*keys[:4], "stratum"]
+    )
+    factors = strata[keys].drop_duplicates()
+    full = factors.merge(sizes, on=keys[:4]).merge(
+        strata[[*keys, "stratum", "group_with", "other_with"]],
+        on=[*keys, "stratum"],
+        how="left",
+    )
+    full[["group_with", "other_with"]] = full[["group_with", "other_with"]].fillna(0)
+    ratio, low, high = mantel_haenszel_interval(
+        full.groupby(keys, dropna=False, sort=True).ngroup().to_numpy(),
+        full["group_with"],
+        full["group_clients"],
+        full["other_with"],
+        full["other_clients"],
+        confidence,
+    )
+    pooled = full.groupby(keys, dropna=False, sort=True)[
+        ["group_with", "group_clients", "other_with", "other_clients"]
+    ].sum()
+    pooled = pooled.reset_index()
+    pooled[["effect", "effect_low", "effect_high"]] = np.column_stack([ratio, low, high])
+    return pooled
 
 
 def _rank_causes(frame: pd.DataFrame, config: JourneyConfig) -> pd.DataFrame:
     """Lift of each factor with its interval; the over-represented ones, most reliable first."""
     if frame.empty:
         return pd.DataFrame(columns=DROPOFF_COLUMNS)
-    lift, low, high = katz_interval(
-        frame["group_with"],
-        frame["group_clients"],
-        frame["other_with"],
-        frame["other_clients"],
-        config.confidence,
-    )
     enough = (frame["group_clients"] >= config.min_clients) & (
         frame["other_clients"] >= config.min_clients
     )
-    frame = frame.assign(effect=lift, effect_low=low, effect_high=high, enough=enough)
-    frame = frame[(frame["group_with"] > 0) & (~frame["enough"] | (frame["effect"] > 1))].copy()
+    frame = frame.assign(enough=enough)
+    # A cause must be over-represented and behind a share of the drop-offs worth acting on:
+    # a factor seen in 3 of 35 dropped clients can show a large lift by chance alone, and
+    # dozens of factors are compared at each point.
+    common = frame["group_with"] >= np.maximum(_MIN_CAUSE_CLIENTS, 0.05 * frame["group_clients"])
+    frame = frame[common & (~frame["enough"] | (frame["effect"] > 1))].copy()
     frame["score"] = np.where(frame["enough"], np.log(frame["effect_low"]), -np.inf)
     frame = frame.sort_values(
         [
@@ -814,11 +894,12 @@ def _moment_rows(
         CREATE OR REPLACE TEMP TABLE {_PREFIX}client_pop AS
         SELECT c.client_id, c.segment_id, {groups} FROM {_PREFIX}client c
     """)
+    steps = ", ".join(_sql_text(t) for t in ("", *config.funnel_steps))
     present_parts = " UNION ALL ".join(
         f"SELECT {i} AS s, c.segment_id, tp.stage, tp.event_type, tp.channel,"
         f" c.conv{i} AS converted"
         f" FROM {_PREFIX}tp tp JOIN {_PREFIX}client_pop c USING (client_id)"
-        f" WHERE c.pop{i} AND tp.in{i}"
+        f" WHERE c.pop{i} AND tp.in{i} AND tp.event_type NOT IN ({steps})"
         for i in range(last)
     )
     total_parts = " UNION ALL ".join(
@@ -901,6 +982,11 @@ def _moment_rows(
     ).reset_index(drop=True)
     rows["segment_name"] = rows["segment_id"].map(names)
     return rows
+
+
+def _sql_text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _ordered(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from features.journey import (
     TOUCHPOINT_COLUMNS,
     journey_map,
     katz_interval,
+    mantel_haenszel_interval,
     newcombe_interval,
     wilson_interval,
 )
@@ -298,3 +299,45 @@ def test_the_same_inputs_give_the_same_tables(tmp_path):
         (first.dropoffs, second.dropoffs),
     ]:
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_mantel_haenszel_is_katz_for_one_stratum_and_removes_composition():
+    one = mantel_haenszel_interval(np.array([0]), [30], [100], [10], [100], 0.95)
+    katz = katz_interval(np.array([30]), np.array([100]), np.array([10]), np.array([100]), 0.95)
+    for a, b in zip(one, katz, strict=True):
+        assert a[0] == pytest.approx(b[0])
+    # Two clusters, each with a lift of exactly 1 (the factor is as common among those who
+    # dropped as among those who went on), but cluster 2 has both more drop-offs and more of
+    # the factor: the crude lift is far above 1, the pooled one is 1.
+    x1, n1, x0, n0 = [10, 80], [100, 100], [50, 80], [500, 100]
+    crude = katz_interval(np.array([90]), np.array([200]), np.array([130]), np.array([600]))
+    assert crude[0][0] > 2
+    ratio, low, high = mantel_haenszel_interval(np.array([0, 0]), x1, n1, x0, n0, 0.95)
+    assert ratio[0] == pytest.approx(1.0) and low[0] < 1 < high[0]
+
+
+def test_a_cluster_trait_is_not_taken_for_a_cause(tmp_path):
+    """In one segment, clients of cluster k2 search a lot and drop off at checkout more often;
+    within each cluster searching makes no difference. Pooled over clusters the search is no
+    cause; without the clusters it would look like one."""
+    rng = np.random.default_rng(4)
+    rows, members = [], []
+    for k in range(1600):
+        client, cluster = f"c{k:04d}", "k2" if k % 2 else "k1"
+        members.append((client, "S", "S", cluster))
+        start = rng.uniform(60, 170)
+        rows.append((client, _t(start), "product_view", "web", "shoes", None))
+        if rng.random() < (0.8 if cluster == "k2" else 0.1):
+            rows.append((client, _t(start - 0.5), "search", "web", None, None))
+        rows.append((client, _t(start - 1), "checkout_start", "web", "shoes", None))
+        if rng.random() < (0.5 if cluster == "k2" else 0.1):
+            continue
+        rows.append((client, _t(start - 1.1), "purchase", "web", "shoes", None))
+    con = _con(tmp_path, rows)
+    frame = pd.DataFrame(members, columns=["client_id", "segment_id", "segment_name", "cluster_id"])
+    causes = journey_map(con, AS_OF, frame, JourneyConfig()).dropoffs
+    search = causes[(causes["kind"] == "cause") & (causes["factor"] == "search/web")]
+    assert search.empty or (search["effect_low"] < 1).all()
+    crude = journey_map(con, AS_OF, frame.drop(columns="cluster_id"), JourneyConfig()).dropoffs
+    crude_search = crude[(crude["kind"] == "cause") & (crude["factor"] == "search/web")]
+    assert (crude_search["effect_low"] > 1.5).any()
