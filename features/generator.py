@@ -18,6 +18,26 @@ Model, per client (all draws vectorized with numpy, no per-event Python loop):
 - a planned shift: a `shift_share` of the clients change persona (SHIFT_TARGET) and dominant
   category at the start of `shift_date`.
 
+Journey plants (`journeys=True`, the default), so a journey map can be tested for finding them:
+- a drop-off cause: a page_view of the page category CAUSE_CATEGORY ("delivery_costs"), on the
+  checkout's channel (web or app), CAUSE_MINUTES before DROPOFF_EXPOSURE (25%) of the
+  checkout_starts of every persona. For DROPOFF_PERSONA (bargain_browser) only, an exposed
+  checkout is abandoned with probability DROPOFF_LEAVE (0.4) and the client leaves there: the
+  purchase of that checkout and the rest of the alive stretch are dropped, the client turns
+  dormant (the brand keeps writing), so they stall with last touchpoint checkout_start;
+- a moment of truth: MOMENT_PERSONA (new_explorer) calls the call center, a consultation on
+  channel call_center, MOMENT_CALLS_PER_YEAR times a year while alive; after any such
+  consultation of that persona a purchase (with its funnel and follow-ups) follows within
+  MOMENT_DAYS with probability MOMENT_BUY (0.6), which takes consideration to purchase. Other
+  personas have the touchpoint from their own habits (support_strained, high_value_vip), with
+  no effect.
+The plants draw from a stream of their own (`SeedSequence(seed, spawn_key=(k, 2))` for chunk
+k) after the rest of the chunk, so with `journeys=False` the events are exactly those of the
+generator before the plants. Their truth: per client, the truth columns `dropoff_cause_date`
+(the day the client left after the cause) and `moment_purchases` (purchases the moment added);
+per data set, `journey_truth()` (persona, stage, touchpoints, effect sizes, exposure), which
+`write_dataset` writes to `out/journey_truth.json` with the counts of this data set.
+
 Chunking and determinism: clients are generated in fixed chunks of CHUNK_CLIENTS clients; chunk k
 draws from `numpy.random.SeedSequence(seed, spawn_key=(k,))`. Chunk boundaries depend only on the
 client count, never on `rows_per_file` (which only splits a chunk's rows over files), so the same
@@ -31,13 +51,14 @@ only when logged in), a CRM links file and planted traps, chunk by chunk.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -81,6 +102,21 @@ SHIFT_TARGET = {
 CHUNK_CLIENTS = 25_000
 DEFAULT_ROWS_PER_FILE = 2_000_000
 IDENTITY_FILES = ("identity_links.parquet", "identity_truth.parquet")
+JOURNEY_TRUTH_FILE = "journey_truth.json"
+
+# Journey plants (see the module docstring and `journey_truth`).
+# (a) A drop-off cause: a page_view of the delivery costs minutes before a checkout_start.
+CAUSE_CATEGORY = "delivery_costs"  # a page category, not a product category
+EVENT_CATEGORIES = (*CATEGORIES, CAUSE_CATEGORY)  # every category an event can carry
+DROPOFF_PERSONA = "bargain_browser"
+DROPOFF_EXPOSURE = 0.25  # share of the checkout_starts of every persona preceded by the cause
+DROPOFF_LEAVE = 0.4  # DROPOFF_PERSONA: an exposed checkout is abandoned and the client leaves
+CAUSE_MINUTES = (1.0, 10.0)  # the cause page this many minutes before the checkout_start
+# (b) A moment of truth: a consultation on the call_center turns consideration into a purchase.
+MOMENT_PERSONA = "new_explorer"
+MOMENT_CALLS_PER_YEAR = 3.0  # planted calls of MOMENT_PERSONA while alive (Poisson)
+MOMENT_BUY = 0.6  # MOMENT_PERSONA: a purchase follows such a consultation with this probability
+MOMENT_DAYS = (0.05, 3.0)  # days from the consultation to that purchase
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -112,6 +148,8 @@ TRUTH_SCHEMA = pa.schema(
         ("purchase_rate_after", pa.float64()),
         ("mean_spend_before", pa.float64()),
         ("mean_spend_after", pa.float64()),
+        ("dropoff_cause_date", pa.date32()),
+        ("moment_purchases", pa.int32()),
     ]
 )
 
@@ -140,6 +178,7 @@ class DatasetSummary(TypedDict):
     shift_date: str
     shifted: int
     personas: dict[str, int]
+    journey_truth: str  # path of journey_truth.json
     identity_links: NotRequired[str]  # with identities=True
     identity_truth: NotRequired[str]
 
@@ -151,6 +190,8 @@ def generate(
     seed: int,
     shift_share: float = 0.2,
     shift_date: date | None = None,
+    *,
+    journeys: bool = True,
 ) -> tuple[pa.Table, pd.DataFrame]:
     """All events (event contract, Arrow) and the truth per client (pandas), in memory.
 
@@ -173,6 +214,9 @@ def generate(
         Share of the clients, in [0, 1], that change persona at the shift.
     shift_date : datetime.date, optional
         The first day of the shift; default ``end - days // 4``.
+    journeys : bool, default True
+        Plant the drop-off cause and the moment of truth (`journey_truth` describes them);
+        without it, the events are those of the generator before the plants.
 
     Returns
     -------
@@ -180,7 +224,7 @@ def generate(
         The events, in the event contract (`EVENT_SCHEMA`), sorted by client and time.
     truth : pandas.DataFrame
         One row per client (`TRUTH_SCHEMA`): personas before and after, shift, categories,
-        dropout and the latent rates.
+        dropout, the latent rates and what the journey plants did to the client.
 
     Raises
     ------
@@ -188,7 +232,8 @@ def generate(
         An argument is out of range (the message names it).
     """
     events, truths = [], []
-    for chunk_events, chunk_truth in _chunks(clients, days, end, seed, shift_share, shift_date):
+    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys)
+    for chunk_events, chunk_truth in chunks:
         events.append(chunk_events)
         truths.append(chunk_truth)
     table = pa.concat_tables(events) if events else EVENT_SCHEMA.empty_table()
@@ -207,8 +252,9 @@ def write_dataset(
     overwrite: bool = False,
     *,
     identities: bool = False,
+    journeys: bool = True,
 ) -> DatasetSummary:
-    """Write `out/events/part-NNNNN.parquet` and `out/truth.parquet`; return a summary.
+    """Write `out/events/part-NNNNN.parquet`, `out/truth.parquet` and `out/journey_truth.json`.
 
     Memory stays bounded by one chunk of clients. A chunk's rows go to one file, or to several
     when it has more than `rows_per_file` rows (the events do not depend on this split).
@@ -217,6 +263,12 @@ def write_dataset(
     With `identities`, chunk k gets `features.generator_identity.add_identities(events,
     chunk_seed(seed, k))` (identifiers, client_id only when logged in; traps per chunk) and the
     CRM links and identifier truth go to `out/identity_links.parquet`, `identity_truth.parquet`.
+
+    `out/journey_truth.json` is `journey_truth(journeys)` (what was planted: persona, stage,
+    touchpoints, effect sizes, exposure; see that function for the keys) with what it did in
+    this data set: ``dropoff.clients_left`` (clients whose `dropoff_cause_date` is set) and
+    ``moment.purchases_added`` (the sum of `moment_purchases`); without `journeys`, only
+    ``{"enabled": false}``.
 
     Parameters
     ----------
@@ -240,14 +292,16 @@ def write_dataset(
         Remove existing part files (and identity files) first; without it they make this fail.
     identities : bool, default False
         Add identifiers to the events and write the identity links and truth.
+    journeys : bool, default True
+        Plant the drop-off cause and the moment of truth (see `journey_truth`).
 
     Returns
     -------
     DatasetSummary
         What was written (the JSON that `segmentation generate` prints): paths, number of
         files, events and clients, the window, the seed, the shift date, the number of shifted
-        clients and the clients per persona; with `identities`, the paths `identity_links` and
-        `identity_truth`.
+        clients, the clients per persona, the path `journey_truth` of the journey plants'
+        truth; with `identities`, the paths `identity_links` and `identity_truth`.
 
     Raises
     ------
@@ -261,10 +315,11 @@ def write_dataset(
     _check(clients, days, end, seed, shift_share)  # before any file is touched
     window = _window(days, end, shift_date)
     events_dir = _empty_events_dir(Path(out) / "events", overwrite)
-    chunks = _chunks(clients, days, end, seed, shift_share, shift_date)
+    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys)
     identity_paths = [Path(out) / name for name in IDENTITY_FILES]
+    journey_path = Path(out) / JOURNEY_TRUTH_FILE
     if overwrite:
-        for path in identity_paths:
+        for path in [*identity_paths, journey_path]:
             path.unlink(missing_ok=True)
     if identities:
         parts = _write_identity_parts(events_dir, chunks, rows_per_file, seed, identity_paths)
@@ -272,6 +327,7 @@ def write_dataset(
         parts = _write_parts(events_dir, chunks, rows_per_file)
     files, rows, truth_table = parts
     pq.write_table(truth_table, Path(out) / "truth.parquet", compression="zstd")
+    _write_journey_truth(journey_path, truth_table, journeys)
     personas = pc.value_counts(truth_table["persona_before"]).to_pylist()
     summary: DatasetSummary = {
         "out": str(Path(out)),
@@ -287,10 +343,82 @@ def write_dataset(
         "shift_date": window.shift_date.isoformat(),
         "shifted": int(pc.sum(truth_table["shifted"]).as_py() or 0),
         "personas": {p["values"]: p["counts"] for p in sorted(personas, key=lambda p: p["values"])},
+        "journey_truth": str(journey_path),
     }
     if identities:
         summary["identity_links"], summary["identity_truth"] = map(str, identity_paths)
     return summary
+
+
+def journey_truth(journeys: bool = True) -> dict[str, Any]:
+    """What the journey plants put in the data (JSON-ready), as written to journey_truth.json.
+
+    Keys: ``enabled``; with `journeys`, ``dropoff`` (the drop-off cause) and ``moment`` (the
+    moment of truth):
+
+    - ``dropoff``: ``persona``; ``stage`` ("purchase"), ``event_type`` ("checkout_start") and
+      ``channels`` (["web", "app"]): the drop-off point; ``cause``: {``event_type``
+      ("page_view"), ``channels`` (the checkout's own), ``category`` ("delivery_costs"),
+      ``initiator`` ("client"), ``minutes_before`` ([lo, hi])}; ``exposure``: the share of the
+      checkout_starts of every persona the cause precedes; ``exposed_personas``: all personas;
+      ``p_leave``: for `persona` only, the probability that an exposed checkout is abandoned
+      (no purchase) and the client leaves (dormant: no own event, only the brand's);
+      ``expected``: {``stall_ratio_at_least``}: the stall share of the persona's clients
+      whose last checkout_start the cause preceded, over that of the others, at least this.
+    - ``moment``: ``persona``; ``stage`` ("consideration"), ``next_stage`` ("purchase", reached
+      by checkout_start or purchase); ``touchpoint``: {``event_type`` ("consultation"),
+      ``channel`` ("call_center"), ``initiator``}; ``calls_per_year``: the planted rate of the
+      touchpoint for `persona` while alive (others have it from their own habits only);
+      ``p_buy``: for `persona` only, the probability that a purchase follows the touchpoint
+      within ``days_to_buy`` ([lo, hi]); ``expected``: {``uplift_at_least``}: the share
+      reaching the next stage with the touchpoint minus without, at least this.
+    """
+    if not journeys:
+        return {"enabled": False}
+    online = ["web", "app"]
+    return {
+        "enabled": True,
+        "dropoff": {
+            "persona": DROPOFF_PERSONA,
+            "stage": "purchase",
+            "event_type": "checkout_start",
+            "channels": online,
+            "cause": {
+                "event_type": "page_view",
+                "channels": online,
+                "category": CAUSE_CATEGORY,
+                "initiator": "client",
+                "minutes_before": list(CAUSE_MINUTES),
+            },
+            "exposure": DROPOFF_EXPOSURE,
+            "exposed_personas": list(PERSONAS),
+            "p_leave": DROPOFF_LEAVE,
+            "expected": {"stall_ratio_at_least": 3.0},
+        },
+        "moment": {
+            "persona": MOMENT_PERSONA,
+            "stage": "consideration",
+            "next_stage": "purchase",
+            "touchpoint": {
+                "event_type": "consultation",
+                "channel": "call_center",
+                "initiator": "client",
+            },
+            "calls_per_year": MOMENT_CALLS_PER_YEAR,
+            "p_buy": MOMENT_BUY,
+            "days_to_buy": list(MOMENT_DAYS),
+            "expected": {"uplift_at_least": 0.25},
+        },
+    }
+
+
+def _write_journey_truth(path: Path, truth: pa.Table, journeys: bool) -> None:
+    """`journey_truth(journeys)` with what the plants did in this data set, as JSON."""
+    data = journey_truth(journeys)
+    if journeys:
+        data["dropoff"]["clients_left"] = len(truth) - truth["dropoff_cause_date"].null_count
+        data["moment"]["purchases_added"] = int(pc.sum(truth["moment_purchases"]).as_py() or 0)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _write_identity_parts(
@@ -609,13 +737,21 @@ def _chunks(
     seed: int,
     shift_share: float,
     shift_date: date | None,
+    journeys: bool = True,
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     _check(clients, days, end, seed, shift_share)
     window = _window(days, end, shift_date)
     for k, first in enumerate(range(0, clients, CHUNK_CLIENTS)):
         n = min(CHUNK_CLIENTS, clients - first)
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))
-        yield _chunk(rng, first, n, window, float(shift_share))
+        # The plants draw from a stream of their own ((k, 1) is the identities' stream), so
+        # without them the events are exactly those of the generator before the plants.
+        plant_rng = (
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, 2)))
+            if journeys
+            else None
+        )
+        yield _chunk(rng, first, n, window, float(shift_share), plant_rng)
 
 
 def _draw(
@@ -691,9 +827,15 @@ class _Purchases:
 
 
 def _chunk(
-    rng: np.random.Generator, first: int, n: int, w: _Window, shift_share: float
+    rng: np.random.Generator,
+    first: int,
+    n: int,
+    w: _Window,
+    shift_share: float,
+    plant_rng: np.random.Generator | None = None,
 ) -> tuple[pa.Table, pa.Table]:
-    """Events and truth of the clients `first` .. `first + n - 1`, drawn from `rng`."""
+    """Events and truth of the clients `first` .. `first + n - 1`, drawn from `rng`; with
+    `plant_rng`, the journey plants are drawn from it afterwards (`_plant_journeys`)."""
     clients = _draw_clients(rng, n, w, shift_share)
     rates = _draw_rates(rng, n, clients.persona)
     stretches = _draw_stretches(rng, n, w, clients, rates)
@@ -714,9 +856,12 @@ def _chunk(
         browse,
     ]
     ev = _inside_window(parts, float(w.days))
-    sentiment = _fill_missing(rng, ev, stretches.cat_dom, rates.mood)
-    table = _to_arrow(first, n, w, ev, sentiment)
-    return table, _truth(first, n, w, clients, rates, stretches)
+    ev["sent"] = _fill_missing(rng, ev, stretches.cat_dom, rates.mood)
+    plants = _Plants(np.full(n, np.inf), np.zeros(n, np.int32))
+    if plant_rng is not None:
+        ev, stretches, plants = _plant_journeys(plant_rng, ev, stretches, rates, float(w.days))
+    table = _to_arrow(first, n, w, ev, ev["sent"])
+    return table, _truth(first, n, w, clients, rates, stretches, plants)
 
 
 def _draw_clients(rng: np.random.Generator, n: int, w: _Window, shift_share: float) -> _Clients:
@@ -868,6 +1013,152 @@ def _follow_up_parts(rng: np.random.Generator, p: _Purchases) -> list[dict[str, 
     return parts
 
 
+# --------------------------------------------------------------------------- journey plants
+
+
+@dataclass(frozen=True)
+class _Plants:
+    """Per client of a chunk: what the journey plants did."""
+
+    left_at: np.ndarray  # day the client left after the drop-off cause (inf: did not)
+    moment_purchases: np.ndarray  # int32: purchases the moment of truth added
+
+
+def _plant_journeys(
+    rng: np.random.Generator,
+    ev: dict[str, np.ndarray],
+    st: _Stretches,
+    rates: _Rates,
+    days: float,
+) -> tuple[dict[str, np.ndarray], _Stretches, _Plants]:
+    """The moment of truth, then the drop-off cause, on a chunk's finished events (channel,
+    category and sentiment, key "sent", all set), drawn from `rng` in that order."""
+    moment, buyer = _moment_events(rng, ev, st, rates, days)
+    ev, st, left_at = _dropoff_events(rng, [ev, moment], st, rates)
+    bought = np.bincount(buyer, minlength=left_at.size).astype(np.int32)
+    return ev, st, _Plants(left_at, bought)
+
+
+def _moment_events(
+    rng: np.random.Generator,
+    ev: dict[str, np.ndarray],
+    st: _Stretches,
+    rates: _Rates,
+    days: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Consultations on the call_center planted in MOMENT_PERSONA's alive stretches (Poisson,
+    MOMENT_CALLS_PER_YEAR, whatever the activity) and, after each such consultation of that
+    persona (planted or of the browse stream), a purchase with probability MOMENT_BUY within
+    MOMENT_DAYS while the client is alive, with its funnel and follow-ups. Returns the new
+    events and the local client index of every added purchase."""
+    persona = PERSONAS.index(MOMENT_PERSONA)
+    counts = rng.poisson(MOMENT_CALLS_PER_YEAR / 365.0 * st.length * (st.prof == persona))
+    rep = np.repeat(np.arange(st.prof.size), counts)
+    time = st.lo[rep] + rng.random(rep.size) * st.length[rep]
+    prof = st.prof[rep].astype(np.int64)
+    cat = _pick_category(rng, prof, st.cat_dom[rep])
+    calls = _part(rep, time, _T["consultation"], prof, np.full(rep.size, _C["call_center"]), cat)
+    old = np.flatnonzero(
+        (ev["type"] == _T["consultation"])
+        & (ev["chan"] == _C["call_center"])
+        & (ev["prof"] == persona)
+    )
+    stretch = np.concatenate([ev["stretch"][old], rep])
+    t_buy = np.concatenate([ev["time"][old], time])
+    buy = np.flatnonzero(rng.random(stretch.size) < MOMENT_BUY)
+    stretch = stretch[buy]
+    t_buy = t_buy[buy] + rng.uniform(MOMENT_DAYS[0], MOMENT_DAYS[1], buy.size)
+    alive = t_buy < np.minimum(st.lo[stretch] + st.length[stretch], days)
+    stretch, t_buy = stretch[alive], t_buy[alive]
+    prof = st.prof[stretch].astype(np.int64)
+    p = _Purchases(
+        stretch,
+        t_buy,
+        prof,
+        np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / st.nu[stretch]), 2), 0.01),
+        _draw(rng, _TAB["chan"], _TAB["chan_last"], prof * len(EVENT_TYPES) + _T["purchase"]),
+        _pick_category(rng, prof, st.cat_dom[stretch]),
+    )
+    parts = [
+        calls,
+        _part(p.stretch, p.time, _T["purchase"], p.prof, p.chan, p.cat, p.amount),
+        *_funnel_parts(rng, p),
+        *_follow_up_parts(rng, p),
+    ]
+    new = _inside_window(parts, days)
+    new["sent"] = _fill_missing(rng, new, st.cat_dom, rates.mood)
+    return new, stretch // 4
+
+
+def _dropoff_events(
+    rng: np.random.Generator, parts: list[dict[str, np.ndarray]], st: _Stretches, rates: _Rates
+) -> tuple[dict[str, np.ndarray], _Stretches, np.ndarray]:
+    """A page_view of CAUSE_CATEGORY on the checkout's channel CAUSE_MINUTES before
+    DROPOFF_EXPOSURE of all checkout_starts (every persona); after DROPOFF_LEAVE of the exposed
+    checkouts of DROPOFF_PERSONA the client leaves: the rest of that alive stretch (the purchase
+    of the checkout, later events, follow-ups) is dropped and turns dormant (the brand keeps
+    writing). Returns the events of `parts` (in order) and of the plant, the stretches with
+    their new ends and, per local client, the day they left (inf: they did not)."""
+    # Only the checkouts' columns are gathered; the parts are copied once, at the end.
+    checkouts = [p["type"] == _T["checkout_start"] for p in parts]
+    ev = {
+        key: np.concatenate([p[key][c] for p, c in zip(parts, checkouts, strict=True)])
+        for key in ("stretch", "time", "prof", "chan")
+    }
+    exposed = np.flatnonzero(rng.random(ev["time"].size) < DROPOFF_EXPOSURE)
+    leaves = rng.random(exposed.size) < DROPOFF_LEAVE
+    minutes = rng.uniform(CAUSE_MINUTES[0], CAUSE_MINUTES[1], exposed.size)
+    page = _part(
+        ev["stretch"][exposed],
+        ev["time"][exposed] - minutes / 1440.0,
+        _T["page_view"],
+        ev["prof"][exposed],
+        ev["chan"][exposed],
+        np.full(exposed.size, EVENT_CATEGORIES.index(CAUSE_CATEGORY)),
+    )
+    page["sent"] = np.full(exposed.size, np.nan)
+    left = exposed[leaves & (ev["prof"][exposed] == PERSONAS.index(DROPOFF_PERSONA))]
+    cut = np.full(st.prof.size, np.inf)
+    np.minimum.at(cut, ev["stretch"][left], ev["time"][left])
+    kept = []
+    for part in [*parts, page]:
+        keep = (part["time"] <= cut[part["stretch"]]) & (part["time"] >= 0.0)
+        kept.append(part if keep.all() else {key: value[keep] for key, value in part.items()})
+
+    # The rest of the alive stretch is dormant: the brand's events, as in the next stretch.
+    cs = np.flatnonzero(np.isfinite(cut))
+    gap = st.lo[cs] + st.length[cs] - cut[cs]
+    counts = rng.poisson(_TAB["browse"][DORMANT] * st.activity[cs] * gap)
+    idx = np.repeat(np.arange(cs.size), counts)
+    prof = np.full(idx.size, DORMANT, np.int64)
+    filler = _part(
+        cs[idx] + 1,
+        cut[cs][idx] + rng.random(idx.size) * gap[idx],
+        _draw(rng, _TAB["type"], _TAB["type_last"], prof),
+        prof,
+        None,
+        None,
+    )
+    filler["sent"] = _fill_missing(rng, filler, st.cat_dom, rates.mood)
+
+    lo, length = st.lo.copy(), st.length.copy()
+    length[cs] = cut[cs] - lo[cs]
+    lo[cs + 1], length[cs + 1] = cut[cs], length[cs + 1] + gap
+    before, after = st.alive_before_end.copy(), st.alive_after_end.copy()
+    first = cs % 4 == 0
+    before[cs[first] // 4] = cut[cs[first]]
+    after[cs[~first] // 4] = cut[cs[~first]]
+    left_at = np.full(st.prof.size // 4, np.inf)
+    left_at[cs // 4] = cut[cs]
+    st = replace(st, alive_before_end=before, alive_after_end=after, lo=lo, length=length)
+    return _concat([*kept, filler]), st, left_at
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The parts' columns concatenated in order."""
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
 def _inside_window(parts: list[dict[str, np.ndarray]], days: float) -> dict[str, np.ndarray]:
     """The parts' columns concatenated in order, keeping the events inside [0, days)."""
     ev = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -954,7 +1245,7 @@ def _to_arrow(
         "event_type": pa.array(EVENT_TYPES).take(pa.array(ev["type"][order])),
         "channel": pa.array(CHANNELS).take(pa.array(ev["chan"][order])),
         "amount": pa.array(amount, mask=np.isnan(amount)),
-        "category": pa.array(CATEGORIES).take(pa.array(cat, mask=cat < 0)),
+        "category": pa.array(EVENT_CATEGORIES).take(pa.array(cat, mask=cat < 0)),
         "sentiment": pa.array(sentiment, mask=np.isnan(sentiment)),
         "event_id": pc.binary_join_element_wise(
             client_col, pc.cast(pa.array(seq), pa.string()), "-"
@@ -964,9 +1255,17 @@ def _to_arrow(
 
 
 def _truth(
-    first: int, n: int, w: _Window, clients: _Clients, rates: _Rates, stretches: _Stretches
+    first: int,
+    n: int,
+    w: _Window,
+    clients: _Clients,
+    rates: _Rates,
+    stretches: _Stretches,
+    plants: _Plants,
 ) -> pa.Table:
-    """One row per client: personas, shift, categories, dropout and the latent rates."""
+    """One row per client: personas, shift, categories, dropout, the latent rates and what the
+    journey plants did (the day the client left after the drop-off cause, the purchases the
+    moment of truth added)."""
     persona, after, shifted = clients.persona, clients.after, clients.shifted
     cat_before, cat_after, start = clients.cat_before, clients.cat_after, clients.start
     b, e = stretches.alive_before_end, stretches.alive_after_end
@@ -997,5 +1296,11 @@ def _truth(
         pa.array(_TAB["buy"][after] * buy_factor),
         pa.array(mean_spend[np.arange(n), persona]),
         pa.array(mean_spend[np.arange(n), after]),
+        pa.array(
+            (origin + np.floor(np.nan_to_num(plants.left_at, posinf=0.0))).astype(np.int32),
+            pa.date32(),
+            mask=~np.isfinite(plants.left_at),
+        ),
+        pa.array(plants.moment_purchases, pa.int32()),
     ]
     return pa.Table.from_arrays(columns, schema=TRUTH_SCHEMA)

@@ -1,10 +1,15 @@
-"""The `segmentation` command line: demo, generate, validate, features, run, backfill, serve, report, models.
+"""The `segmentation` command line: demo, generate, validate, features, run, backfill, serve, report,
+models, and the daily operation commands export, explain, runs and status (`pipelines/operate.py`).
 
 Every command exits 0 on success and non-zero with a one-line reason on stderr on failure.
 An engine error (`configs.SegmentationError`: bad input, config, store, model) is the whole
 story in that line; any other exception is a bug, so its line names the exception type and
 says that `-v` shows the traceback. Heavy imports (Prefect, MLflow, hdbscan, scikit-learn)
 happen inside the commands that need them, so `segmentation validate` stays quick.
+
+`-v/--verbose` and `-q/--quiet` go before or after the command. Progress lines (one per step,
+with the seconds since the run started) go to stderr unless -q; -v adds the engine's own log
+and tracebacks; -v -v adds the chatter of Prefect and the HTTP clients.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
-    logging.basicConfig(
-        level=logging.WARNING if not args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args.verbose = int(args.verbose or 0) + int(getattr(args, "sub_verbose", 0) or 0)
+    args.quiet = bool(args.quiet or getattr(args, "sub_quiet", False))
+    _configure_logging(args.verbose, args.quiet)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
@@ -86,18 +90,41 @@ def _one_line(exc: Exception, verbose: bool) -> str:
     return line if verbose else f"{line} {VERBOSE_HINT}"
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    """Prefect and MLflow log freely; without --verbose only our one-line outcome shows."""
+# Libraries whose INFO lines are chatter (HTTP requests, Prefect's own run states): shown
+# only with -v -v.
+_CHATTY = ("httpx", "httpcore", "urllib3", "prefect", "uvicorn", "alembic", "mlflow", "docket")
+
+
+def _configure_logging(verbosity: int, quiet: bool) -> None:
+    """Levels for our log, the progress lines and the libraries (see the module docstring)."""
+    from pipelines.operate import progress_logger
+
+    _quiet_libraries(verbosity)
+    logging.basicConfig(
+        level=logging.WARNING if not verbosity else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger().setLevel(logging.WARNING if not verbosity else logging.INFO)
+    for name in _CHATTY:
+        level = (
+            logging.INFO if verbosity >= 2 else logging.ERROR if not verbosity else logging.WARNING
+        )
+        logging.getLogger(name).setLevel(level)
+    progress_logger(quiet)
+
+
+def _quiet_libraries(verbosity: int) -> None:
+    """Prefect and MLflow log freely: without -v only our one-line outcome and the progress
+    lines show; with -v their warnings; with -v -v everything."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-        os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL")
+    level = "CRITICAL" if not verbosity else "WARNING" if verbosity == 1 else "INFO"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", level)
+    if verbosity < 2:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
-        logging.getLogger("alembic").setLevel(logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,17 +132,46 @@ def _parser() -> argparse.ArgumentParser:
         prog="segmentation",
         description="Dynamic behavioral segments and CLTV from customer-journey events.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and tracebacks")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more (-v: the engine's log and tracebacks; -v -v: Prefect and HTTP too)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    # The same flags after the command (`segmentation run -v`), counted with those before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=0, dest="sub_verbose", help=argparse.SUPPRESS
+    )
+    common.add_argument("-q", "--quiet", action="store_true", dest="sub_quiet", help="no progress")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_commands(sub, common)
+    return parser
 
-    p = sub.add_parser("demo", help="generate data and run everything on embedded defaults")
+
+def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The subcommands of the original contract (the operation commands: `_add_operation`)."""
+    add = _with_parents(sub, common)
+
+    p = add("demo", help="generate data and run everything on embedded defaults")
     p.add_argument("--workdir", default="./segmentation-work", help="where to put everything")
     p.add_argument("--clients", type=int, default=20_000, help="synthetic clients")
     p.add_argument("--days", type=int, default=365, help="days of history")
     p.add_argument("--nights", type=int, default=5, help="nightly runs across the behavior shift")
+    p.add_argument(
+        "--end", type=_date, help="last day of the generated events (default: yesterday, UTC)"
+    )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="keep the demo's store and MLflow registry and re-run its nights over them"
+        " (default: start over, removing only what an earlier demo made in --workdir)",
+    )
     p.set_defaults(handler=_demo)
 
-    p = sub.add_parser("generate", help="write a synthetic journey data set and its ground truth")
+    p = add("generate", help="write a synthetic journey data set and its ground truth")
     p.add_argument("--clients", type=int, required=True)
     p.add_argument("--days", type=int, required=True)
     p.add_argument("--end", type=_date, required=True, help="last day of events (YYYY-MM-DD)")
@@ -130,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_generate)
 
-    p = sub.add_parser("validate", help="check events against the contract; print a JSON summary")
+    p = add("validate", help="check events against the contract; print a JSON summary")
     p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
     p.add_argument(
         "--samples", type=int, default=3, help="rejected rows shown per reason (0: none)"
@@ -138,16 +194,14 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(handler=_validate)
 
-    p = sub.add_parser("features", help="build the point-in-time feature table as Parquet")
+    p = add("features", help="build the point-in-time feature table as Parquet")
     p.add_argument("--events", required=True)
     p.add_argument("--as-of", type=_date, required=True)
     p.add_argument("--out", required=True, help="output Parquet file")
     _config_arg(p)
     p.set_defaults(handler=_features)
 
-    p = sub.add_parser(
-        "identity", help="stitch identifiers into persons as of a date; print a summary"
-    )
+    p = add("identity", help="stitch identifiers into persons as of a date; print a summary")
     p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
     p.add_argument("--as-of", type=_date, required=True)
     p.add_argument(
@@ -159,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.set_defaults(handler=_identity)
 
-    p = sub.add_parser("run", help="the nightly run for one as-of date")
+    p = add("run", help="the nightly run for one as-of date")
     _config_arg(p)
     p.add_argument("--events", help="events (default: the config's events.path)")
     p.add_argument("--as-of", type=_date, help="default: yesterday (UTC)")
@@ -169,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     _allow_future_arg(p)
     p.set_defaults(handler=_run)
 
-    p = sub.add_parser("backfill", help="nightly runs for a range of dates, in order")
+    p = add("backfill", help="nightly runs for a range of dates, in order")
     _config_arg(p)
     p.add_argument("--events")
     _store_arg(p)
@@ -178,24 +232,103 @@ def _parser() -> argparse.ArgumentParser:
     _allow_future_arg(p)
     p.set_defaults(handler=_backfill)
 
-    p = sub.add_parser("serve", help="run the nightly flow on the configured cron (Prefect)")
+    p = add("serve", help="run the nightly flow on the configured cron (Prefect)")
     _config_arg(p)
     p.set_defaults(handler=_serve)
 
-    p = sub.add_parser("report", help="write the run report as one self-contained HTML file")
+    p = add("report", help="write the run report as one self-contained HTML file")
     _config_arg(p)
     _store_arg(p)
     p.add_argument("--as-of", type=_date)
     p.add_argument("--out", required=True)
     p.set_defaults(handler=_report)
 
-    p = sub.add_parser("models", help="list, promote or roll back registered models")
+    p = add("models", help="list, promote or roll back registered models")
     _config_arg(p)
     p.add_argument("action", choices=["list", "promote", "rollback"])
     p.add_argument("version", nargs="?", type=int, help="the version to promote")
     p.add_argument("--model", choices=["clusters", "cltv"], default="clusters")
     p.set_defaults(handler=_models)
-    return parser
+    _add_operation(add)
+
+
+def _with_parents(sub: Any, common: argparse.ArgumentParser) -> Any:
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    return add
+
+
+def _add_operation(add: Any) -> None:
+    """export, explain, runs, status, journey, preview, deliver: the daily operation."""
+    p = add("export", help="write a segment's members, or its entries/exits since a date")
+    p.add_argument("--segment", required=True, help="segment id (see the segments table)")
+    p.add_argument(
+        "--entries-since", type=_date, help="the entries since this date instead of the members"
+    )
+    p.add_argument("--exits", action="store_true", help="with --entries-since: the exits too")
+    p.add_argument(
+        "--format", choices=["csv", "parquet"], help="default: from the --out file's ending"
+    )
+    p.add_argument("--out", required=True, help="the file written (atomically)")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_export)
+
+    p = add("explain", help="a client's segment, reason, scores and last moves")
+    p.add_argument("client", metavar="CLIENT")
+    p.add_argument("--moves", type=int, default=10, help="last membership stretches shown")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_explain)
+
+    p = add("runs", help="the run log, newest first")
+    p.add_argument("--limit", type=int, default=20, help="runs shown (default 20)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_runs)
+
+    p = add("status", help="exit non-zero when the latest run failed or is too old")
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=26.0,
+        metavar="HOURS",
+        help="the latest successful run may have finished at most this long ago (default 26)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_status)
+
+    p = add("journey", help="the customer journey map of a segment (or all clients)")
+    p.add_argument("--segment", default="*", help="segment id (default *: all clients)")
+    p.add_argument("--as-of", type=_date, help="default: the latest successful run")
+    p.add_argument("--json", action="store_true", help="print the map's rows as JSON")
+    p.add_argument("--width", type=int, default=100, help="terminal width of the stage grid")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_journey)
+
+    p = add("preview", help="dry run: how membership would change, nothing published")
+    p.add_argument("--rules", help="a rules file to try (default: the config's)")
+    p.add_argument("--events", help="events path (default: the config's)")
+    p.add_argument("--as-of", type=_date, help="default: the latest published as-of date")
+    p.add_argument("--segment", help="show this segment only")
+    p.add_argument("--examples", type=int, default=3, help="moved clients shown per segment")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_preview)
+
+    p = add("deliver", help="send the day's entries and exits to the configured destinations")
+    p.add_argument("--retry", action="store_true", help="also re-send failed batches")
+    p.add_argument("--as-of", type=_date, help="default: the latest successful run")
+    _store_arg(p)
+    _config_arg(p)
+    p.set_defaults(handler=_deliver)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -378,21 +511,25 @@ def _identity_text(as_of: date, s: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.nightly import _as_of_or_yesterday, run_nightly
     from pipelines.preflight import preflight
 
+    started = time.perf_counter()
+    as_of = args.as_of or (datetime.now(UTC).date() - timedelta(days=1))
     config = _config(args)
     preflight(
         config,
-        as_of=_as_of_or_yesterday(args.as_of.isoformat() if args.as_of else None),
+        as_of=as_of,
         events=args.events,
         store_url=args.store,
         rebuild=args.rebuild,
         allow_future=args.allow_future,
     )
+    _progress(started, "checks passed; starting the nightly flow (Prefect)")
+    from pipelines.nightly import run_nightly
+
     result = run_nightly(
         config,
-        as_of=args.as_of,
+        as_of=as_of,
         events=args.events,
         store_url=args.store,
         force_refit=args.refit,
@@ -405,9 +542,9 @@ def _run(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     if args.end < args.start:
         raise CommandLineError(f"--end {args.end} is before --start {args.start}")
-    from pipelines.nightly import run_backfill
     from pipelines.preflight import preflight
 
+    started = time.perf_counter()
     config = _config(args)
     for day in (args.end, args.start):  # the future check on the last, the order on the first
         preflight(
@@ -417,6 +554,9 @@ def _backfill(args: argparse.Namespace) -> int:
             store_url=args.store,
             allow_future=args.allow_future,
         )
+    _progress(started, "checks passed; starting the backfill flow (Prefect)")
+    from pipelines.nightly import run_backfill
+
     results = run_backfill(
         config, start=args.start, end=args.end, events=args.events, store_url=args.store
     )
@@ -445,7 +585,7 @@ def _models(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.action == "promote" and args.version is None:
         raise CommandLineError("models promote needs a VERSION")
-    from pipelines.nightly import manage_models
+    from pipelines.operate import manage_models
 
     output = manage_models(config, args.action, model=args.model, version=args.version)
     print(output)
@@ -455,7 +595,163 @@ def _models(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(workdir=args.workdir, clients=args.clients, days=args.days, nights=args.nights)
+    return run_demo(
+        workdir=args.workdir,
+        clients=args.clients,
+        days=args.days,
+        nights=args.nights,
+        end=args.end,
+        rebuild=args.rebuild,
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pipelines.operate import export_segment, open_config_store
+
+    fmt = args.format or _format_of(args.out)
+    store = open_config_store(_config(args), args.store)
+    try:
+        result = export_segment(
+            store,
+            args.segment,
+            out=args.out,
+            fmt=fmt,
+            entries_since=args.entries_since,
+            exits=args.exits,
+        )
+    finally:
+        store.close()
+    what = (
+        "members" if result.kind == "members" else "entries and exits" if args.exits else "entries"
+    )
+    print(f"{result.rows:,} {what} of segment {args.segment} written to {result.path}")
+    return 0
+
+
+def _format_of(out: str) -> str:
+    for ending, fmt in ((".csv", "csv"), (".parquet", "parquet"), (".pq", "parquet")):
+        if out.lower().endswith(ending):
+            return fmt
+    raise CommandLineError(f"--out {out}: give --format csv or parquet (or a .csv/.parquet name)")
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from pipelines.operate import explain_client, explain_text, open_config_store
+
+    store = open_config_store(_config(args), args.store)
+    try:
+        answer = explain_client(store, args.client, moves=max(args.moves, 0))
+    finally:
+        store.close()
+    print(json.dumps(answer, default=str) if args.json else explain_text(answer))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from pipelines.operate import open_config_store, run_log, runs_records, runs_text
+
+    store = open_config_store(_config(args), args.store)
+    try:
+        runs = run_log(store, args.limit)
+    finally:
+        store.close()
+    print(json.dumps(runs_records(runs)) if args.json else runs_text(runs))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipelines.operate import StatusError, check_status, open_config_store
+
+    store = open_config_store(_config(args), args.store)
+    try:
+        status = check_status(store, max_age_hours=args.max_age)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(status.to_dict()))
+    if not status.ok:
+        raise StatusError(status.message)
+    if not args.json:
+        print(status.message)
+    return 0
+
+
+def _journey(args: argparse.Namespace) -> int:
+    from pipelines.journey_view import JourneyTables, journey_text, segment_ids
+    from pipelines.operate import open_config_store, unknown_segment_error
+
+    store = open_config_store(_config(args), args.store)
+    try:
+        tables = JourneyTables(
+            store.journey_stages(as_of=args.as_of),
+            store.journey_touchpoints(as_of=args.as_of),
+            store.journey_dropoffs(as_of=args.as_of),
+        )
+    finally:
+        store.close()
+    if tables.empty:
+        when = f"as of {args.as_of}" if args.as_of else "for the latest run"
+        raise CommandLineError(
+            f"no journey map is published {when} (is journey.enabled on? run `segmentation run`)"
+        )
+    known = segment_ids(tables)
+    if args.segment not in known:
+        raise unknown_segment_error(args.segment, known)
+    if args.json:
+        mine = {
+            name: frame[frame["segment_id"] == args.segment].to_dict("records")
+            for name, frame in (
+                ("stages", tables.stages),
+                ("touchpoints", tables.touchpoints),
+                ("dropoffs", tables.dropoffs),
+            )
+        }
+        print(json.dumps(mine, default=str))
+    else:
+        print(journey_text(tables, args.segment, width=args.width))
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from pipelines.operate import unknown_segment_error
+    from pipelines.preview import preview, preview_text
+
+    started = time.perf_counter()
+    result = preview(
+        _config(args),
+        rules_file=args.rules,
+        events=args.events,
+        store_url=args.store,
+        as_of=args.as_of,
+        examples=max(args.examples, 0),
+        progress=lambda message: _progress(started, message),
+    )
+    if args.segment is not None:
+        known = [str(s) for s in result.by_segment["segment_id"]]
+        if args.segment not in known:
+            raise unknown_segment_error(args.segment, known)
+        result = replace(
+            result,
+            by_segment=result.by_segment[result.by_segment["segment_id"] == args.segment],
+            examples=result.examples[result.examples["to_segment_id"] == args.segment],
+        )
+    print(json.dumps(result.to_dict(), default=str) if args.json else preview_text(result))
+    return 0
+
+
+def _deliver(args: argparse.Namespace) -> int:
+    from pipelines.destinations import deliver_command
+
+    return deliver_command(_config(args), store_url=args.store, as_of=args.as_of, retry=args.retry)
+
+
+def _progress(started: float, message: str) -> None:
+    """A progress line of the command itself (stderr unless -q)."""
+    logging.getLogger("pipelines.progress").info(
+        "%6.1fs %s", time.perf_counter() - started, message
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pipelines.steps import (
 )
 
 if TYPE_CHECKING:
+    from features.journey import JourneyMap
     from pipelines.registry import ModelRegistry
     from pipelines.store import PublishRequest, PublishResult, Store
     from pipelines.tracking import TrackedRun
@@ -273,7 +274,7 @@ def nightly_run(
                 Tracker.from_config(config).start_run(f"nightly {as_of}", tags=tags)
             )
         except Exception as exc:  # MLflow unusable: the run still goes in the log
-            _record_failure(store, run_id, as_of, started, None, exc)
+            _record_failure(store, run_id, as_of, started, None, exc, config=config)
             raise
         clock = _Clock(as_of, progress or log.info)
         allowance = policy.noise_allowance(config.clustering, config.refit)
@@ -287,9 +288,12 @@ def nightly_run(
             tonight = _compute(run, con, events or config.events_path, latest, force_refit)
             published = _publish(run, tonight, rebuild)
         except Exception as exc:
-            _record_failure(store, run_id, as_of, started, tracked.run_id, exc)
+            _record_failure(store, run_id, as_of, started, tracked.run_id, exc, config=config)
             raise
         _promote(registry, policy.promotions([tonight.clusters, tonight.cltv], published=True))
+        if config.destinations:  # a failed delivery is recorded and retried, never fails the run
+            clock.say(f"delivering entries and exits to {len(config.destinations)} destinations")
+            clock.time("deliver", _deliver, store, config, as_of)
         _track(run, tonight, published)
         report = clock.time("report", _write_report, config, url, as_of, tracked, clock)
         return _summary(run, tonight, published, report)
@@ -297,15 +301,27 @@ def nightly_run(
 
 @dataclass
 class _Clock:
-    """Seconds per stage of one run (the summary's `seconds`), and its progress lines."""
+    """Seconds per stage of one run (the summary's `seconds`), and its progress lines.
+
+    The default sink (`log.info`) becomes the `pipelines.progress` logger (the CLI prints it
+    on stderr unless -q), and there and in the demo's `_print_progress` each line starts with
+    the seconds since the clock started; a caller's own callable gets the plain line."""
 
     as_of: date
     progress: Progress
     seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     def say(self, message: str) -> None:
         """One progress line, naming the run's as-of date."""
-        self.progress(f"[{self.as_of}] {message}")
+        line = f"[{self.as_of}] {message}"
+        elapsed = f"{time.perf_counter() - self.started:6.1f}s"
+        if self.progress == log.info:
+            logging.getLogger("pipelines.progress").info("%s %s", elapsed, line)
+        elif self.progress is _print_progress:
+            _print_progress(f"{elapsed} {line}")
+        else:
+            self.progress(line)
 
     def time(self, stage: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(*args, **kwargs)`, its wall time recorded as `stage` (also when it raises)."""
@@ -342,6 +358,8 @@ class _Tonight:
     clusters: ModelChoice[ClusterBundle]
     segmentation: Segmentation
     stability: float | None
+    journey: JourneyMap | None = None
+    holdout: pd.DataFrame | None = None  # treated against held-out members, per segment
 
 
 def _compute(
@@ -389,7 +407,6 @@ def _compute(
         "cltv", cltv_task, con, as_of, btyd, config, champions.cltv, decision.refit, registration
     )
     scores = steps.score_clients(cltv.bundle, features, config, cltv.version)
-    con.execute("DROP TABLE events")  # its last reader was the CLTV backtest
     clusters = clock.time(
         "clusters",
         clusters_task,
@@ -414,9 +431,31 @@ def _compute(
         rules_version,
         previous,
         as_of,
+        config=config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
-    return _Tonight(events, features, decision, cltv, scores, clusters, segmentation, stability)
+    journey = clock.time("journey", journey_task, con, as_of, segmentation.membership, config)
+    if journey is not None:
+        clock.say(
+            f"journey map: {int(journey.summary['clients']):,} clients in the window,"
+            f" {int(journey.summary['stalled']):,} stalled"
+        )
+    holdout = clock.time(
+        "holdout", steps.holdout_outcomes, con, as_of, segmentation.membership, previous, config
+    )
+    con.execute("DROP TABLE events")  # its last readers: the journey map and the holdout
+    return _Tonight(
+        events,
+        features,
+        decision,
+        cltv,
+        scores,
+        clusters,
+        segmentation,
+        stability,
+        journey,
+        holdout,
+    )
 
 
 def _identity_history(
@@ -446,6 +485,7 @@ def _publish(run: _Run, tonight: _Tonight, rebuild: bool) -> PublishResult:
     run.clock.say(f"publishing to {run.store.url}")
     report = tonight.events.report
     stitching = tonight.events.stitching
+    journey = tonight.journey
     request = PublishRequest(
         run_id=run.run_id,
         as_of=run.as_of,
@@ -456,6 +496,10 @@ def _publish(run: _Run, tonight: _Tonight, rebuild: bool) -> PublishResult:
         quarantine=tonight.events.quarantine,
         identity_map=stitching.identity_map if stitching else None,
         identity_merges=stitching.merges if stitching else None,
+        journey_stages=journey.stages if journey else None,
+        journey_touchpoints=journey.touchpoints if journey else None,
+        journey_dropoffs=journey.dropoffs if journey else None,
+        holdout_outcomes=tonight.holdout,
         run_info={
             "events_read": report.rows,
             "events_quarantined": report.quarantined,
@@ -554,6 +598,7 @@ load_champions_task = task(name="load-champions", persist_result=False)(steps.lo
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
 clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)
 segments_task = task(name="segments", persist_result=False)(steps.segment_clients)
+journey_task = task(name="journey", persist_result=False)(steps.map_journeys)
 
 
 @task(name="publish", persist_result=False)
@@ -634,11 +679,19 @@ def _record_failure(
     started: datetime,
     mlflow_run_id: str | None,
     exc: BaseException,
+    *,
+    config: EngineConfig | None = None,
 ) -> None:
-    """Log the failed run in `runs` (status failed, with its error as one masked line); the
-    caller raises the error. When the store cannot take it (unreachable: most often the very
-    error being raised), the caller's one error line is the whole story: this only logs."""
+    """Log the failed run in `runs` (status failed, with its error as one masked line) and
+    tell the configured failure webhook; the caller raises the error. When the store cannot
+    take it (unreachable: most often the very error being raised), the caller's one error
+    line is the whole story: this only logs."""
     from pipelines.store import StoreConnectionError
+
+    if config is not None and config.alerts.failure_webhook:
+        from pipelines.alerts import notify_failure
+
+        notify_failure(config, run_id=run_id, as_of=as_of, error=exc)
 
     info = {"mlflow_run_id": mlflow_run_id}
     try:
@@ -648,6 +701,16 @@ def _record_failure(
     except Exception as inner:  # the original error matters more
         log.warning("could not record the failed run %s: %s", run_id, inner)
     log.info("run %s as of %s failed: %s", run_id, as_of, exc)  # the caller reports it
+
+
+def _deliver(store: Store, config: EngineConfig, as_of: date) -> None:
+    """Tonight's entries and exits to the configured destinations (`pipelines.destinations`:
+    at least once, idempotency keys; what fails stays pending for the next run)."""
+    from pipelines.destinations import deliver_after_publish
+
+    summary = deliver_after_publish(store, config, as_of)
+    if not summary.ok:
+        log.warning("delivery incomplete: %s", summary.error or "see destination_deliveries")
 
 
 def _write_report(
@@ -691,6 +754,6 @@ def _record_unstarted_failure(
         log.info("could not record the failed run %s: %s", run_id, inner)
         return
     try:
-        _record_failure(store, run_id, as_of, started, None, exc)
+        _record_failure(store, run_id, as_of, started, None, exc, config=config)
     finally:
         store.close()

@@ -19,29 +19,26 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import io
 import logging
 import math
+import sqlite3
 from collections.abc import Mapping
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-import mlflow.pyfunc
 import pandas as pd
-from mlflow import MlflowClient
-from mlflow.entities.model_registry import RegisteredModel
-from mlflow.exceptions import MlflowException
-from mlflow.models import Model
-from mlflow.pyfunc.model import PythonModel
 
 from configs import SegmentationError
-from pipelines.tracking import (
-    TrackingError,
-    clean_metrics,
-    fluent_context,
-    make_client,
-    sanitize_name,
-    truncate,
-)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import RegisteredModel
+
+# MLflow (and `pipelines.tracking`, which imports it) is imported where it is used: importing
+# it costs over a second, and `models list` on a SQLite registry needs none of it
+# (`list_versions_fast`).
 
 __all__ = [
     "ARTIFACT_NAME",
@@ -49,9 +46,10 @@ __all__ = [
     "METRIC_PREFIX",
     "PREVIOUS_TAG",
     "ModelRegistry",
-    "PickledModel",
+    "PickledModel",  # noqa: F822 (made on first use: the module __getattr__)
     "Predictor",
     "RegistryError",
+    "list_versions_fast",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,20 +64,37 @@ class Predictor(Protocol):
         ...
 
 
-class PickledModel(PythonModel):
-    """An MLflow pyfunc model holding any picklable object with `predict(DataFrame)`."""
+def __getattr__(name: str) -> Any:
+    """`PickledModel` is made on first use (it subclasses MLflow's PythonModel); pickles of
+    registered models find it here by name."""
+    if name == "PickledModel":
+        return _pickled_model_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    # The wrapped objects take and return DataFrames of their own shape: skip MLflow 3's
-    # type-hint validation of `predict` (and its warning asking for hints). `predict` keeps
-    # MLflow's untyped signature for the same reason: MLflow reads hints there as a schema.
-    _skip_type_hint_validation = True
 
-    def __init__(self, obj: Predictor) -> None:
-        self.obj = obj
+@functools.cache
+def _pickled_model_class() -> type:
+    from mlflow.pyfunc.model import PythonModel
 
-    def predict(self, context, model_input, params=None):
-        """Delegate to the wrapped object's `predict`."""
-        return self.obj.predict(model_input)
+    class PickledModel(PythonModel):
+        """An MLflow pyfunc model holding any picklable object with `predict(DataFrame)`."""
+
+        # The wrapped objects take and return DataFrames of their own shape: skip MLflow 3's
+        # type-hint validation of `predict` (and its warning asking for hints). `predict`
+        # keeps MLflow's untyped signature for the same reason: MLflow reads hints there as a
+        # schema.
+        _skip_type_hint_validation = True
+
+        def __init__(self, obj: Predictor) -> None:
+            self.obj = obj
+
+        def predict(self, context, model_input, params=None):
+            """Delegate to the wrapped object's `predict`."""
+            return self.obj.predict(model_input)
+
+    PickledModel.__module__ = __name__
+    PickledModel.__qualname__ = "PickledModel"
+    return PickledModel
 
 
 CHAMPION = "champion"
@@ -109,6 +124,8 @@ class ModelRegistry:
     def client(self) -> MlflowClient:
         """An MLflow client for this URI, made on first use."""
         if self._client is None:
+            from pipelines.tracking import make_client
+
             self._client = make_client(self.tracking_uri)
         return self._client
 
@@ -150,6 +167,8 @@ class ModelRegistry:
             raise TypeError(f"model {name!r}: {type(obj).__name__} has no predict method")
         if not run_id:
             raise ValueError(f"model {name!r}: a run_id is needed to register a model")
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(run_id)
         except MlflowException as exc:
@@ -273,16 +292,20 @@ class ModelRegistry:
             The model or the version does not exist, or the version was not registered by
             `register`.
         """
+        import mlflow.pyfunc
+
+        from pipelines.tracking import fluent_context
+
         version = self._existing_version(name, version)
         with fluent_context(self.tracking_uri):
             loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
         model = loaded.unwrap_python_model()
-        if not isinstance(model, PickledModel):
+        if not isinstance(model, _pickled_model_class()):
             raise RegistryError(
                 f"model {name!r} version {version} is a {type(model).__name__}, not a model"
                 " registered by this engine"
             )
-        return model.obj
+        return model.obj  # type: ignore[attr-defined]
 
     def load_champion(self, name: str) -> tuple[Predictor, int] | None:
         """The champion object and its version.
@@ -339,16 +362,15 @@ class ModelRegistry:
             for key, value in sorted((mv.tags or {}).items()):
                 row[key] = _float(value) if key.startswith(METRIC_PREFIX) else value
             rows.append(row)
-        base = ["version", "created", "aliases", "run_id", "status", PREVIOUS_TAG]
-        frame = pd.DataFrame(rows)
-        for column in base:
-            if column not in frame.columns:
-                frame[column] = None
-        extra = sorted(c for c in frame.columns if c not in base)
-        return frame[base + extra].sort_values("version", ignore_index=True)
+        return _versions_frame(rows)
 
     def _log_model(self, name: str, obj: Predictor, run_id: str, experiment_id: str) -> int:
         """Log `obj` under the run and register it; the new version number."""
+        import mlflow.pyfunc
+        from mlflow.models import Model
+
+        from pipelines.tracking import fluent_context
+
         pyfunc_logger = logging.getLogger("mlflow.pyfunc")
         level = pyfunc_logger.level
         pyfunc_logger.setLevel(logging.ERROR)  # the cloudpickle caution is expected here
@@ -365,7 +387,7 @@ class ModelRegistry:
                     artifact_path=None,
                     name=ARTIFACT_NAME,
                     flavor=mlflow.pyfunc,
-                    python_model=PickledModel(obj),
+                    python_model=_pickled_model_class()(obj),
                     pip_requirements=[],
                     registered_model_name=name,
                     await_registration_for=0,
@@ -377,12 +399,16 @@ class ModelRegistry:
         return int(info.registered_model_version)
 
     def _model(self, name: str) -> RegisteredModel:
+        from mlflow.exceptions import MlflowException
+
         try:
             return self.client.get_registered_model(name)
         except MlflowException as exc:
             raise RegistryError(f"registered model {name!r} not found") from exc
 
     def _existing_version(self, name: str, version: int) -> int:
+        from mlflow.exceptions import MlflowException
+
         self._model(name)
         try:
             number = int(version)
@@ -392,12 +418,101 @@ class ModelRegistry:
         return number
 
 
+def list_versions_fast(tracking_uri: str, name: str) -> pd.DataFrame:
+    """`ModelRegistry(tracking_uri).list_versions(name)`, read straight from a SQLite registry.
+
+    For a `sqlite:///` URI the registry's tables are read with `sqlite3` (read-only: nothing
+    is created or migrated), which answers in milliseconds where importing MLflow and opening
+    its store takes seconds. Any other URI, or a database whose tables are not as expected,
+    goes through MLflow's client. A missing database file has no versions.
+
+    Raises
+    ------
+    RegistryError
+        No registered model has this name (in an existing registry).
+    """
+    path = _sqlite_file(tracking_uri)
+    if path is None:
+        return ModelRegistry(tracking_uri).list_versions(name)
+    if not path.exists():
+        raise RegistryError(f"registered model {name!r} not found (no registry at {path})")
+    try:
+        rows = _sqlite_versions(path, name)
+    except sqlite3.Error as exc:  # not the schema we know: MLflow's client reads it
+        log.info("reading %s directly failed (%s); using MLflow's client", path, exc)
+        return ModelRegistry(tracking_uri).list_versions(name)
+    return _versions_frame(rows)
+
+
+def _sqlite_versions(path: Path, name: str) -> list[dict[str, object]]:
+    """The versions of `name` in an MLflow SQLite registry as `list_versions` rows."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        columns = {r[1] for r in con.execute("PRAGMA table_info(model_versions)")}
+        if not columns:
+            raise sqlite3.OperationalError("no model_versions table")
+        where = "name = ?" + (" AND workspace = 'default'" if "workspace" in columns else "")
+        if not con.execute(f"SELECT 1 FROM registered_models WHERE {where}", [name]).fetchall():
+            raise RegistryError(f"registered model {name!r} not found")
+        versions = con.execute(
+            f"SELECT version, creation_time, run_id, status FROM model_versions WHERE {where}"
+            " AND (current_stage IS NULL OR current_stage <> 'Deleted_Internal')",
+            [name],
+        ).fetchall()
+        aliases: dict[int, list[str]] = {}
+        for alias, version in con.execute(
+            f"SELECT alias, version FROM registered_model_aliases WHERE {where}", [name]
+        ):
+            aliases.setdefault(int(version), []).append(alias)
+        tags: dict[int, dict[str, str]] = {}
+        for version, key, value in con.execute(
+            f"SELECT version, key, value FROM model_version_tags WHERE {where}", [name]
+        ):
+            tags.setdefault(int(version), {})[key] = value
+    finally:
+        con.close()
+    rows = []
+    for version, created, run_id, status in versions:
+        row: dict[str, object] = {
+            "version": int(version),
+            "created": pd.Timestamp(created, unit="ms", tz="UTC"),
+            "aliases": ",".join(sorted(aliases.get(int(version), []))),
+            "run_id": run_id,
+            "status": status,
+        }
+        for key, value in sorted(tags.get(int(version), {}).items()):
+            row[key] = _float(value) if key.startswith(METRIC_PREFIX) else value
+        rows.append(row)
+    return rows
+
+
 # --- private helpers -------------------------------------------------------------------------
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (as `tracking.sqlite_path`, without MLflow)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    return None if not rest or rest == ":memory:" else Path(rest).expanduser()
+
+
+def _versions_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """`list_versions`' table: the base columns, then tags and metrics sorted by name."""
+    base = ["version", "created", "aliases", "run_id", "status", PREVIOUS_TAG]
+    frame = pd.DataFrame(rows)
+    for column in base:
+        if column not in frame.columns:
+            frame[column] = None
+    extra = sorted(c for c in frame.columns if c not in base)
+    return frame[base + extra].sort_values("version", ignore_index=True)
 
 
 def _version_tags(
     metrics: Mapping[str, object] | None, tags: Mapping[str, object] | None
 ) -> dict[str, str]:
+    from pipelines.tracking import clean_metrics, sanitize_name, truncate
+
     out = {sanitize_name(k): truncate(str(v), 5000) for k, v in (tags or {}).items()}
     reserved = {PREVIOUS_TAG} & set(out)
     if reserved:
@@ -419,6 +534,8 @@ def _float(value: str) -> float:
 
 
 def _quote(name: str) -> str:
+    from pipelines.tracking import TrackingError
+
     if "'" in name:
         raise TrackingError(f"model name {name!r}: quotes are not allowed")
     return name

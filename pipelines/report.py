@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from configs import STAGES, EngineConfig, SegmentationError
+from pipelines.journey_view import JourneyTables, journey_section
 from pipelines.policy import MAX_PUBLISHED_NOISE
+from pipelines.report_holdout import holdout_section
 from segmentation.wording import words_for
 
 if TYPE_CHECKING:
@@ -98,6 +100,10 @@ class ReportData:
     # of `features.identity.identity_map_summary`, `merges` (tonight's) and the
     # quarantined identifiers by reason.
     identity: dict[str, Any] | None = None
+    # The journey map of the as-of date (docs/journey.md); None: not published.
+    journey: JourneyTables | None = None
+    # Treated against held-out members per segment (table holdout_outcomes); None: none.
+    holdout: pd.DataFrame | None = None
     top_n: int = 8
     title: str = "Segmentation run report"
 
@@ -114,6 +120,8 @@ def render_report(data: ReportData) -> str:
         _movement_section(data, summary, labels, colors),
         _over_time_section(data, summary, labels, colors),
         _funnel_section(data, summary, labels),
+        journey_section(data.journey, labels),
+        holdout_section(data.holdout) if data.holdout is not None else "",
         _cltv_section(data, summary, labels, colors),
         _identity_section(data),
         _quality_section(data),
@@ -179,6 +187,9 @@ def _load(
             run_metrics["quarantined_by_reason"] = by_reason
     run["metrics"] = run_metrics
     identity = _identity_data(store, chosen, run_metrics.get("quarantined_by_reason"))
+    journey = _journey_tables(store, chosen)
+    holdout_reader = getattr(store, "holdout_outcomes", None)
+    holdout = _frame(holdout_reader(as_of=chosen)) if callable(holdout_reader) else None
     funnel = None
     if "furthest_stage" in membership.columns:
         funnel = membership[["client_id", "furthest_stage"]]
@@ -194,7 +205,18 @@ def _load(
         funnel=funnel,
         notes=tuple(notes),
         identity=identity,
+        journey=journey,
+        holdout=holdout if holdout is not None and len(holdout) else None,
     )
+
+
+def _journey_tables(store: TableSource, as_of: date) -> JourneyTables | None:
+    """The journey tables of `as_of` (None from a store written before schema version 5)."""
+    readers = [getattr(store, f"journey_{t}", None) for t in ("stages", "touchpoints", "dropoffs")]
+    if not all(callable(r) for r in readers):
+        return None
+    frames = [_frame(r(as_of=as_of)) for r in readers]  # type: ignore[misc]
+    return None if frames[0].empty else JourneyTables(*frames)
 
 
 def write_report(

@@ -27,8 +27,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
+from zoneinfo import ZoneInfo
 
 from prefect import Flow
 from prefect.client.schemas.schedules import CronSchedule
@@ -47,6 +49,8 @@ __all__ = [
     "build_deployment",
     "cron_schedule",
     "local_server",
+    "next_run",
+    "next_run_text",
     "prefect_api",
     "serve_nightly",
     "server_healthy",
@@ -131,7 +135,39 @@ def serve_nightly(
         from prefect import serve
 
         print(f"Serving {flow.name}/{deployment.name} against {api_url}", file=sys.stderr)
+        print(next_run_text(config.schedule.cron, config.schedule.timezone), file=sys.stderr)
         serve(deployment, limit=limit)
+
+
+def next_run(cron: str, timezone: str, *, after: datetime | None = None) -> datetime:
+    """When the cron fires next after `after` (default now), in the schedule's time zone,
+    as Prefect's scheduler computes it (daylight saving included).
+
+    Raises
+    ------
+    ScheduleError
+        A bad cron or time zone, naming the config keys.
+    """
+    import asyncio
+
+    from prefect.server.schemas.schedules import CronSchedule as ServerCronSchedule
+
+    cron_schedule(cron, timezone)  # the config's own error for a bad cron or zone
+    start = (after or datetime.now(UTC)).astimezone(UTC) + timedelta(seconds=1)
+    dates = asyncio.run(ServerCronSchedule(cron=cron, timezone=timezone).get_dates(1, start=start))
+    return dates[0].astimezone(ZoneInfo(timezone))
+
+
+def next_run_text(cron: str, timezone: str, *, after: datetime | None = None) -> str:
+    """One line for `serve`: when the next scheduled run is, and in how long."""
+    now = after or datetime.now(UTC)
+    when = next_run(cron, timezone, after=now)
+    minutes = max(int((when - now).total_seconds() // 60), 0)
+    wait = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+    return (
+        f"Next run: {when:%Y-%m-%d %H:%M} {timezone} (in {wait}; cron {cron!r}),"
+        " publishing as of the day before"
+    )
 
 
 @contextlib.contextmanager

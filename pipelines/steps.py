@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from features.identity import Stitching
+    from features.journey import JourneyMap
     from pipelines.registry import ModelRegistry
 
 __all__ = [
@@ -65,8 +66,10 @@ __all__ = [
     "decide_refit",
     "fit_cltv",
     "fit_clusters",
+    "holdout_outcomes",
     "load_champions",
     "load_ruleset",
+    "map_journeys",
     "quality_gate_failures",
     "read_events",
     "run_identity",
@@ -533,11 +536,14 @@ def segment_clients(
     rules_version: str,
     previous: pd.DataFrame | None = None,
     as_of: date | None = None,
+    *,
+    config: EngineConfig | None = None,
 ) -> Segmentation:
     """Assign every client: override rules, else their cluster, else noise; plus the
     `segments` rows (definitions and profiles) for the store. `previous` is the last published
     membership (the rules' `stay_when` keeps members by it); `as_of` turns the days in the
-    reasons into dates."""
+    reasons into dates; `config.holdout` says who is held out of each segment's campaigns
+    (`holdout` in the membership; without a config nobody is)."""
     assigned = None
     sticky = _cluster_members(previous)
     cluster_rows: list[dict[str, Any]] = []
@@ -558,6 +564,7 @@ def segment_clients(
         scores=scores if len(scores) else None,
         previous=previous,
         as_of=as_of,
+        holdout=config.holdout if config is not None else None,
     )
     if clusters is not None and sticky is not None:
         # Stickiness is for the clients the rules leave to the clusters: under a rule the
@@ -594,6 +601,54 @@ def stability_against(previous: pd.DataFrame | None, current: pd.DataFrame) -> f
     if merged.empty:
         return None
     return float((merged["segment_id"] == merged["segment_id_prev"]).mean())
+
+
+def map_journeys(
+    con: duckdb.DuckDBPyConnection, as_of: date, membership: pd.DataFrame, config: EngineConfig
+) -> JourneyMap | None:
+    """Tonight's journey map per segment and overall (None when `journey.enabled` is off):
+    it reads the events table, so it runs before the events are dropped."""
+    if not config.journey.enabled:
+        return None
+    from features.journey import journey_map
+
+    columns = ["client_id", "segment_id", "segment_name", "cluster_id"]
+    return journey_map(con, as_of, membership[columns], config.journey)
+
+
+def holdout_outcomes(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    membership: pd.DataFrame,
+    previous: pd.DataFrame | None,
+    config: EngineConfig,
+) -> pd.DataFrame | None:
+    """Per segment, held-out against treated members: purchases and spend since they entered
+    their current membership stretch (None when nobody is held out anywhere).
+
+    The entry date is the published `valid_from` of a client already in the same segment
+    (`previous`, the last published membership), else tonight."""
+    if "holdout" not in membership.columns or not membership["holdout"].any():
+        return None
+    from features.outcomes import outcomes_since
+    from segmentation.holdout import compare_holdout
+
+    since = membership[["client_id", "segment_id"]].assign(since=pd.Timestamp(as_of))
+    if previous is not None and "valid_from" in previous.columns and len(previous):
+        stayed = since[["client_id", "segment_id"]].merge(
+            previous[["client_id", "segment_id", "valid_from"]],
+            on=["client_id", "segment_id"],
+            how="left",
+        )
+        entered = pd.to_datetime(stayed["valid_from"]).to_numpy()
+        since["since"] = pd.Series(entered, index=since.index).fillna(pd.Timestamp(as_of))
+    outcomes = outcomes_since(con, since[["client_id", "since"]], as_of)
+    frame = membership[["client_id", "segment_id", "segment_name", "holdout"]].merge(
+        outcomes, on="client_id", how="left"
+    )
+    return compare_holdout(
+        frame, confidence=config.journey.confidence, min_clients=config.journey.min_clients
+    )
 
 
 def run_identity(as_of: date) -> tuple[str, datetime]:

@@ -9,6 +9,8 @@ unlike the rest, with its values, from `segmentation.reasons`), or, outside ever
 cluster, the one it was attached to (source ``cluster_outlier``, a low confidence, a reason
 saying it fits loosely); a client left outside every cluster is ``noise``. Every client also
 gets a lifecycle stage from the lifecycle rules and its journey stage from the features.
+A member of a segment may be held out of its campaigns (`holdout`, from `segmentation.holdout`
+and the config's `holdout` section; noise never is).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from configs.schema import HoldoutConfig
+from segmentation.holdout import holdout_flags
 from segmentation.reasons import rule_reasons
 from segmentation.rules import LIFECYCLE_COLUMN, RuleSet, SegmentMatch
 
@@ -34,6 +38,7 @@ MEMBERSHIP_COLUMNS = (
     "lifecycle_stage",
     "journey_stage",
     "reason",
+    "holdout",
 )
 # The segment definition columns (`segments` table, before sizes and run ids).
 SEGMENT_COLUMNS = ("segment_id", "segment_name", "kind", "definition", "model_version")
@@ -63,6 +68,8 @@ def assign_segments(
     cluster_reasons: Mapping[str, str] | None = None,
     previous: pd.DataFrame | None = None,
     as_of: date | None = None,
+    *,
+    holdout: HoldoutConfig | None = None,
 ) -> pd.DataFrame:
     """One membership row per client of `features`, in the order of `features`.
 
@@ -91,12 +98,16 @@ def assign_segments(
     as_of : datetime.date, optional
         The as-of day: the reasons say dates ("no purchase since 2026-05-02") rather than
         days.
+    holdout : configs.schema.HoldoutConfig, optional
+        Who is held out of each segment's campaigns (share, salt, per-segment shares; see
+        `segmentation.holdout.holdout_flags`); None holds nobody out.
 
     Returns
     -------
     pandas.DataFrame
-        Exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype (missing: NaN) and
-        cluster_id is nullable Int64 when cluster ids are numeric.
+        Exactly MEMBERSHIP_COLUMNS; text columns have pandas' `str` dtype (missing: NaN),
+        cluster_id is nullable Int64 when cluster ids are numeric, holdout is bool (never
+        True for noise).
 
     Raises
     ------
@@ -126,8 +137,24 @@ def assign_segments(
             "journey_stage": features[JOURNEY_COLUMN].to_numpy(dtype=object),
         }
     )
-    text = [c for c in MEMBERSHIP_COLUMNS if c not in ("cluster_id", "confidence")]
+    out["holdout"] = _holdout(out, holdout)
+    text = [c for c in MEMBERSHIP_COLUMNS if c not in ("cluster_id", "confidence", "holdout")]
     return out.astype(dict.fromkeys(text, "str")).loc[:, list(MEMBERSHIP_COLUMNS)]
+
+
+def _holdout(membership: pd.DataFrame, holdout: HoldoutConfig | None) -> np.ndarray:
+    """Each member's holdout flag; noise rows are never held out."""
+    if holdout is None or not len(membership):
+        return np.zeros(len(membership), dtype=bool)
+    segment = membership["segment_id"].to_numpy(dtype=object).copy()
+    segment[(membership["segment_source"] == "noise").to_numpy()] = None
+    return holdout_flags(
+        membership["client_id"].to_numpy(dtype=object),
+        segment,
+        share=holdout.share,
+        salt=holdout.salt,
+        segment_shares=holdout.segments,
+    )
 
 
 def _check_no_clash(rules: RuleSet, cluster: pd.DataFrame) -> None:

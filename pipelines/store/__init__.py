@@ -3,6 +3,7 @@
     store = open_store("duckdb:///abs/path/store.duckdb")
     store.publish(PublishRequest(...))          # one transaction under a publish lock
     store.membership(segment_id="3")            # readers: pandas DataFrames
+    store.record_deliveries(rows)               # after the publish: batches sent, by batch_id
 
 Tables, views and guarantees are documented in docs/store.md.
 """
@@ -24,9 +25,18 @@ from pipelines.store._common import (
     parse_store_url,
 )
 from pipelines.store._core import Reader, Store
+from pipelines.store._deliveries import (
+    DELIVERY_KINDS,
+    DELIVERY_STATUSES,
+    DESTINATION_DELIVERIES_INPUT,
+)
 from pipelines.store._request import (
+    HOLDOUT_OUTCOMES_INPUT,
     IDENTITY_MAP_INPUT,
     IDENTITY_MERGES_INPUT,
+    JOURNEY_DROPOFFS_INPUT,
+    JOURNEY_STAGES_INPUT,
+    JOURNEY_TOUCHPOINTS_INPUT,
     MEMBERSHIP_INPUT,
     SCORES_INPUT,
     PublishRequest,
@@ -35,8 +45,15 @@ from pipelines.store._request import (
 from pipelines.store._schema import READABLE, SCHEMA_VERSION, TABLES, VIEWS, validate_identifier
 
 __all__ = [
+    "DELIVERY_KINDS",
+    "DELIVERY_STATUSES",
+    "DESTINATION_DELIVERIES_INPUT",
+    "HOLDOUT_OUTCOMES_INPUT",
     "IDENTITY_MAP_INPUT",
     "IDENTITY_MERGES_INPUT",
+    "JOURNEY_DROPOFFS_INPUT",
+    "JOURNEY_STAGES_INPUT",
+    "JOURNEY_TOUCHPOINTS_INPUT",
     "MEMBERSHIP_INPUT",
     "READABLE",
     "SCHEMA_VERSION",

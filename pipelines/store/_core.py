@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from configs import as_date
+from pipelines.store._analyses import DROPOFF_KINDS, JOURNEY_STAGE_VALUES
 from pipelines.store._common import (
     Backend,
     Connection,
@@ -29,6 +30,7 @@ from pipelines.store._common import (
     StoreEmptyError,
     error_line,
 )
+from pipelines.store._deliveries import upsert_deliveries, validate_deliveries
 from pipelines.store._request import (
     CleanRequest,
     PublishRequest,
@@ -40,11 +42,17 @@ from pipelines.store._request import (
     validate_request,
 )
 from pipelines.store._schema import (
+    AS_OF_TABLES,
+    DESTINATION_DELIVERIES,
     HISTORY,
+    HOLDOUT_OUTCOMES,
     IDENTITY_MAP,
     IDENTITY_MERGES,
     IDENTITY_UNDO_HISTORY,
     IDENTITY_UNDO_TRANSITIONS,
+    JOURNEY_DROPOFFS,
+    JOURNEY_STAGES,
+    JOURNEY_TOUCHPOINTS,
     MEMBERSHIP,
     QUARANTINE,
     READABLE,
@@ -63,6 +71,14 @@ from segmentation.dynamics import STATE_COLUMNS, advance_arrow
 __all__ = ["Reader", "StageHook", "Store"]
 
 log = logging.getLogger("pipelines.store")
+
+# A stage column in journey order ("*" first, "other" last), for readers' ORDER BY: the
+# values are the store's constants, never input.
+_STAGE_ORDER = (
+    "CASE {c} "
+    + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(JOURNEY_STAGE_VALUES))
+    + " END"
+)
 
 _MISSING_TABLE = (
     duckdb.CatalogException,
@@ -153,6 +169,54 @@ class Reader:
             params,
         )
 
+    def journey_stages(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """The journey map's stages and stage-to-stage flow of one as_of (default: latest)."""
+        order = f"segment_id, {_STAGE_ORDER.format(c='stage')},"
+        order += f" {_STAGE_ORDER.format(c='to_stage')} NULLS FIRST"
+        return self._of_as_of(JOURNEY_STAGES.name, as_of, segment_id, order)
+
+    def journey_touchpoints(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """The journey map's touchpoints per stage of one as_of (default: latest)."""
+        order = f"segment_id, {_STAGE_ORDER.format(c='stage')}, rank NULLS LAST, event_type,"
+        order += " channel NULLS FIRST"
+        return self._of_as_of(JOURNEY_TOUCHPOINTS.name, as_of, segment_id, order)
+
+    def journey_dropoffs(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """The journey map's drop-off points, causes and moments of one as_of (default:
+        latest)."""
+        kinds = " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DROPOFF_KINDS))
+        order = f"segment_id, CASE kind {kinds} END, rank NULLS LAST, "
+        order += _STAGE_ORDER.format(c="stage")
+        return self._of_as_of(JOURNEY_DROPOFFS.name, as_of, segment_id, order)
+
+    def holdout_outcomes(self, as_of: date | None = None) -> pd.DataFrame:
+        """Treated members against held-out ones, per segment, of one as_of (default:
+        latest)."""
+        return self._of_as_of(HOLDOUT_OUTCOMES.name, as_of, None, "segment_id")
+
+    def deliveries(
+        self,
+        status: str | None = None,
+        destination: str | None = None,
+        as_of: date | None = None,
+    ) -> pd.DataFrame:
+        """The batches sent to destinations, optionally of one status, destination or as_of."""
+        filters = {"status": status, "destination": destination, "as_of": as_of}
+        conds = [f"{col} = ?" for col, value in filters.items() if value is not None]
+        params = [value for value in filters.values() if value is not None]
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        return self._df(
+            f"SELECT * FROM {self._s}.{DESTINATION_DELIVERIES.name} {where}"
+            " ORDER BY as_of, destination, segment_id, kind, batch_number, batch_id",
+            params,
+        )
+
     def latest_as_of(self) -> date | None:
         """The as_of of the latest successful run, or None before the first publish."""
         return _as_date(self._con.fetchall(self._latest_sql())[0][0])
@@ -171,6 +235,23 @@ class Reader:
 
     def _latest_sql(self) -> str:
         return f"SELECT max(as_of) FROM {self._s}.runs WHERE status = 'success'"
+
+    def _of_as_of(
+        self, table: str, as_of: date | None, segment_id: str | None, order: str
+    ) -> pd.DataFrame:
+        """The rows of a per-as_of table for `as_of` (default: the latest published as_of)."""
+        params: list[object] = []
+        if as_of is None:
+            conds = [f"as_of = ({self._latest_sql()})"]
+        else:
+            conds, params = ["as_of = ?"], [as_of]
+        if segment_id is not None:
+            conds.append("segment_id = ?")
+            params.append(str(segment_id))
+        return self._df(
+            f"SELECT * FROM {self._s}.{table} WHERE {' AND '.join(conds)} ORDER BY {order}",
+            params,
+        )
 
     def _df(self, sql: str, params: Sequence[object] = ()) -> pd.DataFrame:
         return self._con.fetch_df(sql, params)
@@ -292,8 +373,8 @@ class Store:
         _after_stage: StageHook | None = None,
     ) -> PublishResult:
         """Publish one run atomically: membership, history, transitions, segments, scores,
-        the identity map and merges, the run log row and the quarantine, all in one
-        transaction under the publish lock.
+        the identity map and merges, the journey map and holdout outcomes, the run log row
+        and the quarantine, all in one transaction under the publish lock.
 
         Parameters
         ----------
@@ -407,6 +488,39 @@ class Store:
                     w, run_id, as_of, started_at, finished, "failed", None, None, info, message
                 )
         log.info("recorded failed run %s as of %s in %s", run_id, as_of, self.url)
+
+    def record_deliveries(self, rows: pd.DataFrame) -> None:
+        """Record batches sent (or to be sent) to destinations, in `destination_deliveries`.
+
+        An upsert by batch_id (the idempotency key) in one transaction, under the publish
+        lock, so it never interleaves with a publish (on DuckDB it opens the file for writing
+        as a publish does). A re-run or rebuild of a run never deletes these rows.
+
+        Parameters
+        ----------
+        rows : pandas.DataFrame
+            DESTINATION_DELIVERIES_INPUT: batch_id, run_id, as_of, destination, segment_id,
+            kind (entries, exits), batch_number, clients, status (pending, delivered,
+            failed), attempts, and optionally first_attempt_at, last_attempt_at,
+            delivered_at, error, location. One row per batch_id. A row replaces the stored
+            row of its batch_id, except first_attempt_at, which keeps the earlier time.
+
+        Raises
+        ------
+        PublishInputError
+            A row breaks the contract (the message names the column).
+        PublishLockedError
+            A publish held the lock for longer than `lock_timeout`.
+        """
+        table = validate_deliveries(rows, self._backend.secret())
+        if not table.num_rows:
+            return
+        with self.lock():
+            if not self._migrated:
+                self._ensure_migrated()
+            with self._backend.write() as w:
+                upsert_deliveries(w, w.prefix(self.schema), table)
+        log.info("recorded %d delivery batch(es) in %s", table.num_rows, self.url)
 
     # -- reading --------------------------------------------------------------------------------
     @contextmanager
@@ -584,6 +698,109 @@ class Store:
         with self.snapshot() as r:
             return r.identity_merges(since)
 
+    def journey_stages(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """The journey map's stages and the flow between them.
+
+        Parameters
+        ----------
+        as_of : datetime.date, optional
+            The as-of date (default: the latest published as_of).
+        segment_id : str, optional
+            Only this segment's rows ('*': the rows of all clients together).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `journey_stages` rows of that day, per segment in journey order: the row of
+            each stage (to_stage null) first, then its flows to later stages.
+        """
+        with self.snapshot() as r:
+            return r.journey_stages(as_of, segment_id)
+
+    def journey_touchpoints(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """The touchpoints (event type and channel) of each journey stage.
+
+        Parameters
+        ----------
+        as_of : datetime.date, optional
+            The as-of date (default: the latest published as_of).
+        segment_id : str, optional
+            Only this segment's rows ('*': all clients).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `journey_touchpoints` rows of that day, per segment and stage by rank.
+        """
+        with self.snapshot() as r:
+            return r.journey_touchpoints(as_of, segment_id)
+
+    def journey_dropoffs(
+        self, as_of: date | None = None, segment_id: str | None = None
+    ) -> pd.DataFrame:
+        """Where clients drop off, the likely causes, and the moments of truth.
+
+        Parameters
+        ----------
+        as_of : datetime.date, optional
+            The as-of date (default: the latest published as_of).
+        segment_id : str, optional
+            Only this segment's rows ('*': all clients).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `journey_dropoffs` rows of that day, per segment and kind by rank.
+        """
+        with self.snapshot() as r:
+            return r.journey_dropoffs(as_of, segment_id)
+
+    def holdout_outcomes(self, as_of: date | None = None) -> pd.DataFrame:
+        """What the campaigns changed: treated members against the held-out ones.
+
+        Parameters
+        ----------
+        as_of : datetime.date, optional
+            The as-of date (default: the latest published as_of).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `holdout_outcomes` rows of that day, one per segment.
+        """
+        with self.snapshot() as r:
+            return r.holdout_outcomes(as_of)
+
+    def deliveries(
+        self,
+        status: str | None = None,
+        destination: str | None = None,
+        as_of: date | None = None,
+    ) -> pd.DataFrame:
+        """The batches recorded by `record_deliveries`, of every run (re-runs keep them).
+
+        Parameters
+        ----------
+        status : str, optional
+            Only batches of this status (pending, delivered, failed).
+        destination : str, optional
+            Only batches for this destination.
+        as_of : datetime.date, optional
+            Only batches of this as_of (default: every date).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The `destination_deliveries` rows ordered by as_of, destination, segment_id,
+            kind and batch_number.
+        """
+        with self.snapshot() as r:
+            return r.deliveries(status, destination, as_of)
+
     def latest_as_of(self) -> date | None:
         """The as_of of the latest successful run.
 
@@ -692,25 +909,8 @@ class Store:
         mark: Callable[[str], None],
     ) -> None:
         s = w.prefix(self.schema)
-        undo_from = plan.undo_from
-        if undo_from is not None:
-            if plan.restore_rekeyed:
-                _restore_rekeyed(w, s, undo_from)
-            w.execute(f"DELETE FROM {s}.{IDENTITY_MERGES.name} WHERE as_of >= ?", [undo_from])
-            w.execute(
-                f"DELETE FROM {s}.quarantine WHERE run_id IN"
-                f" (SELECT run_id FROM {s}.runs WHERE status = 'success' AND as_of >= ?)",
-                [undo_from],
-            )
-            w.execute(
-                f"UPDATE {s}.runs SET status = 'replaced' WHERE status = 'success' AND as_of >= ?",
-                [undo_from],
-            )
-            w.execute(f"DELETE FROM {s}.segment_history WHERE valid_from >= ?", [undo_from])
-            w.execute(
-                f"UPDATE {s}.segment_history SET valid_to = NULL WHERE valid_to >= ?", [undo_from]
-            )
-            w.execute(f"DELETE FROM {s}.segment_transitions WHERE as_of >= ?", [undo_from])
+        if plan.undo_from is not None:
+            _undo_runs(w, s, plan.undo_from, restore_rekeyed=plan.restore_rekeyed)
             hook("undo")
         w.execute(f"DELETE FROM {s}.quarantine WHERE run_id = ?", [req.run_id])
         w.execute(f"DELETE FROM {s}.runs WHERE run_id = ?", [req.run_id])
@@ -754,6 +954,13 @@ class Store:
             w.load(f"{s}.{IDENTITY_MERGES.name}", req.identity_merges)
         mark("write_identity")
         hook("identity")
+
+        for table in AS_OF_TABLES:
+            rows = req.analyses.get(table.name)
+            if rows is not None and rows.num_rows:
+                w.load(f"{s}.{table.name}", rows)
+        mark("write_analyses")
+        hook("analyses")
 
         if work.quarantine.num_rows:
             w.load(f"{s}.quarantine", work.quarantine)
@@ -1136,6 +1343,30 @@ def _restore_rekeyed(w: Connection, s: str, undo_from: date) -> None:
             " ON u.client_id = k.client_id AND u.merge_as_of = k.merge_as_of"
         )
         w.execute(f"DELETE FROM {s}.{undo.name} WHERE merge_as_of >= ?", [undo_from])
+
+
+def _undo_runs(w: Connection, s: str, undo_from: date, *, restore_rekeyed: bool) -> None:
+    """Undo every published run as of `undo_from` or later: their merges' re-keying, merges,
+    quarantine, history, transitions and per-as_of rows (journey map, holdout outcomes) go,
+    the stretches they closed reopen, and their runs are marked `replaced`. Deliveries stay:
+    they record what was sent."""
+    if restore_rekeyed:
+        _restore_rekeyed(w, s, undo_from)
+    w.execute(f"DELETE FROM {s}.{IDENTITY_MERGES.name} WHERE as_of >= ?", [undo_from])
+    w.execute(
+        f"DELETE FROM {s}.quarantine WHERE run_id IN"
+        f" (SELECT run_id FROM {s}.runs WHERE status = 'success' AND as_of >= ?)",
+        [undo_from],
+    )
+    w.execute(
+        f"UPDATE {s}.runs SET status = 'replaced' WHERE status = 'success' AND as_of >= ?",
+        [undo_from],
+    )
+    w.execute(f"DELETE FROM {s}.segment_history WHERE valid_from >= ?", [undo_from])
+    w.execute(f"UPDATE {s}.segment_history SET valid_to = NULL WHERE valid_to >= ?", [undo_from])
+    w.execute(f"DELETE FROM {s}.segment_transitions WHERE as_of >= ?", [undo_from])
+    for table in AS_OF_TABLES:
+        w.execute(f"DELETE FROM {s}.{table.name} WHERE as_of >= ?", [undo_from])
 
 
 def _undo_point(as_of: date, latest: date | None, rebuild_from: date | None) -> date | None:

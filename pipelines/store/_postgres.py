@@ -84,6 +84,8 @@ class PostgresConnection:
                     strings_can_be_null=True,
                     quoted_strings_can_be_null=False,
                     null_values=[""],
+                    true_values=["t"],  # how COPY writes a boolean
+                    false_values=["f"],
                 ),
             )
         return arrow_to_pandas(table)

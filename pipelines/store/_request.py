@@ -15,14 +15,27 @@ import pyarrow.compute as pc
 from configs import ID_TYPES
 from models.cltv import SCORE_COLUMNS
 from models.scoring import SCORE_SOURCES
+from pipelines.store._analyses import (
+    HOLDOUT_OUTCOMES_INPUT,
+    JOURNEY_DROPOFFS_INPUT,
+    JOURNEY_STAGES_INPUT,
+    JOURNEY_TOUCHPOINTS_INPUT,
+    validate_analyses,
+)
 from pipelines.store._common import PublishInputError
-from pipelines.store._schema import IDENTITY_MAP, IDENTITY_MERGES, QUARANTINE_RAW, Table
+from pipelines.store._frames import flags, select_columns, to_arrow
+from pipelines.store._schema import IDENTITY_MAP, IDENTITY_MERGES, QUARANTINE_RAW
 from segmentation.combine import MEMBERSHIP_COLUMNS, SEGMENT_COLUMNS, SEGMENT_SOURCES
 
 __all__ = [
+    "HOLDOUT_OUTCOMES_INPUT",
     "IDENTITY_MAP_INPUT",
     "IDENTITY_MERGES_INPUT",
+    "JOURNEY_DROPOFFS_INPUT",
+    "JOURNEY_STAGES_INPUT",
+    "JOURNEY_TOUCHPOINTS_INPUT",
     "MEMBERSHIP_INPUT",
+    "MEMBERSHIP_OPTIONAL",
     "RUN_INFO_KEYS",
     "SCORES_INPUT",
     "SEGMENTS_INPUT",
@@ -48,6 +61,8 @@ RUN_INFO_KEYS = (
     "mlflow_run_id",
 )
 MEMBERSHIP_INPUT = list(MEMBERSHIP_COLUMNS)
+# Added by schema version 5: a producer written before it may leave it out (false then).
+MEMBERSHIP_OPTIONAL = ("holdout",)
 SEGMENTS_INPUT = list(SEGMENT_COLUMNS)
 SCORES_INPUT = list(SCORE_COLUMNS)
 # Added by schema version 3: a producer written before it may leave them out (null then).
@@ -56,15 +71,6 @@ SEGMENT_KINDS = ("cluster", "rule", "noise")
 # Identity stitching (schema version 4): the store adds as_of and run_id.
 IDENTITY_MAP_INPUT = ["id_type", "id_value", "person_id", "first_seen", "last_seen"]
 IDENTITY_MERGES_INPUT = ["merged_id", "into_id", "evidence"]
-
-_ARROW = {
-    "text": pa.string(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us"),
-    "double": pa.float64(),
-    "bigint": pa.int64(),
-    "integer": pa.int32(),
-}
 
 
 @dataclass
@@ -75,7 +81,11 @@ class PublishRequest:
     Identity stitching: `identity_map` (IDENTITY_MAP_INPUT; a pandas DataFrame or a pyarrow
     Table) replaces the `identity_map` table, None (a run that did no stitching) empties it;
     `identity_merges` (IDENTITY_MERGES_INPUT) are tonight's merges: appended to the log, and
-    the merged ids' history follows their person (docs/store.md)."""
+    the merged ids' history follows their person (docs/store.md).
+
+    Analyses (schema version 5): `journey_stages`, `journey_touchpoints`, `journey_dropoffs`
+    (JOURNEY_*_INPUT) and `holdout_outcomes` (HOLDOUT_OUTCOMES_INPUT) become tonight's rows
+    of their tables; None publishes none for this as_of (rows of other dates are kept)."""
 
     run_id: str
     as_of: date
@@ -87,6 +97,10 @@ class PublishRequest:
     run_info: Mapping[str, object] = field(default_factory=dict)
     identity_map: pd.DataFrame | pa.Table | None = None
     identity_merges: pd.DataFrame | pa.Table | None = None
+    journey_stages: pd.DataFrame | None = None
+    journey_touchpoints: pd.DataFrame | None = None
+    journey_dropoffs: pd.DataFrame | None = None
+    holdout_outcomes: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -169,6 +183,8 @@ class CleanRequest:
     # merges, both in their table's columns with as_of and run_id.
     identity_map: pa.Table | None = None
     identity_merges: pa.Table | None = None
+    # Tonight's rows of the per-as_of analysis tables, by table name (absent: none given).
+    analyses: Mapping[str, pa.Table] = field(default_factory=dict)
 
 
 def validate_request(run: PublishRequest) -> CleanRequest:
@@ -178,18 +194,8 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     run_id, as_of, started_at = check_run_identity(run.run_id, run.as_of, run.started_at)
     info = check_run_info(run.run_info)
 
-    membership = _frame(run.membership, "membership", MEMBERSHIP_INPUT)
-    for col in ("client_id", "segment_id"):
-        membership[col] = _text(membership[col], f"membership.{col}")
-    _unique_ids(membership, "client_id", "membership")
-    if membership["segment_id"].isna().any():
-        raise PublishInputError(
-            "membership.segment_id has null values: every client needs a segment"
-        )
-    _allowed(membership["segment_source"], SEGMENT_SOURCES, "membership.segment_source")
-    _in_range(membership["confidence"], "membership.confidence", 0.0, 1.0)
-
-    segments = _frame(run.segments, "segments", SEGMENTS_INPUT)
+    membership = _membership(run.membership)
+    segments = select_columns(run.segments, "segments", SEGMENTS_INPUT)
     segments["segment_id"] = _text(segments["segment_id"], "segments.segment_id")
     _unique_ids(segments, "segment_id", "segments")
     _allowed(segments["kind"], SEGMENT_KINDS, "segments.kind")
@@ -200,7 +206,7 @@ def validate_request(run: PublishRequest) -> CleanRequest:
             f"membership uses segment_id(s) missing from segments: {list(unknown[:5])}"
         )
 
-    scores = _frame(
+    scores = select_columns(
         run.scores if run.scores is not None else pd.DataFrame(columns=SCORES_INPUT),
         "scores",
         [c for c in SCORES_INPUT if c not in SCORES_OPTIONAL],
@@ -218,7 +224,7 @@ def validate_request(run: PublishRequest) -> CleanRequest:
 
     quarantine = run.quarantine if run.quarantine is not None else pd.DataFrame(columns=["reason"])
     kept = ["reason", *QUARANTINE_RAW, "line_number", "detail"]
-    quarantine = _frame(quarantine, "quarantine", ["reason"], keep=kept)
+    quarantine = select_columns(quarantine, "quarantine", ["reason"], keep=kept)
     for col in kept[1:]:
         if col not in quarantine.columns:
             quarantine[col] = None
@@ -231,6 +237,15 @@ def validate_request(run: PublishRequest) -> CleanRequest:
     constants = {"as_of": as_of, "run_id": run_id}
     identity_map = _identity_map(run.identity_map, constants)
     merges = _identity_merges(run.identity_merges, constants, membership, identity_map)
+    analyses = validate_analyses(
+        {
+            "journey_stages": run.journey_stages,
+            "journey_touchpoints": run.journey_touchpoints,
+            "journey_dropoffs": run.journey_dropoffs,
+            "holdout_outcomes": run.holdout_outcomes,
+        },
+        constants,
+    )
     return CleanRequest(
         run_id,
         as_of,
@@ -242,7 +257,29 @@ def validate_request(run: PublishRequest) -> CleanRequest:
         info,
         identity_map,
         merges,
+        analyses,
     )
+
+
+def _membership(frame: object) -> pd.DataFrame:
+    """Membership in its contract columns: one row per client, each in a segment, known
+    sources, confidence in [0, 1], holdout true or false (absent or null: false)."""
+    required = [c for c in MEMBERSHIP_INPUT if c not in MEMBERSHIP_OPTIONAL]
+    optional = [c for c in MEMBERSHIP_OPTIONAL if c not in MEMBERSHIP_INPUT]
+    membership = select_columns(frame, "membership", required, keep=[*MEMBERSHIP_INPUT, *optional])
+    if "holdout" not in membership.columns:
+        membership["holdout"] = False
+    membership["holdout"] = flags(membership["holdout"], "membership.holdout", null=False)
+    for col in ("client_id", "segment_id"):
+        membership[col] = _text(membership[col], f"membership.{col}")
+    _unique_ids(membership, "client_id", "membership")
+    if membership["segment_id"].isna().any():
+        raise PublishInputError(
+            "membership.segment_id has null values: every client needs a segment"
+        )
+    _allowed(membership["segment_source"], SEGMENT_SOURCES, "membership.segment_source")
+    _in_range(membership["confidence"], "membership.confidence", 0.0, 1.0)
+    return membership
 
 
 def _identity_map(frame: object, constants: Mapping[str, object]) -> pa.Table | None:
@@ -339,7 +376,7 @@ def _columns(frame: object, name: str, required: list[str]) -> pd.DataFrame | pa
         if missing:
             raise PublishInputError(f"{name} is missing column(s): {', '.join(missing)}")
         return frame.select(required)
-    return _frame(frame, name, required)
+    return select_columns(frame, name, required)
 
 
 def _evidence_text(value: object) -> str | None:
@@ -358,70 +395,6 @@ def _evidence_text(value: object) -> str | None:
         return json.dumps(value, sort_keys=True, default=str)
     except TypeError:
         raise PublishInputError(f"identity_merges.evidence {value!r} is not JSON-able") from None
-
-
-def to_arrow(
-    frame: pd.DataFrame | pa.Table, table: Table, constants: Mapping[str, object] | None = None
-) -> pa.Table:
-    """Build an Arrow table with exactly `table`'s columns and types (constants fill columns)."""
-    constants = constants or {}
-    n = len(frame)
-    arrays = []
-    for name, kind in table.columns:
-        if name in constants:
-            value = constants[name]
-            if isinstance(value, pd.Series | np.ndarray | pa.Array | pa.ChunkedArray):
-                arrays.append(_arrow_column(value, kind, f"{table.name}.{name}"))
-            else:
-                arrays.append(pa.repeat(pa.scalar(value, type=_ARROW[kind]), n))
-        else:
-            arrays.append(_arrow_column(frame[name], kind, f"{table.name}.{name}"))
-    return pa.Table.from_arrays(arrays, names=table.column_names)
-
-
-def _arrow_column(
-    series: pd.Series | np.ndarray | pa.Array | pa.ChunkedArray, kind: str, label: str
-) -> pa.Array:
-    target = _ARROW[kind]
-    if (
-        kind == "text"
-        and isinstance(series, pa.Array | pa.ChunkedArray)
-        and pa.types.is_floating(series.type)
-    ):
-        raise PublishInputError(f"{label} is float: give ids as text or integers")
-    try:
-        if isinstance(series, pa.Array | pa.ChunkedArray):
-            return series.cast(target)
-        series = pd.Series(series) if isinstance(series, np.ndarray) else series
-        if kind == "text":
-            if not (pd.api.types.is_string_dtype(series) and series.dtype != object):
-                series = series.astype(object).where(series.notna(), None)
-                series = series.map(lambda v: v if v is None or isinstance(v, str) else str(v))
-            return pa.array(series, type=target, from_pandas=True)
-        if kind == "date":
-            if pd.api.types.is_datetime64_any_dtype(series):
-                return pa.array(series.astype("datetime64[us]"), from_pandas=True).cast(target)
-            return pa.array(series, type=target, from_pandas=True)
-        if kind in ("double",):
-            return pa.array(pd.to_numeric(series).astype("float64"), type=target, from_pandas=True)
-        if kind in ("bigint", "integer"):
-            values = pd.to_numeric(series)
-            return pa.array(values, from_pandas=True).cast(target)
-        return pa.array(series, type=target, from_pandas=True)
-    except (ValueError, TypeError, pa.ArrowException) as exc:
-        raise PublishInputError(f"{label}: values cannot be stored as {kind}: {exc}") from None
-
-
-def _frame(
-    frame: object, name: str, required: list[str], keep: list[str] | None = None
-) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise PublishInputError(f"{name} must be a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise PublishInputError(f"{name} is missing column(s): {', '.join(missing)}")
-    columns = [c for c in (keep or required) if c in frame.columns]
-    return frame[columns].reset_index(drop=True).copy()
 
 
 def _text(series: pd.Series, label: str) -> pd.Series:

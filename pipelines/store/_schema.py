@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipelines.store._common import StoreArgumentError
 
 __all__ = [
     "ADDED_COLUMNS",
     "ADDED_TABLES",
+    "AS_OF_TABLES",
+    "COLUMN_FILLS",
+    "DESTINATION_DELIVERIES",
     "HISTORY",
+    "HOLDOUT_OUTCOMES",
     "IDENTITY_MAP",
     "IDENTITY_MERGES",
     "IDENTITY_UNDO_HISTORY",
     "IDENTITY_UNDO_TRANSITIONS",
     "INTERNAL_TABLES",
+    "JOURNEY_DROPOFFS",
+    "JOURNEY_STAGES",
+    "JOURNEY_TOUCHPOINTS",
     "MEMBERSHIP",
     "QUARANTINE",
     "QUARANTINE_IDENTIFIERS",
@@ -35,7 +42,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -48,6 +55,7 @@ TYPES = {
     "double": {"duckdb": "DOUBLE", "postgresql": "DOUBLE PRECISION"},
     "bigint": {"duckdb": "BIGINT", "postgresql": "BIGINT"},
     "integer": {"duckdb": "INTEGER", "postgresql": "INTEGER"},
+    "boolean": {"duckdb": "BOOLEAN", "postgresql": "BOOLEAN"},
 }
 
 
@@ -71,6 +79,8 @@ class Table:
     # PostgreSQL indexes (suffix, columns, unique). Few and non-unique on the big tables: the
     # store validates uniqueness itself, and each index costs seconds per million rows loaded.
     pg_indexes: tuple[tuple[str, str, bool], ...] = ()
+    # A primary key (both backends), for the small tables upserted by key.
+    primary_key: str | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -80,6 +90,8 @@ class Table:
     def ddl(self, schema: str, dialect: str) -> list[str]:
         """CREATE TABLE (and, on PostgreSQL, CREATE INDEX) statements under `schema`."""
         cols = ", ".join(f"{name} {TYPES[kind][dialect]}" for name, kind in self.columns)
+        if self.primary_key is not None:
+            cols += f", PRIMARY KEY ({self.primary_key})"
         statements = [f"CREATE TABLE IF NOT EXISTS {schema}.{self.name} ({cols})"]
         if dialect == "postgresql":
             for suffix, columns, unique in self.pg_indexes:
@@ -106,6 +118,7 @@ MEMBERSHIP = Table(
         ("valid_from", "date"),
         ("as_of", "date"),
         ("run_id", "text"),
+        ("holdout", "boolean"),  # schema version 5: held out of campaigns
     ),
     (("client", "client_id", False),),
 )
@@ -256,6 +269,135 @@ IDENTITY_UNDO_TRANSITIONS = Table(
     (("merge_as_of", "date"), *TRANSITIONS.columns),
     (("as_of", "merge_as_of", False),),
 )
+# The journey map (schema version 5), one set per as_of: the stage flow, the touchpoints of
+# each stage and the drop-off points with their causes and moments of truth, per segment
+# ('*': all clients). A run replaces its as_of's rows; the rows of other dates are history.
+_BY_SEGMENT = (("segment", "as_of, segment_id", False),)
+JOURNEY_STAGES = Table(
+    "journey_stages",
+    (
+        ("as_of", "date"),
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("stage", "text"),
+        ("to_stage", "text"),
+        ("clients", "bigint"),
+        ("moved", "bigint"),
+        ("conversion_rate", "double"),
+        ("median_days", "double"),
+        ("p90_days", "double"),
+        ("stalled", "bigint"),
+        ("stall_share", "double"),
+        ("in_progress", "bigint"),
+        ("events", "bigint"),
+        ("sentiment_mean", "double"),
+        ("sentiment_events", "bigint"),
+        ("note", "text"),
+        ("run_id", "text"),
+    ),
+    _BY_SEGMENT,
+)
+JOURNEY_TOUCHPOINTS = Table(
+    "journey_touchpoints",
+    (
+        ("as_of", "date"),
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("stage", "text"),
+        ("event_type", "text"),
+        ("channel", "text"),
+        ("initiated_by", "text"),
+        ("rank", "integer"),
+        ("events", "bigint"),
+        ("clients", "bigint"),
+        ("reach", "double"),
+        ("sentiment_mean", "double"),
+        ("sentiment_events", "bigint"),
+        ("negative_events", "bigint"),
+        ("is_pain", "boolean"),
+        ("note", "text"),
+        ("run_id", "text"),
+    ),
+    _BY_SEGMENT,
+)
+JOURNEY_DROPOFFS = Table(
+    "journey_dropoffs",
+    (
+        ("as_of", "date"),
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("kind", "text"),
+        ("rank", "integer"),
+        ("stage", "text"),
+        ("to_stage", "text"),
+        ("event_type", "text"),
+        ("channel", "text"),
+        ("factor_kind", "text"),
+        ("factor", "text"),
+        ("clients", "bigint"),
+        ("group_clients", "bigint"),
+        ("group_with", "bigint"),
+        ("other_clients", "bigint"),
+        ("other_with", "bigint"),
+        ("effect", "double"),
+        ("effect_low", "double"),
+        ("effect_high", "double"),
+        ("note", "text"),
+        ("run_id", "text"),
+    ),
+    _BY_SEGMENT,
+)
+# Campaign lift per segment (schema version 5): members held out of campaigns against the
+# treated ones, one row per segment and as_of, replaced like the journey map.
+HOLDOUT_OUTCOMES = Table(
+    "holdout_outcomes",
+    (
+        ("as_of", "date"),
+        ("segment_id", "text"),
+        ("segment_name", "text"),
+        ("treated_clients", "bigint"),
+        ("holdout_clients", "bigint"),
+        ("days_after_entry_mean", "double"),
+        ("treated_purchases_mean", "double"),
+        ("holdout_purchases_mean", "double"),
+        ("purchases_diff", "double"),
+        ("purchases_diff_low", "double"),
+        ("purchases_diff_high", "double"),
+        ("treated_spend_mean", "double"),
+        ("holdout_spend_mean", "double"),
+        ("spend_diff", "double"),
+        ("spend_diff_low", "double"),
+        ("spend_diff_high", "double"),
+        ("note", "text"),
+        ("run_id", "text"),
+    ),
+    _BY_SEGMENT,
+)
+# What the destinations were sent (schema version 5): one row per batch, upserted by its
+# idempotency key by the delivery code after a publish, never deleted by re-runs or rebuilds
+# (a batch that was sent stays sent).
+DESTINATION_DELIVERIES = Table(
+    "destination_deliveries",
+    (
+        ("batch_id", "text"),
+        ("run_id", "text"),
+        ("as_of", "date"),
+        ("destination", "text"),
+        ("segment_id", "text"),
+        ("kind", "text"),
+        ("batch_number", "integer"),
+        ("clients", "integer"),
+        ("status", "text"),
+        ("attempts", "integer"),
+        ("first_attempt_at", "timestamp"),
+        ("last_attempt_at", "timestamp"),
+        ("delivered_at", "timestamp"),
+        ("error", "text"),
+        ("location", "text"),
+    ),
+    (("as_of", "as_of, destination", False),),
+    primary_key="batch_id",
+)
 SCHEMA_VERSION_TABLE = Table(
     "schema_version", (("version", "integer"), ("applied_at", "timestamp"))
 )
@@ -271,7 +413,15 @@ TABLES = (
     QUARANTINE,
     IDENTITY_MAP,
     IDENTITY_MERGES,
+    JOURNEY_STAGES,
+    JOURNEY_TOUCHPOINTS,
+    JOURNEY_DROPOFFS,
+    HOLDOUT_OUTCOMES,
+    DESTINATION_DELIVERIES,
 )
+# The per-as_of tables a publish fills from optional request frames: a re-run replaces its
+# as_of's rows, a rebuild deletes the rows of the dates it undoes.
+AS_OF_TABLES = (JOURNEY_STAGES, JOURNEY_TOUCHPOINTS, JOURNEY_DROPOFFS, HOLDOUT_OUTCOMES)
 INTERNAL_TABLES = (IDENTITY_UNDO_HISTORY, IDENTITY_UNDO_TRANSITIONS)
 
 _LATEST = "(SELECT max(as_of) FROM {v}runs WHERE status = 'success')"
@@ -281,11 +431,12 @@ VIEWS = {
     "v_segment_members": """
         SELECT m.segment_id, m.segment_name, s.kind AS segment_kind, m.client_id,
                m.segment_source, m.cluster_id, m.confidence, m.lifecycle_stage,
-               m.journey_stage, m.reason, m.valid_from, m.as_of, m.run_id
+               m.journey_stage, m.reason, m.holdout, m.valid_from, m.as_of, m.run_id
         FROM {v}segment_membership m LEFT JOIN {v}segments s ON s.segment_id = m.segment_id
     """,
     "v_todays_transitions": """
-        SELECT t.as_of, t.client_id, t.from_segment_id, t.to_segment_id,
+        SELECT t.as_of, t.client_id, t.from_segment_id, sf.segment_name AS from_segment_name,
+               t.to_segment_id, st.segment_name AS to_segment_name,
                t.from_lifecycle, t.to_lifecycle,
                CASE WHEN t.from_segment_id IS NULL THEN 'entry'
                     WHEN t.to_segment_id IS NULL THEN 'exit'
@@ -293,6 +444,8 @@ VIEWS = {
                     ELSE 'lifecycle' END AS kind,
                t.run_id
         FROM {v}segment_transitions t
+        LEFT JOIN {v}segments sf ON sf.segment_id = t.from_segment_id
+        LEFT JOIN {v}segments st ON st.segment_id = t.to_segment_id
         WHERE t.as_of = """
     + _LATEST
     + """
@@ -324,9 +477,9 @@ VIEWS = {
     """,
     "v_client_current": """
         SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
-               m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
-               c.p_alive, c.p_purchase, c.expected_purchases, c.expected_avg_value,
-               c.predicted_cltv, c.cltv_model, c.horizon_days,
+               m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.holdout,
+               m.valid_from, c.p_alive, c.p_purchase, c.expected_purchases,
+               c.expected_avg_value, c.predicted_cltv, c.cltv_model, c.horizon_days,
                c.model_version AS cltv_model_version, m.as_of, m.run_id
         FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
     """,
@@ -343,7 +496,11 @@ ADDED_COLUMNS: tuple[tuple[int, Table, str], ...] = (
     (3, SCORES, "p_purchase"),
     (3, SCORES, "cltv_model"),
     *((4, QUARANTINE, column) for column in (*QUARANTINE_IDENTIFIERS, "detail")),
+    (5, MEMBERSHIP, "holdout"),
 )
+# The value an added column takes in the rows a store already holds (else null): the
+# members published before version 5 were held out of nothing.
+COLUMN_FILLS: dict[tuple[str, str], str] = {(MEMBERSHIP.name, "holdout"): "false"}
 # Tables added after version 1, by the version that adds them: its migration creates them
 # (with their indexes), version 1 does not.
 ADDED_TABLES: tuple[tuple[int, Table], ...] = (
@@ -351,16 +508,49 @@ ADDED_TABLES: tuple[tuple[int, Table], ...] = (
     (4, IDENTITY_MERGES),
     (4, IDENTITY_UNDO_HISTORY),
     (4, IDENTITY_UNDO_TRANSITIONS),
+    *((5, table) for table in (*AS_OF_TABLES, DESTINATION_DELIVERIES)),
 )
 # Views whose body changed after version 1, by the version that changes them (its migration
-# re-creates them), and their version-1 bodies (they name only version-1 columns).
-CHANGED_VIEWS: dict[int, tuple[str, ...]] = {3: ("v_client_current",)}
-_VIEWS_V1 = {
-    "v_client_current": """
+# re-creates them).
+CHANGED_VIEWS: dict[int, tuple[str, ...]] = {
+    3: ("v_client_current",),
+    5: ("v_segment_members", "v_todays_transitions", "v_client_current"),
+}
+# The bodies later versions replaced, by (view, version that created them): a store migrated
+# step by step gets at each step the body that names only the columns it has then.
+_OLD_VIEWS: dict[tuple[str, int], str] = {
+    ("v_segment_members", 1): """
+        SELECT m.segment_id, m.segment_name, s.kind AS segment_kind, m.client_id,
+               m.segment_source, m.cluster_id, m.confidence, m.lifecycle_stage,
+               m.journey_stage, m.reason, m.valid_from, m.as_of, m.run_id
+        FROM {v}segment_membership m LEFT JOIN {v}segments s ON s.segment_id = m.segment_id
+    """,
+    ("v_todays_transitions", 1): """
+        SELECT t.as_of, t.client_id, t.from_segment_id, t.to_segment_id,
+               t.from_lifecycle, t.to_lifecycle,
+               CASE WHEN t.from_segment_id IS NULL THEN 'entry'
+                    WHEN t.to_segment_id IS NULL THEN 'exit'
+                    WHEN t.from_segment_id <> t.to_segment_id THEN 'move'
+                    ELSE 'lifecycle' END AS kind,
+               t.run_id
+        FROM {v}segment_transitions t
+        WHERE t.as_of = """
+    + _LATEST
+    + """
+    """,
+    ("v_client_current", 1): """
         SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
                m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
                c.p_alive, c.expected_purchases, c.expected_avg_value, c.predicted_cltv,
                c.horizon_days, c.model_version AS cltv_model_version, m.as_of, m.run_id
+        FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
+    """,
+    ("v_client_current", 3): """
+        SELECT m.client_id, m.segment_id, m.segment_name, m.segment_source, m.cluster_id,
+               m.confidence, m.lifecycle_stage, m.journey_stage, m.reason, m.valid_from,
+               c.p_alive, c.p_purchase, c.expected_purchases, c.expected_avg_value,
+               c.predicted_cltv, c.cltv_model, c.horizon_days,
+               c.model_version AS cltv_model_version, m.as_of, m.run_id
         FROM {v}segment_membership m LEFT JOIN {v}client_scores c ON c.client_id = m.client_id
     """,
 }
@@ -386,8 +576,13 @@ def migration_statements(version: int, schema: str, dialect: str) -> list[str]:
         statements.append(
             f"ALTER TABLE {schema}.{table.name} ADD COLUMN IF NOT EXISTS {column} {kind}"
         )
+        fill = COLUMN_FILLS.get((table.name, column))
+        if fill is not None:
+            statements.append(
+                f"UPDATE {schema}.{table.name} SET {column} = {fill} WHERE {column} IS NULL"
+            )
     for name in CHANGED_VIEWS.get(version, ()):
-        statements.extend(_view_ddl(schema, dialect, name, VIEWS[name]))
+        statements.extend(_view_ddl(schema, dialect, name, _view_body(name, version)))
     return statements
 
 
@@ -401,10 +596,16 @@ def _version_1(schema: str, dialect: str) -> list[str]:
         if table.name in later_tables:
             continue
         columns = tuple(c for c in table.columns if (table.name, c[0]) not in later)
-        statements.extend(Table(table.name, columns, table.pg_indexes).ddl(schema, dialect))
-    for name, body in VIEWS.items():
-        statements.extend(_view_ddl(schema, dialect, name, _VIEWS_V1.get(name, body)))
+        statements.extend(replace(table, columns=columns).ddl(schema, dialect))
+    for name in VIEWS:
+        statements.extend(_view_ddl(schema, dialect, name, _view_body(name, 1)))
     return statements
+
+
+def _view_body(name: str, version: int) -> str:
+    """The body of view `name` in a store of schema `version`."""
+    changed = [v for v, names in CHANGED_VIEWS.items() if name in names and v <= version]
+    return _OLD_VIEWS.get((name, max([1, *changed])), VIEWS[name])
 
 
 def _view_ddl(schema: str, dialect: str, name: str, body: str) -> list[str]:

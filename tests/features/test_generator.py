@@ -17,7 +17,9 @@ from features import generator
 from features.events import load_events, load_taxonomy
 from features.generator import (
     CATEGORIES,
+    CAUSE_CATEGORY,
     CHANNELS,
+    EVENT_CATEGORIES,
     EVENT_SCHEMA,
     EVENT_TYPES,
     PERSONAS,
@@ -77,9 +79,18 @@ def test_a_seed_keeps_giving_the_same_events() -> None:
     # the random draws (or of any parameter) changes every data set made with a seed. Update
     # this only for an intended change of the generated data (numpy does not promise the same
     # streams across versions either: a numpy upgrade can move it too). Last intended change:
-    # the brand keeps writing to dormant clients (email_sent, push_sent; issue 16).
+    # the journey plants (a drop-off cause and a moment of truth, drawn from a stream of their
+    # own, and two truth columns).
     events, truth = generate(300, 60, END, 11)
+    assert events.num_rows == 1579
+    expected = "e46f5cb1e065b1eaea8c6299bdc6ce3f37a2fb017109e77945aa274d50b62bcf"
+    assert _fingerprint(events, truth) == expected
+    # Without the plants the data is exactly that of the generator before them (the pin of
+    # issue 16: the brand keeps writing to dormant clients), the plants' truth columns aside.
+    events, truth = generate(300, 60, END, 11, journeys=False)
     assert events.num_rows == 1530
+    assert truth["dropoff_cause_date"].isna().all() and truth["moment_purchases"].eq(0).all()
+    truth = truth.drop(columns=["dropoff_cause_date", "moment_purchases"])
     expected = "2f2b5768e5c9ed4a4e2b3240d2a25e033b0225725314520a84d9145c40133cc3"
     assert _fingerprint(events, truth) == expected
 
@@ -128,7 +139,12 @@ def test_output_meets_the_event_contract(written, data) -> None:
     assert frame["event_id"].is_unique
     assert set(frame["event_type"]) == set(EVENT_TYPES)
     assert set(frame["channel"]) == set(CHANNELS)
-    assert set(frame["category"].dropna()) <= set(CATEGORIES)
+    assert set(frame["category"].dropna()) <= set(EVENT_CATEGORIES)
+    # The one page category (the drop-off cause's page) is on page views only.
+    assert set(frame.loc[frame["category"] == CAUSE_CATEGORY, "event_type"]) == {"page_view"}
+    assert set(frame.loc[frame["event_type"] != "page_view", "category"].dropna()) <= set(
+        CATEGORIES
+    )
     money = frame["event_type"].isin(["purchase", "return", "refund"])
     assert frame.loc[money, "amount"].gt(0).all() and frame.loc[~money, "amount"].isna().all()
     felt = frame["event_type"].isin(["survey_response", "review", "support_ticket"])

@@ -80,3 +80,65 @@ def test_run_fails_within_seconds_on_a_future_date(config, capsys):
     assert code == 1
     assert "after today" in capsys.readouterr().err
     assert time.perf_counter() - started < 15  # no Prefect server, no event read
+
+
+def test_the_first_files_columns_are_checked_after_the_mapping(config, tmp_path):
+    events = tmp_path / "bad"
+    events.mkdir()
+    (events / "a.csv").write_text("client_id,ts,event_type\nc1,2025-01-01,login\n")
+    with pytest.raises(EventContractError, match="missing required column.*event_time"):
+        preflight(config, as_of=date(2025, 6, 30), events=str(events), today=TODAY)
+    mapped = config.model_copy(
+        update={"events": config.events.model_copy(update={"columns": {"event_time": "ts"}})}
+    )
+    preflight(mapped, as_of=date(2025, 1, 1), events=str(events), today=TODAY)
+    wrong = config.model_copy(
+        update={"events": config.events.model_copy(update={"columns": {"event_time": "when"}})}
+    )
+    with pytest.raises(EventContractError, match="'when' \\(mapped to event_time"):
+        preflight(wrong, as_of=date(2025, 1, 1), events=str(events), today=TODAY)
+
+
+def _parquet_events(path, last: str, tz: str | None = None) -> None:
+    import pandas as pd
+
+    times = pd.to_datetime(["2025-01-01 10:00", last])
+    frame = pd.DataFrame(
+        {
+            "client_id": ["c1", "c2"],
+            "event_time": times.tz_localize(tz) if tz else times,
+            "event_type": ["login", "purchase"],
+        }
+    )
+    path.mkdir(exist_ok=True)
+    frame.to_parquet(path / "part-0.parquet", index=False)
+
+
+def test_an_as_of_past_the_newest_event_needs_allow_future(config, tmp_path):
+    events = tmp_path / "pq"
+    _parquet_events(events, "2025-03-10 23:30", tz="UTC")
+    preflight(config, as_of=date(2025, 3, 11), events=str(events), today=TODAY)  # + 1 day
+    with pytest.raises(FutureAsOfError, match=r"newest event \(2025-03-10\)"):
+        preflight(config, as_of=date(2025, 3, 12), events=str(events), today=TODAY)
+    preflight(config, as_of=date(2025, 3, 12), events=str(events), today=TODAY, allow_future=True)
+    # CSV has no statistics: not checked
+    preflight(config, as_of=date(2026, 3, 1), today=TODAY)
+
+
+def test_every_check_fails_within_3_seconds_in_a_fresh_process(config, tmp_path):
+    import subprocess
+    import sys
+
+    events = tmp_path / "pq2"
+    _parquet_events(events, "2025-03-10 12:00")
+    command = [sys.executable, "-m", "pipelines.cli", "run", "--config", "", "--events"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"workdir: {tmp_path / 'work'}\n")
+    command[5] = str(cfg)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [*command, str(events), "--as-of", "2025-06-01"], capture_output=True, text=True
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 1 and "newest event (2025-03-10)" in done.stderr
+    assert seconds < 10, seconds  # about 2 s on an idle 2-core machine (README)

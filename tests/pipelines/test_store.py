@@ -411,6 +411,8 @@ def test_same_tables_and_columns_on_both_backends(tmp_path, pg_url):
             "bigint": "bigint",
             "INTEGER": "integer",
             "integer": "integer",
+            "BOOLEAN": "boolean",
+            "boolean": "boolean",
         }
         sql = (
             "SELECT table_name, column_name, data_type, ordinal_position"
@@ -521,13 +523,13 @@ def test_a_store_at_schema_version_1_gains_runs_error(store_location, monkeypatc
     monkeypatch.undo()
     store = open_store(url, schema, lock_timeout=10, reader_retry=10)
     publish(store, DAYS[:1])  # an old store upgrades on its next write
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     started = datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
     store.record_failed_run("failed-1", DAYS[1], started, error=ValueError("boom"))
     runs = store.runs().set_index("run_id")
     assert runs.loc["failed-1", "error"] == "ValueError: boom"
     assert runs.loc[f"run-{DAYS[0].isoformat()}", "status"] == "success"
-    assert store.migrate() == 4  # idempotent
+    assert store.migrate() == 5  # idempotent
     assert {"raw_line", "line_number"} <= set(store.quarantine().columns)
     assert {"anonymous_id", "detail"} <= set(store.quarantine().columns)  # version 4
     assert store.identity_map().empty and store.identity_merges().empty

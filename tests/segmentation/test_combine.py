@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from configs.schema import HoldoutConfig
 from segmentation.combine import MEMBERSHIP_COLUMNS, assign_segments, segment_definitions
+from segmentation.holdout import holdout_flags
 from segmentation.rules import rules_from_mapping
 
 RULES = {
@@ -96,6 +98,7 @@ def test_rule_then_cluster_then_noise(features, clusters, rules):
     ]
     assert pd.isna(out.loc[4, "journey_stage"])
     assert out["segment_id"].dtype == "str"
+    assert out["holdout"].dtype == bool and not out["holdout"].any()  # no holdout config
     # rule reasons: the client's own values of what the rule reads, never the rule text
     assert list(out["reason"]) == [
         "3 support tickets in the last 90 days, average sentiment (-1 to 1): -0.50",
@@ -263,3 +266,27 @@ def test_previous_membership_with_duplicate_clients_is_refused(features, cluster
     previous = pd.DataFrame({"client_id": ["a", "a"], "segment_id": ["C1", "C2"]})
     with pytest.raises(ValueError, match="previous: 1 duplicate client_id"):
         assign_segments(features, clusters, rules, previous=previous)
+
+
+def test_holdout_column_follows_the_config(features, clusters, rules):
+    config = HoldoutConfig(share=0.5, salt="s1", segments={"C1": 0.0})
+    out = assign_segments(features, clusters, rules, holdout=config)
+    assert tuple(out.columns) == MEMBERSHIP_COLUMNS
+    assert out["holdout"].dtype == bool
+    expected = holdout_flags(
+        out["client_id"], out["segment_id"], share=0.5, salt="s1", segment_shares={"C1": 0.0}
+    )
+    np.testing.assert_array_equal(out["holdout"].to_numpy(), expected)
+    assert not out.loc[out["segment_id"].isin(["C1", "noise"]), "holdout"].any()
+    # every client of a segment with share 0.5 drawn: rule members can be held out too
+    big = pd.concat([features.assign(client_id=features["client_id"] + str(i)) for i in range(40)])
+    big_clusters = pd.concat(
+        [clusters.assign(client_id=clusters["client_id"] + str(i)) for i in range(40)]
+    )
+    many = assign_segments(big, big_clusters, rules, holdout=config)
+    share = many.groupby("segment_id")["holdout"].mean()
+    assert 0.2 < share["rule_support_risk"] < 0.8 and 0.2 < share["rule_vip"] < 0.8
+    assert share["C1"] == 0.0 and share["noise"] == 0.0
+    # the same config draws the same group on every run
+    again = assign_segments(features, clusters, rules, holdout=config)
+    pd.testing.assert_frame_equal(out, again)
