@@ -844,13 +844,10 @@ def _rank_causes(frame: pd.DataFrame, config: JourneyConfig) -> pd.DataFrame:
         frame.groupby(["seg", "p_stage", "p_type", "p_channel"], dropna=False).cumcount() + 1
     )
     frame = frame[frame["rank"] <= config.max_causes]
-    for column in ("effect", "effect_low", "effect_high"):
-        frame[column] = frame[column].where(frame["enough"])
-    return pd.DataFrame(
+    return _comparison_rows(
+        frame,
+        "cause",
         {
-            "segment_id": frame["seg"],
-            "kind": "cause",
-            "rank": frame["rank"],
             "stage": frame["p_stage"],
             "event_type": frame["p_type"],
             "channel": frame["p_channel"],
@@ -861,12 +858,21 @@ def _rank_causes(frame: pd.DataFrame, config: JourneyConfig) -> pd.DataFrame:
             "group_with": frame["group_with"],
             "other_clients": frame["other_clients"],
             "other_with": frame["other_with"],
-            "effect": frame["effect"],
-            "effect_low": frame["effect_low"],
-            "effect_high": frame["effect_high"],
-            "note": _notes(frame["enough"]),
-        }
-    ).reset_index(drop=True)
+        },
+    )
+
+
+def _comparison_rows(
+    frame: pd.DataFrame, kind: str, columns: dict[str, pd.Series | np.ndarray]
+) -> pd.DataFrame:
+    """`journey_dropoffs` rows of a ranked comparison (causes, moments): `columns` says what
+    is compared; the effect and its interval are left out where the sample is too small."""
+    enough = frame["enough"]
+    effects = {c: frame[c].where(enough) for c in ("effect", "effect_low", "effect_high")}
+    head = {"segment_id": frame["seg"], "kind": kind, "rank": frame["rank"]}
+    return pd.DataFrame({**head, **columns, **effects, "note": _notes(enough)}).reset_index(
+        drop=True
+    )
 
 
 # ------------------------------------------------------------------------ moments of truth
@@ -955,13 +961,10 @@ def _moment_rows(
     )
     frame["rank"] = frame.groupby(["seg", "s", "raises"]).cumcount() + 1
     frame = frame[frame["rank"] <= config.max_moments]
-    for column in ("effect", "effect_low", "effect_high"):
-        frame[column] = frame[column].where(frame["enough"])
-    rows = pd.DataFrame(
+    rows = _comparison_rows(
+        frame,
+        "moment",
         {
-            "segment_id": frame["seg"],
-            "kind": "moment",
-            "rank": frame["rank"],
             "stage": frame["s"].map(lambda i: STAGES[int(i)]),
             "to_stage": frame["s"].map(lambda i: STAGES[int(i) + 1]),
             "event_type": frame["event_type"],
@@ -974,12 +977,8 @@ def _moment_rows(
             "group_with": frame["conv_with"],
             "other_clients": frame["n_without"],
             "other_with": frame["conv_without"],
-            "effect": frame["effect"],
-            "effect_low": frame["effect_low"],
-            "effect_high": frame["effect_high"],
-            "note": _notes(frame["enough"]),
-        }
-    ).reset_index(drop=True)
+        },
+    )
     rows["segment_name"] = rows["segment_id"].map(names)
     return rows
 

@@ -22,7 +22,8 @@ from configs import lazy_exports
 if TYPE_CHECKING:
     from pipelines.cli import CommandLineError, main
     from pipelines.demo import run_demo
-    from pipelines.nightly import manage_models, run_backfill, run_nightly
+    from pipelines.nightly import run_backfill, run_nightly
+    from pipelines.operate import manage_models
     from pipelines.registry import ModelRegistry, RegistryError
     from pipelines.report import write_report
     from pipelines.schedule import ScheduleError
@@ -64,7 +65,7 @@ _EXPORTS: dict[str, str] = {
     "CommandLineError": "pipelines.cli",
     "main": "pipelines.cli",
     "run_demo": "pipelines.demo",
-    "manage_models": "pipelines.nightly",
+    "manage_models": "pipelines.operate",
     "run_backfill": "pipelines.nightly",
     "run_nightly": "pipelines.nightly",
     "ModelRegistry": "pipelines.registry",

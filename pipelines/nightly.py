@@ -52,7 +52,6 @@ __all__ = [
     "Progress",
     "RunSummary",
     "backfill",
-    "manage_models",
     "nightly",
     "nightly_flow_for_demo",
     "nightly_run",
@@ -220,26 +219,6 @@ def serve(config: EngineConfig) -> None:
     # scheduled run resolves them from the environment or the config file when it starts.
     parameters = {"config": flow_params.masked_payload(config), "as_of": None}
     serve_nightly(nightly, config, parameters=parameters)
-
-
-def manage_models(config: EngineConfig, action: str, *, model: str, version: int | None) -> str:
-    """`segmentation models list | promote VERSION | rollback` for analysts."""
-    from pipelines.registry import ModelRegistry
-
-    registry = ModelRegistry(config.tracking_uri)
-    name = (
-        config.mlflow.cluster_model_name if model == "clusters" else config.mlflow.cltv_model_name
-    )
-    if action == "list":
-        table = registry.list_versions(name)
-        return table.to_string(index=False) if len(table) else f"no versions of {name}"
-    if action == "promote":
-        if version is None:
-            raise FlowArgumentError("models promote needs a VERSION")
-        previous = registry.promote(name, version)
-        return f"{name}: version {version} is champion (was {previous})"
-    restored = registry.rollback(name)
-    return f"{name}: rolled back; version {restored} is champion"
 
 
 def nightly_run(
