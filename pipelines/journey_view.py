@@ -295,7 +295,11 @@ def _stage_cell(
         pains = pains.sort_values(["clients", "event_type"], ascending=[False, True]).head(4)
         text = ", ".join(
             f"{_touchpoint(p)} {_int(p['clients'])}"
-            + ("" if not p["negative_events"] else f" ({_int(p['negative_events'])} negative)")
+            + (
+                ""
+                if not p["negative_events"]
+                else f" ({_int(p['negative_events'])} negative events)"
+            )
             for _, p in pains.iterrows()
         )
         parts.append(f"<p class='pain'>pains: {_e(text)}</p>")
@@ -304,15 +308,16 @@ def _stage_cell(
 
 def _emotion_svg(rows: Sequence[pd.Series | None]) -> str:
     """The emotion line: mean sentiment per stage on a -1..1 scale, gaps where unmeasured."""
-    w, h, pad = 600, 70, 20
-    step = (w - 2 * pad) / (len(rows) - 1)
+    # one point at the middle of each stage's column of the grid above (five equal columns)
+    w, h = 1000, 70
+    step = w / len(rows)
     points = []
     labels = []
     for i, row in enumerate(rows):
         value = (
             None if row is None or _missing(row["sentiment_mean"]) else float(row["sentiment_mean"])
         )
-        x = pad + i * step
+        x = (i + 0.5) * step
         if value is None:
             labels.append(f"<text x='{x:.0f}' y='{h - 2}' class='sv'>n/a</text>")
             continue
@@ -328,10 +333,10 @@ def _emotion_svg(rows: Sequence[pd.Series | None]) -> str:
         if len(points) > 1
         else ""
     )
-    axis = f"<line x1='{pad}' y1='{h / 2}' x2='{w - pad}' y2='{h / 2}' stroke='#ccc'/>"
+    axis = f"<line x1='0' y1='{h / 2}' x2='{w}' y2='{h / 2}' stroke='#ccc'/>"
     return (
         f"<div class='emotion'><span class='muted'>emotion (mean sentiment, -1 to +1)</span>"
-        f"<svg viewBox='0 0 {w} {h}' width='100%' height='{h}'>{axis}{line}{''.join(labels)}</svg>"
+        f"<svg viewBox='0 0 {w} {h}' width='100%'>{axis}{line}{''.join(labels)}</svg>"
         "</div>"
     )
 
@@ -380,6 +385,14 @@ def _pair_row(stages: pd.DataFrame, stage: str, to_stage: str) -> pd.Series | No
 
 
 def _causes_of(drops: pd.DataFrame, point: pd.Series) -> pd.DataFrame:
+    """The causes of a drop-off point worth a sentence: those whose interval stays above 1,
+    or, where the sample is too small for any, the most common factors with their counts."""
+    causes = _all_causes_of(drops, point)
+    sure = causes[causes["effect_low"] > 1]
+    return sure if len(sure) else causes[causes["note"].notna()]
+
+
+def _all_causes_of(drops: pd.DataFrame, point: pd.Series) -> pd.DataFrame:
     same_channel = (drops["channel"] == point["channel"]) | (
         drops["channel"].isna() & _missing(point["channel"])
     )
