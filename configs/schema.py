@@ -470,6 +470,39 @@ class AlertsConfig(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+class ExecutionConfig(_Section):
+    """Where the per-client work runs: in this process (local) or shard by shard on Dask.
+
+    With `mode: dask`, clients are hash-partitioned into `shards` and each shard is read,
+    validated and built on a worker (`pipelines.distributed`). `scheduler_address` points at an
+    existing cluster (``tcp://scheduler:8786``); null starts a `distributed.LocalCluster` of
+    `workers` processes with `threads_per_worker` threads and `memory_limit_per_worker` each.
+    """
+
+    mode: Literal["local", "dask"] = "local"
+    scheduler_address: str | None = Field(
+        None, description="an existing Dask scheduler (tcp://host:8786); null: a LocalCluster"
+    )
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1)
+    shards: int = Field(4, ge=1, description="hash partitions of the clients (tasks)")
+    memory_limit_per_worker: str = Field(
+        "4GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="LocalCluster: the memory Dask allows each worker",
+    )
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="how long to wait for the scheduler before failing"
+    )
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be an address such as tcp://host:8786, or null")
+        return value
+
+
 class ScheduleConfig(_Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -499,6 +532,7 @@ class EngineConfig(_Section):
         Annotated[WebhookDestination | FileDestination, Field(discriminator="kind")], ...
     ] = ()
     alerts: AlertsConfig = AlertsConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     source: str | None = Field(None, description="file this config was loaded from")
 
     # Resolved locations: placeholders and environment overrides applied.

@@ -1,0 +1,427 @@
+"""The per-client feature build shard by shard on a Dask cluster (`execution: dask`).
+
+Clients are hash-partitioned with the feature build's own partition,
+``hash(client_id) % shards`` on the normalized client id (`features.build`). Each shard is one
+Dask task: it reads the raw events of its clients only (one filtered scan of the input, written
+to the worker's scratch folder), validates them with the event contract
+(`features.events.load_configured_events`), and builds their features with DuckDB inside the
+worker (`features.build.build_features`). The driver sums the validation counts and
+concatenates the shards' Arrow tables sorted by client_id, as the one-process build does; the
+result equals `pipelines.steps.read_events` followed by `pipelines.steps.compute_features` on
+the same events, as of the same day and `now`.
+
+A shard holds whole clients, so every per-client value, and the duplicates by event_id of a
+client's own events, are judged where all of that client's events are. What this step does not
+do yet (docs/scale.md): identity stitching across shards (inputs with identifiers besides
+client_id, or a links file, are refused), CSV and JSON lines inputs (refused: convert to
+Parquet), and the rest of the nightly flow on the workers.
+
+Dask is imported inside the functions only, so importing this module (and `segmentation
+validate`) stays cheap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
+
+from configs import IDENTIFIER_COLUMNS, EngineConfig, SegmentationError, as_date
+from configs.schema import ExecutionConfig
+from features.events import ValidationReport, check_bad_share
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from distributed import Client
+
+__all__ = [
+    "ClusterUnreachableError",
+    "DistributedBuildError",
+    "DistributedFeatures",
+    "ShardOutput",
+    "build_features_on_dask",
+    "build_shard",
+    "combined_report",
+    "dask_client",
+]
+
+_KEY_PREFIX = "segmentation-features"
+
+
+class DistributedBuildError(SegmentationError, RuntimeError):
+    """The sharded build failed: a shard's task failed or its worker died (the message names
+    the shard), or the input is one this step cannot shard yet."""
+
+
+class ClusterUnreachableError(DistributedBuildError):
+    """No Dask scheduler answered at the configured address within the connect timeout."""
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What one shard's task returns: its feature rows, its validation counts, its time."""
+
+    shard: int
+    table: pa.Table
+    report: ValidationReport
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _ShardFailure:
+    """A shard that failed on purpose (a `SegmentationError`): returned, not raised, so that
+    Dask does not retry a failure that would only repeat."""
+
+    shard: int
+    error: SegmentationError
+
+
+@dataclass(frozen=True)
+class DistributedFeatures:
+    """The sharded build's result.
+
+    `features` is the frame `pipelines.steps.compute_features` returns (one row per client,
+    sorted by client_id, nulls as NaN, client ids as text); `report` the validation counts
+    summed over the shards (`pipelines.steps.read_events`'s report); `shard_clients` the
+    number of clients of each shard, and `shard_seconds` each task's time in its worker.
+    """
+
+    features: pd.DataFrame
+    report: ValidationReport
+    shards: int
+    shard_clients: tuple[int, ...] = field(default=())
+    shard_seconds: tuple[float, ...] = field(default=())
+
+
+def build_features_on_dask(
+    config: EngineConfig,
+    events_path: str | Path,
+    as_of: date,
+    *,
+    client: Client | None = None,
+    now: datetime | None = None,
+) -> DistributedFeatures:
+    """Validate the events and build the feature table shard by shard on Dask.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Its ``execution`` section gives the shards and the cluster (used when `client` is
+        None: ``scheduler_address``, else a LocalCluster of ``workers`` processes); its
+        ``events`` and ``features`` sections are applied in every shard as in one process.
+    events_path : str or Path
+        A Parquet file, a folder of them or a glob, readable from every worker.
+    as_of : datetime.date
+        The as-of day of the features.
+    client : distributed.Client, optional
+        A connected client to run on (it is left open).
+    now : datetime.datetime, optional
+        The time future events are measured against, the same in every shard; default the
+        current time when the call starts.
+
+    Returns
+    -------
+    DistributedFeatures
+        The feature frame (equal to `steps.compute_features`) and the summed validation
+        report (equal to `steps.read_events`'s).
+
+    Raises
+    ------
+    ClusterUnreachableError
+        No scheduler answered at ``execution.scheduler_address`` within
+        ``execution.connect_timeout_seconds``.
+    DistributedBuildError
+        A shard failed (the message names it and why), its worker died twice, or the input
+        needs what this step does not do yet (identity stitching, CSV or JSON lines).
+    BadInputError
+        The summed share of bad rows passes ``events.max_bad_share``.
+    NothingToSegmentError
+        No client has an event up to `as_of`.
+    """
+    from features.build import _sorted_by_client  # the one-process build's shard merge
+    from pipelines.steps import NothingToSegmentError, _feature_frame
+
+    _check_shardable(config)
+    as_of = as_date(as_of)
+    now = now or datetime.now(UTC)
+    shards = config.execution.shards
+    with _client_for(config.execution, client) as dask:
+        outputs = _run_shards(dask, config, str(events_path), as_of, now, shards)
+    report = combined_report([o.report for o in outputs])
+    check_bad_share(report, config.events.max_bad_share)
+    counts = tuple(o.table.num_rows for o in outputs)
+    seconds = tuple(round(o.seconds, 3) for o in outputs)
+    table = _sorted_by_client([o.table for o in outputs])
+    del outputs
+    if table.num_rows == 0:
+        raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
+    return DistributedFeatures(_feature_frame(table), report, shards, counts, seconds)
+
+
+def build_shard(
+    config: EngineConfig,
+    events_path: str,
+    as_of: date,
+    shard: int,
+    shards: int,
+    now: datetime,
+) -> ShardOutput:
+    """One shard's work, as a Dask task runs it (callable anywhere, for tests).
+
+    Reads the raw rows of the clients with ``hash(client_id) % shards == shard`` (client_id
+    normalized as the event contract does) into a Parquet file in a scratch folder, loads and
+    validates that file as `load_configured_events` does, and builds the features of its
+    clients in DuckDB. The scratch folder (in the worker's local directory) is removed after.
+    """
+    from features.build import build_features
+    from features.events import connect_for_events, load_configured_events
+    from features.identity import needs_stitching
+
+    started = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix=f"shard-{shard}-", dir=_local_directory()))
+    try:
+        con = connect_for_events(config.features, scratch)
+        try:
+            threads = _worker_threads()
+            if threads:
+                con.execute(f"SET threads = {threads}")
+            shard_file = _write_shard_input(con, config, events_path, shard, shards, scratch)
+            report = load_configured_events(con, config, shard_file, now=now)
+            if needs_stitching(con, config.links_path):
+                raise DistributedBuildError(
+                    f"events at {events_path} carry identifiers besides client_id: identity"
+                    " stitching across shards is not done by the Dask build yet"
+                    " (execution.mode: local)"
+                )
+            table = build_features(con, as_of, config.features, shards=config.features.shards)
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ShardOutput(shard, table, report, time.perf_counter() - started)
+
+
+def combined_report(reports: Sequence[ValidationReport]) -> ValidationReport:
+    """The validation counts of the shards summed: rows, valid, duplicates, quarantined, and
+    the counts by reason and by unknown event type (keys sorted)."""
+
+    def summed(parts: Sequence[dict[str, int]]) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for part in parts:
+            for key, n in part.items():
+                total[key] = total.get(key, 0) + int(n)
+        return dict(sorted(total.items()))
+
+    return ValidationReport(
+        rows=sum(r.rows for r in reports),
+        valid=sum(r.valid for r in reports),
+        duplicates=sum(r.duplicates for r in reports),
+        quarantined=sum(r.quarantined for r in reports),
+        by_reason=summed([r.by_reason for r in reports]),
+        unknown_event_types=summed([r.unknown_event_types for r in reports]),
+    )
+
+
+@contextmanager
+def dask_client(execution: ExecutionConfig) -> Iterator[Client]:
+    """A Dask client as the ``execution`` section says, closed on exit.
+
+    With ``scheduler_address``, a client of that scheduler (the cluster is left running);
+    an address that does not answer within ``connect_timeout_seconds`` raises
+    `ClusterUnreachableError` naming it. Without, a `distributed.LocalCluster` of ``workers``
+    processes (``threads_per_worker`` threads and ``memory_limit_per_worker`` each, no
+    dashboard), shut down on exit.
+    """
+    from distributed import Client, LocalCluster
+
+    address = execution.scheduler_address
+    if address is None:
+        with (
+            LocalCluster(
+                n_workers=execution.workers,
+                threads_per_worker=execution.threads_per_worker,
+                memory_limit=execution.memory_limit_per_worker,
+                processes=True,
+                dashboard_address=None,
+            ) as cluster,
+            Client(cluster) as local,
+        ):
+            yield local
+        return
+    timeout = execution.connect_timeout_seconds
+    try:
+        remote = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterUnreachableError(
+            f"execution.scheduler_address {address!r}: no Dask scheduler answered within"
+            f" {timeout:g} s ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        yield remote
+    finally:
+        remote.close()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _client_for(execution: ExecutionConfig, client: Client | None) -> Iterator[Client]:
+    if client is not None:
+        yield client
+    else:
+        with dask_client(execution) as made:
+            yield made
+
+
+def _check_shardable(config: EngineConfig) -> None:
+    """Refuse, before any cluster is touched, what the sharded build cannot do yet."""
+    from features.events import event_mapping
+
+    if config.links_path:
+        raise DistributedBuildError(
+            "identity.links_file is set: identity stitching across shards is not done by the"
+            " Dask build yet (execution.mode: local)"
+        )
+    mapped = [c for c in ("client_id", *IDENTIFIER_COLUMNS) if c in event_mapping(config).columns]
+    if mapped:
+        raise DistributedBuildError(
+            f"events.columns (or events.preset) maps {', '.join(mapped)}: the Dask build shards"
+            " on a plain client_id column only, so far (execution.mode: local)"
+        )
+
+
+def _run_shards(
+    client: Client,
+    config: EngineConfig,
+    events_path: str,
+    as_of: date,
+    now: datetime,
+    shards: int,
+) -> list[ShardOutput]:
+    """Submit one task per shard (retried once if its worker dies) and gather them in shard
+    order; the first failure cancels the rest and is raised naming its shard."""
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            _shard_task,
+            config,
+            events_path,
+            as_of,
+            k,
+            shards,
+            now,
+            key=f"{_KEY_PREFIX}-{run}-shard-{k}-of-{shards}",
+            retries=1,
+            pure=False,
+        ): k
+        for k in range(shards)
+    }
+    results: dict[int, ShardOutput] = {}
+    try:
+        for future in as_completed(futures):
+            k = futures[future]
+            try:
+                out = future.result()
+            except Exception as exc:  # the worker died twice, or a bug in the task
+                raise DistributedBuildError(
+                    f"shard {k} of {shards} failed on the cluster: {type(exc).__name__}: {exc}"
+                ) from exc
+            if isinstance(out, _ShardFailure):
+                raise DistributedBuildError(f"shard {k} of {shards}: {out.error}") from out.error
+            results[k] = out
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return [results[k] for k in range(shards)]
+
+
+def _shard_task(
+    config: EngineConfig,
+    events_path: str,
+    as_of: date,
+    shard: int,
+    shards: int,
+    now: datetime,
+) -> ShardOutput | _ShardFailure:
+    try:
+        return build_shard(config, events_path, as_of, shard, shards, now)
+    except SegmentationError as exc:
+        return _ShardFailure(shard, exc)
+
+
+def _write_shard_input(
+    con: duckdb.DuckDBPyConnection,
+    config: EngineConfig,
+    events_path: str,
+    shard: int,
+    shards: int,
+    scratch: Path,
+) -> str:
+    """The raw rows of the shard's clients, all columns as read, in `scratch/events.parquet`.
+
+    The shard key is the feature build's ``hash(client_id) % shards`` over the client id as
+    the event contract normalizes it (`features.events` trims it, byte order marks too), so a
+    client's rows, however their id was padded, land in one shard, and rows without a client
+    id in one shard, where they are quarantined and counted once. The input's files are first
+    checked as the one-process load checks them (a required column missing from one file
+    fails naming it), since the shard's single file could no longer tell.
+    """
+    from features.events import (
+        _plan_scans,
+        _reader_sql,
+        _source_columns,
+        _text,
+        event_mapping,
+        resolve_sources,
+    )
+
+    kind, files = resolve_sources(events_path)
+    if kind != "parquet":
+        raise DistributedBuildError(
+            f"events at {events_path} are {kind.upper()} files: the Dask build reads Parquet"
+            " only, so far (convert them, or execution.mode: local)"
+        )
+    mapping = event_mapping(config)
+    _plan_scans(con, kind, files, events_path, dict(mapping.columns), mapping.lenient).release(con)
+    reader = _reader_sql(files)
+    columns = _source_columns(con, reader)
+    key = _text("client_id", columns, lower=False).removesuffix(" AS client_id")
+    out = scratch / "events.parquet"
+    con.execute(
+        f"COPY (SELECT * EXCLUDE (source_file) FROM {reader}"
+        f" WHERE hash({key}) % {shards} = {shard})"
+        f" TO '{str(out).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)"
+    )
+    return str(out)
+
+
+def _worker_threads() -> int | None:
+    """The threads of the Dask worker running this (DuckDB uses as many), or None outside."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError):
+        return None
+
+
+def _local_directory() -> str | None:
+    """The Dask worker's local directory (its scratch space), or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().local_directory)
+    except (ImportError, ValueError):
+        return None

@@ -1,0 +1,164 @@
+"""The sharded feature build on Dask gives the one-process build's table and counts, exactly.
+
+One LocalCluster for the module: 2 worker processes (processes=True, as on a real cluster:
+each shard's DuckDB runs in its own process, and the tasks and results really cross a process
+boundary through pickling; the cluster starts in about 3 s here), 4 shards.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from configs import EngineConfig
+from configs.schema import config_from_mapping
+from features.events import ValidationReport, connect_for_events
+from features.generator import write_dataset
+from pipelines import steps
+from pipelines.distributed import (
+    ClusterUnreachableError,
+    DistributedBuildError,
+    build_features_on_dask,
+    combined_report,
+    dask_client,
+)
+
+AS_OF = date(2026, 6, 30)
+NOW = datetime(2026, 7, 1, 6, 0, tzinfo=UTC)
+
+
+def _config(**execution: object) -> EngineConfig:
+    return config_from_mapping({"execution": {"mode": "dask", "workers": 2, **execution}})
+
+
+def _add_bad_rows(events: Path) -> None:
+    """A part file of rows the contract rejects, duplicates by event_id of a client's own
+    events, padded client ids (the same clients) and unknown event types."""
+    part = pq.read_table(sorted(events.glob("*.parquet"))[0])
+    head = part.slice(0, 200)
+    n = head.num_rows
+
+    def with_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+        return table.set_column(table.schema.get_field_index(name), name, values)
+
+    def ids(table: pa.Table, tag: str) -> pa.Array:
+        return pa.array([f"{tag}-{k}" for k in range(table.num_rows)], pa.string())
+
+    no_client = with_column(head.slice(0, 20), "client_id", pa.nulls(20, pa.string()))
+    negative = with_column(head.slice(20, 20), "amount", pa.array([-5.0] * 20))
+    negative = with_column(negative, "event_id", ids(negative, "neg"))
+    padded = head.slice(40, 30)
+    padded = with_column(
+        padded, "client_id", pc.binary_join_element_wise("  ", padded["client_id"], " ", "")
+    )
+    padded = with_column(padded, "event_id", ids(padded, "pad"))
+    unknown = head.slice(70, 10)
+    unknown = with_column(unknown, "event_type", pa.array(["mystery_event"] * 10))
+    unknown = with_column(unknown, "event_id", ids(unknown, "unk"))
+    future = head.slice(80, 5)
+    future_time = pa.array(
+        [datetime(2031, 1, 1, tzinfo=UTC)] * 5, part.schema.field("event_time").type
+    )
+    future = with_column(future, "event_time", future_time)
+    future = with_column(future, "event_id", ids(future, "fut"))
+    duplicates = head.slice(100, n - 100)  # the same events again: same ids, same clients
+    bad = pa.concat_tables([no_client, negative, padded, unknown, future, duplicates])
+    pq.write_table(bad, events / "part-bad.parquet")
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as folder:
+        summary = write_dataset(folder, clients=1_500, days=400, end=AS_OF, seed=11)
+        events = Path(summary["events_dir"])
+        _add_bad_rows(events)
+        yield events
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    with dask_client(_config().execution) as made:
+        yield made
+
+
+def _one_process(config: EngineConfig, events: Path) -> tuple[pd.DataFrame, ValidationReport]:
+    with tempfile.TemporaryDirectory() as scratch:
+        con = connect_for_events(config.features, scratch)
+        try:
+            read = steps.read_events(con, config, str(events), now=NOW)
+            return steps.compute_features(con, AS_OF, config), read.report
+        finally:
+            con.close()
+
+
+def test_four_shards_on_two_workers_equal_the_one_process_build(dataset, client):
+    config = _config(shards=4)
+    expected, report = _one_process(config, dataset)
+    assert report.duplicates == 100 and report.quarantined == 45  # the bad rows are there
+    assert report.unknown_event_types == {"mystery_event": 10}
+
+    result = build_features_on_dask(config, dataset, AS_OF, client=client, now=NOW)
+
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == report
+    assert result.shards == 4 and sum(result.shard_clients) == len(expected) > 1_400
+    assert all(n > 0 for n in result.shard_clients)
+
+
+def test_more_shards_than_clients_leaves_empty_shards_and_the_same_table(tmp_path, client):
+    summary = write_dataset(tmp_path, clients=3, days=60, end=AS_OF, seed=3)
+    config = _config(shards=8)
+    expected, report = _one_process(config, Path(summary["events_dir"]))
+
+    result = build_features_on_dask(config, summary["events_dir"], AS_OF, client=client, now=NOW)
+
+    assert result.shard_clients.count(0) >= 5
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == report
+
+
+def test_a_failing_shard_fails_the_call_naming_the_shard(tmp_path, client):
+    (tmp_path / "events.csv").write_text("client_id,event_time,event_type\nc1,2026-06-01,visit\n")
+
+    with pytest.raises(DistributedBuildError, match=r"shard \d of 4: .*CSV files.*Parquet"):
+        build_features_on_dask(_config(shards=4), tmp_path, AS_OF, client=client, now=NOW)
+
+
+def test_an_unreachable_scheduler_fails_in_seconds_naming_the_address():
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    config = _config(scheduler_address=address, connect_timeout_seconds=2)
+
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachableError, match=f"scheduler_address '{address}'"):
+        build_features_on_dask(config, "/nonexistent", AS_OF, now=NOW)
+    assert time.monotonic() - started < 10
+
+
+def test_inputs_needing_identity_stitching_are_refused_before_any_cluster():
+    config = config_from_mapping(
+        {"execution": {"mode": "dask"}, "events": {"columns": {"client_id": ["userId"]}}}
+    )
+    with pytest.raises(DistributedBuildError, match="maps client_id"):
+        build_features_on_dask(config, "/nonexistent", AS_OF, client=None, now=NOW)
+
+
+def test_combined_report_sums_counts_and_reasons():
+    a = ValidationReport(10, 7, 1, 2, {"negative_amount": 2}, {"x": 1})
+    b = ValidationReport(5, 4, 0, 1, {"missing_client_id": 1, "negative_amount": 0}, {})
+    assert combined_report([a, b]) == ValidationReport(
+        15, 11, 1, 3, {"missing_client_id": 1, "negative_amount": 2}, {"x": 1}
+    )
+    assert combined_report([]) == ValidationReport(0, 0, 0, 0, {}, {})
