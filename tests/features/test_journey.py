@@ -341,3 +341,50 @@ def test_a_cluster_trait_is_not_taken_for_a_cause(tmp_path):
     crude = journey_map(con, AS_OF, frame.drop(columns="cluster_id"), JourneyConfig()).dropoffs
     crude_search = crude[(crude["kind"] == "cause") & (crude["factor"] == "search/web")]
     assert (crude_search["effect_low"] > 1.5).any()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Generator journeys with the planted drop-off cause and moment of truth, and each
+    client's persona (after the shift) as its segment."""
+    import json
+
+    from features.generator import write_dataset
+
+    out = tmp_path_factory.mktemp("planted")
+    write_dataset(out, clients=6000, days=365, end=AS_OF, seed=21)
+    con = duckdb.connect()
+    load_events(con, out / "events", now=END + timedelta(days=1))
+    truth = pd.read_parquet(out / "truth.parquet", columns=["client_id", "persona_after"])
+    members = truth.rename(columns={"persona_after": "segment_id"}).assign(
+        segment_name=lambda f: f["segment_id"]
+    )
+    plants = json.loads((out / "journey_truth.json").read_text())
+    return journey_map(con, AS_OF, members, JourneyConfig()), plants
+
+
+def test_the_generators_plants_are_found_for_their_persona_only(generated):
+    result, plants = generated
+    drops = result.dropoffs
+    cause, moment = plants["dropoff"], plants["moment"]
+    causes = drops[
+        (drops["kind"] == "cause")
+        & (drops["event_type"] == cause["event_type"])
+        & (drops["factor"] == cause["cause"]["category"])
+        & (drops["effect_low"] > 1)
+    ]
+    assert (causes.loc[causes["segment_id"] == cause["persona"], "rank"] <= 3).any()
+    elsewhere = causes[(causes["segment_id"] != cause["persona"]) & (causes["segment_id"] != "*")]
+    assert elsewhere.empty, elsewhere[["segment_id", "rank", "effect", "effect_low"]]
+
+    touchpoint = f"{moment['touchpoint']['event_type']}/{moment['touchpoint']['channel']}"
+    moments = drops[
+        (drops["kind"] == "moment")
+        & (drops["stage"] == moment["stage"])
+        & (drops["factor_kind"] == "raises")
+        & (drops["factor"] == touchpoint)
+        & (drops["effect_low"] > 0)
+    ]
+    assert (moments.loc[moments["segment_id"] == moment["persona"], "rank"] <= 3).any()
+    others = moments[(moments["segment_id"] != moment["persona"]) & (moments["segment_id"] != "*")]
+    assert not (others["rank"] <= 3).any(), others[["segment_id", "rank", "effect"]]
