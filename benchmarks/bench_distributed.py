@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/bench_distributed.py                 # ~5M events (150k clients)
     .venv/bin/python benchmarks/bench_distributed.py --clients 20000 --shards 1 2 4
+    .venv/bin/python benchmarks/bench_distributed.py --input original   # each task scans all
+
+By default each Dask row reads a copy of the events partitioned by client hash with as many
+shards as the row (`pipelines.partition.partition_events`, written once per shard count into
+the data folder, its time printed apart), so each task reads its own `shard=k` folder;
+`--input original` reads the generated files, every task scanning them all.
 
 The one-process build (`steps.read_events` + `steps.compute_features`, as the nightly runs
 them) runs in a fresh process; its peak is that process's peak resident set (ru_maxrss). Each
@@ -118,6 +124,22 @@ def run_dask(events: str, shards: int, workers: int, memory: str) -> dict[str, o
     }
 
 
+def partitioned(events: str, folder: Path, shards: int) -> str:
+    """`events` partitioned by client hash into `folder` (written once, then reused)."""
+    from configs import EngineConfig
+    from pipelines.partition import partition_events, read_manifest
+
+    manifest = read_manifest(folder) if folder.exists() else None
+    if manifest is None or manifest.shards != shards:
+        started = time.perf_counter()
+        manifest = partition_events(EngineConfig(), events, folder, shards)
+        print(
+            f"  partitioned into {shards} shard(s) in {time.perf_counter() - started:.1f} s"
+            f" ({manifest.rows:,} rows)"
+        )
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=150_000, help="~33.7 events each")
@@ -126,6 +148,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory", default="8GB", help="memory_limit_per_worker")
     parser.add_argument("--data", default=None, help="folder of a generated data set (reused)")
+    parser.add_argument(
+        "--input", choices=["partitioned", "original"], default="partitioned", help="Dask input"
+    )
     args = parser.parse_args()
 
     from features.generator import write_dataset
@@ -143,10 +168,16 @@ def main() -> None:
         expected = pd.read_parquet(out)
     print(f"{rows:,} events, {clients:,} clients with features as of {AS_OF}")
     print(f"one process: {seconds:6.1f} s wall, peak {peak:,.0f} MB")
-    print(f"Dask LocalCluster, {args.workers} workers x 1 thread (fresh cluster per row):")
+    print(
+        f"Dask LocalCluster, {args.workers} workers x 1 thread (fresh cluster per row),"
+        f" {args.input} input:"
+    )
     print("shards  wall s  start s  worker peaks MB (idle worker MB)  task s (max)  equal")
     for shards in args.shards:
-        row = run_dask(events, shards, args.workers, args.memory)
+        source = events
+        if args.input == "partitioned":
+            source = partitioned(events, data / f"partitioned-{shards}", shards)
+        row = run_dask(source, shards, args.workers, args.memory)
         features = row["features"]
         assert isinstance(features, pd.DataFrame)
         pd.testing.assert_frame_equal(features, expected, check_exact=True)

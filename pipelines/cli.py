@@ -201,6 +201,13 @@ def _add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _config_arg(p)
     p.set_defaults(handler=_features)
 
+    p = add("partition", help="rewrite events as Parquet partitioned by client hash (shard=k)")
+    p.add_argument("--events", required=True, help="Parquet/CSV/JSON lines file, folder or glob")
+    p.add_argument("--out", required=True, help="the folder written (atomically)")
+    p.add_argument("--shards", type=int, required=True, help="the execution.shards of the build")
+    _config_arg(p)
+    p.set_defaults(handler=_partition)
+
     p = add("identity", help="stitch identifiers into persons as of a date; print a summary")
     p.add_argument("--events", required=True, help="Parquet/CSV file, directory or glob")
     p.add_argument("--as-of", type=_date, required=True)
@@ -745,6 +752,23 @@ def _deliver(args: argparse.Namespace) -> int:
     from pipelines.destinations import deliver_command
 
     return deliver_command(_config(args), store_url=args.store, as_of=args.as_of, retry=args.retry)
+
+
+def _partition(args: argparse.Namespace) -> int:
+    from pipelines.partition import partition_events
+
+    manifest = partition_events(_config(args), args.events, args.out, args.shards)
+    print(
+        json.dumps(
+            {
+                "out": str(Path(args.out).resolve()),
+                "shards": manifest.shards,
+                "rows": manifest.rows,
+                "rows_by_shard": manifest.rows_by_shard,
+            }
+        )
+    )
+    return 0
 
 
 def _progress(started: float, message: str) -> None:

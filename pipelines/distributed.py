@@ -10,6 +10,12 @@ concatenates the shards' Arrow tables sorted by client_id, as the one-process bu
 result equals `pipelines.steps.read_events` followed by `pipelines.steps.compute_features` on
 the same events, as of the same day and `now`.
 
+When `events_path` is a folder partitioned by `pipelines.partition` (a `_partition.json`)
+with as many shards, each task reads its own ``shard=k`` folder only (shard 0 also reads
+``shard=none``); with another shard count the tasks scan the whole folder as they scan any
+input. Each task's DuckDB gets the one-process memory budget divided by the shards
+(`task_memory_limit`).
+
 A shard holds whole clients, so every per-client value, and the duplicates by event_id of a
 client's own events, are judged where all of that client's events are. What this step does not
 do yet (docs/scale.md): identity stitching across shards (inputs with identifiers besides
@@ -22,6 +28,7 @@ validate`) stays cheap.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -53,9 +60,15 @@ __all__ = [
     "build_shard",
     "combined_report",
     "dask_client",
+    "task_memory_limit",
 ]
 
 _KEY_PREFIX = "segmentation-features"
+MIN_TASK_MEMORY = 256 * 2**20
+_UNITS = {
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}  # fmt: skip
 
 
 class DistributedBuildError(SegmentationError, RuntimeError):
@@ -101,6 +114,7 @@ class DistributedFeatures:
     shards: int
     shard_clients: tuple[int, ...] = field(default=())
     shard_seconds: tuple[float, ...] = field(default=())
+    input_layout: str = "scan"
 
 
 def build_features_on_dask(
@@ -149,14 +163,19 @@ def build_features_on_dask(
         No client has an event up to `as_of`.
     """
     from features.build import _sorted_by_client  # the one-process build's shard merge
+    from pipelines.partition import config_for_partitioned, read_manifest
     from pipelines.steps import NothingToSegmentError, _feature_frame
 
+    manifest = read_manifest(events_path)
+    if manifest is not None:  # its column mapping was applied when it was written
+        config = config_for_partitioned(config, manifest)
     _check_shardable(config)
     as_of = as_date(as_of)
     now = now or datetime.now(UTC)
     shards = config.execution.shards
+    per_shard = manifest is not None and manifest.shards == shards
     with _client_for(config.execution, client) as dask:
-        outputs = _run_shards(dask, config, str(events_path), as_of, now, shards)
+        outputs = _run_shards(dask, config, str(events_path), as_of, now, shards, per_shard)
     report = combined_report([o.report for o in outputs])
     check_bad_share(report, config.events.max_bad_share)
     counts = tuple(o.table.num_rows for o in outputs)
@@ -165,7 +184,8 @@ def build_features_on_dask(
     del outputs
     if table.num_rows == 0:
         raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
-    return DistributedFeatures(_feature_frame(table), report, shards, counts, seconds)
+    layout = "partitioned" if per_shard else "scan"
+    return DistributedFeatures(_feature_frame(table), report, shards, counts, seconds, layout)
 
 
 def build_shard(
@@ -175,17 +195,23 @@ def build_shard(
     shard: int,
     shards: int,
     now: datetime,
+    *,
+    partitioned: bool = False,
 ) -> ShardOutput:
     """One shard's work, as a Dask task runs it (callable anywhere, for tests).
 
-    Reads the raw rows of the clients with ``hash(client_id) % shards == shard`` (client_id
-    normalized as the event contract does) into a Parquet file in a scratch folder, loads and
-    validates that file as `load_configured_events` does, and builds the features of its
-    clients in DuckDB. The scratch folder (in the worker's local directory) is removed after.
+    With `partitioned`, `events_path` is a folder written by `pipelines.partition` with
+    `shards` shards: the task reads its own ``shard=<shard>`` folder only (shard 0 also reads
+    ``shard=none``, the rows without a client id). Otherwise it reads the raw rows of the
+    clients with ``hash(client_id) % shards == shard`` (client_id normalized as the event
+    contract does) into a Parquet file in a scratch folder. It then loads and validates them
+    as `load_configured_events` does, and builds the features of its clients in DuckDB. The
+    scratch folder (in the worker's local directory) is removed after.
     """
     from features.build import build_features
     from features.events import connect_for_events, load_configured_events
     from features.identity import needs_stitching
+    from pipelines.partition import shard_glob
 
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix=f"shard-{shard}-", dir=_local_directory()))
@@ -195,8 +221,15 @@ def build_shard(
             threads = _worker_threads()
             if threads:
                 con.execute(f"SET threads = {threads}")
-            shard_file = _write_shard_input(con, config, events_path, shard, shards, scratch)
-            report = load_configured_events(con, config, shard_file, now=now)
+            limit = task_memory_limit(
+                config.features.memory_limit, shards, _worker_memory_limit(), threads or 1
+            )
+            con.execute(f"SET memory_limit = '{limit}'")
+            if partitioned:
+                shard_input = shard_glob(events_path, shard, with_none=shard == 0)
+            else:
+                shard_input = _write_shard_input(con, config, events_path, shard, shards, scratch)
+            report = load_configured_events(con, config, shard_input, now=now)
             if needs_stitching(con, config.links_path):
                 raise DistributedBuildError(
                     f"events at {events_path} carry identifiers besides client_id: identity"
@@ -208,7 +241,22 @@ def build_shard(
             con.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        _release_arrow_memory()
     return ShardOutput(shard, table, report, time.perf_counter() - started)
+
+
+def task_memory_limit(
+    one_process_limit: str, shards: int, worker_limit: int | None = None, threads: int = 1
+) -> str:
+    """DuckDB's memory limit for one shard's task: the one-process budget
+    (``features.memory_limit``) shared by the shards, so a shard gets the same memory per
+    event as the whole input gets in one process, at least `MIN_TASK_MEMORY` (below it
+    DuckDB's fixed buffers dominate and joins spill for nothing), and at most half of the
+    worker's memory limit per thread (the rest is Python, Arrow and the returned table)."""
+    budget = max(_bytes(one_process_limit) // max(shards, 1), MIN_TASK_MEMORY)
+    if worker_limit:
+        budget = min(budget, max(worker_limit // (2 * max(threads, 1)), MIN_TASK_MEMORY))
+    return f"{budget // 2**20}MiB"
 
 
 def combined_report(reports: Sequence[ValidationReport]) -> ValidationReport:
@@ -308,6 +356,7 @@ def _run_shards(
     as_of: date,
     now: datetime,
     shards: int,
+    partitioned: bool,
 ) -> list[ShardOutput]:
     """Submit one task per shard (retried once if its worker dies) and gather them in shard
     order; the first failure cancels the rest and is raised naming its shard."""
@@ -323,6 +372,7 @@ def _run_shards(
             k,
             shards,
             now,
+            partitioned,
             key=f"{_KEY_PREFIX}-{run}-shard-{k}-of-{shards}",
             retries=1,
             pure=False,
@@ -354,9 +404,10 @@ def _shard_task(
     shard: int,
     shards: int,
     now: datetime,
+    partitioned: bool,
 ) -> ShardOutput | _ShardFailure:
     try:
-        return build_shard(config, events_path, as_of, shard, shards, now)
+        return build_shard(config, events_path, as_of, shard, shards, now, partitioned=partitioned)
     except SegmentationError as exc:
         return _ShardFailure(shard, exc)
 
@@ -382,10 +433,10 @@ def _write_shard_input(
         _plan_scans,
         _reader_sql,
         _source_columns,
-        _text,
         event_mapping,
         resolve_sources,
     )
+    from pipelines.partition import client_key_sql, shard_sql
 
     kind, files = resolve_sources(events_path)
     if kind != "parquet":
@@ -397,11 +448,11 @@ def _write_shard_input(
     _plan_scans(con, kind, files, events_path, dict(mapping.columns), mapping.lenient).release(con)
     reader = _reader_sql(files)
     columns = _source_columns(con, reader)
-    key = _text("client_id", columns, lower=False).removesuffix(" AS client_id")
+    key = client_key_sql(columns)
     out = scratch / "events.parquet"
     con.execute(
         f"COPY (SELECT * EXCLUDE (source_file) FROM {reader}"
-        f" WHERE hash({key}) % {shards} = {shard})"
+        f" WHERE {shard_sql(key, shards)} = {shard})"
         f" TO '{str(out).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)"
     )
     return str(out)
@@ -425,3 +476,30 @@ def _local_directory() -> str | None:
         return str(get_worker().local_directory)
     except (ImportError, ValueError):
         return None
+
+
+def _worker_memory_limit() -> int | None:
+    """The Dask worker's memory limit in bytes, or None outside a worker or without one."""
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return int(limit) if limit else None
+
+
+def _bytes(size: str) -> int:
+    """A memory size as the config writes it (``2GB``, ``1.5 GiB``: the schema's pattern)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)\s*", size, flags=re.IGNORECASE)
+    if not match:
+        raise DistributedBuildError(f"features.memory_limit {size!r}: not a memory size")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _release_arrow_memory() -> None:
+    """Give the memory Arrow's pool keeps after a task back to the system (jemalloc and
+    mimalloc keep freed pages for reuse)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()

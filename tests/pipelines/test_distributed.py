@@ -1,4 +1,5 @@
-"""The sharded feature build on Dask gives the one-process build's table and counts, exactly.
+"""The sharded feature build on Dask gives the one-process build's table and counts, exactly,
+from the original input and from a copy partitioned by client hash (`pipelines.partition`).
 
 One LocalCluster for the module: 2 worker processes (processes=True, as on a real cluster:
 each shard's DuckDB runs in its own process, and the tasks and results really cross a process
@@ -31,7 +32,9 @@ from pipelines.distributed import (
     build_features_on_dask,
     combined_report,
     dask_client,
+    task_memory_limit,
 )
+from pipelines.partition import partition_events
 
 AS_OF = date(2026, 6, 30)
 NOW = datetime(2026, 7, 1, 6, 0, tzinfo=UTC)
@@ -162,3 +165,40 @@ def test_combined_report_sums_counts_and_reasons():
         15, 11, 1, 3, {"missing_client_id": 1, "negative_amount": 2}, {"x": 1}
     )
     assert combined_report([]) == ValidationReport(0, 0, 0, 0, {}, {})
+
+
+def test_a_partitioned_input_is_read_shard_by_shard_and_equals_the_original(
+    dataset, client, tmp_path
+):
+    config = _config(shards=4)
+    expected, report = _one_process(config, dataset)
+    partitioned = tmp_path / "by-client"
+    partition_events(config, dataset, partitioned, shards=4)
+
+    result = build_features_on_dask(config, partitioned, AS_OF, client=client, now=NOW)
+
+    assert result.input_layout == "partitioned"
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == report  # shard=none's rows quarantined once, in shard 0
+
+
+def test_a_partitioned_input_with_another_shard_count_falls_back_to_scanning(
+    dataset, client, tmp_path
+):
+    config = _config(shards=4)
+    expected, report = _one_process(config, dataset)
+    partitioned = tmp_path / "by-client-3"
+    partition_events(config, dataset, partitioned, shards=3)
+
+    result = build_features_on_dask(config, partitioned, AS_OF, client=client, now=NOW)
+
+    assert result.input_layout == "scan"
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == report
+
+
+def test_task_memory_limit_is_the_one_process_budget_shared_by_the_shards():
+    assert task_memory_limit("2GB", 1) == "1907MiB"
+    assert task_memory_limit("2GB", 4) == "476MiB"
+    assert task_memory_limit("2GB", 64) == "256MiB"  # the floor
+    assert task_memory_limit("2GB", 1, worker_limit=2 * 2**30, threads=2) == "512MiB"
