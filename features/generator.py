@@ -16,7 +16,13 @@ Model, per client (all draws vectorized with numpy, no per-event Python loop):
   before) and possible follow-ups (return, refund, support_ticket, review, referral, share,
   survey_response) days after;
 - a planned shift: a `shift_share` of the clients change persona (SHIFT_TARGET) and dominant
-  category at the start of `shift_date`.
+  category at the start of `shift_date`;
+- purchase intent episodes (`intent=True`, the default; INTENT_SHARE): on top of the steady
+  purchases, an alive client has buying episodes at a rate that follows their purchase rate:
+  one to three weeks of research (product views, searches, carts) before a burst of purchases,
+  as in real shops, so recent browsing predicts near-term purchases beyond the purchase log.
+  Drawn from a stream of their own (`SeedSequence(seed, spawn_key=(k, 3))`) before the journey
+  plants (whose drop-off cause also precedes the episodes' checkouts).
 
 Journey plants (`journeys=True`, the default), so a journey map can be tested for finding them:
 - a drop-off cause: a page_view of the page category CAUSE_CATEGORY ("delivery_costs"), on the
@@ -118,6 +124,19 @@ MOMENT_CALLS_PER_YEAR = 3.0  # planted calls of MOMENT_PERSONA while alive (Pois
 MOMENT_BUY = 0.6  # MOMENT_PERSONA: a purchase follows such a consultation with this probability
 MOMENT_DAYS = (0.05, 3.0)  # days from the consultation to that purchase
 
+# Purchase intent episodes (`intent=True`, the default): besides the steady Poisson purchases,
+# a client who is alive has buying episodes (Poisson, INTENT_SHARE of their own purchase rate,
+# divided by the mean purchases of an episode): INTENT_RESEARCH_DAYS before an episode the client
+# researches (product views, searches, carts, wishlist: INTENT_RESEARCH_EVENTS on average), then
+# buys 1 + Poisson(INTENT_PURCHASES - 1) times within INTENT_BUY_DAYS. The purchase rate thus
+# varies over time, and recent browsing tells near-term purchases that the purchase log does not.
+INTENT_SHARE = 0.5  # episode purchases per steady purchase (mean)
+INTENT_PURCHASES = 2.0  # mean purchases of an episode
+INTENT_RESEARCH_DAYS = (7.0, 21.0)  # research starts this many days before the first purchase
+INTENT_RESEARCH_EVENTS = 6.0  # mean research events of an episode (Poisson)
+INTENT_BUY_DAYS = 14.0  # an episode's purchases fall within this many days of its start
+_RESEARCH_MIX = {"product_view": 5.0, "search": 2.0, "add_to_cart": 2.0, "wishlist_add": 1.0}
+
 EVENT_SCHEMA = pa.schema(
     [
         ("client_id", pa.string()),
@@ -192,6 +211,7 @@ def generate(
     shift_date: date | None = None,
     *,
     journeys: bool = True,
+    intent: bool = True,
 ) -> tuple[pa.Table, pd.DataFrame]:
     """All events (event contract, Arrow) and the truth per client (pandas), in memory.
 
@@ -216,7 +236,11 @@ def generate(
         The first day of the shift; default ``end - days // 4``.
     journeys : bool, default True
         Plant the drop-off cause and the moment of truth (`journey_truth` describes them);
-        without it, the events are those of the generator before the plants.
+        without it (and without `intent`), the events are those of the generator before the
+        plants.
+    intent : bool, default True
+        Purchase intent episodes (research, then a burst of purchases; see INTENT_SHARE),
+        drawn from a stream of their own before the journey plants.
 
     Returns
     -------
@@ -232,7 +256,7 @@ def generate(
         An argument is out of range (the message names it).
     """
     events, truths = [], []
-    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys)
+    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys, intent)
     for chunk_events, chunk_truth in chunks:
         events.append(chunk_events)
         truths.append(chunk_truth)
@@ -253,6 +277,7 @@ def write_dataset(
     *,
     identities: bool = False,
     journeys: bool = True,
+    intent: bool = True,
 ) -> DatasetSummary:
     """Write `out/events/part-NNNNN.parquet`, `out/truth.parquet` and `out/journey_truth.json`.
 
@@ -294,6 +319,8 @@ def write_dataset(
         Add identifiers to the events and write the identity links and truth.
     journeys : bool, default True
         Plant the drop-off cause and the moment of truth (see `journey_truth`).
+    intent : bool, default True
+        Purchase intent episodes (see INTENT_SHARE).
 
     Returns
     -------
@@ -315,7 +342,7 @@ def write_dataset(
     _check(clients, days, end, seed, shift_share)  # before any file is touched
     window = _window(days, end, shift_date)
     events_dir = _empty_events_dir(Path(out) / "events", overwrite)
-    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys)
+    chunks = _chunks(clients, days, end, seed, shift_share, shift_date, journeys, intent)
     identity_paths = [Path(out) / name for name in IDENTITY_FILES]
     journey_path = Path(out) / JOURNEY_TRUTH_FILE
     if overwrite:
@@ -738,6 +765,7 @@ def _chunks(
     shift_share: float,
     shift_date: date | None,
     journeys: bool = True,
+    intent: bool = True,
 ) -> Iterator[tuple[pa.Table, pa.Table]]:
     _check(clients, days, end, seed, shift_share)
     window = _window(days, end, shift_date)
@@ -751,7 +779,12 @@ def _chunks(
             if journeys
             else None
         )
-        yield _chunk(rng, first, n, window, float(shift_share), plant_rng)
+        intent_rng = (
+            np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k, 3)))
+            if intent
+            else None
+        )
+        yield _chunk(rng, first, n, window, float(shift_share), plant_rng, intent_rng)
 
 
 def _draw(
@@ -833,6 +866,7 @@ def _chunk(
     w: _Window,
     shift_share: float,
     plant_rng: np.random.Generator | None = None,
+    intent_rng: np.random.Generator | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """Events and truth of the clients `first` .. `first + n - 1`, drawn from `rng`; with
     `plant_rng`, the journey plants are drawn from it afterwards (`_plant_journeys`)."""
@@ -857,6 +891,8 @@ def _chunk(
     ]
     ev = _inside_window(parts, float(w.days))
     ev["sent"] = _fill_missing(rng, ev, stretches.cat_dom, rates.mood)
+    if intent_rng is not None:
+        ev = _concat([ev, _intent_events(intent_rng, stretches, rates, float(w.days))])
     plants = _Plants(np.full(n, np.inf), np.zeros(n, np.int32))
     if plant_rng is not None:
         ev, stretches, plants = _plant_journeys(plant_rng, ev, stretches, rates, float(w.days))
@@ -1011,6 +1047,56 @@ def _follow_up_parts(rng: np.random.Generator, p: _Purchases) -> list[dict[str, 
         t = p.time[idx] + rng.uniform(lo_d, hi_d, idx.size)
         parts.append(_part(p.stretch[idx], t, _T[etype], p.prof[idx], None, p.cat[idx]))
     return parts
+
+
+# --------------------------------------------------------------------------- intent episodes
+
+
+def _intent_events(
+    rng: np.random.Generator, st: _Stretches, rates: _Rates, days: float
+) -> dict[str, np.ndarray]:
+    """Purchase intent episodes in the alive stretches (see INTENT_SHARE): research events
+    before each episode, then its purchases (with their funnel and follow-ups) while the client
+    is alive. Returns the events, channel, category and sentiment set."""
+    alive = st.prof != DORMANT
+    rate = INTENT_SHARE / INTENT_PURCHASES * _TAB["buy"][st.prof] * st.buy_factor * alive
+    rep = np.repeat(np.arange(st.prof.size), rng.poisson(rate * st.length))
+    start = st.lo[rep] + rng.random(rep.size) * st.length[rep]
+    lead = rng.uniform(INTENT_RESEARCH_DAYS[0], INTENT_RESEARCH_DAYS[1], rep.size)
+    research = np.maximum(start - lead, st.lo[rep])
+    n_research = rng.poisson(INTENT_RESEARCH_EVENTS, rep.size)
+    r_ep = np.repeat(np.arange(rep.size), n_research)
+    r_time = research[r_ep] + rng.random(r_ep.size) * (start - research)[r_ep]
+    mix = np.zeros((1, len(EVENT_TYPES)))
+    for name, weight in _RESEARCH_MIX.items():
+        mix[0, _T[name]] = weight
+    r_type = _draw(rng, _cum(mix), _last_positive(mix), np.zeros(r_ep.size, np.int64))
+    looks = _part(rep[r_ep], r_time, r_type, st.prof[rep[r_ep]].astype(np.int64), None, None)
+
+    n_buy = 1 + rng.poisson(INTENT_PURCHASES - 1.0, rep.size)
+    b_ep = np.repeat(np.arange(rep.size), n_buy)
+    b_time = start[b_ep] + rng.random(b_ep.size) * INTENT_BUY_DAYS
+    stretch = rep[b_ep]
+    keep = b_time < np.minimum(st.lo[stretch] + st.length[stretch], days)
+    stretch, b_time = stretch[keep], b_time[keep]
+    prof = st.prof[stretch].astype(np.int64)
+    p = _Purchases(
+        stretch,
+        b_time,
+        prof,
+        np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / st.nu[stretch]), 2), 0.01),
+        _draw(rng, _TAB["chan"], _TAB["chan_last"], prof * len(EVENT_TYPES) + _T["purchase"]),
+        _pick_category(rng, prof, st.cat_dom[stretch]),
+    )
+    parts = [
+        looks,
+        _part(p.stretch, p.time, _T["purchase"], p.prof, p.chan, p.cat, p.amount),
+        *_funnel_parts(rng, p),
+        *_follow_up_parts(rng, p),
+    ]
+    new = _inside_window(parts, days)
+    new["sent"] = _fill_missing(rng, new, st.cat_dom, rates.mood)
+    return new
 
 
 # --------------------------------------------------------------------------- journey plants

@@ -8,8 +8,10 @@ purchases in (D - h, D]. The learned models are fit on the earlier window and ju
 latest, exactly as they will be used (fit on one period, applied to the next); BG/NBD, fit on
 the purchase log up to D - h, is judged on the same clients and period. The champion is the
 learned model only when it has the lower error on both purchases and spend per buyer;
-otherwise BG/NBD stays. The models that then serve are refit on the latest window (the same
-recipe on the freshest data).
+otherwise BG/NBD stays. The models that then serve are refit on the latest window and the one before
+it, stacked (the judged recipe with both periods' examples, as a model chosen by
+cross-validation is refit on all the data): twice the examples, and one period's own level
+weighs half.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def select_cltv_model(
         or spend; stat rmse, mae, bias, corr), `prospect.*` (auc, predicted and actual
         converters), counts (`clients.*`), and `learned_is_champion` (0 or 1).
     """
-    params = {"max_rows": config.max_training_clients, "random_state": seed}
+    params: dict[str, int] = {"max_rows": config.max_training_clients, "random_state": seed}
     test_b, test_p = latest.is_buyer, ~latest.is_buyer
     bought = latest.labels["purchases"].to_numpy(dtype=float) > 0
     metrics: dict[str, float] = {
@@ -95,7 +97,9 @@ def select_cltv_model(
     judged = None
     if why_not is None and earlier is not None:
         train_b = earlier.is_buyer
-        judged = PurchaseModel(**params).fit(earlier.inputs[train_b], earlier.labels[train_b])
+        judged = PurchaseModel(max_rows=params["max_rows"], random_state=seed).fit(
+            earlier.inputs[train_b], earlier.labels[train_b]
+        )
         metrics["clients.training_buyers"] = float(train_b.sum())
 
     btyd_pred = _btyd_predictions(latest.inputs[test_b])
@@ -123,12 +127,16 @@ def select_cltv_model(
 
     serving = None
     if champion == "learned":
-        serving = PurchaseModel(**params).fit(latest.inputs[test_b], latest.labels[test_b])
-    conversion = (
-        ConversionModel(**params).fit(latest.inputs[test_p], bought[test_p])
-        if test_p.any()
-        else None
-    )
+        X, y = _stacked(
+            earlier, latest, buyers=True, max_rows=config.max_training_clients, seed=seed
+        )
+        serving = PurchaseModel(max_rows=params["max_rows"], random_state=seed).fit(X, y)
+    conversion = None
+    if test_p.any():
+        X, y = _stacked(
+            earlier, latest, buyers=False, max_rows=config.max_training_clients, seed=seed
+        )
+        conversion = ConversionModel(**params).fit(X, y["purchases"].to_numpy(dtype=float) > 0)
     return CltvChoice(
         champion=champion,
         reason=reason,
@@ -221,6 +229,29 @@ def _why_not(earlier: Window | None, latest: Window, config: CltvConfig) -> str 
     if judged < max(need // 4, 1):
         return f"too few clients bought in the latest window to judge the models ({judged})"
     return None
+
+
+def _stacked(
+    earlier: Window | None, latest: Window, buyers: bool, max_rows: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The serving models' training rows: the buyers (or prospects) of both windows, stacked.
+
+    Two periods instead of one: twice the examples, and a period's own level (a good or a bad
+    quarter) weighs half. A window's rows are sampled (seeded) to its share of `max_rows` before
+    stacking, so the copy stays small on large windows. Without `earlier`, the latest alone."""
+    windows = [w for w in (earlier, latest) if w is not None]
+    masks = [w.is_buyer if buyers else ~w.is_buyer for w in windows]
+    total = sum(int(m.sum()) for m in masks)
+    rng = np.random.default_rng(seed)
+    Xs, ys = [], []
+    for window, mask in zip(windows, masks, strict=True):
+        rows = np.flatnonzero(mask)
+        if total > max_rows:
+            keep = round(max_rows * rows.size / total)
+            rows = np.sort(rng.choice(rows, size=keep, replace=False))
+        Xs.append(window.inputs.iloc[rows])
+        ys.append(window.labels.iloc[rows])
+    return pd.concat(Xs), pd.concat(ys)
 
 
 def _bought(window: Window) -> np.ndarray:

@@ -79,15 +79,16 @@ def test_a_seed_keeps_giving_the_same_events() -> None:
     # the random draws (or of any parameter) changes every data set made with a seed. Update
     # this only for an intended change of the generated data (numpy does not promise the same
     # streams across versions either: a numpy upgrade can move it too). Last intended change:
-    # the journey plants (a drop-off cause and a moment of truth, drawn from a stream of their
-    # own, and two truth columns).
+    # purchase intent episodes (research, then a burst of purchases, drawn from a stream of
+    # their own before the journey plants).
     events, truth = generate(300, 60, END, 11)
-    assert events.num_rows == 1579
-    expected = "e46f5cb1e065b1eaea8c6299bdc6ce3f37a2fb017109e77945aa274d50b62bcf"
+    assert events.num_rows == 2186
+    expected = "dddc55bc9e636b445521c53f8e2c86ddc9fa6ba3c98ecf84f037070cdfded8d9"
     assert _fingerprint(events, truth) == expected
-    # Without the plants the data is exactly that of the generator before them (the pin of
-    # issue 16: the brand keeps writing to dormant clients), the plants' truth columns aside.
-    events, truth = generate(300, 60, END, 11, journeys=False)
+    # Without the plants and the intent episodes the data is exactly that of the generator
+    # before them (the pin of issue 16: the brand keeps writing to dormant clients), the
+    # plants' truth columns aside.
+    events, truth = generate(300, 60, END, 11, journeys=False, intent=False)
     assert events.num_rows == 1530
     assert truth["dropoff_cause_date"].isna().all() and truth["moment_purchases"].eq(0).all()
     truth = truth.drop(columns=["dropoff_cause_date", "moment_purchases"])

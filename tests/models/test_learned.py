@@ -8,6 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from models.learned import ConversionModel, PurchaseModel, model_inputs, window_labels
+from models.selection import calibration_table
 
 
 def _planted(n: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -102,3 +103,63 @@ def test_model_inputs_keep_numeric_features_and_join_signals_by_client():
     assert list(out.index) == ["1", "2"]
     assert list(out.columns) == ["n", "x", "bg_p_alive"]
     assert np.isnan(out.loc["1", "bg_p_alive"]) and out.loc["2", "bg_p_alive"] == 0.9
+
+
+def _with_baseline(n: int, seed: int, signal: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """BG/NBD's expected purchases as the baseline; `intent` multiplies the true rate by up to
+    e^signal (0: the baseline is the truth)."""
+    rng = np.random.default_rng(seed)
+    baseline = rng.gamma(1.2, 1.0, n)
+    intent = rng.normal(size=n)
+    rate = baseline * np.exp(signal * intent - signal**2 / 2)
+    X = pd.DataFrame({"bg_expected_purchases": baseline, "intent": intent})
+    purchases = rng.poisson(rate).astype(float)
+    return X, pd.DataFrame({"purchases": purchases, "spend": purchases * 30.0})
+
+
+def test_the_hybrid_keeps_bgnbd_when_behavior_adds_nothing():
+    X, y = _with_baseline(6000, 5, signal=0.0)
+    model = PurchaseModel().fit(X.iloc[:4000], y.iloc[:4000])
+    assert model.baseline_in_ == "bg_expected_purchases"
+    pred = model.predict(X.iloc[4000:])["purchases"].to_numpy()
+    ratio = pred / X["bg_expected_purchases"].iloc[4000:].to_numpy()
+    assert np.median(np.abs(ratio - 1.0)) < 0.1  # the forecast stays on BG/NBD's
+
+
+def test_the_hybrid_learns_the_residual_that_bgnbd_misses():
+    X, y = _with_baseline(8000, 6, signal=0.6)
+    test, truth = X.iloc[6000:], y["purchases"].iloc[6000:].to_numpy()
+
+    def rmse(pred: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((pred - truth) ** 2)))
+
+    hybrid = PurchaseModel().fit(X.iloc[:6000], y.iloc[:6000]).predict(test)["purchases"]
+    direct = PurchaseModel(baseline=None).fit(X.iloc[:6000], y.iloc[:6000])
+    assert direct.baseline_in_ is None
+    bg = rmse(test["bg_expected_purchases"].to_numpy())
+    assert rmse(hybrid.to_numpy()) < 0.95 * bg
+    assert rmse(hybrid.to_numpy()) <= rmse(direct.predict(test)["purchases"].to_numpy()) * 1.02
+
+
+def test_p_purchase_is_calibrated_on_held_out_clients():
+    # Reliability: in every well-filled bin of predicted p, the share who bought is close.
+    X, y = _planted(12000, 7)
+    model = PurchaseModel().fit(X.iloc[:8000], y.iloc[:8000])
+    p = model.predict(X.iloc[8000:])["p_purchase"].to_numpy()
+    bought = y["purchases"].iloc[8000:].to_numpy() > 0
+    table = calibration_table(p, bought)
+    filled = table[table["clients"] >= 200]
+    assert len(filled) >= 3
+    assert (filled["mean_predicted"] - filled["actual_rate"]).abs().max() < 0.06, table
+    assert p.sum() == pytest.approx(bought.sum(), rel=0.05)
+
+
+def test_a_single_class_falls_back_to_the_base_rate():
+    X, y = _planted(2000, 8)
+    y["purchases"] = np.maximum(y["purchases"], 1.0)  # everyone bought: one class
+    y["spend"] = y["purchases"] * 20.0
+    model = PurchaseModel(max_iter=20).fit(X, y)
+    assert model.buy_model_ is None and model.base_rate_ == 1.0
+    assert np.allclose(model.predict(X)["p_purchase"], 1.0)
+    nobody = ConversionModel().fit(X, np.zeros(len(X), dtype=bool))
+    assert nobody.classifier_ is None and np.allclose(nobody.predict_proba(X), 0.0)

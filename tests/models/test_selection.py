@@ -51,7 +51,19 @@ def test_the_learned_model_wins_where_behavior_carries_the_signal():
     assert m["prospect.auc"] > 0.75
     assert "lower holdout error" in choice.reason
     assert choice.purchase_model is not None and choice.conversion_model is not None
-    assert choice.purchase_model.n_train_ == int(latest.is_buyer.sum())  # refit on the latest
+    # The serving models are refit on both windows, stacked.
+    assert choice.purchase_model.n_train_ == int(earlier.is_buyer.sum() + latest.is_buyer.sum())
+    assert choice.conversion_model.n_train_ == int(
+        (~earlier.is_buyer).sum() + (~latest.is_buyer).sum()
+    )
+
+
+def test_stacked_serving_rows_are_sampled_to_max_rows_in_proportion():
+    earlier, latest = _windows(3000, signal=1.0)
+    config = CltvConfig(min_training_purchasers=20, max_training_clients=1000)
+    choice = select_cltv_model(earlier, latest, config, seed=1)
+    assert choice.purchase_model is not None and choice.purchase_model.n_train_ == 1000
+    assert choice.conversion_model is not None and choice.conversion_model.n_train_ == 1000
 
 
 def test_bgnbd_stays_champion_when_behavior_adds_nothing():
