@@ -84,8 +84,8 @@ def main() -> None:
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     # a drop-off cause can only be found where clients dropped off: a segment of clients
     # active by definition (a rule on recent activity) has no stalled journeys to explain
-    _verdict(table[table["checkout_lost"] >= MIN_LOST], cause["persona"], "cause_rank")
-    _verdict(table, moment["persona"], "moment_rank")
+    _verdict(table, cause["persona"], "cause_rank", table["checkout_lost"] >= MIN_LOST)
+    _verdict(table, moment["persona"], "moment_rank", pd.Series(True, index=table.index))
 
 
 def _lost(drops: pd.DataFrame, segment_id: str, event_type: str) -> int:
@@ -125,14 +125,15 @@ def _moment_rank(drops: pd.DataFrame, segment_id: str, moment: dict) -> float:
     return float(mine["rank"].min()) if len(mine) else float("nan")
 
 
-def _verdict(table: pd.DataFrame, persona: str, column: str) -> None:
+def _verdict(table: pd.DataFrame, persona: str, column: str, judged: pd.Series) -> None:
     """Where the persona is concentrated (at least a quarter of the segment and twice its
-    overall share) the effect should be found; where it is nearly absent (under 5%), not."""
+    overall share) the effect should be found; where it is nearly absent (under 5%), not.
+    Only the `judged` segments count (for a drop-off cause: those with lost checkouts)."""
     share = table[f"{persona}_share"]
     overall = (share * table["clients"]).sum() / table["clients"].sum()
     found = table[column] <= TOP
-    planted = share >= max(0.25, 2 * overall)
-    absent = share < 0.05
+    planted = (share >= max(0.25, 2 * overall)) & judged
+    absent = (share < 0.05) & judged
     print(
         f"{column}: found in {int(found[planted].sum())} of {int(planted.sum())} segments where"
         f" {persona} is concentrated (>= {max(0.25, 2 * overall):.0%} of members); in"

@@ -822,7 +822,7 @@ def _rank_causes(frame: pd.DataFrame, config: JourneyConfig) -> pd.DataFrame:
     # a factor seen in 3 of 35 dropped clients can show a large lift by chance alone, and
     # dozens of factors are compared at each point.
     common = frame["group_with"] >= np.maximum(_MIN_CAUSE_CLIENTS, 0.05 * frame["group_clients"])
-    frame = frame[common & (~frame["enough"] | (frame["effect"] > 1))].copy()
+    frame = frame[common & (frame["effect"] > 1)].copy()
     frame["score"] = np.where(frame["enough"], np.log(frame["effect_low"]), -np.inf)
     frame = frame.sort_values(
         [
@@ -947,6 +947,7 @@ def _moment_rows(
     frame = frame.assign(effect=diff, effect_low=low, effect_high=high, enough=enough)
     # Raising and lowering touchpoints are ranked apart, each by how far its interval stays
     # from zero (a reliable large effect first); too-small samples follow, by clients.
+    frame = frame[frame["effect"] != 0].copy()  # no difference at all: neither raises nor lowers
     frame["raises"] = frame["effect"] > 0
     frame["score"] = np.where(
         frame["enough"],

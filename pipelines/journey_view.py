@@ -66,7 +66,7 @@ def journey_text(tables: JourneyTables, segment_id: str = ALL, *, width: int = 1
     if len(every):
         row = every.iloc[0]
         lines.append(
-            f"{_int(row['clients'])} clients acted in the window; {_int(row['stalled'])} stalled,"
+            f"{_int(row['clients'])} clients with events in the window; {_int(row['stalled'])} stalled,"
             f" {_int(row['in_progress'])} in progress. {_note(row)}".rstrip()
         )
     lines.append("")
@@ -233,7 +233,7 @@ def _segment_map_html(tables: JourneyTables, segment_id: str) -> str:
     if len(every):
         row = every.iloc[0]
         head = (
-            f"<p>{_int(row['clients'])} clients acted in the window: {_int(row['stalled'])}"
+            f"<p>{_int(row['clients'])} clients with events in the window: {_int(row['stalled'])}"
             f" stalled, {_int(row['in_progress'])} in progress.{_e(' ' + _note(row))}</p>"
         )
     cells = []

@@ -89,9 +89,14 @@ def preview(
     notes = []
     if published is None:
         notes.append("nothing is published yet: every client would enter a segment")
-    elif latest != day:
-        notes.append(f"compared with the membership published as of {latest}")
+    elif latest is not None and latest != day:
+        later = latest > day
+        notes.append(
+            f"compared with the membership published as of {latest}"
+            + (f" (clients first seen after {day} count as leaving)" if later else "")
+        )
     registry = ModelRegistry(config.tracking_uri) if config.mlflow.enabled else None
+    config.workdir_path.mkdir(parents=True, exist_ok=True)  # the scratch folder lives there
     with scratch.events_connection(config) as con:
         say(f"preview as of {day}: reading events")
         read = steps.read_events(con, config, events or config.events_path)

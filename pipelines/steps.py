@@ -640,14 +640,19 @@ def holdout_outcomes(
             on=["client_id", "segment_id"],
             how="left",
         )
-        entered = pd.to_datetime(stayed["valid_from"]).to_numpy()
-        since["since"] = pd.Series(entered, index=since.index).fillna(pd.Timestamp(as_of))
+        entered = pd.Series(pd.to_datetime(stayed["valid_from"]).to_numpy(), index=since.index)
+        # a rebuild from an earlier date reads a membership published later: an entry after
+        # tonight is no entry yet, so it counts from tonight
+        entered = entered.where(entered <= pd.Timestamp(as_of))
+        since["since"] = entered.fillna(pd.Timestamp(as_of))
     outcomes = outcomes_since(con, since[["client_id", "since"]], as_of)
     frame = membership[["client_id", "segment_id", "segment_name", "holdout"]].merge(
         outcomes, on="client_id", how="left"
     )
     return compare_holdout(
-        frame, confidence=config.journey.confidence, min_clients=config.journey.min_clients
+        frame,
+        confidence=config.journey.confidence,
+        min_clients=max(2, config.journey.min_clients),  # a variance needs two members
     )
 
 
