@@ -126,17 +126,18 @@ def _moment_rank(drops: pd.DataFrame, segment_id: str, moment: dict) -> float:
 
 
 def _verdict(table: pd.DataFrame, persona: str, column: str, judged: pd.Series) -> None:
-    """Where the persona is concentrated (at least a quarter of the segment and twice its
-    overall share) the effect should be found; where it is nearly absent (under 5%), not.
-    Only the `judged` segments count (for a drop-off cause: those with lost checkouts)."""
+    """Where the persona is concentrated (at least a quarter of the segment and 1.5 times its
+    overall share) the effect should be found, among the `judged` segments (for a drop-off
+    cause: those with lost checkouts to explain); where it is nearly absent (under 5%), it
+    should not be found at all."""
     share = table[f"{persona}_share"]
     overall = (share * table["clients"]).sum() / table["clients"].sum()
     found = table[column] <= TOP
-    planted = (share >= max(0.25, 2 * overall)) & judged
-    absent = (share < 0.05) & judged
+    planted = (share >= max(0.25, 1.5 * overall)) & judged
+    absent = share < 0.05
     print(
         f"{column}: found in {int(found[planted].sum())} of {int(planted.sum())} segments where"
-        f" {persona} is concentrated (>= {max(0.25, 2 * overall):.0%} of members); in"
+        f" {persona} is concentrated (>= {max(0.25, 1.5 * overall):.0%} of members); in"
         f" {int(found[absent].sum())} of {int(absent.sum())} segments with under 5% {persona}"
     )
 
