@@ -82,12 +82,15 @@ class ClusterUnreachableError(DistributedBuildError):
 
 @dataclass(frozen=True)
 class ShardOutput:
-    """What one shard's task returns: its feature rows, its validation counts, its time."""
+    """What one shard's task returns: its feature rows, its validation counts, its time, and
+    its quarantined rows (the `quarantine` table of `features.events`, ``source_file`` naming
+    the input's file, rows sorted by every column)."""
 
     shard: int
     table: pa.Table
     report: ValidationReport
     seconds: float
+    quarantine: pa.Table
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class DistributedFeatures:
     sorted by client_id, nulls as NaN, client ids as text); `report` the validation counts
     summed over the shards (`pipelines.steps.read_events`'s report); `shard_clients` the
     number of clients of each shard, and `shard_seconds` each task's time in its worker.
+    `quarantine` is the frame `pipelines.steps.read_events` returns as
+    `EventsRead.quarantine` (the rejected rows with their reasons, ``source_file`` naming the
+    input's file), the shards' rows concatenated in shard order, each shard's sorted by every
+    column: the same rows as the one-process quarantine, in another order.
     """
 
     features: pd.DataFrame
@@ -115,6 +122,7 @@ class DistributedFeatures:
     shard_clients: tuple[int, ...] = field(default=())
     shard_seconds: tuple[float, ...] = field(default=())
     input_layout: str = "scan"
+    quarantine: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_features_on_dask(
@@ -146,8 +154,9 @@ def build_features_on_dask(
     Returns
     -------
     DistributedFeatures
-        The feature frame (equal to `steps.compute_features`) and the summed validation
-        report (equal to `steps.read_events`'s).
+        The feature frame (equal to `steps.compute_features`), the summed validation
+        report (equal to `steps.read_events`'s) and the quarantined rows (the rows of
+        `steps.read_events`'s quarantine, in shard order).
 
     Raises
     ------
@@ -180,12 +189,20 @@ def build_features_on_dask(
     check_bad_share(report, config.events.max_bad_share)
     counts = tuple(o.table.num_rows for o in outputs)
     seconds = tuple(round(o.seconds, 3) for o in outputs)
+    quarantine = _quarantine_frame([o.quarantine for o in outputs])
     table = _sorted_by_client([o.table for o in outputs])
     del outputs
     if table.num_rows == 0:
         raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
-    layout = "partitioned" if per_shard else "scan"
-    return DistributedFeatures(_feature_frame(table), report, shards, counts, seconds, layout)
+    return DistributedFeatures(
+        _feature_frame(table),
+        report,
+        shards,
+        shard_clients=counts,
+        shard_seconds=seconds,
+        input_layout="partitioned" if per_shard else "scan",
+        quarantine=quarantine,
+    )
 
 
 def build_shard(
@@ -204,9 +221,11 @@ def build_shard(
     `shards` shards: the task reads its own ``shard=<shard>`` folder only (shard 0 also reads
     ``shard=none``, the rows without a client id). Otherwise it reads the raw rows of the
     clients with ``hash(client_id) % shards == shard`` (client_id normalized as the event
-    contract does) into a Parquet file in a scratch folder. It then loads and validates them
-    as `load_configured_events` does, and builds the features of its clients in DuckDB. The
-    scratch folder (in the worker's local directory) is removed after.
+    contract does) into Parquet files in a scratch folder, one per input file. It then loads
+    and validates them as `load_configured_events` does, and builds the features of its
+    clients in DuckDB. Its quarantined rows are returned as an Arrow table, ``source_file``
+    naming the input's file (not the scratch copy). The scratch folder (in the worker's local
+    directory) is removed after.
     """
     from features.build import build_features
     from features.events import connect_for_events, load_configured_events
@@ -225,10 +244,13 @@ def build_shard(
                 config.features.memory_limit, shards, _worker_memory_limit(), threads or 1
             )
             con.execute(f"SET memory_limit = '{limit}'")
+            copies: dict[str, str] = {}
             if partitioned:
                 shard_input = shard_glob(events_path, shard, with_none=shard == 0)
             else:
-                shard_input = _write_shard_input(con, config, events_path, shard, shards, scratch)
+                shard_input, copies = _write_shard_input(
+                    con, config, events_path, shard, shards, scratch
+                )
             report = load_configured_events(con, config, shard_input, now=now)
             if needs_stitching(con, config.links_path):
                 raise DistributedBuildError(
@@ -236,13 +258,14 @@ def build_shard(
                     " stitching across shards is not done by the Dask build yet"
                     " (execution.mode: local)"
                 )
+            quarantine = _shard_quarantine(con, copies)
             table = build_features(con, as_of, config.features, shards=config.features.shards)
         finally:
             con.close()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _release_arrow_memory()
-    return ShardOutput(shard, table, report, time.perf_counter() - started)
+    return ShardOutput(shard, table, report, time.perf_counter() - started, quarantine)
 
 
 def task_memory_limit(
@@ -419,8 +442,10 @@ def _write_shard_input(
     shard: int,
     shards: int,
     scratch: Path,
-) -> str:
-    """The raw rows of the shard's clients, all columns as read, in `scratch/events.parquet`.
+) -> tuple[str, dict[str, str]]:
+    """The raw rows of the shard's clients, all columns as read, in ``scratch/input``: one
+    Parquet file per input file (``part-<i>.parquet`` for the i-th), and the map from each
+    copy's path to its input file's, with which the quarantine names the input's files.
 
     The shard key is the feature build's ``hash(client_id) % shards`` over the client id as
     the event contract normalizes it (`features.events` trims it, byte order marks too), so a
@@ -449,13 +474,50 @@ def _write_shard_input(
     reader = _reader_sql(files)
     columns = _source_columns(con, reader)
     key = client_key_sql(columns)
-    out = scratch / "events.parquet"
-    con.execute(
-        f"COPY (SELECT * EXCLUDE (source_file) FROM {reader}"
-        f" WHERE {shard_sql(key, shards)} = {shard})"
-        f" TO '{str(out).replace(chr(39), chr(39) * 2)}' (FORMAT parquet)"
-    )
-    return str(out)
+    folder = scratch / "input"
+    folder.mkdir()
+    copies: dict[str, str] = {}
+    for i, file in enumerate(files):  # the union's schema in every copy, as in one process
+        out = folder / f"part-{i:05d}.parquet"
+        con.execute(
+            f"COPY (SELECT * EXCLUDE (source_file) FROM {reader}"
+            f" WHERE source_file = {_sql_text(file)} AND {shard_sql(key, shards)} = {shard})"
+            f" TO {_sql_text(str(out))} (FORMAT parquet)"
+        )
+        copies[str(out)] = file
+    return str(folder), copies
+
+
+def _shard_quarantine(con: duckdb.DuckDBPyConnection, copies: dict[str, str]) -> pa.Table:
+    """The shard's `quarantine` table as Arrow, sorted by every column, ``source_file`` mapped
+    from the scratch copies back to the input's files (`copies`; empty when the task read the
+    input's own files)."""
+    if not copies:
+        return con.sql("SELECT * FROM quarantine ORDER BY ALL").to_arrow_table()
+    pairs = ", ".join(f"({_sql_text(c)}, {_sql_text(f)})" for c, f in copies.items())
+    return con.sql(
+        "SELECT q.* REPLACE (coalesce(m.original, q.source_file) AS source_file)"
+        f" FROM quarantine AS q LEFT JOIN (VALUES {pairs}) AS m(scratch_file, original)"
+        " ON q.source_file = m.scratch_file ORDER BY ALL"
+    ).to_arrow_table()
+
+
+def _quarantine_frame(tables: Sequence[pa.Table]) -> pd.DataFrame:
+    """The shards' quarantine tables concatenated in shard order, as pandas exactly as
+    `pipelines.steps.read_events` gets it (DuckDB's conversion)."""
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    try:
+        con.register("shard_quarantine", pa.concat_tables(tables))
+        return con.execute("SELECT * FROM shard_quarantine").df()
+    finally:
+        con.close()
+
+
+def _sql_text(text: str) -> str:
+    """`text` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _worker_threads() -> int | None:

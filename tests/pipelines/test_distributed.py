@@ -8,6 +8,7 @@ boundary through pickling; the cluster starts in about 3 s here), 4 shards.
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 import time
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from configs import EngineConfig
 from configs.schema import config_from_mapping
@@ -94,19 +96,31 @@ def client() -> Iterator[object]:
         yield made
 
 
-def _one_process(config: EngineConfig, events: Path) -> tuple[pd.DataFrame, ValidationReport]:
+def _one_process(
+    config: EngineConfig, events: Path
+) -> tuple[pd.DataFrame, ValidationReport, pd.DataFrame]:
+    """The one-process build: features, validation counts and quarantined rows."""
     with tempfile.TemporaryDirectory() as scratch:
         con = connect_for_events(config.features, scratch)
         try:
             read = steps.read_events(con, config, str(events), now=NOW)
-            return steps.compute_features(con, AS_OF, config), read.report
+            return steps.compute_features(con, AS_OF, config), read.report, read.quarantine
         finally:
             con.close()
 
 
+def _assert_same_rows(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """The same rows (a multiset), dtypes and columns, whatever the order."""
+
+    def by_all_columns(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.sort_values(list(frame.columns), ignore_index=True)
+
+    pd.testing.assert_frame_equal(by_all_columns(actual), by_all_columns(expected))
+
+
 def test_four_shards_on_two_workers_equal_the_one_process_build(dataset, client):
     config = _config(shards=4)
-    expected, report = _one_process(config, dataset)
+    expected, report, quarantine = _one_process(config, dataset)
     assert report.duplicates == 100 and report.quarantined == 45  # the bad rows are there
     assert report.unknown_event_types == {"mystery_event": 10}
 
@@ -114,6 +128,9 @@ def test_four_shards_on_two_workers_equal_the_one_process_build(dataset, client)
 
     pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
     assert result.report == report
+    _assert_same_rows(result.quarantine, quarantine)
+    assert len(result.quarantine) == 45
+    assert set(result.quarantine["source_file"]) == {str(dataset / "part-bad.parquet")}
     assert result.shards == 4 and sum(result.shard_clients) == len(expected) > 1_400
     assert all(n > 0 for n in result.shard_clients)
 
@@ -121,13 +138,14 @@ def test_four_shards_on_two_workers_equal_the_one_process_build(dataset, client)
 def test_more_shards_than_clients_leaves_empty_shards_and_the_same_table(tmp_path, client):
     summary = write_dataset(tmp_path, clients=3, days=60, end=AS_OF, seed=3)
     config = _config(shards=8)
-    expected, report = _one_process(config, Path(summary["events_dir"]))
+    expected, report, quarantine = _one_process(config, Path(summary["events_dir"]))
 
     result = build_features_on_dask(config, summary["events_dir"], AS_OF, client=client, now=NOW)
 
     assert result.shard_clients.count(0) >= 5
     pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
     assert result.report == report
+    _assert_same_rows(result.quarantine, quarantine)  # empty, with the quarantine's columns
 
 
 def test_a_failing_shard_fails_the_call_naming_the_shard(tmp_path, client):
@@ -171,30 +189,34 @@ def test_a_partitioned_input_is_read_shard_by_shard_and_equals_the_original(
     dataset, client, tmp_path
 ):
     config = _config(shards=4)
-    expected, report = _one_process(config, dataset)
+    expected, report, _ = _one_process(config, dataset)
     partitioned = tmp_path / "by-client"
     partition_events(config, dataset, partitioned, shards=4)
+    _, _, quarantine = _one_process(config, partitioned)  # source_file names the shard files
 
     result = build_features_on_dask(config, partitioned, AS_OF, client=client, now=NOW)
 
     assert result.input_layout == "partitioned"
     pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
     assert result.report == report  # shard=none's rows quarantined once, in shard 0
+    _assert_same_rows(result.quarantine, quarantine)
 
 
 def test_a_partitioned_input_with_another_shard_count_falls_back_to_scanning(
     dataset, client, tmp_path
 ):
     config = _config(shards=4)
-    expected, report = _one_process(config, dataset)
+    expected, report, _ = _one_process(config, dataset)
     partitioned = tmp_path / "by-client-3"
     partition_events(config, dataset, partitioned, shards=3)
+    _, _, quarantine = _one_process(config, partitioned)
 
     result = build_features_on_dask(config, partitioned, AS_OF, client=client, now=NOW)
 
     assert result.input_layout == "scan"
     pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
     assert result.report == report
+    _assert_same_rows(result.quarantine, quarantine)
 
 
 def test_task_memory_limit_is_the_one_process_budget_shared_by_the_shards():
@@ -202,3 +224,41 @@ def test_task_memory_limit_is_the_one_process_budget_shared_by_the_shards():
     assert task_memory_limit("2GB", 4) == "476MiB"
     assert task_memory_limit("2GB", 64) == "256MiB"  # the floor
     assert task_memory_limit("2GB", 1, worker_limit=2 * 2**30, threads=2) == "512MiB"
+
+
+class _KillOnce(WorkerPlugin):
+    """Kills the worker process (``os._exit(1)``, no cleanup, as a crash or the OOM killer
+    would) when the task whose key contains `key_part` starts executing there, once: the
+    first worker to remove `marker` dies, the task's later attempts run normally."""
+
+    def __init__(self, key_part: str, marker: str) -> None:
+        self.key_part = key_part
+        self.marker = marker
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        if finish != "executing" or self.key_part not in str(key):
+            return
+        try:
+            os.remove(self.marker)
+        except FileNotFoundError:
+            return
+        os._exit(1)
+
+
+def test_a_worker_dying_mid_task_is_rescheduled_and_the_table_is_the_same(dataset, tmp_path):
+    """Its own LocalCluster (2 worker processes), so the module's cluster is not disturbed:
+    the worker running shard 1's task dies once; the nanny restarts it, the scheduler
+    reschedules the task, and the build still equals the one-process build."""
+    config = _config(shards=4)
+    expected, report, quarantine = _one_process(config, dataset)
+    marker = tmp_path / "kill-once"
+    marker.touch()
+
+    with dask_client(config.execution) as own:
+        own.register_plugin(_KillOnce("-shard-1-of-4", str(marker)), name="kill-once")
+        result = build_features_on_dask(config, dataset, AS_OF, client=own, now=NOW)
+
+    assert not marker.exists()  # a worker did die running shard 1
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == report
+    _assert_same_rows(result.quarantine, quarantine)
