@@ -1076,27 +1076,42 @@ def _intent_events(
     n_buy = 1 + rng.poisson(INTENT_PURCHASES - 1.0, rep.size)
     b_ep = np.repeat(np.arange(rep.size), n_buy)
     b_time = start[b_ep] + rng.random(b_ep.size) * INTENT_BUY_DAYS
-    stretch = rep[b_ep]
-    keep = b_time < np.minimum(st.lo[stretch] + st.length[stretch], days)
-    stretch, b_time = stretch[keep], b_time[keep]
+    new, _ = _purchases_after(rng, st, rates, days, looks, rep[b_ep], b_time)
+    return new
+
+
+def _purchases_after(
+    rng: np.random.Generator,
+    st: _Stretches,
+    rates: _Rates,
+    days: float,
+    lead: dict[str, np.ndarray],
+    stretch: np.ndarray,
+    time: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The `lead` events and the purchases they bring about in `stretch` at `time` (those
+    while the client is alive), with their funnels and follow-ups, channel, category and
+    sentiment set. Returns the events and the stretch of every purchase kept."""
+    alive = time < np.minimum(st.lo[stretch] + st.length[stretch], days)
+    stretch, time = stretch[alive], time[alive]
     prof = st.prof[stretch].astype(np.int64)
     p = _Purchases(
         stretch,
-        b_time,
+        time,
         prof,
         np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / st.nu[stretch]), 2), 0.01),
         _draw(rng, _TAB["chan"], _TAB["chan_last"], prof * len(EVENT_TYPES) + _T["purchase"]),
         _pick_category(rng, prof, st.cat_dom[stretch]),
     )
     parts = [
-        looks,
+        lead,
         _part(p.stretch, p.time, _T["purchase"], p.prof, p.chan, p.cat, p.amount),
         *_funnel_parts(rng, p),
         *_follow_up_parts(rng, p),
     ]
     new = _inside_window(parts, days)
     new["sent"] = _fill_missing(rng, new, st.cat_dom, rates.mood)
-    return new
+    return new, stretch
 
 
 # --------------------------------------------------------------------------- journey plants
@@ -1154,26 +1169,8 @@ def _moment_events(
     buy = np.flatnonzero(rng.random(stretch.size) < MOMENT_BUY)
     stretch = stretch[buy]
     t_buy = t_buy[buy] + rng.uniform(MOMENT_DAYS[0], MOMENT_DAYS[1], buy.size)
-    alive = t_buy < np.minimum(st.lo[stretch] + st.length[stretch], days)
-    stretch, t_buy = stretch[alive], t_buy[alive]
-    prof = st.prof[stretch].astype(np.int64)
-    p = _Purchases(
-        stretch,
-        t_buy,
-        prof,
-        np.maximum(np.round(rng.gamma(_SPEND_P, 1.0 / st.nu[stretch]), 2), 0.01),
-        _draw(rng, _TAB["chan"], _TAB["chan_last"], prof * len(EVENT_TYPES) + _T["purchase"]),
-        _pick_category(rng, prof, st.cat_dom[stretch]),
-    )
-    parts = [
-        calls,
-        _part(p.stretch, p.time, _T["purchase"], p.prof, p.chan, p.cat, p.amount),
-        *_funnel_parts(rng, p),
-        *_follow_up_parts(rng, p),
-    ]
-    new = _inside_window(parts, days)
-    new["sent"] = _fill_missing(rng, new, st.cat_dom, rates.mood)
-    return new, stretch // 4
+    new, bought = _purchases_after(rng, st, rates, days, calls, stretch, t_buy)
+    return new, bought // 4
 
 
 def _dropoff_events(

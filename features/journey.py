@@ -177,7 +177,7 @@ def journey_map(
         try:
             clients = _clients_frame(con)
             stages = _stage_rows(con, window, names)
-            touchpoints, per_stage = _touchpoint_rows(con, names, config)
+            touchpoints, per_stage = _touchpoint_rows(con, names, clients["active"], config)
             stages = _with_stage_totals(stages, per_stage, clients, config)
             dropoffs = pd.concat(
                 [
@@ -564,7 +564,10 @@ def _with_stage_totals(
 
 
 def _touchpoint_rows(
-    con: duckdb.DuckDBPyConnection, names: dict[str, str], config: JourneyConfig
+    con: duckdb.DuckDBPyConnection,
+    names: dict[str, str],
+    active: pd.Series,
+    config: JourneyConfig,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The top touchpoints per stage and segment (and every pain), and per stage its events,
     clients and sentiment (the emotion curve)."""
@@ -596,7 +599,6 @@ def _touchpoint_rows(
         .merge(stage_clients, on=["seg", "stage"], how="left")
     )
     per_stage["sentiment_mean"] = _mean(per_stage["s_sum"], per_stage["sentiment_events"])
-    active = _clients_frame(con)["active"]
     frame["segment_id"] = frame["seg"]
     frame["segment_name"] = frame["seg"].map(names)
     frame["initiated_by"] = np.where(frame["by_client"], "client", "brand")

@@ -689,11 +689,12 @@ def _journey(args: argparse.Namespace) -> int:
 
     store = open_config_store(_config(args), args.store)
     try:
-        tables = JourneyTables(
-            store.journey_stages(as_of=args.as_of),
-            store.journey_touchpoints(as_of=args.as_of),
-            store.journey_dropoffs(as_of=args.as_of),
-        )
+        with store.snapshot() as reader:  # one publish's tables, even while another lands
+            tables = JourneyTables(
+                reader.journey_stages(as_of=args.as_of),
+                reader.journey_touchpoints(as_of=args.as_of),
+                reader.journey_dropoffs(as_of=args.as_of),
+            )
     finally:
         store.close()
     if tables.empty:

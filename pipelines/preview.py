@@ -154,10 +154,8 @@ def membership_diff(
     )
     after = preview[["client_id", "segment_id", "segment_name", "reason"]]
     both = before.merge(after, on="client_id", how="outer", suffixes=("_from", "_to"))
-    changed = both[
-        both["segment_id_from"].astype(object).where(both["segment_id_from"].notna(), None)
-        != both["segment_id_to"].astype(object).where(both["segment_id_to"].notna(), None)
-    ]
+    same = both["segment_id_from"].eq(both["segment_id_to"]).fillna(False).astype(bool)
+    changed = both[~same]  # a side missing (new or gone client) is a change
     names = dict(zip(after["segment_id"], after["segment_name"], strict=False))
     if published is not None and "segment_name" in published.columns:
         names = {
