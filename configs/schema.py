@@ -473,8 +473,9 @@ class AlertsConfig(_Section):
 class ExecutionConfig(_Section):
     """Where the per-client work runs: in this process (local) or shard by shard on Dask.
 
-    With `mode: dask`, clients are hash-partitioned into `shards` and each shard is read,
-    validated and built on a worker (`pipelines.distributed`). `scheduler_address` points at an
+    With `mode: dask`, the nightly run hash-partitions the clients into `shards`, and each
+    shard is read, validated and built on a worker (`pipelines.distributed`), which leaves its
+    valid events in `shared_dir` for the steps after the features. `scheduler_address` points at an
     existing cluster (``tcp://scheduler:8786``); null starts a `distributed.LocalCluster` of
     `workers` processes with `threads_per_worker` threads and `memory_limit_per_worker` each.
     """
@@ -494,6 +495,12 @@ class ExecutionConfig(_Section):
     connect_timeout_seconds: float = Field(
         10.0, gt=0, description="how long to wait for the scheduler before failing"
     )
+    shared_dir: str | None = Field(
+        None,
+        description="a folder every worker and the driver can read and write, where the"
+        " shards leave their valid events for the run's later steps; null: the run's scratch"
+        " folder in the workdir (right for a LocalCluster on this machine)",
+    )
 
     @field_validator("scheduler_address")
     @classmethod
@@ -509,6 +516,9 @@ class ScheduleConfig(_Section):
     deployment_name: str = "nightly"
     retries: int = Field(2, ge=0)
     retry_delay_seconds: float = Field(10.0, ge=0)
+
+
+_NOT_DIGESTED = {"source", "workdir", "store", "execution", "schedule", "destinations", "alerts"}
 
 
 class EngineConfig(_Section):
@@ -571,8 +581,11 @@ class EngineConfig(_Section):
         return candidate if candidate.exists() else CONFIG_DIR / path
 
     def digest(self) -> str:
-        """A short, stable hash of the settings (not of where they came from)."""
-        payload = self.model_dump(mode="json", exclude={"source"})
+        """A short, stable hash of the settings that decide the tables (the rules version and
+        the tracked config): not of where the config came from, nor of where the work runs
+        and lands (`workdir`, `store`, `execution`, `schedule`, `destinations`, `alerts`), so
+        the same config in another folder or on Dask gives the same versions."""
+        payload = self.model_dump(mode="json", exclude=_NOT_DIGESTED)
         text = json.dumps(payload, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

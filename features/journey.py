@@ -123,6 +123,10 @@ DROPOFF_COLUMNS = [
     "note",
 ]
 _PREFIX = "_journey_"
+# Sentiment (in [-1, 1] by the contract) is summed as integers of this scale: a float sum in
+# parallel depends on the order of its terms, and the map must be the same tables run after
+# run, in one process or summed over shards.
+_SENTIMENT_SCALE = 1_000_000_000
 _COMPARE_CAP = 20_000  # clients per side of a drop-off comparison (a hash sample above it)
 _SAMPLE_BASE = 1_000_000
 _MIN_CAUSE_CLIENTS = 5  # dropped clients with a factor, at least, for it to be a cause
@@ -367,7 +371,7 @@ def _client_tables(
         SELECT e.client_id, coalesce(e.stage, '{OTHER_STAGE}') AS stage, e.event_type,
                e.channel, coalesce(e.by_client, true) AS by_client, count(*) AS n,
                min(e.event_time) AS t_min, max(e.event_time) AS t_max,
-               sum(e.sentiment) AS s_sum, count(e.sentiment) AS s_n,
+               sum(round(e.sentiment * {_SENTIMENT_SCALE})::BIGINT) AS s_sum, count(e.sentiment) AS s_n,
                count(*) FILTER (WHERE e.sentiment < {negative}) AS s_neg,
                min(e.event_time) FILTER (WHERE e.sentiment < {negative}) AS t_neg, {flags}
         FROM {events} e LEFT JOIN {_PREFIX}firsts f ON f.client_id = e.client_id
@@ -530,7 +534,9 @@ def _with_stage_totals(
                 "in_progress": int(row["in_progress"]),
                 "stall_share": row["stalled"] / active if active >= config.min_clients else None,
                 "events": int(mine["events"].sum()),
-                "sentiment_mean": float(mine["s_sum"].sum()) / rated if rated else None,
+                "sentiment_mean": int(mine["s_sum"].sum()) / _SENTIMENT_SCALE / rated
+                if rated
+                else None,
                 "sentiment_events": int(rated),
                 "note": None if active >= config.min_clients else TOO_FEW,
             }
@@ -575,7 +581,7 @@ def _touchpoint_rows(
         con,
         f"""
         SELECT {_SEG} AS seg, stage, event_type, channel, by_client,
-               sum(n) AS events, count(*) AS clients, sum(s_sum) AS s_sum,
+               sum(n) AS events, count(*) AS clients, sum(s_sum)::BIGINT AS s_sum,
                sum(s_n) AS sentiment_events, sum(s_neg) AS negative_events
         FROM (SELECT tp.*, c.segment_id FROM {_PREFIX}tp tp
               JOIN {_PREFIX}client c USING (client_id))
@@ -625,8 +631,9 @@ def _notes(enough: pd.Series) -> pd.Series:
 
 
 def _mean(total: pd.Series, count: pd.Series) -> pd.Series:
-    """total / count, null where count is 0."""
-    return (total / count.where(count > 0)).astype(float)
+    """The mean sentiment from its scaled integer total (`_SENTIMENT_SCALE`), null where
+    count is 0."""
+    return (total / _SENTIMENT_SCALE / count.where(count > 0)).astype(float)
 
 
 # ------------------------------------------------------------------------ drop-offs

@@ -61,6 +61,7 @@ __all__ = [
     "combined_report",
     "dask_client",
     "task_memory_limit",
+    "write_shard_events",
 ]
 
 _KEY_PREFIX = "segmentation-features"
@@ -132,6 +133,7 @@ def build_features_on_dask(
     *,
     client: Client | None = None,
     now: datetime | None = None,
+    events_out: str | Path | None = None,
 ) -> DistributedFeatures:
     """Validate the events and build the feature table shard by shard on Dask.
 
@@ -150,6 +152,11 @@ def build_features_on_dask(
     now : datetime.datetime, optional
         The time future events are measured against, the same in every shard; default the
         current time when the call starts.
+    events_out : str or Path, optional
+        An existing folder every worker and this process can read and write: each shard
+        writes its valid events there (``events-<k>.parquet``, the one-process ``events``
+        table's rows of its clients, same columns and types), for the nightly's later steps
+        that read events (the CLTV training windows, the journey map, the holdout outcomes).
 
     Returns
     -------
@@ -184,7 +191,16 @@ def build_features_on_dask(
     shards = config.execution.shards
     per_shard = manifest is not None and manifest.shards == shards
     with _client_for(config.execution, client) as dask:
-        outputs = _run_shards(dask, config, str(events_path), as_of, now, shards, per_shard)
+        outputs = _run_shards(
+            dask,
+            config,
+            str(events_path),
+            as_of,
+            now,
+            shards,
+            per_shard,
+            str(events_out) if events_out is not None else None,
+        )
     report = combined_report([o.report for o in outputs])
     check_bad_share(report, config.events.max_bad_share)
     counts = tuple(o.table.num_rows for o in outputs)
@@ -214,6 +230,7 @@ def build_shard(
     now: datetime,
     *,
     partitioned: bool = False,
+    events_out: str | None = None,
 ) -> ShardOutput:
     """One shard's work, as a Dask task runs it (callable anywhere, for tests).
 
@@ -224,8 +241,9 @@ def build_shard(
     contract does) into Parquet files in a scratch folder, one per input file. It then loads
     and validates them as `load_configured_events` does, and builds the features of its
     clients in DuckDB. Its quarantined rows are returned as an Arrow table, ``source_file``
-    naming the input's file (not the scratch copy). The scratch folder (in the worker's local
-    directory) is removed after.
+    naming the input's file (not the scratch copy). With `events_out`, its valid events are
+    written there as ``events-<shard>.parquet`` (atomically: a retried task replaces it). The
+    scratch folder (in the worker's local directory) is removed after.
     """
     from features.build import build_features
     from features.events import connect_for_events, load_configured_events
@@ -259,6 +277,8 @@ def build_shard(
                     " (execution.mode: local)"
                 )
             quarantine = _shard_quarantine(con, copies)
+            if events_out is not None:
+                write_shard_events(con, events_out, shard)
             table = build_features(con, as_of, config.features, shards=config.features.shards)
         finally:
             con.close()
@@ -266,6 +286,16 @@ def build_shard(
         shutil.rmtree(scratch, ignore_errors=True)
         _release_arrow_memory()
     return ShardOutput(shard, table, report, time.perf_counter() - started, quarantine)
+
+
+def write_shard_events(con: duckdb.DuckDBPyConnection, folder: str, shard: int) -> Path:
+    """Write the connection's ``events`` table to ``folder/events-<shard>.parquet`` through a
+    temporary name, so a reader never sees half a file and a retried shard replaces it."""
+    final = Path(folder) / f"events-{shard:05d}.parquet"
+    partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    con.execute(f"COPY events TO {_sql_text(str(partial))} (FORMAT parquet)")
+    partial.replace(final)
+    return final
 
 
 def task_memory_limit(
@@ -380,6 +410,7 @@ def _run_shards(
     now: datetime,
     shards: int,
     partitioned: bool,
+    events_out: str | None = None,
 ) -> list[ShardOutput]:
     """Submit one task per shard (retried once if its worker dies) and gather them in shard
     order; the first failure cancels the rest and is raised naming its shard."""
@@ -396,6 +427,7 @@ def _run_shards(
             shards,
             now,
             partitioned,
+            events_out,
             key=f"{_KEY_PREFIX}-{run}-shard-{k}-of-{shards}",
             retries=1,
             pure=False,
@@ -428,9 +460,19 @@ def _shard_task(
     shards: int,
     now: datetime,
     partitioned: bool,
+    events_out: str | None = None,
 ) -> ShardOutput | _ShardFailure:
     try:
-        return build_shard(config, events_path, as_of, shard, shards, now, partitioned=partitioned)
+        return build_shard(
+            config,
+            events_path,
+            as_of,
+            shard,
+            shards,
+            now,
+            partitioned=partitioned,
+            events_out=events_out,
+        )
     except SegmentationError as exc:
         return _ShardFailure(shard, exc)
 

@@ -14,7 +14,9 @@ Prefect tasks at the bottom are thin wrappers of the steps, so Prefect tracks an
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from prefect import flow, task
 from configs import (
     EngineConfig,
 )
+from features.events import connect_for_events
 from pipelines import flow_params, policy, scratch, steps
 from pipelines.flow_params import FlowArgumentError
 from pipelines.policy import ModelChoice, Promotion, RefitDecision
@@ -261,10 +264,15 @@ def nightly_run(
             log.warning("%s", allowance)
         run = _Run(config, as_of, run_id, started, clock, store, registry, tracked)
         try:
-            con = stack.enter_context(scratch.events_connection(config))
+            folder = stack.enter_context(scratch.scratch_folder(config))
+            con = connect_for_events(config.features, folder)
+            stack.callback(con.close)
             latest = _latest_as_of(store)
             _check_order(latest, as_of, rebuild)
-            tonight = _compute(run, con, events or config.events_path, latest, force_refit)
+            shard_events = _shard_events_folder(stack, config, folder, run_id)
+            tonight = _compute(
+                run, con, events or config.events_path, latest, force_refit, shard_events
+            )
             published = _publish(run, tonight, rebuild)
         except Exception as exc:
             _record_failure(store, run_id, as_of, started, tracked.run_id, exc, config=config)
@@ -347,35 +355,28 @@ def _compute(
     events_path: str,
     latest: date | None,
     force_refit: bool,
+    shard_events: Path,
 ) -> _Tonight:
     """The steps before the publish: events, features, the refit decision, the CLTV model and
     scores, the clustering, the segments. The store is only read (the last membership)."""
     config, as_of, clock = run.config, run.as_of, run.clock
-    retrying = retry_options(config.schedule)
     rules = steps.load_ruleset(config)  # a bad rule fails in milliseconds, before heavy work
-    clock.say(f"reading and validating events from {events_path}")
-    events = clock.time(
-        "validate", read_events_task.with_options(**retrying), con, config, events_path
-    )
-    from features.identity import needs_stitching
-
-    before, merged_before = (
-        _identity_history(run.store, as_of, latest)
-        if needs_stitching(con, config.links_path)
-        else (None, {})
-    )  # the merge log is read only for events that are stitched
-    events = clock.time("identity", stitch_task, con, config, as_of, events, before, merged_before)
-    if events.stitching is not None:
-        summary = events.stitching.summary
+    if config.execution.mode == "dask":
         clock.say(
-            f"identity: {summary['persons']:,} persons from {summary['identifiers']:,}"
-            f" identifiers ({summary['over_linked']:,} over-linked, {summary['merges']:,} merges)"
+            f"validating events and building features on Dask"
+            f" ({config.execution.shards} shards) from {events_path}"
         )
-    clock.say(f"building features ({events.report.valid:,} valid events)")
-    features = clock.time("features", features_task, con, as_of, config)
+        events, features = clock.time(
+            "features", dask_features_task, con, config, events_path, as_of, shard_events
+        )
+    else:
+        events, features = _events_and_features(run, con, events_path, latest)
     previous = run.store.membership() if latest is not None else None
     champions = clock.time(
-        "load_models", load_champions_task.with_options(**retrying), run.registry, config
+        "load_models",
+        load_champions_task.with_options(**retry_options(config.schedule)),
+        run.registry,
+        config,
     )
     current = champions.clusters.bundle if champions.clusters is not None else None
     decision = steps.decide_refit(current, features, as_of, config, force=force_refit)
@@ -422,7 +423,7 @@ def _compute(
     holdout = clock.time(
         "holdout", steps.holdout_outcomes, con, as_of, segmentation.membership, previous, config
     )
-    con.execute("DROP TABLE events")  # its last readers: the journey map and the holdout
+    steps.drop_events(con)  # its last readers: the journey map and the holdout
     return _Tonight(
         events,
         features,
@@ -435,6 +436,47 @@ def _compute(
         journey,
         holdout,
     )
+
+
+def _events_and_features(
+    run: _Run, con: duckdb.DuckDBPyConnection, events_path: str, latest: date | None
+) -> tuple[EventsRead, pd.DataFrame]:
+    """In this process: read and validate the events, stitch identities, build features."""
+    config, as_of, clock = run.config, run.as_of, run.clock
+    clock.say(f"reading and validating events from {events_path}")
+    retrying = retry_options(config.schedule)
+    events = clock.time(
+        "validate", read_events_task.with_options(**retrying), con, config, events_path
+    )
+    from features.identity import needs_stitching
+
+    before, merged_before = (
+        _identity_history(run.store, as_of, latest)
+        if needs_stitching(con, config.links_path)
+        else (None, {})
+    )  # the merge log is read only for events that are stitched
+    events = clock.time("identity", stitch_task, con, config, as_of, events, before, merged_before)
+    if events.stitching is not None:
+        summary = events.stitching.summary
+        clock.say(
+            f"identity: {summary['persons']:,} persons from {summary['identifiers']:,}"
+            f" identifiers ({summary['over_linked']:,} over-linked, {summary['merges']:,} merges)"
+        )
+    clock.say(f"building features ({events.report.valid:,} valid events)")
+    features = clock.time("features", features_task, con, as_of, config)
+    return events, features
+
+
+def _shard_events_folder(stack: ExitStack, config: EngineConfig, folder: Path, run_id: str) -> Path:
+    """Where the Dask shards write their valid events for this run: under
+    ``execution.shared_dir`` (a folder the workers and this process share), else in the run's
+    scratch folder (enough for a LocalCluster); removed when the run ends."""
+    shared = config.execution.shared_dir
+    if shared is None:
+        return folder / "shard-events"
+    out = Path(shared) / f"run-{run_id}-{uuid.uuid4().hex[:8]}"
+    stack.callback(shutil.rmtree, out, ignore_errors=True)
+    return out
 
 
 def _identity_history(
@@ -573,6 +615,7 @@ def _summary(
 read_events_task = task(name="read-events", persist_result=False)(steps.read_events)
 stitch_task = task(name="identity", persist_result=False)(steps.stitch_identities)
 features_task = task(name="features", persist_result=False)(steps.compute_features)
+dask_features_task = task(name="features-on-dask", persist_result=False)(steps.features_on_dask)
 load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
 clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)

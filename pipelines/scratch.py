@@ -22,7 +22,13 @@ import duckdb
 from configs import EngineConfig
 from features.events import connect_for_events
 
-__all__ = ["SCRATCH_OWNER", "SCRATCH_PREFIX", "events_connection", "remove_stale_scratch"]
+__all__ = [
+    "SCRATCH_OWNER",
+    "SCRATCH_PREFIX",
+    "events_connection",
+    "remove_stale_scratch",
+    "scratch_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +43,24 @@ def events_connection(config: EngineConfig) -> Iterator[duckdb.DuckDBPyConnectio
 
     The folder (which holds a copy of the events) is removed at the end; one left by a killed
     run is removed by the next run: its owner lock is free once its process is gone."""
+    with scratch_folder(config) as folder:
+        con = connect_for_events(config.features, folder)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+@contextmanager
+def scratch_folder(config: EngineConfig) -> Iterator[Path]:
+    """A scratch folder in the workdir, owned (flocked) by this process until the end, then
+    removed; one left by a killed run is removed by the next run."""
     remove_stale_scratch(config.workdir_path)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=config.workdir_path) as tmp:
         owner = os.open(Path(tmp) / SCRATCH_OWNER, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            con = connect_for_events(config.features, tmp)
-            try:
-                yield con
-            finally:
-                con.close()
+            yield Path(tmp)
         finally:
             os.close(owner)
 

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
@@ -64,6 +65,8 @@ __all__ = [
     "choose_cluster_model",
     "compute_features",
     "decide_refit",
+    "drop_events",
+    "features_on_dask",
     "fit_cltv",
     "fit_clusters",
     "holdout_outcomes",
@@ -252,6 +255,39 @@ def compute_features(
     if table.num_rows == 0:
         raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
     return _feature_frame(table)
+
+
+def features_on_dask(
+    con: duckdb.DuckDBPyConnection,
+    config: EngineConfig,
+    events_path: str,
+    as_of: date,
+    shard_events: Path,
+) -> tuple[EventsRead, pd.DataFrame]:
+    """`read_events` and `compute_features` shard by shard on Dask (`execution: dask`).
+
+    The shards validate their clients' events and build their features on the workers
+    (`pipelines.distributed`) and write their valid events to `shard_events` (a folder the
+    workers and this process share); `con` gets an ``events`` view over those files, so the
+    steps after the features (CLTV training windows, journey map, holdout) read the same rows
+    as in one process without this process loading them. The result equals `read_events`
+    then `compute_features` on the same input (tests/pipelines/test_nightly_dask.py)."""
+    from pipelines.distributed import build_features_on_dask
+
+    shard_events.mkdir(parents=True, exist_ok=True)
+    built = build_features_on_dask(config, events_path, as_of, events_out=shard_events)
+    files = str(shard_events / "events-*.parquet").replace("'", "''")
+    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{files}')")
+    return EventsRead(built.report, built.quarantine), built.features
+
+
+def drop_events(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop tonight's ``events`` (a table in one process, a view over the shards' files on
+    Dask) once its last reader is done."""
+    kind = con.execute(
+        "SELECT table_type FROM information_schema.tables WHERE table_name = 'events'"
+    ).fetchone()
+    con.execute("DROP VIEW events" if kind and kind[0] == "VIEW" else "DROP TABLE events")
 
 
 def _feature_frame(table: pa.Table) -> pd.DataFrame:
