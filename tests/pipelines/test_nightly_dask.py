@@ -26,6 +26,7 @@ END = date(2025, 6, 30)
 FIRST = date(2025, 5, 1)
 SECOND = FIRST + timedelta(days=1)
 
+
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("journeys")
