@@ -58,6 +58,7 @@ __all__ = [
     "ShardOutput",
     "build_features_on_dask",
     "build_shard",
+    "check_ready",
     "combined_report",
     "dask_client",
     "task_memory_limit",
@@ -371,6 +372,37 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Client]:
         yield remote
     finally:
         remote.close()
+
+
+def check_ready(config: EngineConfig, events_path: str | Path, kind: str) -> None:
+    """The cheap checks of a run with ``execution.mode: dask``, before any event is read:
+    the input is one the sharded build takes (Parquet, no identity stitching), the shared
+    folder exists, and the scheduler answers within ``connect_timeout_seconds``.
+
+    Raises
+    ------
+    DistributedBuildError, ClusterUnreachableError
+    """
+    from pipelines.partition import config_for_partitioned, read_manifest
+
+    manifest = read_manifest(events_path)
+    if manifest is not None:  # its column mapping was applied when it was written
+        config = config_for_partitioned(config, manifest)
+    _check_shardable(config)
+    if kind != "parquet":
+        raise DistributedBuildError(
+            f"events are {kind.upper()} files: the Dask build reads Parquet only, so far"
+            " (convert them with 'segmentation partition', or execution.mode: local)"
+        )
+    shared = config.execution.shared_dir
+    if shared is not None and not Path(shared).is_dir():
+        raise DistributedBuildError(
+            f"execution.shared_dir {shared}: not a folder (it must exist, readable and"
+            " writable by every worker and by this process)"
+        )
+    if config.execution.scheduler_address is not None:
+        with dask_client(config.execution):
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,11 +48,14 @@ def preflight(
     skipped where a file has none, and for CSV and JSON lines); the identity-links file
     exists when configured; the rules file loads; the store opens, its schema is not newer
     than this engine's, and `as_of` is not older than its latest published date unless
-    `rebuild`. Neither Prefect nor MLflow is imported, and no event row is read.
+    `rebuild`. With ``execution.mode: dask``, the input is one the sharded build takes and the
+    scheduler answers within its connect timeout. Neither Prefect nor MLflow is imported, and
+    no event row is read.
 
     Raises
     ------
-    FutureAsOfError, EventContractError, RuleError, StoreError, OutOfOrderError
+    FutureAsOfError, EventContractError, RuleError, StoreError, OutOfOrderError,
+    DistributedBuildError
     """
     today = today or datetime.now(UTC).date()
     if as_of > today and not allow_future:
@@ -76,6 +79,10 @@ def preflight(
     links = config.links_path
     if links and not any(c in links for c in "*?[") and not Path(links).exists():
         raise EventContractError(f"identity.links_file {links}: not found")
+    if config.execution.mode == "dask":  # Dask is imported only for such a run
+        from pipelines.distributed import check_ready
+
+        check_ready(config, path, kind)
     from segmentation.rules import load_rules
 
     load_rules(config.config_file(config.rules.file))

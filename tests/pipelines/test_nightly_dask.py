@@ -116,3 +116,39 @@ def test_the_nightly_on_dask_publishes_the_one_process_tables(
         pd.testing.assert_frame_equal(got[name], frame, check_exact=True, obj=name)
     assert len(expected["transitions"]) > 0
     assert not list((tmp_path / "dask" / "work").glob("duckdb-*"))  # scratch removed
+
+
+@pytest.mark.slow
+def test_a_shard_that_fails_fails_the_run_and_leaves_the_tables(
+    prefect_harness: object, events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from pipelines.distributed import DistributedBuildError
+
+    for name in ("SEGMENTATION_STORE_URL", "MLFLOW_TRACKING_URI", "SEGMENTATION_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = _config(tmp_path / "dask", mode="dask", workers=2, shards=4)
+    run_nightly(config, as_of=FIRST, events=str(events))
+    before = _tables(config)
+
+    # an input with an identifier besides client_id needs stitching, which no shard does yet
+    stitched = tmp_path / "stitched"
+    shutil.copytree(events, stitched)
+    part = pq.read_table(sorted(stitched.glob("*.parquet"))[0]).slice(0, 20)
+    emails = pa.array([f"hash-{k}" for k in range(part.num_rows)])
+    pq.write_table(part.append_column("email_hash", emails), stitched / "with-email-hash.parquet")
+    with pytest.raises(DistributedBuildError, match=r"shard \d of 4: .*identity stitching"):
+        run_nightly(config, as_of=SECOND, events=str(stitched))
+
+    store = open_store(config.store_url)
+    try:
+        runs = store.runs()
+    finally:
+        store.close()
+    assert list(runs["status"]) == ["success", "failed"]
+    assert "identity stitching" in runs["error"].iloc[-1]
+    after = _tables(config)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(after[name], frame, obj=name)
+    assert not list((tmp_path / "dask" / "work").glob("duckdb-*"))  # scratch removed

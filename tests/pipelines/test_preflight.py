@@ -142,3 +142,54 @@ def test_every_check_fails_within_3_seconds_in_a_fresh_process(config, tmp_path)
     seconds = time.perf_counter() - started
     assert done.returncode == 1 and "newest event (2025-03-10)" in done.stderr
     assert seconds < 10, seconds  # about 2 s on an idle 2-core machine (README)
+
+
+def _on_dask(config, tmp_path, **execution):
+    """The config with `execution: dask` and Parquet events (the sharded build reads those)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    events = tmp_path / "parquet-events"
+    events.mkdir(exist_ok=True)
+    pq.write_table(
+        pa.table({"client_id": ["c1"], "event_time": ["2025-01-01"], "event_type": ["login"]}),
+        events / "part.parquet",
+    )
+    return config.model_copy(
+        update={
+            "execution": config.execution.model_copy(update={"mode": "dask", **execution}),
+            "events": config.events.model_copy(update={"path": str(events)}),
+        }
+    )
+
+
+def test_an_unreachable_dask_scheduler_fails_in_seconds_naming_it(config, tmp_path):
+    from pipelines.distributed import ClusterUnreachableError
+
+    on_dask = _on_dask(
+        config, tmp_path, scheduler_address="tcp://127.0.0.1:9", connect_timeout_seconds=2.0
+    )
+    started = time.perf_counter()
+    with pytest.raises(ClusterUnreachableError, match=r"scheduler_address 'tcp://127.0.0.1:9'"):
+        preflight(on_dask, as_of=date(2025, 1, 1), today=TODAY)
+    assert time.perf_counter() - started < 15
+
+
+def test_what_the_dask_build_cannot_shard_is_refused_before_any_read(config, tmp_path):
+    from pipelines.distributed import DistributedBuildError
+
+    on_dask = _on_dask(config, tmp_path)
+    preflight(on_dask, as_of=date(2025, 1, 1), today=TODAY)  # Parquet, a LocalCluster: fine
+    csv = on_dask.model_copy(update={"events": config.events})  # the fixture's CSV events
+    with pytest.raises(DistributedBuildError, match="CSV files.*Parquet only"):
+        preflight(csv, as_of=date(2025, 1, 1), today=TODAY)
+    links = tmp_path / "links.csv"
+    links.write_text("identifier_a,identifier_b\nc1,e@x\n")
+    stitched = on_dask.model_copy(
+        update={"identity": on_dask.identity.model_copy(update={"links_file": str(links)})}
+    )
+    with pytest.raises(DistributedBuildError, match="links_file is set"):
+        preflight(stitched, as_of=date(2025, 1, 1), today=TODAY)
+    missing = _on_dask(config, tmp_path, shared_dir=str(tmp_path / "no-such-folder"))
+    with pytest.raises(DistributedBuildError, match="shared_dir .*no-such-folder: not a folder"):
+        preflight(missing, as_of=date(2025, 1, 1), today=TODAY)
