@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--execution", choices=["local", "dask"], default="local")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--nights", type=int, choices=[1, 2], default=2, help="1: fits only")
     args = parser.parse_args()
 
     from configs import config_from_mapping
@@ -63,10 +64,11 @@ def main() -> None:
         from pipelines.nightly import run_nightly
 
         events = str(work / "data" / "events")
-        for label, as_of in (
+        nights = (
             ("first night (fits)", end - timedelta(days=1)),
             ("second night (champions)", end),
-        ):
+        )
+        for label, as_of in nights[: args.nights]:
             t0 = time.perf_counter()
             result = run_nightly(config, as_of=as_of, events=events)
             wall = time.perf_counter() - t0

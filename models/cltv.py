@@ -157,7 +157,10 @@ class CltvModel(BaseEstimator):
         value = self.gamma_gamma_.conditional_expected_average_value(x, mv)
         incr = np.diff(cum, axis=1, prepend=0.0)
         disc = (1.0 + self.annual_discount_rate) ** (-steps / 365.25)
-        cltv = value * (incr @ disc)
+        # a row-wise sum, not `incr @ disc`: BLAS's matrix-vector product blocks by the
+        # number of rows, so a client's value would change in its last bits with the batch
+        # (one shard or all clients); each row's sum here depends on that row alone
+        cltv = value * np.ascontiguousarray(incr * disc).sum(axis=1)
         return pd.DataFrame(
             {
                 "p_alive": p_alive,

@@ -46,6 +46,7 @@ import pandas as pd
 from configs import IDENTIFIER_COLUMNS, EngineConfig, SegmentationError, as_date
 from configs.schema import ExecutionConfig
 from features.events import ValidationReport, check_bad_share
+from models.cltv import BTYD_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -55,17 +56,20 @@ __all__ = [
     "ClusterUnreachableError",
     "DistributedBuildError",
     "DistributedFeatures",
+    "KeptFeatures",
     "ShardOutput",
     "build_features_on_dask",
     "build_shard",
     "check_ready",
     "combined_report",
     "dask_client",
+    "feature_file_name",
     "task_memory_limit",
     "write_shard_events",
 ]
 
 _KEY_PREFIX = "segmentation-features"
+INDEX_COLUMNS = ("client_id", *BTYD_COLUMNS)  # what the driver gets when the rows stay
 MIN_TASK_MEMORY = 256 * 2**20
 _UNITS = {
     "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -93,6 +97,20 @@ class ShardOutput:
     report: ValidationReport
     seconds: float
     quarantine: pa.Table
+    columns: tuple[str, ...] = ()  # the feature table's columns
+    nullable: tuple[str, ...] = ()  # with rows kept: the columns with a null in this shard
+
+
+@dataclass(frozen=True)
+class KeptFeatures:
+    """Feature rows the shards kept in the shared folder: one file per shard, the feature
+    table's columns, those with a null in any shard (so a part read alone gets the
+    one-process frame's types), and each shard's client ids."""
+
+    files: tuple[str, ...]
+    columns: tuple[str, ...]
+    nullable: frozenset[str]
+    shard_ids: tuple[tuple[str, ...], ...]
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,7 @@ class DistributedFeatures:
     shard_seconds: tuple[float, ...] = field(default=())
     input_layout: str = "scan"
     quarantine: pd.DataFrame = field(default_factory=pd.DataFrame)
+    kept: KeptFeatures | None = None  # with `shared`: where the feature rows are
 
 
 def build_features_on_dask(
@@ -134,7 +153,7 @@ def build_features_on_dask(
     *,
     client: Client | None = None,
     now: datetime | None = None,
-    events_out: str | Path | None = None,
+    shared: str | Path | None = None,
 ) -> DistributedFeatures:
     """Validate the events and build the feature table shard by shard on Dask.
 
@@ -153,18 +172,21 @@ def build_features_on_dask(
     now : datetime.datetime, optional
         The time future events are measured against, the same in every shard; default the
         current time when the call starts.
-    events_out : str or Path, optional
-        An existing folder every worker and this process can read and write: each shard
-        writes its valid events there (``events-<k>.parquet``, the one-process ``events``
+    shared : str or Path, optional
+        An existing folder every worker and this process can read and write. Each shard
+        writes there its valid events (``events-<k>.parquet``, the one-process ``events``
         table's rows of its clients, same columns and types), for the nightly's later steps
-        that read events (the CLTV training windows, the journey map, the holdout outcomes).
+        that read events (the CLTV training windows, the journey map, the holdout outcomes),
+        and its feature rows (``features-<k>.parquet``), which stay there: `features` then
+        holds only client_id and the BTYD inputs (`pipelines.sharded`).
 
     Returns
     -------
     DistributedFeatures
-        The feature frame (equal to `steps.compute_features`), the summed validation
-        report (equal to `steps.read_events`'s) and the quarantined rows (the rows of
-        `steps.read_events`'s quarantine, in shard order).
+        The feature frame (equal to `steps.compute_features`; with `shared`, its client_id
+        and BTYD columns only), the summed validation report (equal to
+        `steps.read_events`'s) and the quarantined rows (the rows of `steps.read_events`'s
+        quarantine, in shard order).
 
     Raises
     ------
@@ -200,13 +222,14 @@ def build_features_on_dask(
             now,
             shards,
             per_shard,
-            str(events_out) if events_out is not None else None,
+            str(shared) if shared is not None else None,
         )
     report = combined_report([o.report for o in outputs])
     check_bad_share(report, config.events.max_bad_share)
     counts = tuple(o.table.num_rows for o in outputs)
     seconds = tuple(round(o.seconds, 3) for o in outputs)
     quarantine = _quarantine_frame([o.quarantine for o in outputs])
+    kept = _kept_features(outputs, shared)
     table = _sorted_by_client([o.table for o in outputs])
     del outputs
     if table.num_rows == 0:
@@ -219,6 +242,7 @@ def build_features_on_dask(
         shard_seconds=seconds,
         input_layout="partitioned" if per_shard else "scan",
         quarantine=quarantine,
+        kept=kept,
     )
 
 
@@ -231,7 +255,7 @@ def build_shard(
     now: datetime,
     *,
     partitioned: bool = False,
-    events_out: str | None = None,
+    shared: str | None = None,
 ) -> ShardOutput:
     """One shard's work, as a Dask task runs it (callable anywhere, for tests).
 
@@ -242,7 +266,7 @@ def build_shard(
     contract does) into Parquet files in a scratch folder, one per input file. It then loads
     and validates them as `load_configured_events` does, and builds the features of its
     clients in DuckDB. Its quarantined rows are returned as an Arrow table, ``source_file``
-    naming the input's file (not the scratch copy). With `events_out`, its valid events are
+    naming the input's file (not the scratch copy). With `shared`, its valid events are
     written there as ``events-<shard>.parquet`` (atomically: a retried task replaces it). The
     scratch folder (in the worker's local directory) is removed after.
     """
@@ -278,15 +302,56 @@ def build_shard(
                     " (execution.mode: local)"
                 )
             quarantine = _shard_quarantine(con, copies)
-            if events_out is not None:
-                write_shard_events(con, events_out, shard)
+            if shared is not None:
+                write_shard_events(con, shared, shard)
             table = build_features(con, as_of, config.features, shards=config.features.shards)
         finally:
             con.close()
+        nullable: tuple[str, ...] = ()
+        names = tuple(table.column_names)
+        if shared is not None:  # the rows stay in the shared folder; the driver gets the index
+            nullable = tuple(n for n, c in zip(names, table.columns, strict=True) if c.null_count)
+            _write_parquet(table, Path(shared) / feature_file_name(shard))
+            table = table.select(list(INDEX_COLUMNS))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _release_arrow_memory()
-    return ShardOutput(shard, table, report, time.perf_counter() - started, quarantine)
+    return ShardOutput(
+        shard, table, report, time.perf_counter() - started, quarantine, names, nullable
+    )
+
+
+def feature_file_name(shard: int) -> str:
+    """The file a shard's feature rows are kept in, in the run's shared folder."""
+    return f"features-{shard:05d}.parquet"
+
+
+def _write_parquet(table: pa.Table, final: Path) -> None:
+    """`table` to `final` through a temporary name (a retried shard replaces it whole)."""
+    import pyarrow.parquet as pq
+
+    partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
+    pq.write_table(table, partial)
+    partial.replace(final)
+
+
+def _kept_features(
+    outputs: Sequence[ShardOutput], shared: str | Path | None
+) -> KeptFeatures | None:
+    """Where the shards kept their feature rows, and what a reader needs to rebuild the
+    one-process frame's types from a part of them (None: the rows came back)."""
+    if shared is None:
+        return None
+    import pyarrow.compute as pc
+
+    return KeptFeatures(
+        files=tuple(str(Path(shared) / feature_file_name(o.shard)) for o in outputs),
+        columns=outputs[0].columns,
+        nullable=frozenset(n for o in outputs for n in o.nullable),
+        shard_ids=tuple(
+            tuple(pc.cast(o.table.column("client_id"), "string").to_pylist()) for o in outputs
+        ),
+    )
 
 
 def write_shard_events(con: duckdb.DuckDBPyConnection, folder: str, shard: int) -> Path:
@@ -442,7 +507,7 @@ def _run_shards(
     now: datetime,
     shards: int,
     partitioned: bool,
-    events_out: str | None = None,
+    shared: str | None = None,
 ) -> list[ShardOutput]:
     """Submit one task per shard (retried once if its worker dies) and gather them in shard
     order; the first failure cancels the rest and is raised naming its shard."""
@@ -459,7 +524,7 @@ def _run_shards(
             shards,
             now,
             partitioned,
-            events_out,
+            shared,
             key=f"{_KEY_PREFIX}-{run}-shard-{k}-of-{shards}",
             retries=1,
             pure=False,
@@ -492,7 +557,7 @@ def _shard_task(
     shards: int,
     now: datetime,
     partitioned: bool,
-    events_out: str | None = None,
+    shared: str | None = None,
 ) -> ShardOutput | _ShardFailure:
     try:
         return build_shard(
@@ -503,7 +568,7 @@ def _shard_task(
             shards,
             now,
             partitioned=partitioned,
-            events_out=events_out,
+            shared=shared,
         )
     except SegmentationError as exc:
         return _ShardFailure(shard, exc)

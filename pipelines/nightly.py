@@ -36,6 +36,7 @@ from pipelines import flow_params, policy, scratch, steps
 from pipelines.flow_params import FlowArgumentError
 from pipelines.policy import ModelChoice, Promotion, RefitDecision
 from pipelines.prefect_utils import ensure_prefect_api, retry_options
+from pipelines.sharded import FeatureRows, InMemoryFeatures, build_on_dask
 from pipelines.steps import (
     CltvBundle,
     ClusterBundle,
@@ -45,6 +46,8 @@ from pipelines.steps import (
 )
 
 if TYPE_CHECKING:
+    from distributed import Client
+
     from features.journey import JourneyMap
     from pipelines.registry import ModelRegistry
     from pipelines.store import PublishRequest, PublishResult, Store
@@ -270,8 +273,9 @@ def nightly_run(
             latest = _latest_as_of(store)
             _check_order(latest, as_of, rebuild)
             shard_events = _shard_events_folder(stack, config, folder, run_id)
+            dask = _dask_client(stack, config)
             tonight = _compute(
-                run, con, events or config.events_path, latest, force_refit, shard_events
+                run, con, events or config.events_path, latest, force_refit, shard_events, dask
             )
             published = _publish(run, tonight, rebuild)
         except Exception as exc:
@@ -338,7 +342,8 @@ class _Tonight:
     """Everything the run computes before it touches the store."""
 
     events: EventsRead
-    features: pd.DataFrame
+    clients: int  # with features tonight
+    feature_names: list[str]
     decision: RefitDecision
     cltv: ModelChoice[CltvBundle]
     scores: pd.DataFrame
@@ -356,21 +361,25 @@ def _compute(
     latest: date | None,
     force_refit: bool,
     shard_events: Path,
+    dask: Client | None = None,
 ) -> _Tonight:
     """The steps before the publish: events, features, the refit decision, the CLTV model and
     scores, the clustering, the segments. The store is only read (the last membership)."""
     config, as_of, clock = run.config, run.as_of, run.clock
     rules = steps.load_ruleset(config)  # a bad rule fails in milliseconds, before heavy work
-    if config.execution.mode == "dask":
+    features: FeatureRows
+    if dask is not None:
         clock.say(
             f"validating events and building features on Dask"
             f" ({config.execution.shards} shards) from {events_path}"
         )
         events, features = clock.time(
-            "features", dask_features_task, con, config, events_path, as_of, shard_events
+            "features", dask_features_task, con, config, events_path, as_of, shard_events, dask
         )
     else:
-        events, features = _events_and_features(run, con, events_path, latest)
+        events, frame = _events_and_features(run, con, events_path, latest)
+        features = InMemoryFeatures(frame)
+        del frame
     previous = run.store.membership() if latest is not None else None
     champions = clock.time(
         "load_models",
@@ -379,18 +388,22 @@ def _compute(
         config,
     )
     current = champions.clusters.bundle if champions.clusters is not None else None
-    decision = steps.decide_refit(current, features, as_of, config, force=force_refit)
+    decision = steps.decide_refit_by(
+        current, as_of, config, lambda c: features.champion_fit(c, config), force=force_refit
+    )
     clock.say(f"clustering: {'refit' if decision.refit else 'champion'} ({decision.reason})")
     registration = _registration(run)
-    btyd = steps.btyd_inputs(features)
+    btyd = features.btyd()
     cltv = clock.time(
         "cltv", cltv_task, con, as_of, btyd, config, champions.cltv, decision.refit, registration
     )
-    scores = steps.score_clients(cltv.bundle, features, config, cltv.version)
+    del btyd
+    scores = clock.time("scores", features.scores, cltv.bundle, config, cltv.version)
+    refitting = policy.cluster_refit_needed(decision, champions.clusters)
     clusters = clock.time(
         "clusters",
         clusters_task,
-        features,
+        features.fitting_rows(config) if refitting else pd.DataFrame(),  # rows only to refit
         as_of,
         config,
         champions.clusters,
@@ -398,12 +411,11 @@ def _compute(
         previous,
         registration,
     )
-    clock.say(f"assigning segments to {len(features):,} clients")
+    clock.say(f"assigning segments to {features.clients:,} clients")
     rules_version = f"rules-{config.digest()[:8]}"
     segmentation = clock.time(
         "segments",
-        segments_task,
-        features,
+        features.segmentation,
         scores,
         clusters.bundle,
         rules,
@@ -411,7 +423,7 @@ def _compute(
         rules_version,
         previous,
         as_of,
-        config=config,
+        config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
     journey = clock.time("journey", journey_task, con, as_of, segmentation.membership, config)
@@ -426,7 +438,8 @@ def _compute(
     steps.drop_events(con)  # its last readers: the journey map and the holdout
     return _Tonight(
         events,
-        features,
+        features.clients,
+        features.names,
         decision,
         cltv,
         scores,
@@ -465,6 +478,16 @@ def _events_and_features(
     clock.say(f"building features ({events.report.valid:,} valid events)")
     features = clock.time("features", features_task, con, as_of, config)
     return events, features
+
+
+def _dask_client(stack: ExitStack, config: EngineConfig) -> Client | None:
+    """The Dask client of a run with ``execution.mode: dask`` (closed with the run), else
+    None."""
+    if config.execution.mode != "dask":
+        return None
+    from pipelines.distributed import dask_client
+
+    return stack.enter_context(dask_client(config.execution))
 
 
 def _shard_events_folder(stack: ExitStack, config: EngineConfig, folder: Path, run_id: str) -> Path:
@@ -552,7 +575,7 @@ def _track(run: _Run, tonight: _Tonight, published: PublishResult) -> None:
         "events_quarantined": report.quarantined,
         **{f"quarantined_by_reason.{k}": v for k, v in report.by_reason.items()},
         "unknown_event_types": sum(report.unknown_event_types.values()),
-        "clients": len(tonight.features),
+        "clients": tonight.clients,
         **decision.metrics(),
         **tonight.clusters.metrics,
         **tonight.cltv.metrics,
@@ -568,7 +591,7 @@ def _track(run: _Run, tonight: _Tonight, published: PublishResult) -> None:
         "as_of": run.as_of.isoformat(),
         "run_id": run.run_id,
         "config_digest": config.digest(),
-        "features": list(tonight.features.columns[1:]),
+        "features": tonight.feature_names,
         "clustering": config.clustering.model_dump(mode="json"),
         "cltv": config.cltv.model_dump(mode="json"),
         "refit_policy": config.refit.model_dump(mode="json"),
@@ -615,11 +638,10 @@ def _summary(
 read_events_task = task(name="read-events", persist_result=False)(steps.read_events)
 stitch_task = task(name="identity", persist_result=False)(steps.stitch_identities)
 features_task = task(name="features", persist_result=False)(steps.compute_features)
-dask_features_task = task(name="features-on-dask", persist_result=False)(steps.features_on_dask)
+dask_features_task = task(name="features-on-dask", persist_result=False)(build_on_dask)
 load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
 clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)
-segments_task = task(name="segments", persist_result=False)(steps.segment_clients)
 journey_task = task(name="journey", persist_result=False)(steps.map_journeys)
 
 

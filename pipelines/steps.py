@@ -13,10 +13,9 @@ import copy
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
@@ -65,8 +64,8 @@ __all__ = [
     "choose_cluster_model",
     "compute_features",
     "decide_refit",
+    "decide_refit_by",
     "drop_events",
-    "features_on_dask",
     "fit_cltv",
     "fit_clusters",
     "holdout_outcomes",
@@ -87,6 +86,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _BundleT = TypeVar("_BundleT", "ClusterBundle", "CltvBundle")
+CHAMPION_SAMPLE = 20_000  # clients the champion's noise share is measured on
 
 
 class NothingToSegmentError(SegmentationError, ValueError):
@@ -257,30 +257,6 @@ def compute_features(
     return _feature_frame(table)
 
 
-def features_on_dask(
-    con: duckdb.DuckDBPyConnection,
-    config: EngineConfig,
-    events_path: str,
-    as_of: date,
-    shard_events: Path,
-) -> tuple[EventsRead, pd.DataFrame]:
-    """`read_events` and `compute_features` shard by shard on Dask (`execution: dask`).
-
-    The shards validate their clients' events and build their features on the workers
-    (`pipelines.distributed`) and write their valid events to `shard_events` (a folder the
-    workers and this process share); `con` gets an ``events`` view over those files, so the
-    steps after the features (CLTV training windows, journey map, holdout) read the same rows
-    as in one process without this process loading them. The result equals `read_events`
-    then `compute_features` on the same input (tests/pipelines/test_nightly_dask.py)."""
-    from pipelines.distributed import build_features_on_dask
-
-    shard_events.mkdir(parents=True, exist_ok=True)
-    built = build_features_on_dask(config, events_path, as_of, events_out=shard_events)
-    files = str(shard_events / "events-*.parquet").replace("'", "''")
-    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{files}')")
-    return EventsRead(built.report, built.quarantine), built.features
-
-
 def drop_events(con: duckdb.DuckDBPyConnection) -> None:
     """Drop tonight's ``events`` (a table in one process, a view over the shards' files on
     Dask) once its last reader is done."""
@@ -318,10 +294,24 @@ def decide_refit(
 ) -> RefitDecision:
     """Whether to refit the clustering tonight (`policy.refit_decision`), measuring how the
     champion fits tonight's features only when the decision depends on it."""
+    return decide_refit_by(
+        champion, as_of, config, lambda c: champion_fit(c, features, config), force=force
+    )
+
+
+def decide_refit_by(
+    champion: ClusterBundle | None,
+    as_of: date,
+    config: EngineConfig,
+    measure: Callable[[ClusterBundle], ChampionFit],
+    force: bool = False,
+) -> RefitDecision:
+    """`decide_refit` with the champion's fit measured by `measure` (called only when the
+    decision depends on it)."""
     fitted = champion.fitted_as_of if champion is not None else None
     fit = None
     if champion is not None and policy.needs_champion_fit(as_of, fitted, force=force):
-        fit = champion_fit(champion, features, config)
+        fit = measure(champion)
     return policy.refit_decision(as_of, fitted, fit, config.refit, force=force)
 
 
@@ -331,9 +321,20 @@ def champion_fit(
     """PSI of each feature against the champion's training sample, and the noise share the
     champion gives a sample of tonight's clients (at most 20,000, seeded)."""
     drift = psi(champion.reference, features)
-    sample = features.sample(n=min(len(features), 20_000), random_state=config.seed)
-    noise = float(champion.predict(sample)["is_noise"].mean())
-    return ChampionFit(psi=drift, noise_share=noise)
+    sample = features.iloc[champion_sample_positions(len(features), config)]
+    return ChampionFit(psi=drift, noise_share=noise_share(champion, sample))
+
+
+def champion_sample_positions(clients: int, config: EngineConfig) -> np.ndarray:
+    """Positions (in tonight's feature table, sorted by client_id) of the clients the
+    champion's noise share is measured on: at most 20,000, seeded."""
+    positions = pd.RangeIndex(clients).to_series()
+    return positions.sample(n=min(clients, CHAMPION_SAMPLE), random_state=config.seed).to_numpy()
+
+
+def noise_share(champion: ClusterBundle, sample: pd.DataFrame) -> float:
+    """The share of `sample` the champion leaves as noise."""
+    return float(champion.predict(sample)["is_noise"].mean())
 
 
 def btyd_inputs(features: pd.DataFrame) -> pd.DataFrame:
@@ -487,10 +488,21 @@ def score_clients(
     discounted CLTV, the model behind them) and cltv_percentile (share of tonight's scored
     clients with a predicted CLTV at most the client's own, 0..1; the rules define VIP as a
     top percentile, whatever the currency)."""
-    columns = [*SCORE_COLUMNS, "cltv_percentile"]
     if bundle is None:
-        return pd.DataFrame(columns=columns)
-    predicted = bundle.score(features).rename_axis("client_id").reset_index()
+        return pd.DataFrame(columns=[*SCORE_COLUMNS, "cltv_percentile"])
+    return finish_scores(predict_scores(bundle, features), bundle, version)
+
+
+def predict_scores(bundle: CltvBundle, features: pd.DataFrame) -> pd.DataFrame:
+    """Each client's own CLTV figures (a shard of the clients gets its rows), client_id a
+    column."""
+    return bundle.score(features).rename_axis("client_id").reset_index()
+
+
+def finish_scores(predicted: pd.DataFrame, bundle: CltvBundle, version: str) -> pd.DataFrame:
+    """`predict_scores` rows of every client tonight with the percentile among them, the
+    horizon and the model version: the client_scores rows."""
+    columns = [*SCORE_COLUMNS, "cltv_percentile"]
     predicted["cltv_percentile"] = predicted["predicted_cltv"].rank(method="max", pct=True)
     predicted["horizon_days"] = bundle.model.horizon_days
     predicted["model_version"] = version
@@ -580,9 +592,27 @@ def segment_clients(
     membership (the rules' `stay_when` keeps members by it); `as_of` turns the days in the
     reasons into dates; `config.holdout` says who is held out of each segment's campaigns
     (`holdout` in the membership; without a config nobody is)."""
+    membership = assign_members(features, scores, clusters, rules, previous, as_of, config)
+    return Segmentation(
+        membership,
+        segment_rows(clusters, rules, cluster_version, rules_version),
+        _membership_metrics(membership),
+    )
+
+
+def assign_members(
+    features: pd.DataFrame,
+    scores: pd.DataFrame,
+    clusters: ClusterBundle | None,
+    rules: RuleSet,
+    previous: pd.DataFrame | None = None,
+    as_of: date | None = None,
+    config: EngineConfig | None = None,
+) -> pd.DataFrame:
+    """The membership rows of `segment_clients`: each client's own, from its own features,
+    scores and previous membership only (so a shard of the clients gets its rows)."""
     assigned = None
     sticky = _cluster_members(previous)
-    cluster_rows: list[dict[str, Any]] = []
     if clusters is not None:
         model = clusters.model
         assigned = clusters.predict(features, sticky)
@@ -592,7 +622,6 @@ def segment_clients(
         # rest (an attached outlier's reason says it fits loosely: not computed)
         dense = assigned["segment_id"].where(~assigned["is_outlier"]).to_numpy(object)
         assigned["reason"] = cluster_reasons(features, dense, model.profiles_)
-        cluster_rows = _cluster_segment_rows(model, cluster_version)
     membership = assign_segments(
         features,
         assigned,
@@ -611,6 +640,17 @@ def segment_clients(
             plain = clusters.predict(features.loc[by_rule])
             labels = plain["cluster_id"].where(~plain["is_noise"]).to_numpy()
             membership.loc[by_rule, "cluster_id"] = pd.array(labels, dtype="Int64")
+    return membership
+
+
+def segment_rows(
+    clusters: ClusterBundle | None, rules: RuleSet, cluster_version: str, rules_version: str
+) -> pd.DataFrame:
+    """The `segments` rows of tonight: the clusters' (definitions, profiles), the rules' and
+    the noise segment's."""
+    cluster_rows: list[dict[str, Any]] = []
+    if clusters is not None:
+        cluster_rows = _cluster_segment_rows(clusters.model, cluster_version)
     rule_rows = segment_definitions(rules).assign(model_version=rules_version)
     noise_row = {
         "segment_id": NOISE_SEGMENT_ID,
@@ -621,10 +661,9 @@ def segment_clients(
         ),
         "model_version": cluster_version,
     }
-    segments = pd.concat(
+    return pd.concat(
         [pd.DataFrame(cluster_rows), rule_rows, pd.DataFrame([noise_row])], ignore_index=True
     )
-    return Segmentation(membership, segments, _membership_metrics(membership))
 
 
 def stability_against(previous: pd.DataFrame | None, current: pd.DataFrame) -> float | None:

@@ -283,6 +283,18 @@ def build_pipeline(
     return Pipeline(steps)
 
 
+def sample_client_ids(
+    client_ids: Sequence[str] | pd.Series, size: int, random_state: int
+) -> list[str]:
+    """The ids of the clients `ClusterModel.fit` draws its sample from, given every client's
+    id: fitting on those clients' rows alone gives the model fitted on all of them (a caller
+    with the clients in shards gathers only the sample)."""
+    ordered = pd.Series(list(client_ids), dtype=object).astype(str).sort_values(kind="stable")
+    if len(ordered) <= size:
+        return ordered.tolist()
+    return ordered.iloc[_sample_positions(len(ordered), size, random_state)].tolist()
+
+
 class _ClusterModelParams(ClusteringConfig):
     """All `ClusterModel` parameters with their constraints: the config keys (inherited from
     `ClusteringConfig`, declared there once) and the ones that are not config keys."""
@@ -1322,6 +1334,10 @@ def _sample(X: pd.DataFrame, size: int, random_state: int) -> pd.DataFrame:
     )
     if len(ordered) <= size:
         return ordered.reset_index(drop=True)
+    return ordered.iloc[_sample_positions(len(ordered), size, random_state)].reset_index(drop=True)
+
+
+def _sample_positions(n: int, size: int, random_state: int) -> np.ndarray:
+    """Sorted positions of `size` of `n` clients ordered by id, drawn with the seed."""
     rng = np.random.default_rng(random_state)
-    pick = np.sort(rng.choice(len(ordered), size=size, replace=False))
-    return ordered.iloc[pick].reset_index(drop=True)
+    return np.sort(rng.choice(n, size=size, replace=False))

@@ -42,12 +42,30 @@ def fit_reference(frame: pd.DataFrame, columns: Sequence[str], bins: int = 10) -
 
 def psi(reference: DriftReference, frame: pd.DataFrame) -> dict[str, float]:
     """PSI of every reference feature present in `frame`: sum((a - e) * ln(a / e)) over bins."""
-    result: dict[str, float] = {}
+    return psi_from_counts(reference, bin_counts(reference, frame), len(frame))
+
+
+def bin_counts(reference: DriftReference, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per reference feature present in `frame`, its rows per bin of the reference (the null
+    bin last): counts add up over parts of the clients, so shards can send these instead of
+    their rows."""
+    counts: dict[str, np.ndarray] = {}
     for column, cut in reference.edges.items():
         if column not in frame.columns:
             continue
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
-        actual = np.clip(_shares(values, cut), _EPS, None)
+        counts[column] = _counts(values, cut)
+    return counts
+
+
+def psi_from_counts(
+    reference: DriftReference, counts: dict[str, np.ndarray], rows: int
+) -> dict[str, float]:
+    """PSI of each feature from its bin counts over `rows` clients (`bin_counts`, summed)."""
+    result: dict[str, float] = {}
+    for column, found in counts.items():
+        shares = found / rows if rows else np.zeros(len(found))
+        actual = np.clip(shares, _EPS, None)
         expected = np.clip(reference.shares[column], _EPS, None)
         result[column] = float(np.sum((actual - expected) * np.log(actual / expected)))
     return result
@@ -58,8 +76,12 @@ def _shares(values: np.ndarray, cut: np.ndarray) -> np.ndarray:
     n = len(values)
     if n == 0:
         return np.zeros(len(cut) + 2)
+    return _counts(values, cut) / n
+
+
+def _counts(values: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """Values per bin: len(cut)+1 value bins, then one bin for nulls (as floats)."""
     finite = np.isfinite(values)
     index = np.searchsorted(cut, values[finite], side="right")
     counts = np.bincount(index, minlength=len(cut) + 1).astype(float)
-    counts = np.append(counts, float((~finite).sum()))
-    return counts / n
+    return np.append(counts, float((~finite).sum()))

@@ -1,6 +1,8 @@
 """The nightly flow with `execution: dask` (a LocalCluster of 2 worker processes, 4 shards)
 publishes the same tables as the one-process flow on the same events: membership, history,
 transitions, scores, segments, the journey tables, the holdout outcomes and the quarantine.
+On Dask the shards keep their feature rows: the refits fit on the sample rows gathered from
+them, and the shards score and assign their own clients (`pipelines.sharded`).
 
 Two nights each way, so the second night has a previous membership (transitions, history
 stretches, sticky clusters, champion models). The input has rows the contract rejects and

@@ -114,6 +114,18 @@ def test_sample_size_is_respected_and_all_clients_assigned(frame):
     assert (~pred.loc[outside.to_numpy(), "is_noise"]).mean() > 0.8
 
 
+def test_fitting_on_the_sample_rows_alone_gives_the_model_fitted_on_all(frame):
+    from segmentation.clustering import sample_client_ids
+
+    full = ClusterModel(sample_size=1500, min_cluster_size=30, random_state=5).fit(frame)
+    ids = sample_client_ids(frame["client_id"].sample(frac=1.0, random_state=2), 1500, 5)
+    assert ids == sorted(full.sample_ids_.tolist())
+    rows = frame.set_index("client_id").loc[ids].reset_index()
+    alone = ClusterModel(sample_size=1500, min_cluster_size=30, random_state=5).fit(rows)
+    assert np.array_equal(alone.sample_labels_, full.sample_labels_)
+    pd.testing.assert_frame_equal(alone.predict(frame), full.predict(frame))
+
+
 def test_deterministic_and_independent_of_row_order(frame, model):
     again = ClusterModel(min_cluster_size=40).fit(frame.sample(frac=1.0, random_state=9))
     assert np.array_equal(again.sample_ids_, model.sample_ids_)

@@ -1,0 +1,337 @@
+"""Tonight's feature rows as the nightly's later steps use them: in this process, or kept by
+the Dask shards so that only samples, sums and per-client results reach the driver.
+
+The nightly asks its features for six things: how many clients and which features, the BTYD
+inputs, how the champion clustering fits them, the rows a cluster refit is fitted on, the
+CLTV scores and the segment memberships. `InMemoryFeatures` answers from the feature frame
+with the steps of `pipelines.steps`. `ShardedFeatures` answers from the files the shards left
+in the run's shared folder (`pipelines.distributed`): a refit fits on the sample rows it
+would draw from the whole frame (`segmentation.clustering.sample_client_ids`), the drift
+check adds the shards' bin counts, and each shard scores and assigns its own clients on a
+worker with the models fitted in the driver. Both give the same tables
+(tests/pipelines/test_nightly_dask.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from configs import EngineConfig
+from pipelines import steps
+from pipelines.policy import ChampionFit
+from pipelines.steps import CltvBundle, ClusterBundle, EventsRead, Segmentation
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from distributed import Client
+
+    from pipelines.distributed import KeptFeatures
+    from segmentation.drift import DriftReference
+    from segmentation.rules import RuleSet
+
+__all__ = ["FeatureRows", "InMemoryFeatures", "ShardedFeatures", "build_on_dask", "read_kept"]
+
+
+class FeatureRows(Protocol):
+    """What the nightly's steps after the feature build need from tonight's feature rows."""
+
+    @property
+    def clients(self) -> int: ...
+
+    @property
+    def names(self) -> list[str]: ...
+
+    def btyd(self) -> pd.DataFrame: ...
+
+    def champion_fit(self, champion: ClusterBundle, config: EngineConfig) -> ChampionFit: ...
+
+    def fitting_rows(self, config: EngineConfig) -> pd.DataFrame: ...
+
+    def scores(
+        self, bundle: CltvBundle | None, config: EngineConfig, version: str
+    ) -> pd.DataFrame: ...
+
+    def segmentation(
+        self,
+        scores: pd.DataFrame,
+        clusters: ClusterBundle | None,
+        rules: RuleSet,
+        cluster_version: str,
+        rules_version: str,
+        previous: pd.DataFrame | None,
+        as_of: date,
+        config: EngineConfig,
+    ) -> Segmentation: ...
+
+
+@dataclass(frozen=True)
+class InMemoryFeatures:
+    """The feature frame in this process (`steps.compute_features`)."""
+
+    frame: pd.DataFrame
+
+    @property
+    def clients(self) -> int:
+        return len(self.frame)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.frame.columns[1:])
+
+    def btyd(self) -> pd.DataFrame:
+        return steps.btyd_inputs(self.frame)
+
+    def champion_fit(self, champion: ClusterBundle, config: EngineConfig) -> ChampionFit:
+        return steps.champion_fit(champion, self.frame, config)
+
+    def fitting_rows(self, config: EngineConfig) -> pd.DataFrame:
+        return self.frame
+
+    def scores(self, bundle: CltvBundle | None, config: EngineConfig, version: str) -> pd.DataFrame:
+        return steps.score_clients(bundle, self.frame, config, version)
+
+    def segmentation(
+        self,
+        scores: pd.DataFrame,
+        clusters: ClusterBundle | None,
+        rules: RuleSet,
+        cluster_version: str,
+        rules_version: str,
+        previous: pd.DataFrame | None,
+        as_of: date,
+        config: EngineConfig,
+    ) -> Segmentation:
+        return steps.segment_clients(
+            self.frame,
+            scores,
+            clusters,
+            rules,
+            cluster_version,
+            rules_version,
+            previous,
+            as_of,
+            config=config,
+        )
+
+
+@dataclass(frozen=True)
+class ShardedFeatures:
+    """Feature rows kept by the Dask shards (`pipelines.distributed.KeptFeatures`), with the
+    client ids and BTYD inputs of every client in this process, in the one-process order."""
+
+    client: Client
+    kept: KeptFeatures
+    index: pd.DataFrame  # client_id and the BTYD inputs, sorted by client_id
+
+    @property
+    def clients(self) -> int:
+        return len(self.index)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.kept.columns[1:])
+
+    def btyd(self) -> pd.DataFrame:
+        return steps.btyd_inputs(self.index)
+
+    def champion_fit(self, champion: ClusterBundle, config: EngineConfig) -> ChampionFit:
+        """`steps.champion_fit` from the shards' bin counts and the same sample's rows."""
+        from segmentation.drift import psi_from_counts
+
+        counts: dict[str, np.ndarray] = {}
+        for part in self._map(_bin_counts, champion.reference):
+            for column, found in part.items():
+                counts[column] = counts[column] + found if column in counts else found
+        drift = psi_from_counts(champion.reference, counts, self.clients)
+        ids = self.index["client_id"].to_numpy()
+        positions = steps.champion_sample_positions(self.clients, config)
+        sample = self.rows(ids[positions])
+        return ChampionFit(psi=drift, noise_share=steps.noise_share(champion, sample))
+
+    def fitting_rows(self, config: EngineConfig) -> pd.DataFrame:
+        """The rows of the clients a cluster refit samples (all of them when there are
+        fewer than `clustering.sample_size`)."""
+        from segmentation.clustering import sample_client_ids
+
+        chosen = sample_client_ids(
+            self.index["client_id"], config.clustering.sample_size, config.seed
+        )
+        return self.rows(chosen)
+
+    def scores(self, bundle: CltvBundle | None, config: EngineConfig, version: str) -> pd.DataFrame:
+        """`steps.score_clients`: each shard predicts its clients on a worker; the percentile
+        among all clients is taken here."""
+        if bundle is None:
+            return steps.score_clients(None, self.index, config, version)
+        predicted = self._in_order(self._map(_predict_scores, bundle))
+        return steps.finish_scores(predicted, bundle, version)
+
+    def segmentation(
+        self,
+        scores: pd.DataFrame,
+        clusters: ClusterBundle | None,
+        rules: RuleSet,
+        cluster_version: str,
+        rules_version: str,
+        previous: pd.DataFrame | None,
+        as_of: date,
+        config: EngineConfig,
+    ) -> Segmentation:
+        """`steps.segment_clients`: each shard assigns its clients on a worker, with its
+        clients' scores and previous memberships; the segments and metrics are taken here."""
+        by_shard = [pd.Index(ids) for ids in self.kept.shard_ids]
+        futures = [
+            self.client.submit(
+                _assign_members,
+                file,
+                self.kept.nullable,
+                _rows_of(scores, ids),
+                clusters,
+                rules,
+                _rows_of(previous, ids) if previous is not None else None,
+                as_of,
+                config,
+                pure=False,
+            )
+            for file, ids in zip(self.kept.files, by_shard, strict=True)
+        ]
+        membership = self._in_order(self.client.gather(futures))
+        return Segmentation(
+            membership,
+            steps.segment_rows(clusters, rules, cluster_version, rules_version),
+            steps._membership_metrics(membership),
+        )
+
+    def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
+        """The feature rows of these clients, in this order, with the one-process types."""
+        wanted = pd.Index([str(c) for c in client_ids], dtype=object)
+        futures = []
+        for file, ids in zip(self.kept.files, self.kept.shard_ids, strict=True):
+            mine = wanted[wanted.isin(ids)]
+            if len(mine):
+                futures.append(
+                    self.client.submit(_read_rows, file, self.kept.nullable, list(mine), pure=False)
+                )
+        parts = self.client.gather(futures)
+        frame = pd.concat(parts, ignore_index=True) if parts else _empty(self.kept.columns)
+        return frame.set_index("client_id").loc[wanted].reset_index()
+
+    def _map(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
+        """`fn(frame of shard k, *args)` for every shard on the workers, in shard order."""
+        futures = [
+            self.client.submit(fn, file, self.kept.nullable, *args, pure=False)
+            for file in self.kept.files
+        ]
+        return list(self.client.gather(futures))
+
+    def _in_order(self, parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
+        """Per-shard rows (client_id a column) concatenated in the one-process client order."""
+        kept = [part for part in parts if len(part)]  # an empty shard would retype columns
+        frame = pd.concat(kept, ignore_index=True) if kept else parts[0]
+        order = pd.Index(frame["client_id"]).get_indexer(self.index["client_id"])
+        return frame.iloc[order].reset_index(drop=True)
+
+
+def build_on_dask(
+    con: duckdb.DuckDBPyConnection,
+    config: EngineConfig,
+    events_path: str,
+    as_of: date,
+    shared: Path,
+    client: Client,
+) -> tuple[EventsRead, ShardedFeatures]:
+    """`steps.read_events` and `steps.compute_features` shard by shard on Dask.
+
+    The shards validate their clients' events and build their features on the workers
+    (`pipelines.distributed`), and leave in `shared` (a folder the workers and this process
+    share) their valid events and their feature rows. `con` gets an ``events`` view over the
+    events files, so the steps that read events (CLTV training windows, journey map,
+    holdout) read the one-process rows without this process loading them; the feature rows
+    stay where they are (`ShardedFeatures`)."""
+    from pipelines.distributed import build_features_on_dask
+
+    shared.mkdir(parents=True, exist_ok=True)
+    built = build_features_on_dask(config, events_path, as_of, client=client, shared=shared)
+    assert built.kept is not None  # asked for by `shared`
+    files = str(shared / "events-*.parquet").replace("'", "''")
+    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{files}')")
+    events = EventsRead(built.report, built.quarantine)
+    return events, ShardedFeatures(client, built.kept, built.features)
+
+
+# ------------------------------------------------------------------ the shards' tasks
+
+
+def read_kept(
+    file: str, nullable: frozenset[str], client_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """A shard's kept feature rows (or those of `client_ids`) as the one-process feature
+    frame types them: a column with a null in any shard is typed as nullable here too."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(file)
+    if client_ids is not None:
+        table = table.filter(pc.is_in(pc.cast(table["client_id"], "string"), pa.array(client_ids)))
+    frame = steps._feature_frame(table)
+    for name in nullable:
+        column = table[name]
+        if column.null_count == 0 and _typed_by_nulls(column.type):
+            padded = pa.chunked_array([*column.chunks, pa.nulls(1, column.type)], column.type)
+            frame[name] = padded.to_pandas().iloc[:-1].to_numpy()
+    return frame
+
+
+def _typed_by_nulls(kind: pa.DataType) -> bool:
+    """Arrow types whose pandas type depends on whether a null is present."""
+    import pyarrow as pa
+
+    return bool(pa.types.is_integer(kind) or pa.types.is_boolean(kind))
+
+
+def _read_rows(file: str, nullable: frozenset[str], client_ids: list[str]) -> pd.DataFrame:
+    return read_kept(file, nullable, client_ids)
+
+
+def _bin_counts(
+    file: str, nullable: frozenset[str], reference: DriftReference
+) -> dict[str, np.ndarray]:
+    from segmentation.drift import bin_counts
+
+    return bin_counts(reference, read_kept(file, nullable))
+
+
+def _predict_scores(file: str, nullable: frozenset[str], bundle: CltvBundle) -> pd.DataFrame:
+    return steps.predict_scores(bundle, read_kept(file, nullable))
+
+
+def _assign_members(
+    file: str,
+    nullable: frozenset[str],
+    scores: pd.DataFrame,
+    clusters: ClusterBundle | None,
+    rules: RuleSet,
+    previous: pd.DataFrame | None,
+    as_of: date,
+    config: EngineConfig,
+) -> pd.DataFrame:
+    features = read_kept(file, nullable)
+    return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)
+
+
+def _rows_of(frame: pd.DataFrame, client_ids: pd.Index) -> pd.DataFrame:
+    """The rows of `frame` (client_id a column) whose client is in `client_ids`."""
+    return frame[frame["client_id"].isin(client_ids)].reset_index(drop=True)
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
