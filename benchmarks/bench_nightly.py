@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import tempfile
 import time
 from datetime import date, timedelta
@@ -28,7 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=690_000)
     parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--workdir", help="keep everything here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", help="keep everything here (default: a temp dir); its data set is reused"
+    )
     parser.add_argument("--execution", choices=["local", "dask"], default="local")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
@@ -42,13 +45,19 @@ def main() -> None:
         work = Path(args.workdir or tmp)
         end = date(2025, 12, 31)
         t0 = time.perf_counter()
-        summary = write_dataset(
-            work / "data", clients=args.clients, days=args.days, end=end, seed=7, overwrite=True
-        )
-        print(
-            f"generated {summary['events']:,} events for {args.clients:,} clients"
-            f" in {time.perf_counter() - t0:.1f} s"
-        )
+        marker = work / "data" / f".generated-{args.clients}-{args.days}"
+        if args.workdir and marker.exists():  # the same data set, kept by an earlier run
+            print(f"reusing the data set in {work / 'data'}")
+        else:
+            summary = write_dataset(
+                work / "data", clients=args.clients, days=args.days, end=end, seed=7, overwrite=True
+            )
+            marker.touch()
+            print(
+                f"generated {summary['events']:,} events for {args.clients:,} clients"
+                f" in {time.perf_counter() - t0:.1f} s"
+            )
+        shutil.rmtree(work / "work", ignore_errors=True)  # every run starts without a store
 
         execution = {"mode": args.execution, "shards": args.shards, "workers": args.workers}
         config = config_from_mapping(

@@ -19,15 +19,19 @@ import gc
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from configs import IDENTIFIER_COLUMNS, EngineConfig, SegmentationError, load_config
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["CommandLineError", "main"]
 
@@ -425,12 +429,15 @@ def _features(args: argparse.Namespace) -> int:
 
     config = _config(args)
     config.workdir_path.mkdir(parents=True, exist_ok=True)
-    with events_connection(config) as con:
-        report = load_configured_events(con, config, args.events)
-        check_bad_share(report, config.events.max_bad_share)
-        if needs_stitching(con, config.links_path):  # the features of persons, not identifiers
-            stitch_events(con, args.as_of, config.identity, links_path=config.links_path)
-        table = build_features(con, args.as_of, config.features, shards=config.features.shards)
+    if config.execution.mode == "dask":
+        table = _features_on_dask(config, args.events, args.as_of)
+    else:
+        with events_connection(config) as con:
+            report = load_configured_events(con, config, args.events)
+            check_bad_share(report, config.events.max_bad_share)
+            if needs_stitching(con, config.links_path):  # features of persons, not identifiers
+                stitch_events(con, args.as_of, config.identity, links_path=config.links_path)
+            table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
@@ -438,6 +445,29 @@ def _features(args: argparse.Namespace) -> int:
         json.dumps({"clients": table.num_rows, "features": table.num_columns - 1, "out": str(out)})
     )
     return 0
+
+
+def _features_on_dask(config: EngineConfig, events: str, as_of: date) -> pa.Table:
+    """The feature table built shard by shard on Dask (`execution.mode: dask`): the shards
+    keep their rows in a scratch folder (or `execution.shared_dir`), merged here in the
+    one-process order."""
+    import pyarrow.parquet as pq
+
+    from features.build import _sorted_by_client
+    from features.events import resolve_sources
+    from pipelines.distributed import build_features_on_dask, check_ready
+    from pipelines.scratch import scratch_folder
+
+    check_ready(config, events, resolve_sources(events)[0])
+    with scratch_folder(config) as folder:
+        shared = Path(config.execution.shared_dir or folder) / f"features-{folder.name}"
+        shared.mkdir()
+        try:
+            built = build_features_on_dask(config, events, as_of, shared=shared)
+            assert built.kept is not None  # asked for by `shared`
+            return _sorted_by_client([pq.read_table(f) for f in built.kept.files])
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _identity(args: argparse.Namespace) -> int:

@@ -262,3 +262,29 @@ def test_a_worker_dying_mid_task_is_rescheduled_and_the_table_is_the_same(datase
     pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
     assert result.report == report
     _assert_same_rows(result.quarantine, quarantine)
+
+
+def test_the_features_command_on_dask_writes_the_one_process_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import main
+
+    monkeypatch.delenv("SEGMENTATION_CONFIG", raising=False)
+    write_dataset(tmp_path / "data", clients=300, days=120, end=AS_OF, seed=4)
+    events = str(tmp_path / "data" / "events")
+    local = tmp_path / "local.yaml"
+    local.write_text(f"workdir: {tmp_path / 'work'}\n")
+    dask = tmp_path / "dask.yaml"
+    dask.write_text(
+        f"workdir: {tmp_path / 'work'}\nexecution:\n  mode: dask\n  workers: 2\n  shards: 3\n"
+    )
+    for name, config in (("local", local), ("dask", dask)):
+        out = tmp_path / f"{name}.parquet"
+        args = ["features", "--events", events, "--as-of", str(AS_OF), "--out", str(out)]
+        assert main([*args, "--config", str(config)]) == 0
+    one, sharded = (
+        pq.read_table(tmp_path / "local.parquet"),
+        pq.read_table(tmp_path / "dask.parquet"),
+    )
+    assert one.num_rows > 250 and sharded.equals(one)
+    assert not [p for p in (tmp_path / "work").iterdir() if p.name.startswith("duckdb-")]
