@@ -303,10 +303,11 @@ def load_events(
     with the first reason of `REASONS` that applies, and duplicates by event_id are dropped
     (the first by time, client and type is kept) and counted.
 
-    Two scans of the input: one typed pass keeps the valid rows (raw text is never built for
-    them), and a second pass keeps the raw text of the rejected rows only (JSON lines are
-    scanned once for their keys and once into a temporary table that both passes read).
-    Deduplication sorts only the rows whose event_id occurs more than once.
+    One scan of the input: a typed pass writes every row, a rejected one with its reason and
+    raw text in one extra column (NULL, never built, for the valid rows); the rejected rows
+    then move to the quarantine (JSON lines are scanned once for their keys and once into a
+    temporary table that the pass reads). Deduplication finds repeated event_ids by their
+    hash first and ranks only the rows whose hash repeats.
 
     Parameters
     ----------
@@ -739,40 +740,67 @@ def _create_tables(
     aliases: Mapping[str, str] | None = None,
     times: tuple[str | None, str] = (None, "UTC"),
 ) -> None:
-    """The typed pass into `events_table`, then the raw pass into `quarantine_table`, then the
-    malformed lines appended to the quarantine. `scans` is the reader of the first pass, the
-    reader of the second, and the SQL of the malformed lines (CSV: stored by the first pass;
-    JSON lines: the lines that are not objects) or None. The quarantine
-    has the contract columns, `source_file`, and `line_number` and `raw_line` (set for a
-    malformed line only)."""
-    reader, second, malformed = scans
-    typed = _typed_sql(columns, reader, aliases=aliases, times=times)
-    reason = _reason_sql(columns, limits)
-    stage = _stage_sql(taxonomy)
+    """One typed pass over the input into `events_table`, the rejected rows moved from there
+    into `quarantine_table`, then the malformed lines appended to the quarantine. `scans` is
+    the reader of the input, a second reader of it (unused here: `pipelines.partition` shares
+    the plan), and the SQL of the malformed lines (CSV: stored by the pass; JSON lines: the
+    lines that are not objects) or None. The quarantine has the contract columns,
+    `source_file`, and `line_number` and `raw_line` (set for a malformed line only).
+
+    The pass computes each row's reason once, in the projection that types it, and keeps
+    every row: a filter on the reason would be pushed below that projection by DuckDB and
+    parse and trim every text column a second time. A rejected row carries its raw values in
+    extra columns, NULL (nearly free to store) on valid rows; the rejected rows are then
+    copied to the quarantine and deleted, and the extra columns dropped.
+    """
+    reader, _, malformed = scans
+    typed = _typed_sql(columns, reader, True, aliases, times)
     derived = {
-        "stage": f"{stage} AS stage",
+        "stage": f"{_stage_sql(taxonomy)} AS stage",
         "by_client": f"{_by_client_sql(taxonomy)} AS by_client",
     }
-    kept = [*EVENT_SCHEMA, *identifier_columns(list(columns))]
-    select_cols = ", ".join(derived.get(c, c) for c in kept)
-    con.execute(
-        f"CREATE OR REPLACE TABLE {events_table} AS"
-        f" SELECT {select_cols} FROM ({typed}) AS t WHERE ({reason}) IS NULL"
+    kept = [derived.get(c, c) for c in [*EVENT_SCHEMA, *identifier_columns(list(columns))]]
+    present = [c for c in CONTRACT_COLUMNS if c in columns]
+    # A rejected row's reason, raw values (NUL bytes removed: PostgreSQL text cannot hold
+    # them) and file, as one list; NULL for a valid row, whose reason is never worked out.
+    rejected = ", ".join(
+        [
+            _reason_sql(columns, limits),
+            *(f"replace(CAST(src_{c} AS VARCHAR), chr(0), '')" for c in present),
+            "source_file",
+        ]
     )
-    raw_cols = ", ".join(_raw_sql(c, columns) for c in CONTRACT_COLUMNS)
+    con.execute(
+        f"CREATE OR REPLACE TABLE {events_table} AS SELECT {', '.join(kept)},"
+        f" CASE WHEN {_valid_sql(columns, limits)} THEN NULL ELSE [{rejected}] END AS {_REJECTED}"
+        f" FROM ({typed}) AS t"
+    )
+    position = {c: k + 2 for k, c in enumerate(present)}
+    raw_cols = ", ".join(
+        f"{_REJECTED}[{position[c]}] AS {c}" if c in position else f"NULL::VARCHAR AS {c}"
+        for c in CONTRACT_COLUMNS
+    )
     con.execute(
         f"CREATE OR REPLACE TABLE {quarantine_table} AS"
-        f" SELECT reason, {raw_cols}, source_file,"
-        f"  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line, NULL::VARCHAR AS detail FROM ("
-        f"   SELECT *, {reason} AS reason FROM ({_typed_sql(columns, second, True, aliases, times)}) AS t"
-        f" ) AS q WHERE reason IS NOT NULL"
+        f" SELECT {_REJECTED}[1] AS reason, {raw_cols},"
+        f" {_REJECTED}[{len(present) + 2}] AS source_file,"
+        "  NULL::BIGINT AS line_number, NULL::VARCHAR AS raw_line, NULL::VARCHAR AS detail"
+        f" FROM {events_table} WHERE {_REJECTED} IS NOT NULL"
     )
+    if con.execute(f"SELECT count(*) FROM {quarantine_table}").fetchall()[0][0]:
+        con.execute(f"DELETE FROM {events_table} WHERE {_REJECTED} IS NOT NULL")
+    con.execute(f"ALTER TABLE {events_table} DROP COLUMN {_REJECTED}")
     if malformed:
         con.execute(
             f"INSERT INTO {quarantine_table} (reason, source_file, line_number, raw_line)"
             f" SELECT '{MALFORMED_LINE}', source_file, line_number, raw_line"
             f" FROM ({malformed}) AS m"
         )
+
+
+# The column that carries a rejected row's reason and raw values through the typed pass
+# (dropped from the events table once the rows are in the quarantine).
+_REJECTED = "_rejected_row"
 
 
 def _validation_report(
@@ -1135,13 +1163,6 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _raw_sql(col: str, columns: dict[str, tuple[str, str]]) -> str:
-    """A raw value as text, NUL bytes removed (PostgreSQL text cannot hold them)."""
-    if col not in columns:
-        return f"NULL::VARCHAR AS {col}"
-    return f"replace(CAST(src_{col} AS VARCHAR), chr(0), '') AS {col}"
-
-
 def _text(col: str, columns: dict[str, tuple[str, str]], lower: bool) -> str:
     """A text field, trimmed of spaces and of byte order marks (U+FEFF, left inside values by
     concatenated exports; a value starting with one loses it when read back through COPY and
@@ -1243,32 +1264,62 @@ def _by_client_sql(taxonomy: Taxonomy) -> str:
     return f"event_type NOT IN ({brand})" if brand else "true"
 
 
+# The key that finds repeated event_ids before they are compared as text (any function of the
+# id will do: equal ids always share it).
+_ID_HASH = "hash({})"
+
+
 def _drop_duplicates(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    """Keep the first row of each event_id (by time, client, type); return how many went."""
+    """Keep the first row of each event_id (by time, client, type); return how many went.
+
+    The repeated ids are found by their 64-bit hash first (a group-by on a fixed-width key,
+    much cheaper than on the text), and only the rows whose hash repeats are ranked by
+    event_id: a hash collision between two distinct ids puts both in the ranking, each first
+    of its own id, so nothing else is dropped."""
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _dup_ids AS SELECT event_id FROM {table}"
-        " WHERE event_id IS NOT NULL GROUP BY event_id HAVING count(*) > 1"
+        f"CREATE OR REPLACE TEMP TABLE _dup_hashes AS SELECT {_ID_HASH.format('event_id')} AS h"
+        f" FROM {table} WHERE event_id IS NOT NULL GROUP BY h HAVING count(*) > 1"
     )
-    if not con.execute("SELECT count(*) FROM _dup_ids").fetchall()[0][0]:
-        con.execute("DROP TABLE _dup_ids")
+    if not con.execute("SELECT count(*) FROM _dup_hashes").fetchall()[0][0]:
+        con.execute("DROP TABLE _dup_hashes")
         return 0
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _dup_rows AS
         SELECT rid FROM (
-            SELECT e.rowid AS rid, row_number() OVER (
+            SELECT e.rid, row_number() OVER (
                 PARTITION BY e.event_id
                 ORDER BY e.event_time, e.client_id, e.event_type, e.channel, e.amount,
                          e.category, e.sentiment) AS copy
-            FROM {table} e SEMI JOIN _dup_ids d ON e.event_id = d.event_id
+            FROM (SELECT rowid AS rid, * FROM {table} WHERE event_id IS NOT NULL) e
+            SEMI JOIN _dup_hashes d ON {_ID_HASH.format("e.event_id")} = d.h
         ) WHERE copy > 1
         """
     )
     dropped = con.execute("SELECT count(*) FROM _dup_rows").fetchall()[0][0]
     con.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rid FROM _dup_rows)")
     con.execute("DROP TABLE _dup_rows")
-    con.execute("DROP TABLE _dup_ids")
+    con.execute("DROP TABLE _dup_hashes")
     return dropped
+
+
+def _valid_sql(columns: dict[str, tuple[str, str]], limits: _Limits) -> str:
+    """True exactly for the rows `_reason_sql` finds no reason for (NULL or false otherwise):
+    one conjunction, cheap on the valid rows, so that the reasons are worked out for the
+    rejected rows only. A NaN or infinite amount or sentiment fails `isfinite`."""
+    latest = limits.cutoff.strftime("%Y-%m-%d %H:%M:%S.%f")
+    earliest = limits.earliest.strftime("%Y-%m-%d %H:%M:%S.%f")
+    ids = identifier_columns(list(columns))
+    who = f"coalesce(client_id, {', '.join(ids)})" if ids else "client_id"
+    return f"""({who} IS NOT NULL
+        AND has_event_time
+        AND event_type IS NOT NULL
+        AND NOT has_nul
+        AND event_time BETWEEN TIMESTAMP '{earliest}' AND TIMESTAMP '{latest}'
+        AND (amount IS NULL AND NOT has_amount
+             OR amount BETWEEN 0 AND {float(limits.max_amount)!r} AND isfinite(amount))
+        AND (sentiment IS NULL AND NOT has_sentiment
+             OR sentiment BETWEEN -1 AND 1 AND isfinite(sentiment)))"""
 
 
 def _reason_sql(columns: dict[str, tuple[str, str]], limits: _Limits) -> str:
