@@ -16,6 +16,7 @@ from datetime import date
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.utils.validation import check_is_fitted
@@ -30,6 +31,7 @@ __all__ = [
     "PurchaseModel",
     "btyd_signals",
     "model_inputs",
+    "shift_to_level",
     "window_labels",
 ]
 
@@ -345,6 +347,17 @@ class ConversionModel(_Boosted):
 
     Parameters are those of `PurchaseModel` (the classifier's).
 
+    The level of the probabilities can be set apart from their ranking (`level_`): the
+    classifier learns who converts from features whose own level drifts with the calendar
+    (traffic, campaigns, who is in the pool of prospects), so on a later period it can rank
+    well and still miss the number of converters. `models.selection` sets `level_` to the
+    latest window's conversion rate only when that recipe forecast the number of converters
+    better on its held-out window; the scoring then shifts the log-odds of all of tonight's
+    prospects by one constant so that their mean probability is `level_`
+    (`models.scoring.level_prospects`, a prior-shift correction: the order of the clients,
+    hence the AUC, is unchanged). `predict_proba` itself stays per row: a client's
+    probability never depends on the rows it is scored with.
+
     Attributes
     ----------
     feature_names_in_ : ndarray of str
@@ -352,6 +365,9 @@ class ConversionModel(_Boosted):
         None when either class has fewer than `min_class_rows` rows (`base_rate_` serves).
     base_rate_ : float
         Share of training prospects who converted in the window.
+    level_ : float or None
+        The mean probability of tonight's prospects after `models.scoring.level_prospects`,
+        in (0, 1); None (set by `fit`): the classifier's own level.
     n_train_ : int
     """
 
@@ -383,15 +399,57 @@ class ConversionModel(_Boosted):
                 else None
             )
         self.n_train_ = len(Xs)
+        self.level_: float | None = None
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """P(converts in the window) per row of `X` (one column, unlike scikit-learn's two)."""
+        """P(converts in the window) per row of `X` (one column, unlike scikit-learn's two),
+        at the classifier's own level (`level_` is applied to the whole population by
+        `models.scoring.level_prospects`)."""
         check_is_fitted(self, "base_rate_")
         if self.classifier_ is None:
             return np.full(len(X), self.base_rate_)
         with _threads(len(X)):
             return self.classifier_.predict_proba(_matrix(X, self.feature_names_in_))[:, 1]
+
+
+def shift_to_level(p: np.ndarray, level: float) -> np.ndarray:
+    """`p` shifted by one constant on the log-odds scale so that its mean is `level`.
+
+    Parameters
+    ----------
+    p : ndarray
+        Probabilities (clipped to [1e-9, 1 - 1e-9] before the shift).
+    level : float
+        The mean wanted, in (0, 1); outside it, or with no rows, `p` is returned unchanged.
+
+    Returns
+    -------
+    ndarray
+        Same order of the rows as `p` (a monotone map), mean `level` (to 1e-9).
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if p.size == 0 or not 0.0 < level < 1.0:
+        return p
+    z = logit(np.clip(p, 1e-9, 1.0 - 1e-9))
+    # The mean is increasing in the shift d: Newton steps, kept inside a bracket that bisection
+    # narrows whenever a step would leave it (a handful of passes over the rows).
+    lo, hi, d = -40.0, 40.0, 0.0
+    for _ in range(200):
+        q = expit(z + d)
+        gap = q.mean() - level
+        if abs(gap) < 1e-12:
+            break
+        if gap < 0:
+            lo = d
+        else:
+            hi = d
+        slope = float(np.mean(q * (1.0 - q)))
+        step = d - gap / slope if slope > 0 else np.nan
+        d = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo < 1e-12:
+            break
+    return expit(z + d)
 
 
 def _classifier(params: _Boosted) -> HistGradientBoostingClassifier:

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from models.cltv import CltvModel
-from models.learned import ConversionModel, PurchaseModel
+from models.learned import ConversionModel, PurchaseModel, shift_to_level
 from models.selection import CHAMPIONS
 
-__all__ = ["SCORED_COLUMNS", "SCORE_SOURCES", "score_clients"]
+__all__ = ["SCORED_COLUMNS", "SCORE_SOURCES", "level_prospects", "score_clients"]
 
 SCORE_SOURCES = ("btyd", "learned", "prospect")
 SCORED_COLUMNS = (
@@ -125,6 +125,30 @@ def _buyers(
         },
         index=btyd.index,
     )
+
+
+def level_prospects(
+    scores: pd.DataFrame,
+    btyd_model: CltvModel,
+    window_days: float,
+    conversion_model: ConversionModel | None,
+) -> pd.DataFrame:
+    """`score_clients` rows of every client tonight with the prospects' forecasts at the
+    conversion model's `level_` (when set): their log-odds shifted by one constant so that
+    the mean p_purchase over all prospects is `level_`, their expected purchases and CLTV
+    following p_purchase (`models.learned.shift_to_level`). It needs every prospect at once,
+    so it runs on the whole population, after scoring in one batch or in shards."""
+    level = getattr(conversion_model, "level_", None)
+    prospect = (scores["cltv_model"] == "prospect").to_numpy()
+    if level is None or not prospect.any():
+        return scores
+    p = shift_to_level(scores.loc[prospect, "p_purchase"].to_numpy(dtype=float), level)
+    purchases, discounted, value = btyd_model.new_client_outlook(window_days / 2)
+    out = scores.copy()
+    out.loc[prospect, "p_purchase"] = p
+    out.loc[prospect, "expected_purchases"] = p * purchases
+    out.loc[prospect, "predicted_cltv"] = p * value * discounted
+    return out
 
 
 def _prospects(

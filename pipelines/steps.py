@@ -28,6 +28,7 @@ from models.backtest import backtest, split_btyd
 from models.btyd import ConvergenceError
 from models.cltv import BTYD_COLUMNS, SCORE_COLUMNS, CltvModel
 from models.learned import btyd_signals, model_inputs, window_labels
+from models.scoring import level_prospects
 from models.scoring import score_clients as score_with_models
 from models.selection import CltvChoice, Window, select_cltv_model
 from pipelines import policy
@@ -124,6 +125,13 @@ class CltvBundle:
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each client's CLTV figures from BTYD inputs (the registry's contract)."""
         return self.model.predict(X)
+
+    def level(self, scores: pd.DataFrame) -> pd.DataFrame:
+        """`score` rows of every client tonight (client_id a column) with the prospects at
+        the conversion model's level (`models.scoring.level_prospects`)."""
+        choice = getattr(self, "choice", None)
+        conversion = choice.conversion_model if choice is not None else None
+        return level_prospects(scores, self.model, getattr(self, "window_days", 90), conversion)
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Every client's scores (`models.scoring.score_clients`), index client_id."""
@@ -503,6 +511,7 @@ def finish_scores(predicted: pd.DataFrame, bundle: CltvBundle, version: str) -> 
     """`predict_scores` rows of every client tonight with the percentile among them, the
     horizon and the model version: the client_scores rows."""
     columns = [*SCORE_COLUMNS, "cltv_percentile"]
+    predicted = bundle.level(predicted)
     predicted["cltv_percentile"] = predicted["predicted_cltv"].rank(method="max", pct=True)
     predicted["horizon_days"] = bundle.model.horizon_days
     predicted["model_version"] = version

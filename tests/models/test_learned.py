@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.learned import ConversionModel, PurchaseModel, model_inputs, window_labels
+from models.learned import (
+    ConversionModel,
+    PurchaseModel,
+    model_inputs,
+    shift_to_level,
+    window_labels,
+)
 from models.selection import calibration_table
 
 
@@ -83,6 +89,26 @@ def test_conversion_model_ranks_converters_and_falls_back_to_the_base_rate():
     base = ConversionModel().fit(X.iloc[:3000], few)
     assert base.classifier_ is None
     assert np.allclose(base.predict_proba(X.iloc[3000:]), 5 / 3000)
+
+
+def test_shift_to_level_keeps_the_order_and_sets_the_mean():
+    p = np.random.default_rng(0).beta(1.0, 5.0, 5000)
+    q = shift_to_level(p, 0.3)
+    assert q.mean() == pytest.approx(0.3, abs=1e-9)
+    assert (np.argsort(p, kind="stable") == np.argsort(q, kind="stable")).all()
+    assert np.array_equal(shift_to_level(p, 0.0), p)  # no level to reach: unchanged
+    assert shift_to_level(np.zeros(0), 0.3).size == 0
+
+
+def test_a_conversion_level_never_makes_a_row_depend_on_its_batch():
+    X, y = _planted(4000, 3)
+    converted = y["purchases"].to_numpy() > 0
+    model = ConversionModel(max_iter=40).fit(X.iloc[:3000], converted[:3000])
+    assert model.level_ is None
+    raw = model.predict_proba(X.iloc[3000:])
+    model.level_ = 0.5  # applied over the population by models.scoring.level_prospects
+    assert np.array_equal(model.predict_proba(X.iloc[3000:]), raw)
+    assert np.array_equal(model.predict_proba(X.iloc[3000:3010]), raw[:10])
 
 
 def test_labels_must_be_counts_and_amounts():

@@ -10,7 +10,7 @@ from scipy import integrate, special
 
 from models.cltv import CltvModel
 from models.learned import ConversionModel, PurchaseModel, btyd_signals
-from models.scoring import SCORED_COLUMNS, score_clients
+from models.scoring import SCORED_COLUMNS, level_prospects, score_clients
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -106,6 +106,25 @@ def test_btyd_scores_buyers_and_prospects_get_their_own_model(model, cdnow):
     assert np.allclose(prospects["expected_purchases"], p * n)
     # a prospect is worth less than a just-acquired client, never the same for all
     assert prospects["predicted_cltv"].nunique() > 1
+
+
+def test_the_conversion_level_sets_the_prospects_mean_not_their_ranking(model, cdnow):
+    btyd, is_buyer, inputs = _frames(cdnow, n_prospects=200)
+    conversion = ConversionModel(max_iter=20, min_class_rows=5, min_samples_leaf=5).fit(
+        inputs, inputs["intent"].to_numpy() > 1.0
+    )
+    raw = score_clients(model, btyd, inputs, is_buyer, 90, conversion_model=conversion)
+    assert level_prospects(raw, model, 90, conversion) is raw  # no level: unchanged
+    conversion.level_ = 0.05
+    out = level_prospects(raw, model, 90, conversion)
+    pd.testing.assert_frame_equal(out[is_buyer], raw[is_buyer])  # buyers untouched
+    before, after = raw[~is_buyer], out[~is_buyer]
+    assert after["p_purchase"].mean() == pytest.approx(0.05, abs=1e-9)
+    order = np.argsort(before["p_purchase"].to_numpy(), kind="stable")
+    assert np.array_equal(order, np.argsort(after["p_purchase"].to_numpy(), kind="stable"))
+    n, discounted, value = model.new_client_outlook(45)
+    assert np.allclose(after["expected_purchases"], after["p_purchase"] * n)
+    assert np.allclose(after["predicted_cltv"], after["p_purchase"] * value * discounted)
 
 
 def test_without_a_conversion_model_prospects_are_unscored_not_valued(model, cdnow):
