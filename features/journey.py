@@ -278,6 +278,10 @@ def mantel_haenszel_interval(
     counts with the 0.5 correction."""
     x1, n1, x0, n0 = (np.asarray(v, dtype=float) for v in (x1, n1, x0, n0))
     labels, index = np.unique(np.asarray(groups), return_inverse=True)
+    # the strata in one order whatever order they came in (a query's rows have none): the
+    # float sums below then give the same bits run after run
+    order = np.lexsort((n0, x0, n1, x1, index))
+    x1, n1, x0, n0, index = x1[order], n1[order], x0[order], n0[order], index[order]
     total = n1 + n0
     both = (n1 > 0) & (n0 > 0)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -188,17 +188,18 @@ class ShardedFeatures:
         """`steps.segment_clients`: each shard assigns its clients on a worker, with its
         clients' scores and previous memberships; the segments and metrics are taken here."""
         by_shard = [pd.Index(ids) for ids in self.kept.shard_ids]
+        models = self._scattered(clusters, rules, config)
         futures = [
             self.client.submit(
                 _assign_members,
                 file,
                 self.kept.nullable,
-                _rows_of(scores, ids),
-                clusters,
-                rules,
-                _rows_of(previous, ids) if previous is not None else None,
+                *self._scattered(
+                    _rows_of(scores, ids),
+                    _rows_of(previous, ids) if previous is not None else None,
+                ),
+                *models,
                 as_of,
-                config,
                 pure=False,
             )
             for file, ids in zip(self.kept.files, by_shard, strict=True)
@@ -226,11 +227,17 @@ class ShardedFeatures:
 
     def _map(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
         """`fn(frame of shard k, *args)` for every shard on the workers, in shard order."""
+        shared = self._scattered(*args)
         futures = [
-            self.client.submit(fn, file, self.kept.nullable, *args, pure=False)
+            self.client.submit(fn, file, self.kept.nullable, *shared, pure=False)
             for file in self.kept.files
         ]
         return list(self.client.gather(futures))
+
+    def _scattered(self, *values: Any) -> list[Any]:
+        """Each value sent to the cluster once, as a future the tasks take (a model or a
+        frame in the task graph itself would be copied into every task)."""
+        return [self.client.scatter([value])[0] for value in values]
 
     def _in_order(self, parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
         """Per-shard rows (client_id a column) concatenated in the one-process client order."""
@@ -318,11 +325,11 @@ def _assign_members(
     file: str,
     nullable: frozenset[str],
     scores: pd.DataFrame,
+    previous: pd.DataFrame | None,
     clusters: ClusterBundle | None,
     rules: RuleSet,
-    previous: pd.DataFrame | None,
-    as_of: date,
     config: EngineConfig,
+    as_of: date,
 ) -> pd.DataFrame:
     features = read_kept(file, nullable)
     return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)

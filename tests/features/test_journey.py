@@ -388,3 +388,20 @@ def test_the_generators_plants_are_found_for_their_persona_only(generated):
     assert (moments.loc[moments["segment_id"] == moment["persona"], "rank"] <= 3).any()
     others = moments[(moments["segment_id"] != moment["persona"]) & (moments["segment_id"] != "*")]
     assert not (others["rank"] <= 3).any(), others[["segment_id", "rank", "effect"]]
+
+
+def test_the_pooled_ratio_is_the_same_bits_whatever_the_order_of_the_strata():
+    rng = np.random.default_rng(8)
+    n1 = rng.integers(20, 400, 60)
+    n0 = rng.integers(20, 400, 60)
+    x1 = rng.binomial(n1, 0.3)
+    x0 = rng.binomial(n0, 0.2)
+    groups = np.repeat(["a", "b", "c"], 20)
+    first = mantel_haenszel_interval(groups, x1, n1, x0, n0)
+    for seed in range(5):
+        shuffle = np.random.default_rng(seed).permutation(60)
+        again = mantel_haenszel_interval(
+            groups[shuffle], x1[shuffle], n1[shuffle], x0[shuffle], n0[shuffle]
+        )
+        for a, b in zip(first, again, strict=True):
+            assert np.array_equal(a, b)
