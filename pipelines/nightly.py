@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pipelines.registry import ModelRegistry
     from pipelines.store import PublishRequest, PublishResult, Store
     from pipelines.tracking import TrackedRun
+    from segmentation.rules import RuleSet
 
 __all__ = [
     "FlowArgumentError",
@@ -398,7 +399,7 @@ def _compute(
         "cltv", cltv_task, con, as_of, btyd, config, champions.cltv, decision.refit, registration
     )
     del btyd
-    scores = clock.time("scores", features.scores, cltv.bundle, config, cltv.version)
+    scores = clock.time("scores", scores_task, features, cltv.bundle, config, cltv.version)
     refitting = policy.cluster_refit_needed(decision, champions.clusters)
     clusters = clock.time(
         "clusters",
@@ -415,7 +416,8 @@ def _compute(
     rules_version = f"rules-{config.digest()[:8]}"
     segmentation = clock.time(
         "segments",
-        features.segmentation,
+        segments_task,
+        features,
         scores,
         clusters.bundle,
         rules,
@@ -643,6 +645,32 @@ load_champions_task = task(name="load-champions", persist_result=False)(steps.lo
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
 clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)
 journey_task = task(name="journey", persist_result=False)(steps.map_journeys)
+
+
+@task(name="scores", persist_result=False)
+def scores_task(
+    features: FeatureRows, bundle: CltvBundle | None, config: EngineConfig, version: str
+) -> pd.DataFrame:
+    """Every client's CLTV scores (in this process, or shard by shard on Dask)."""
+    return features.scores(bundle, config, version)
+
+
+@task(name="segments", persist_result=False)
+def segments_task(
+    features: FeatureRows,
+    scores: pd.DataFrame,
+    clusters: ClusterBundle | None,
+    rules: RuleSet,
+    cluster_version: str,
+    rules_version: str,
+    previous: pd.DataFrame | None,
+    as_of: date,
+    config: EngineConfig,
+) -> Segmentation:
+    """Every client's segment (in this process, or shard by shard on Dask)."""
+    return features.segmentation(
+        scores, clusters, rules, cluster_version, rules_version, previous, as_of, config
+    )
 
 
 @task(name="publish", persist_result=False)
