@@ -330,8 +330,16 @@ def _write_parquet(table: pa.Table, final: Path) -> None:
     """`table` to `final` through a temporary name (a retried shard replaces it whole)."""
     import pyarrow.parquet as pq
 
+    with _partial(final) as partial:
+        pq.write_table(table, partial)
+
+
+@contextmanager
+def _partial(final: Path) -> Iterator[Path]:
+    """A temporary name next to `final`, renamed to it once written: a reader never sees
+    half a file, and a retried shard replaces its file whole."""
     partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-    pq.write_table(table, partial)
+    yield partial
     partial.replace(final)
 
 
@@ -358,9 +366,8 @@ def write_shard_events(con: duckdb.DuckDBPyConnection, folder: str, shard: int) 
     """Write the connection's ``events`` table to ``folder/events-<shard>.parquet`` through a
     temporary name, so a reader never sees half a file and a retried shard replaces it."""
     final = Path(folder) / f"events-{shard:05d}.parquet"
-    partial = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.partial")
-    con.execute(f"COPY events TO {_sql_text(str(partial))} (FORMAT parquet)")
-    partial.replace(final)
+    with _partial(final) as partial:
+        con.execute(f"COPY events TO {_sql_text(str(partial))} (FORMAT parquet)")
     return final
 
 

@@ -219,7 +219,7 @@ class ShardedFeatures:
             mine = wanted[wanted.isin(ids)]
             if len(mine):
                 futures.append(
-                    self.client.submit(_read_rows, file, self.kept.nullable, list(mine), pure=False)
+                    self.client.submit(read_kept, file, self.kept.nullable, list(mine), pure=False)
                 )
         parts = self.client.gather(futures)
         frame = pd.concat(parts, ignore_index=True) if parts else _empty(self.kept.columns)
@@ -303,10 +303,6 @@ def _typed_by_nulls(kind: pa.DataType) -> bool:
     import pyarrow as pa
 
     return bool(pa.types.is_integer(kind) or pa.types.is_boolean(kind))
-
-
-def _read_rows(file: str, nullable: frozenset[str], client_ids: list[str]) -> pd.DataFrame:
-    return read_kept(file, nullable, client_ids)
 
 
 def _bin_counts(

@@ -29,6 +29,12 @@ FIRST = date(2025, 5, 1)
 SECOND = FIRST + timedelta(days=1)
 
 
+@pytest.fixture(autouse=True)
+def _no_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SEGMENTATION_STORE_URL", "MLFLOW_TRACKING_URI", "SEGMENTATION_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="module")
 def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("journeys")
@@ -89,10 +95,8 @@ def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_the_nightly_on_dask_publishes_the_one_process_tables(
-    prefect_harness: object, events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: object, events: Path, tmp_path: Path
 ) -> None:
-    for name in ("SEGMENTATION_STORE_URL", "MLFLOW_TRACKING_URI", "SEGMENTATION_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
     local = _config(tmp_path / "local")
     dask = _config(tmp_path / "dask", mode="dask", workers=2, shards=4)
 
@@ -122,14 +126,12 @@ def test_the_nightly_on_dask_publishes_the_one_process_tables(
 
 @pytest.mark.slow
 def test_a_shard_that_fails_fails_the_run_and_leaves_the_tables(
-    prefect_harness: object, events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_harness: object, events: Path, tmp_path: Path
 ) -> None:
     import shutil
 
     from pipelines.distributed import DistributedBuildError
 
-    for name in ("SEGMENTATION_STORE_URL", "MLFLOW_TRACKING_URI", "SEGMENTATION_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
     config = _config(tmp_path / "dask", mode="dask", workers=2, shards=4)
     run_nightly(config, as_of=FIRST, events=str(events))
     before = _tables(config)
