@@ -58,6 +58,7 @@ only when logged in), a CRM links file and planted traps, chunk by chunk.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import closing
@@ -934,10 +935,17 @@ def _draw_rates(rng: np.random.Generator, n: int, persona: np.ndarray) -> _Rates
     """
     shape = _TAB["buy_shape"][persona]
     buy_factor = rng.gamma(shape, 1.0 / shape)
-    activity = rng.gamma(4.0, 0.25, n) * buy_factor**ACTIVITY_BUY_ELASTICITY
+    activity = rng.gamma(4.0, 0.25, n) * _power(buy_factor, ACTIVITY_BUY_ELASTICITY)
     spend_factor = rng.gamma(_SPEND_Q, 1.0 / _SPEND_Q, n)
     mood = rng.normal(0.0, 0.15, n)
     return _Rates(activity, buy_factor, spend_factor, mood)
+
+
+def _power(x: np.ndarray, exponent: float) -> np.ndarray:
+    """`x ** exponent` by the C library's pow, element by element. numpy's own pow takes an
+    AVX-512 code path on CPUs that have it and differs there in the last bit, so the same seed
+    gave other data on another machine (the pinned fingerprint test caught it)."""
+    return np.fromiter((math.pow(v, exponent) for v in x.tolist()), np.float64, x.size)
 
 
 def _draw_stretches(
