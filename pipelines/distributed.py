@@ -17,10 +17,17 @@ input. Each task's DuckDB gets the one-process memory budget divided by the shar
 (`task_memory_limit`).
 
 A shard holds whole clients, so every per-client value, and the duplicates by event_id of a
-client's own events, are judged where all of that client's events are. What this step does not
-do yet (docs/scale.md): identity stitching across shards (inputs with identifiers besides
-client_id, or a links file, are refused), CSV and JSON lines inputs (refused: convert to
-Parquet), and the rest of the nightly flow on the workers.
+client's own events, are judged where all of that client's events are.
+
+Identity stitching is resolved before sharding: when the events carry identifiers besides
+client_id (or a links file is configured), a person's events may sit under several ids that
+hash to different shards. This process then validates the events and stitches them exactly as
+the one-process run does (`pipelines.steps.read_events`, `pipelines.steps.stitch_identities`,
+in its DuckDB, which spills), writes the stitched events partitioned by person
+(`pipelines.partition.partition_loaded`), and the shards build their persons' features from
+their own partition. What this step does not do yet (docs/scale.md): the stitching itself on
+the workers, CSV and JSON lines inputs (refused: convert to Parquet), and a mapped client_id
+column without stitching (refused: `segmentation partition` applies the mapping).
 
 Dask is imported inside the functions only, so importing this module (and `segmentation
 validate`) stays cheap.
@@ -33,9 +40,9 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +59,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from distributed import Client
 
+    from features.identity import Stitching
+
 __all__ = [
     "ClusterUnreachableError",
     "DistributedBuildError",
@@ -64,6 +73,8 @@ __all__ = [
     "combined_report",
     "dask_client",
     "feature_file_name",
+    "plain_events_config",
+    "stitching_needed",
     "task_memory_limit",
     "write_shard_events",
 ]
@@ -144,6 +155,8 @@ class DistributedFeatures:
     input_layout: str = "scan"
     quarantine: pd.DataFrame = field(default_factory=pd.DataFrame)
     kept: KeptFeatures | None = None  # with `shared`: where the feature rows are
+    # With identifiers besides client_id (or a links file): the stitching done before sharding.
+    stitching: Stitching | None = None
 
 
 def build_features_on_dask(
@@ -154,8 +167,13 @@ def build_features_on_dask(
     client: Client | None = None,
     now: datetime | None = None,
     shared: str | Path | None = None,
+    history: tuple[date | None, Mapping[str, str]] = (None, {}),
 ) -> DistributedFeatures:
     """Validate the events and build the feature table shard by shard on Dask.
+
+    When the events need identity stitching (`stitching_needed`), this process validates and
+    stitches them first, as the one-process run does, and the shards build the features of
+    the persons of their partition (`input_layout` "stitched"; `stitching` set).
 
     Parameters
     ----------
@@ -179,6 +197,9 @@ def build_features_on_dask(
         that read events (the CLTV training windows, the journey map, the holdout outcomes),
         and its feature rows (``features-<k>.parquet``), which stay there: `features` then
         holds only client_id and the BTYD inputs (`pipelines.sharded`).
+    history : tuple, optional
+        For stitching: the as-of date of the last published run and the ids merged by earlier
+        runs (`pipelines.steps.stitch_identities`'s `previous_as_of` and `merged_before`).
 
     Returns
     -------
@@ -208,9 +229,11 @@ def build_features_on_dask(
     manifest = read_manifest(events_path)
     if manifest is not None:  # its column mapping was applied when it was written
         config = config_for_partitioned(config, manifest)
-    _check_shardable(config)
     as_of = as_date(as_of)
     now = now or datetime.now(UTC)
+    if manifest is None and stitching_needed(config, events_path):
+        return _stitch_then_shard(config, events_path, as_of, now, client, shared, history)
+    _check_shardable(config)
     shards = config.execution.shards
     per_shard = manifest is not None and manifest.shards == shards
     with _client_for(config.execution, client) as dask:
@@ -448,8 +471,8 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Client]:
 
 def check_ready(config: EngineConfig, events_path: str | Path, kind: str) -> None:
     """The cheap checks of a run with ``execution.mode: dask``, before any event is read:
-    the input is one the sharded build takes (Parquet, no identity stitching), the shared
-    folder exists, and the scheduler answers within ``connect_timeout_seconds``.
+    the input is one the sharded build takes (Parquet; a mapped client_id only with identity
+    stitching, which this process does before sharding), the shared folder exists, and the scheduler answers within ``connect_timeout_seconds``.
 
     Raises
     ------
@@ -460,12 +483,13 @@ def check_ready(config: EngineConfig, events_path: str | Path, kind: str) -> Non
     manifest = read_manifest(events_path)
     if manifest is not None:  # its column mapping was applied when it was written
         config = config_for_partitioned(config, manifest)
-    _check_shardable(config)
     if kind != "parquet":
         raise DistributedBuildError(
             f"events are {kind.upper()} files: the Dask build reads Parquet only, so far"
             " (convert them with 'segmentation partition', or execution.mode: local)"
         )
+    if manifest is not None or not stitching_needed(config, events_path):
+        _check_shardable(config)
     shared = config.execution.shared_dir
     if shared is not None and not Path(shared).is_dir():
         raise DistributedBuildError(
@@ -489,20 +513,88 @@ def _client_for(execution: ExecutionConfig, client: Client | None) -> Iterator[C
             yield made
 
 
+def stitching_needed(config: EngineConfig, events_path: str | Path) -> bool:
+    """True when the events must be stitched into persons before they are sharded: a links
+    file is configured, or the input (Parquet, after the config's column mapping) has an
+    identifier column besides client_id. Reads the files' schemas only."""
+    from features.events import _plan_scans, event_mapping, resolve_sources
+
+    if config.links_path:
+        return True
+    kind, files = resolve_sources(events_path)
+    if kind != "parquet":  # refused by the cheap checks and the shards
+        return False
+    mapping = event_mapping(config)
+    con = duckdb.connect()
+    try:
+        plan = _plan_scans(con, kind, files, events_path, dict(mapping.columns), mapping.lenient)
+        plan.release(con)
+    finally:
+        con.close()
+    return any(c in plan.columns for c in IDENTIFIER_COLUMNS)
+
+
+def plain_events_config(config: EngineConfig) -> EngineConfig:
+    """`config` for reading events already loaded, validated and stitched by it: no column
+    mapping, no type aliases, no links file (the rest, validation included, unchanged)."""
+    events = config.events.model_copy(
+        update={"preset": None, "columns": {}, "type_aliases": {}, "epoch_unit": None}
+    )
+    identity = config.identity.model_copy(update={"links_file": None})
+    return config.model_copy(update={"events": events, "identity": identity})
+
+
+def _stitch_then_shard(
+    config: EngineConfig,
+    events_path: str | Path,
+    as_of: date,
+    now: datetime,
+    client: Client | None,
+    shared: str | Path | None,
+    history: tuple[date | None, Mapping[str, str]],
+) -> DistributedFeatures:
+    """Identity stitching before sharding: validate and stitch in this process as the
+    one-process run does, partition the stitched events by person, build on the shards."""
+    from pipelines.partition import partition_loaded
+    from pipelines.scratch import events_connection, scratch_folder
+    from pipelines.steps import read_events, stitch_identities
+
+    plain = plain_events_config(config)
+    config.workdir_path.mkdir(parents=True, exist_ok=True)
+    with scratch_folder(config) as scratch:
+        where = Path(shared or config.execution.shared_dir or scratch)
+        folder = where / f"stitched-{uuid.uuid4().hex[:8]}"
+        try:
+            with events_connection(config) as con:
+                read = read_events(con, config, str(events_path), now=now)
+                previous_as_of, merged_before = history
+                read = stitch_identities(con, config, as_of, read, previous_as_of, merged_before)
+                partition_loaded(con, "events", folder, config.execution.shards, plain)
+            built = build_features_on_dask(
+                plain, folder, as_of, client=client, now=now, shared=shared
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return replace(
+        built,
+        report=read.report,
+        quarantine=read.quarantine,
+        input_layout="stitched",
+        stitching=read.stitching,
+    )
+
+
 def _check_shardable(config: EngineConfig) -> None:
     """Refuse, before any cluster is touched, what the sharded build cannot do yet."""
     from features.events import event_mapping
 
-    if config.links_path:
-        raise DistributedBuildError(
-            "identity.links_file is set: identity stitching across shards is not done by the"
-            " Dask build yet (execution.mode: local)"
-        )
     mapped = [c for c in ("client_id", *IDENTIFIER_COLUMNS) if c in event_mapping(config).columns]
     if mapped:
         raise DistributedBuildError(
-            f"events.columns (or events.preset) maps {', '.join(mapped)}: the Dask build shards"
-            " on a plain client_id column only, so far (execution.mode: local)"
+            f"events.columns (or events.preset) maps {', '.join(mapped)}: without identity"
+            " stitching the Dask build shards on a plain client_id column only, so far (write"
+            " the input with 'segmentation partition', which applies the mapping, or"
+            " execution.mode: local)"
         )
 
 

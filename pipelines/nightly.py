@@ -48,6 +48,7 @@ from pipelines.steps import (
 if TYPE_CHECKING:
     from distributed import Client
 
+    from features.identity import Stitching
     from features.journey import JourneyMap
     from pipelines.registry import ModelRegistry
     from pipelines.store import PublishRequest, PublishResult, Store
@@ -374,9 +375,26 @@ def _compute(
             f"validating events and building features on Dask"
             f" ({config.execution.shards} shards) from {events_path}"
         )
+        from pipelines.distributed import stitching_needed
+
+        history = (
+            _identity_history(run.store, as_of, latest)
+            if stitching_needed(config, events_path)
+            else (None, {})
+        )  # the merge log is read only for events that are stitched
         events, features = clock.time(
-            "features", dask_features_task, con, config, events_path, as_of, shard_events, dask
+            "features",
+            dask_features_task,
+            con,
+            config,
+            events_path,
+            as_of,
+            shard_events,
+            dask,
+            history,
         )
+        if events.stitching is not None:
+            _say_stitched(clock, events.stitching)
     else:
         events, frame = _events_and_features(run, con, events_path, latest)
         features = InMemoryFeatures(frame)
@@ -472,14 +490,18 @@ def _events_and_features(
     )  # the merge log is read only for events that are stitched
     events = clock.time("identity", stitch_task, con, config, as_of, events, before, merged_before)
     if events.stitching is not None:
-        summary = events.stitching.summary
-        clock.say(
-            f"identity: {summary['persons']:,} persons from {summary['identifiers']:,}"
-            f" identifiers ({summary['over_linked']:,} over-linked, {summary['merges']:,} merges)"
-        )
+        _say_stitched(clock, events.stitching)
     clock.say(f"building features ({events.report.valid:,} valid events)")
     features = clock.time("features", features_task, con, as_of, config)
     return events, features
+
+
+def _say_stitched(clock: _Clock, stitching: Stitching) -> None:
+    summary = stitching.summary
+    clock.say(
+        f"identity: {summary['persons']:,} persons from {summary['identifiers']:,}"
+        f" identifiers ({summary['over_linked']:,} over-linked, {summary['merges']:,} merges)"
+    )
 
 
 def _dask_client(stack: ExitStack, config: EngineConfig) -> Client | None:

@@ -59,6 +59,7 @@ __all__ = [
     "client_key_sql",
     "config_for_partitioned",
     "partition_events",
+    "partition_loaded",
     "read_manifest",
     "shard_glob",
     "shard_sql",
@@ -176,6 +177,58 @@ def partition_events(
         manifest = _write_partitions(config, events_path, partial, shards)
         (partial / MANIFEST_NAME).write_text(manifest.to_json())
         _swap_in(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def partition_loaded(
+    con: Any, table: str, out: str | os.PathLike[str], shards: int, config: EngineConfig
+) -> PartitionManifest:
+    """Write the loaded events of DuckDB table `table` as a partitioned folder `out`
+    (``shard=hash(client_id) % shards``, `_partition.json` included), for readers configured
+    with `config` (whose column mapping must be none: the table is in the contract's columns).
+
+    Used to shard events that this process has already validated and stitched into persons
+    (`pipelines.distributed`): their client ids are the contract's (normalized) and identity
+    stitching has removed the other identifier columns. Written as `partition_events` writes,
+    through a temporary name.
+    """
+    target = Path(out).resolve()
+    if target.exists():
+        raise PartitionError(f"{target}: exists; write the loaded events to a new folder")
+    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        names = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
+        written = tuple(c for c in CONTRACT_COLUMNS if c in names)
+        select = ", ".join(written)
+        route = (
+            f"CASE WHEN client_id IS NULL THEN '{NONE_SHARD}'"
+            f" ELSE CAST({shard_sql('client_id', shards)} AS VARCHAR) END"
+        )
+        con.execute(
+            f"COPY (SELECT {select}, {route} AS shard FROM {table})"
+            f" TO {_literal(partial)} (FORMAT parquet, PARTITION_BY (shard))"
+        )
+        _fill_empty_shards(con, partial, shards, select, table)
+        counts = _rows_by_shard(partial, shards)
+        manifest = PartitionManifest(
+            layout=LAYOUT,
+            shards=shards,
+            key=f"hash(client_id) % {shards}",
+            source=f"loaded events ({table})",
+            source_format="parquet",
+            columns=written,
+            mapping=_mapping_record(config),
+            rows=sum(counts.values()),
+            rows_by_shard=counts,
+            month_partitions=False,
+            written_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        (partial / MANIFEST_NAME).write_text(manifest.to_json())
+        partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -14,7 +14,7 @@ worker with the models fitted in the driver. Both give the same tables
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -254,23 +254,29 @@ def build_on_dask(
     as_of: date,
     shared: Path,
     client: Client,
+    history: tuple[date | None, Mapping[str, str]] = (None, {}),
 ) -> tuple[EventsRead, ShardedFeatures]:
-    """`steps.read_events` and `steps.compute_features` shard by shard on Dask.
+    """`steps.read_events`, `steps.stitch_identities` and `steps.compute_features` shard by
+    shard on Dask.
 
     The shards validate their clients' events and build their features on the workers
     (`pipelines.distributed`), and leave in `shared` (a folder the workers and this process
-    share) their valid events and their feature rows. `con` gets an ``events`` view over the
-    events files, so the steps that read events (CLTV training windows, journey map,
-    holdout) read the one-process rows without this process loading them; the feature rows
-    stay where they are (`ShardedFeatures`)."""
+    share) their valid events and their feature rows. Events that need identity stitching are
+    validated and stitched in this process first (`history`: the previous as-of date and the
+    ids merged before, as `steps.stitch_identities` takes them), then sharded by person.
+    `con` gets an ``events`` view over the events files, so the steps that read events (CLTV
+    training windows, journey map, holdout) read the one-process rows without this process
+    loading them; the feature rows stay where they are (`ShardedFeatures`)."""
     from pipelines.distributed import build_features_on_dask
 
     shared.mkdir(parents=True, exist_ok=True)
-    built = build_features_on_dask(config, events_path, as_of, client=client, shared=shared)
+    built = build_features_on_dask(
+        config, events_path, as_of, client=client, shared=shared, history=history
+    )
     assert built.kept is not None  # asked for by `shared`
     files = str(shared / "events-*.parquet").replace("'", "''")
     con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{files}')")
-    events = EventsRead(built.report, built.quarantine)
+    events = EventsRead(built.report, built.quarantine, built.stitching)
     return events, ShardedFeatures(client, built.kept, built.features)
 
 

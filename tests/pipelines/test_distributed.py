@@ -155,7 +155,7 @@ def test_a_failing_shard_fails_the_call_naming_the_shard(tmp_path, client):
         build_features_on_dask(_config(shards=4), tmp_path, AS_OF, client=client, now=NOW)
 
 
-def test_an_unreachable_scheduler_fails_in_seconds_naming_the_address():
+def test_an_unreachable_scheduler_fails_in_seconds_naming_the_address(dataset):
     with socket.socket() as probe:  # a port with nobody listening
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -164,16 +164,66 @@ def test_an_unreachable_scheduler_fails_in_seconds_naming_the_address():
 
     started = time.monotonic()
     with pytest.raises(ClusterUnreachableError, match=f"scheduler_address '{address}'"):
-        build_features_on_dask(config, "/nonexistent", AS_OF, now=NOW)
+        build_features_on_dask(config, dataset, AS_OF, now=NOW)
     assert time.monotonic() - started < 10
 
 
-def test_inputs_needing_identity_stitching_are_refused_before_any_cluster():
+def test_a_mapped_client_id_without_stitching_is_refused_before_any_cluster(tmp_path):
     config = config_from_mapping(
         {"execution": {"mode": "dask"}, "events": {"columns": {"client_id": ["userId"]}}}
     )
-    with pytest.raises(DistributedBuildError, match="maps client_id"):
-        build_features_on_dask(config, "/nonexistent", AS_OF, client=None, now=NOW)
+    table = pa.table(
+        {
+            "userId": ["u1"],
+            "event_time": pa.array([datetime(2026, 6, 1, tzinfo=UTC)]),
+            "event_type": ["page_view"],
+            "channel": ["web"],
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    with pytest.raises(DistributedBuildError, match="maps client_id.*segmentation partition"):
+        build_features_on_dask(config, tmp_path / "events.parquet", AS_OF, client=None, now=NOW)
+
+
+@pytest.fixture(scope="module")
+def identities() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as folder:
+        write_dataset(folder, clients=600, days=300, end=AS_OF, seed=17, identities=True)
+        yield Path(folder)
+
+
+def test_identifiers_are_stitched_before_sharding_into_the_one_process_persons(
+    identities, client, tmp_path
+):
+    config = config_from_mapping(
+        {
+            "workdir": str(tmp_path / "work"),
+            "execution": {"mode": "dask", "workers": 2, "shards": 4},
+            "identity": {"links_file": str(identities / "identity_links.parquet")},
+        }
+    )
+    events = identities / "events"
+    with tempfile.TemporaryDirectory() as scratch:
+        con = connect_for_events(config.features, scratch)
+        try:
+            read = steps.read_events(con, config, str(events), now=NOW)
+            read = steps.stitch_identities(con, config, AS_OF, read)
+            expected = steps.compute_features(con, AS_OF, config)
+        finally:
+            con.close()
+    assert read.stitching is not None
+
+    result = build_features_on_dask(config, events, AS_OF, client=client, now=NOW)
+
+    assert result.input_layout == "stitched" and result.stitching is not None
+    pd.testing.assert_frame_equal(result.features, expected, check_exact=True)
+    assert result.report == read.report
+    pd.testing.assert_frame_equal(result.quarantine, read.quarantine)
+    assert result.stitching.identity_map.equals(read.stitching.identity_map)
+    assert len(expected) <= result.stitching.summary["persons"]
+    assert result.stitching.summary["persons"] < result.stitching.summary["identifiers"]
+    assert sum(result.shard_clients) == len(expected) and min(result.shard_clients) > 0
+    assert not list((tmp_path / "work").glob("**/stitched-*"))  # the partition is removed
 
 
 def test_combined_report_sums_counts_and_reasons():

@@ -32,6 +32,7 @@ from pipelines.partition import (
     MANIFEST_NAME,
     PartitionError,
     partition_events,
+    partition_loaded,
     read_manifest,
     shard_glob,
 )
@@ -129,6 +130,28 @@ def test_a_shard_without_clients_gets_an_empty_file(tmp_path):
             and sum(pq.ParquetFile(f).metadata.num_rows for f in files)
             == (manifest.rows_by_shard[k])
         )
+
+
+def test_loaded_events_are_partitioned_by_their_client_and_read_back_whole(events, tmp_path):
+    with tempfile.TemporaryDirectory() as scratch:
+        con = connect_for_events(CONFIG.features, scratch)
+        try:
+            load_configured_events(con, CONFIG, str(events), now=NOW)
+            loaded = con.execute("SELECT * FROM events").to_arrow_table()
+            manifest = partition_loaded(con, "events", tmp_path / "loaded", 3, CONFIG)
+            with pytest.raises(PartitionError, match="exists"):
+                partition_loaded(con, "events", tmp_path / "loaded", 3, CONFIG)
+        finally:
+            con.close()
+    assert read_manifest(tmp_path / "loaded") == manifest
+    assert manifest.rows == loaded.num_rows and manifest.rows_by_shard["none"] == 0
+    rows = _rows(tmp_path / "loaded")
+    expected = duckdb.sql("SELECT client_id, CAST(hash(client_id) % 3 AS VARCHAR) AS k FROM rows")
+    assert (rows["shard"] == expected.df()["k"]).all()
+    columns = list(manifest.columns)
+    back = rows[columns].sort_values("event_id", ignore_index=True)
+    front = loaded.select(columns).to_pandas().sort_values("event_id", ignore_index=True)
+    pd.testing.assert_frame_equal(back, front, check_dtype=False)
 
 
 def test_a_failure_leaves_no_half_folder_and_keeps_the_earlier_one(events, tmp_path, monkeypatch):
