@@ -28,11 +28,13 @@ note "too few clients" and no number. See docs/journey.md for the definitions an
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -47,11 +49,13 @@ from features.events import day_end
 __all__ = [
     "ALL_SEGMENTS",
     "ANY_STAGE",
+    "CLIENT_TABLES",
     "DROPOFF_COLUMNS",
     "STAGE_COLUMNS",
     "TOO_FEW",
     "TOUCHPOINT_COLUMNS",
     "JourneyMap",
+    "journey_client_tables",
     "journey_map",
     "katz_interval",
     "mantel_haenszel_interval",
@@ -131,6 +135,9 @@ _COMPARE_CAP = 20_000  # clients per side of a drop-off comparison (a hash sampl
 _SAMPLE_BASE = 1_000_000
 _MIN_CAUSE_CLIENTS = 5  # dropped clients with a factor, at least, for it to be a cause
 _DAY_US = 86_400e6
+# The per-client tables the map's statistics are computed from (`_client_tables`): a shard
+# of clients computes its own rows of them (`journey_client_tables`) and the map is the same.
+CLIENT_TABLES = ("tp", "cat", "client")
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,13 @@ def journey_map(
     config: JourneyConfig | None = None,
     *,
     events_table: str = "events",
+    parts: Mapping[str, Sequence[str]] | None = None,
 ) -> JourneyMap:
     """The journey map as of `as_of`, overall and per segment of `membership`.
+
+    With `parts`, the per-client tables are not computed from the events but read from the
+    files the shards of clients wrote (`journey_client_tables`; table name -> files): every
+    client's rows are computed where all of its events are, so the map is the same.
 
     Parameters
     ----------
@@ -168,16 +180,19 @@ def journey_map(
     """
     config = config or JourneyConfig()
     started = time.perf_counter()
-    end = day_end(as_of)
-    window = _Window(end - timedelta(days=config.window_days), end, config)
-    members = membership[["client_id", "segment_id", "segment_name"]].assign(
-        stratum=membership["cluster_id"].astype("string")
-        if "cluster_id" in membership.columns
-        else pd.Series(pd.NA, index=membership.index, dtype="string")
-    )
+    window = _window(as_of, config)
+    members = _members(membership)
     names = _segment_names(members)
     with _temporary(con, "members", members) as member_table:
-        _client_tables(con, events_table, member_table, window)
+        if parts is None:
+            _client_tables(con, events_table, member_table, window)
+        else:
+            for name in CLIENT_TABLES:
+                files = ", ".join(_sql_text(f) for f in parts[name])
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {_PREFIX}{name} AS"
+                    f" SELECT * FROM read_parquet([{files}])"
+                )
         try:
             clients = _clients_frame(con)
             stages = _stage_rows(con, window, names)
@@ -206,6 +221,38 @@ def journey_map(
         dropoffs=_ordered(dropoffs, DROPOFF_COLUMNS),
         summary=summary,
     )
+
+
+def journey_client_tables(
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    membership: pd.DataFrame,
+    out: str | os.PathLike[str],
+    part: int,
+    config: JourneyConfig | None = None,
+    *,
+    events_table: str = "events",
+) -> dict[str, str]:
+    """The per-client tables of the map (`CLIENT_TABLES`) for the clients whose events are in
+    `events_table`, written as Parquet files ``journey-<table>-<part>.parquet`` in `out`
+    (through a temporary name: a retried part replaces its files whole). A shard's share of
+    the map: `journey_map(..., parts=...)` computes the statistics from every part's files.
+    Returns table name -> file."""
+    config = config or JourneyConfig()
+    files: dict[str, str] = {}
+    with _temporary(con, "members", _members(membership)) as member_table:
+        _client_tables(con, events_table, member_table, _window(as_of, config))
+        try:
+            for name in CLIENT_TABLES:
+                final = Path(out) / f"journey-{name}-{part:05d}.parquet"
+                partial = final.with_name(f".{final.name}.partial")
+                con.execute(f"COPY {_PREFIX}{name} TO {_sql_text(str(partial))} (FORMAT parquet)")
+                os.replace(partial, final)
+                files[name] = str(final)
+        finally:
+            for name in CLIENT_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {_PREFIX}{name}")
+    return files
 
 
 def wilson_interval(
@@ -326,6 +373,21 @@ class _Window:
         return f"TIMESTAMP '{self.end}'"
 
 
+def _window(as_of: date, config: JourneyConfig) -> _Window:
+    end = day_end(as_of)
+    return _Window(end - timedelta(days=config.window_days), end, config)
+
+
+def _members(membership: pd.DataFrame) -> pd.DataFrame:
+    """client_id, segment_id, segment_name and the stratum of the pooled comparisons (the
+    behavioral cluster, when given)."""
+    return membership[["client_id", "segment_id", "segment_name"]].assign(
+        stratum=membership["cluster_id"].astype("string")
+        if "cluster_id" in membership.columns
+        else pd.Series(pd.NA, index=membership.index, dtype="string")
+    )
+
+
 @contextmanager
 def _temporary(con: duckdb.DuckDBPyConnection, name: str, frame: pd.DataFrame) -> Iterator[str]:
     """`frame` as a temporary table on `con`, dropped afterwards."""
@@ -375,7 +437,8 @@ def _client_tables(
         SELECT e.client_id, coalesce(e.stage, '{OTHER_STAGE}') AS stage, e.event_type,
                e.channel, coalesce(e.by_client, true) AS by_client, count(*) AS n,
                min(e.event_time) AS t_min, max(e.event_time) AS t_max,
-               sum(round(e.sentiment * {_SENTIMENT_SCALE})::BIGINT) AS s_sum, count(e.sentiment) AS s_n,
+               sum(round(e.sentiment * {_SENTIMENT_SCALE})::BIGINT)::BIGINT AS s_sum,
+               count(e.sentiment) AS s_n,
                count(*) FILTER (WHERE e.sentiment < {negative}) AS s_neg,
                min(e.event_time) FILTER (WHERE e.sentiment < {negative}) AS t_neg, {flags}
         FROM {events} e LEFT JOIN {_PREFIX}firsts f ON f.client_id = e.client_id
@@ -401,7 +464,7 @@ def _client_tables(
                    arg_max({{'stage': stage, 'event_type': event_type, 'channel': channel}},
                            (t_max, event_type, coalesce(channel, '')))
                        FILTER (WHERE by_client) AS last_tp,
-                   min(t_neg) AS t_neg, sum(n) AS events
+                   min(t_neg) AS t_neg, sum(n)::BIGINT AS events
             FROM {_PREFIX}tp tp LEFT JOIN {members} m ON m.client_id = tp.client_id
             GROUP BY tp.client_id
         ) a LEFT JOIN {_PREFIX}firsts f ON f.client_id = a.client_id

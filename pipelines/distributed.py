@@ -72,10 +72,12 @@ __all__ = [
     "check_ready",
     "combined_report",
     "dask_client",
+    "events_file_name",
     "feature_file_name",
     "plain_events_config",
     "stitching_needed",
     "task_memory_limit",
+    "worker_connection",
     "write_shard_events",
 ]
 
@@ -294,22 +296,13 @@ def build_shard(
     scratch folder (in the worker's local directory) is removed after.
     """
     from features.build import build_features
-    from features.events import connect_for_events, load_configured_events
+    from features.events import load_configured_events
     from features.identity import needs_stitching
     from pipelines.partition import shard_glob
 
     started = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix=f"shard-{shard}-", dir=_local_directory()))
-    try:
-        con = connect_for_events(config.features, scratch)
+    with worker_connection(config, shards, f"shard-{shard}-") as (con, scratch):
         try:
-            threads = _worker_threads()
-            if threads:
-                con.execute(f"SET threads = {threads}")
-            limit = task_memory_limit(
-                config.features.memory_limit, shards, _worker_memory_limit(), threads or 1
-            )
-            con.execute(f"SET memory_limit = '{limit}'")
             copies: dict[str, str] = {}
             if partitioned:
                 shard_input = shard_glob(events_path, shard, with_none=shard == 0)
@@ -336,12 +329,42 @@ def build_shard(
             nullable = tuple(n for n, c in zip(names, table.columns, strict=True) if c.null_count)
             _write_parquet(table, Path(shared) / feature_file_name(shard))
             table = table.select(list(INDEX_COLUMNS))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        _release_arrow_memory()
     return ShardOutput(
         shard, table, report, time.perf_counter() - started, quarantine, names, nullable
     )
+
+
+@contextmanager
+def worker_connection(
+    config: EngineConfig, shards: int, prefix: str
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
+    """A DuckDB connection for one shard's task on a worker, and its scratch folder (in the
+    worker's local directory, where DuckDB spills): the worker's threads, and the one-process
+    memory budget shared by the shards (`task_memory_limit`). Both are gone afterwards."""
+    from features.events import connect_for_events
+
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=_local_directory()))
+    try:
+        con = connect_for_events(config.features, scratch)
+        try:
+            threads = _worker_threads()
+            if threads:
+                con.execute(f"SET threads = {threads}")
+            limit = task_memory_limit(
+                config.features.memory_limit, shards, _worker_memory_limit(), threads or 1
+            )
+            con.execute(f"SET memory_limit = '{limit}'")
+            yield con, scratch
+        finally:
+            con.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        _release_arrow_memory()
+
+
+def events_file_name(shard: int) -> str:
+    """The file a shard's valid events are written to, in the run's shared folder."""
+    return f"events-{shard:05d}.parquet"
 
 
 def feature_file_name(shard: int) -> str:
@@ -388,7 +411,7 @@ def _kept_features(
 def write_shard_events(con: duckdb.DuckDBPyConnection, folder: str, shard: int) -> Path:
     """Write the connection's ``events`` table to ``folder/events-<shard>.parquet`` through a
     temporary name, so a reader never sees half a file and a retried shard replaces it."""
-    final = Path(folder) / f"events-{shard:05d}.parquet"
+    final = Path(folder) / events_file_name(shard)
     with _partial(final) as partial:
         con.execute(f"COPY events TO {_sql_text(str(partial))} (FORMAT parquet)")
     return final

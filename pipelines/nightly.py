@@ -446,7 +446,9 @@ def _compute(
         config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
-    journey = clock.time("journey", journey_task, con, as_of, segmentation.membership, config)
+    journey = clock.time(
+        "journey", journey_task, features, con, as_of, segmentation.membership, config
+    )
     if journey is not None:
         clock.say(
             f"journey map: {int(journey.summary['clients']):,} clients in the window,"
@@ -666,7 +668,18 @@ dask_features_task = task(name="features-on-dask", persist_result=False)(build_o
 load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)
 clusters_task = task(name="clusters", persist_result=False)(steps.choose_cluster_model)
-journey_task = task(name="journey", persist_result=False)(steps.map_journeys)
+
+
+@task(name="journey", persist_result=False)
+def journey_task(
+    features: FeatureRows,
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    membership: pd.DataFrame,
+    config: EngineConfig,
+) -> JourneyMap | None:
+    """Tonight's journey map (from the events on `con`, or shard by shard on Dask)."""
+    return features.journey(con, as_of, membership, config)
 
 
 @task(name="scores", persist_result=False)

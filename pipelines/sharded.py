@@ -1,14 +1,16 @@
 """Tonight's feature rows as the nightly's later steps use them: in this process, or kept by
 the Dask shards so that only samples, sums and per-client results reach the driver.
 
-The nightly asks its features for six things: how many clients and which features, the BTYD
-inputs, how the champion clustering fits them, the rows a cluster refit is fitted on, the
-CLTV scores and the segment memberships. `InMemoryFeatures` answers from the feature frame
-with the steps of `pipelines.steps`. `ShardedFeatures` answers from the files the shards left
-in the run's shared folder (`pipelines.distributed`): a refit fits on the sample rows it
-would draw from the whole frame (`segmentation.clustering.sample_client_ids`), the drift
-check adds the shards' bin counts, and each shard scores and assigns its own clients on a
-worker with the models fitted in the driver. Both give the same tables
+The nightly asks its features for seven things: how many clients and which features, the
+BTYD inputs, how the champion clustering fits them, the rows a cluster refit is fitted on,
+the CLTV scores, the segment memberships and the journey map. `InMemoryFeatures` answers from
+the feature frame (and the events on the run's connection) with the steps of
+`pipelines.steps`. `ShardedFeatures` answers from the files the shards left in the run's
+shared folder (`pipelines.distributed`): a refit fits on the sample rows it would draw from
+the whole frame (`segmentation.clustering.sample_client_ids`), the drift check adds the
+shards' bin counts, each shard scores and assigns its own clients on a worker with the models
+fitted in the driver, and each computes its clients' per-client journey tables from its own
+events, from which the driver takes the map's statistics. Both give the same tables
 (tests/pipelines/test_nightly_dask.py).
 """
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from distributed import Client
 
+    from features.journey import JourneyMap
     from pipelines.distributed import KeptFeatures
     from segmentation.drift import DriftReference
     from segmentation.rules import RuleSet
@@ -70,6 +73,14 @@ class FeatureRows(Protocol):
         as_of: date,
         config: EngineConfig,
     ) -> Segmentation: ...
+
+    def journey(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: date,
+        membership: pd.DataFrame,
+        config: EngineConfig,
+    ) -> JourneyMap | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,15 @@ class InMemoryFeatures:
             as_of,
             config=config,
         )
+
+    def journey(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: date,
+        membership: pd.DataFrame,
+        config: EngineConfig,
+    ) -> JourneyMap | None:
+        return steps.map_journeys(con, as_of, membership, config)
 
 
 @dataclass(frozen=True)
@@ -210,6 +230,42 @@ class ShardedFeatures:
             steps.segment_rows(clusters, rules, cluster_version, rules_version),
             steps._membership_metrics(membership),
         )
+
+    def journey(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        as_of: date,
+        membership: pd.DataFrame,
+        config: EngineConfig,
+    ) -> JourneyMap | None:
+        """`steps.map_journeys`: each shard computes its clients' per-client journey tables
+        from its own events file on a worker (`features.journey.journey_client_tables`); the
+        statistics are taken here from those tables, so no process scans every event."""
+        if not config.journey.enabled:
+            return None
+        from features.journey import CLIENT_TABLES, journey_map
+        from pipelines.distributed import events_file_name
+
+        members = membership[list(steps.JOURNEY_MEMBER_COLUMNS)]
+        folder = Path(self.kept.files[0]).parent
+        settings = self._scattered(config)
+        futures = [
+            self.client.submit(
+                _journey_part,
+                str(folder / events_file_name(k)),
+                *self._scattered(_rows_of(members, pd.Index(ids))),
+                *settings,
+                as_of,
+                str(folder),
+                k,
+                len(self.kept.files),
+                pure=False,
+            )
+            for k, ids in enumerate(self.kept.shard_ids)
+        ]
+        parts = self.client.gather(futures)
+        files = {name: [part[name] for part in parts] for name in CLIENT_TABLES}
+        return journey_map(con, as_of, members, config.journey, parts=files)
 
     def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
         """The feature rows of these clients, in this order, with the one-process types."""
@@ -335,6 +391,28 @@ def _assign_members(
 ) -> pd.DataFrame:
     features = read_kept(file, nullable)
     return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)
+
+
+def _journey_part(
+    events_file: str,
+    members: pd.DataFrame,
+    config: EngineConfig,
+    as_of: date,
+    out: str,
+    shard: int,
+    shards: int,
+) -> dict[str, str]:
+    """One shard's per-client journey tables, from its events file, written to `out`."""
+    from features.journey import journey_client_tables
+    from pipelines.distributed import worker_connection
+
+    with worker_connection(config, shards, f"journey-{shard}-") as (con, _):
+        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(events_file)})")
+        return journey_client_tables(con, as_of, members, out, shard, config.journey)
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _rows_of(frame: pd.DataFrame, client_ids: pd.Index) -> pd.DataFrame:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from pipelines.registry import ModelRegistry
 
 __all__ = [
+    "JOURNEY_MEMBER_COLUMNS",
     "Champions",
     "CltvBundle",
     "ClusterBundle",
@@ -696,8 +697,12 @@ def map_journeys(
         return None
     from features.journey import journey_map
 
-    columns = ["client_id", "segment_id", "segment_name", "cluster_id"]
-    return journey_map(con, as_of, membership[columns], config.journey)
+    return journey_map(con, as_of, membership[list(JOURNEY_MEMBER_COLUMNS)], config.journey)
+
+
+# What the journey map needs of each member: its segment, and its cluster (the stratum of the
+# pooled drop-off comparisons).
+JOURNEY_MEMBER_COLUMNS = ("client_id", "segment_id", "segment_name", "cluster_id")
 
 
 def holdout_outcomes(

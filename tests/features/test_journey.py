@@ -17,10 +17,12 @@ from configs.schema import JourneyConfig
 from features.events import load_events
 from features.journey import (
     ALL_SEGMENTS,
+    CLIENT_TABLES,
     DROPOFF_COLUMNS,
     STAGE_COLUMNS,
     TOO_FEW,
     TOUCHPOINT_COLUMNS,
+    journey_client_tables,
     journey_map,
     katz_interval,
     mantel_haenszel_interval,
@@ -299,6 +301,35 @@ def test_the_same_inputs_give_the_same_tables(tmp_path):
         (first.dropoffs, second.dropoffs),
     ]:
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_the_map_from_shards_of_clients_is_the_map_of_all_of_them(tmp_path):
+    con, members = _planted(tmp_path)
+    whole = journey_map(con, AS_OF, members, JourneyConfig())
+    # Three shards of clients (by a hash of the id, not by segment), each with its own events.
+    shard = members["client_id"].map(lambda c: sum(c.encode()) % 3)
+    parts: dict[str, list[str]] = {name: [] for name in CLIENT_TABLES}
+    for k in range(3):
+        mine = members[shard == k]
+        ids = ", ".join(f"'{c}'" for c in mine["client_id"])
+        con.execute(
+            f"CREATE OR REPLACE TABLE shard_events AS SELECT * FROM events WHERE client_id IN ({ids})"
+        )
+        files = journey_client_tables(
+            con, AS_OF, mine, tmp_path, k, JourneyConfig(), events_table="shard_events"
+        )
+        for name, file in files.items():
+            parts[name].append(file)
+    assert len(parts["client"]) == 3
+    sharded = journey_map(con, AS_OF, members, JourneyConfig(), parts=parts)
+    for a, b in [
+        (whole.stages, sharded.stages),
+        (whole.touchpoints, sharded.touchpoints),
+        (whole.dropoffs, sharded.dropoffs),
+    ]:
+        pd.testing.assert_frame_equal(b, a, check_exact=True)
+    assert (whole.dropoffs["kind"] == "cause").any()
+    assert sharded.summary["clients"] == whole.summary["clients"]
 
 
 def test_mantel_haenszel_is_katz_for_one_stratum_and_removes_composition():
