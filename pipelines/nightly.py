@@ -455,7 +455,14 @@ def _compute(
             f" {int(journey.summary['stalled']):,} stalled"
         )
     holdout = clock.time(
-        "holdout", steps.holdout_outcomes, con, as_of, segmentation.membership, previous, config
+        "holdout",
+        steps.holdout_outcomes,
+        con,
+        as_of,
+        segmentation.membership,
+        previous,
+        config,
+        features.outcomes(con, config),
     )
     steps.drop_events(con)  # its last readers: the journey map and the holdout
     return _Tonight(

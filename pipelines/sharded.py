@@ -1,11 +1,11 @@
 """Tonight's feature rows as the nightly's later steps use them: in this process, or kept by
 the Dask shards so that only samples, sums and per-client results reach the driver.
 
-The nightly asks its features for seven things: how many clients and which features, the
+The nightly asks its features for eight things: how many clients and which features, the
 BTYD inputs, how the champion clustering fits them, the rows a cluster refit is fitted on,
-the CLTV scores, the segment memberships and the journey map. `InMemoryFeatures` answers from
-the feature frame (and the events on the run's connection) with the steps of
-`pipelines.steps`. `ShardedFeatures` answers from the files the shards left in the run's
+the CLTV scores, the segment memberships, the journey map and the members' outcomes since
+entry (the holdout comparison). `InMemoryFeatures` answers from the feature frame (and the
+events on the run's connection) with the steps of `pipelines.steps`. `ShardedFeatures` answers from the files the shards left in the run's
 shared folder (`pipelines.distributed`): a refit fits on the sample rows it would draw from
 the whole frame (`segmentation.clustering.sample_client_ids`), the drift check adds the
 shards' bin counts, each shard scores and assigns its own clients on a worker with the models
@@ -82,6 +82,10 @@ class FeatureRows(Protocol):
         config: EngineConfig,
     ) -> JourneyMap | None: ...
 
+    def outcomes(
+        self, con: duckdb.DuckDBPyConnection, config: EngineConfig
+    ) -> Callable[[pd.DataFrame, date], pd.DataFrame]: ...
+
 
 @dataclass(frozen=True)
 class InMemoryFeatures:
@@ -140,6 +144,14 @@ class InMemoryFeatures:
         config: EngineConfig,
     ) -> JourneyMap | None:
         return steps.map_journeys(con, as_of, membership, config)
+
+    def outcomes(
+        self, con: duckdb.DuckDBPyConnection, config: EngineConfig
+    ) -> Callable[[pd.DataFrame, date], pd.DataFrame]:
+        """`features.outcomes.outcomes_since` over the events on `con`."""
+        from features.outcomes import outcomes_since
+
+        return lambda since, as_of: outcomes_since(con, since, as_of)
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,34 @@ class ShardedFeatures:
         parts = self.client.gather(futures)
         files = {name: [part[name] for part in parts] for name in CLIENT_TABLES}
         return journey_map(con, as_of, members, config.journey, parts=files)
+
+    def outcomes(
+        self, con: duckdb.DuckDBPyConnection, config: EngineConfig
+    ) -> Callable[[pd.DataFrame, date], pd.DataFrame]:
+        """`features.outcomes.outcomes_since`, each shard over its own events file on a
+        worker (a client's outcomes are its own events'), in the order of `since`."""
+
+        def outcomes_of(since: pd.DataFrame, as_of: date) -> pd.DataFrame:
+            from pipelines.distributed import events_file_name
+
+            folder = Path(self.kept.files[0]).parent
+            futures = [
+                self.client.submit(
+                    _outcomes_part,
+                    str(folder / events_file_name(k)),
+                    *self._scattered(_rows_of(since, pd.Index(ids)), config),
+                    as_of,
+                    k,
+                    len(self.kept.files),
+                    pure=False,
+                )
+                for k, ids in enumerate(self.kept.shard_ids)
+            ]
+            frame = pd.concat(self.client.gather(futures), ignore_index=True)
+            order = pd.Index(frame["client_id"]).get_indexer(since["client_id"])
+            return frame.iloc[order].reset_index(drop=True)
+
+        return outcomes_of
 
     def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
         """The feature rows of these clients, in this order, with the one-process types."""
@@ -409,6 +449,23 @@ def _journey_part(
     with worker_connection(config, shards, f"journey-{shard}-") as (con, _):
         con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(events_file)})")
         return journey_client_tables(con, as_of, members, out, shard, config.journey)
+
+
+def _outcomes_part(
+    events_file: str,
+    since: pd.DataFrame,
+    config: EngineConfig,
+    as_of: date,
+    shard: int,
+    shards: int,
+) -> pd.DataFrame:
+    """One shard's members' outcomes since their entry, from its events file."""
+    from features.outcomes import outcomes_since
+    from pipelines.distributed import worker_connection
+
+    with worker_connection(config, shards, f"outcomes-{shard}-") as (con, _):
+        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(events_file)})")
+        return outcomes_since(con, since, as_of)
 
 
 def _sql_text(text: str) -> str:

@@ -711,16 +711,21 @@ def holdout_outcomes(
     membership: pd.DataFrame,
     previous: pd.DataFrame | None,
     config: EngineConfig,
+    outcomes_of: Callable[[pd.DataFrame, date], pd.DataFrame] | None = None,
 ) -> pd.DataFrame | None:
     """Per segment, held-out against treated members: purchases and spend since they entered
     their current membership stretch (None when nobody is held out anywhere).
 
     The entry date is the published `valid_from` of a client already in the same segment
-    (`previous`, the last published membership), else tonight."""
+    (`previous`, the last published membership), else tonight. The outcomes are read from
+    the events on `con` (`features.outcomes.outcomes_since`), or by `outcomes_of` (the same
+    frame from elsewhere: the Dask shards' own events)."""
     if "holdout" not in membership.columns or not membership["holdout"].any():
         return None
     from features.outcomes import outcomes_since
     from segmentation.holdout import compare_holdout
+
+    read = outcomes_of or (lambda since, day: outcomes_since(con, since, day))
 
     since = membership[["client_id", "segment_id"]].assign(since=pd.Timestamp(as_of))
     if previous is not None and "valid_from" in previous.columns and len(previous):
@@ -734,7 +739,7 @@ def holdout_outcomes(
         # tonight is no entry yet, so it counts from tonight
         entered = entered.where(entered <= pd.Timestamp(as_of))
         since["since"] = entered.fillna(pd.Timestamp(as_of))
-    outcomes = outcomes_since(con, since[["client_id", "since"]], as_of)
+    outcomes = read(since[["client_id", "since"]], as_of)
     frame = membership[["client_id", "segment_id", "segment_name", "holdout"]].merge(
         outcomes, on="client_id", how="left"
     )
