@@ -85,8 +85,10 @@ def main() -> None:
                 f"\n{label}: as of {as_of}, {result['clients']:,} clients,"
                 f" {result['events_read']:,} events, wall {wall:.1f} s"
             )
+            peaks = result.get("peak_rss_gb", {})
             for stage, seconds in result["seconds"].items():
-                print(f"  {stage:<12} {seconds:7.2f} s")
+                peak = f"   peak so far {peaks[stage]:5.2f} GB" if stage in peaks else ""
+                print(f"  {stage:<12} {seconds:7.2f} s{peak}")
             print(f"  refit: {result['refit']} ({result['refit_reason']})")
         workers.stop()
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

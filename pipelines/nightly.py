@@ -97,6 +97,7 @@ class RunSummary(TypedDict):
     mlflow_run_id: str | None
     report: str | None
     seconds: dict[str, float]
+    peak_rss_gb: dict[str, float]  # the process's peak memory so far, at the end of each stage
 
 
 def run_nightly(
@@ -303,6 +304,9 @@ class _Clock:
     as_of: date
     progress: Progress
     seconds: dict[str, float] = field(default_factory=dict)
+    # The process's peak resident memory (GB) when each stage ended: the peak so far, so the
+    # stage where it rises is the one that set it.
+    peak_gb: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
     def say(self, message: str) -> None:
@@ -323,6 +327,15 @@ class _Clock:
             return fn(*args, **kwargs)
         finally:
             self.seconds[stage] = time.perf_counter() - start
+            self.peak_gb[stage] = _peak_rss_gb()
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GiB (Linux reports KiB), the unit of
+    the benchmarks' "GB"."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
 @dataclass(frozen=True)
@@ -664,6 +677,7 @@ def _summary(
         "mlflow_run_id": run.tracked.run_id,
         "report": str(report_path) if report_path else None,
         "seconds": {k: round(v, 2) for k, v in run.clock.seconds.items()},
+        "peak_rss_gb": {k: round(v, 2) for k, v in run.clock.peak_gb.items()},
     }
 
 

@@ -332,8 +332,11 @@ class ShardedFeatures:
 
     def _scattered(self, *values: Any) -> list[Any]:
         """Each value sent to the cluster once, as a future the tasks take (a model or a
-        frame in the task graph itself would be copied into every task)."""
-        return [self.client.scatter([value])[0] for value in values]
+        frame in the task graph itself would be copied into every task). Under a key of its
+        own (`hash=False`): with a key from the value's hash, an equal value scattered by an
+        earlier step shares the key, and that step's futures, released as it returns, can
+        drop the data this step's tasks wait for ("lost dependencies")."""
+        return [self.client.scatter([value], hash=False)[0] for value in values]
 
     def _in_order(self, parts: Sequence[pd.DataFrame]) -> pd.DataFrame:
         """Per-shard rows (client_id a column) concatenated in the one-process client order."""
