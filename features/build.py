@@ -221,15 +221,28 @@ def btyd_frame(table: pa.Table | pd.DataFrame, purchasers_only: bool = True) -> 
 
 
 def purchase_log(
-    con: duckdb.DuckDBPyConnection, as_of: date, events_table: str = "events"
+    con: duckdb.DuckDBPyConnection,
+    as_of: date,
+    events_table: str = "events",
+    *,
+    shard: int = 0,
+    shards: int = 1,
 ) -> pd.DataFrame:
-    """Purchases up to the end of `as_of`: client_id, event_time, amount (sorted), for backtests."""
+    """Purchases up to the end of `as_of`: client_id, event_time, amount (sorted), for backtests.
+
+    With `shards` > 1, of the clients of one hash partition only (`hash(client_id) % shards
+    == shard`, the partition of `build_features_shard`): a backtest on a sample of clients
+    reads a share of the purchases, not all of them."""
     _check_events_table(con, events_table)
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard must be in 0 .. {shards - 1}, got {shard}")
     end = day_end(as_date(as_of))
+    partition = f" AND hash(client_id) % {shards} = {shard}" if shards > 1 else ""
     return con.sql(
         f"""
         SELECT client_id, event_time, amount FROM {events_table}
         WHERE event_type = 'purchase' AND event_time < TIMESTAMP '{end.isoformat(sep=" ")}'
+        {partition}
         ORDER BY client_id, event_time, amount
         """
     ).df()

@@ -83,6 +83,7 @@ __all__ = [
     "selection_metrics",
     "stability_against",
     "training_inputs",
+    "window_shards",
 ]
 
 log = logging.getLogger(__name__)
@@ -385,12 +386,18 @@ def fit_cltv(
 ) -> CltvBundle:
     """Backtest on a calibration/holdout split of the history, then fit on all of it.
 
+    With more than `cltv.window_clients` clients, the backtest and the learned models' windows
+    read the purchases of one hash partition of the clients only (`window_shards`): about
+    `window_clients` clients, a sample large enough for the figures, and the purchase log
+    read into memory stays bounded whatever the number of clients.
+
     Raises ConvergenceError when either fit fails, so the caller keeps the previous model.
     """
     from features.build import purchase_log
 
     model = CltvModel.from_config(config.cltv)
-    purchases = purchase_log(con, as_of).rename(columns={"event_time": "day"})
+    shards = window_shards(len(btyd), config)
+    purchases = purchase_log(con, as_of, shards=shards).rename(columns={"event_time": "day"})
     metrics: dict[str, float] = {}
     calibration, holdout = split_btyd(purchases, as_of, config.cltv.holdout_days)
     if (calibration["frequency"] > 0).sum() >= 20:
@@ -427,8 +434,9 @@ def select_learned_models(
     With more than `cltv.window_clients` clients tonight, both windows are built for one hash
     partition of the clients (the same clients in both; about `window_clients` of them): the
     fits sample at most `max_training_clients` rows anyway, and the judge needs tens of
-    thousands of buyers, not every one (each window is a feature build of its own)."""
-    shards = max(1, -(-clients // config.cltv.window_clients))
+    thousands of buyers, not every one (each window is a feature build of its own).
+    `purchases` needs to hold the purchases of that partition's clients only."""
+    shards = window_shards(clients, config)
     latest = training_inputs(con, as_of, purchases, config, shards)
     if isinstance(latest, str):
         log.warning("CLTV: BG/NBD alone, no learned models: %s", latest)
@@ -443,6 +451,12 @@ def select_learned_models(
     )
     log.info("CLTV champion for buyers: %s (%s)", choice.champion, choice.reason)
     return choice
+
+
+def window_shards(clients: int, config: EngineConfig) -> int:
+    """The number of hash partitions whose partition 0 holds about `cltv.window_clients` of
+    `clients` (1: every client)."""
+    return max(1, -(-clients // config.cltv.window_clients))
 
 
 def selection_metrics(choice: CltvChoice, window_days: int) -> dict[str, float]:

@@ -330,6 +330,15 @@ def test_btyd_frame_and_purchase_log(events: pd.DataFrame, built) -> None:
         log.groupby("client_id").size().to_dict()
         == frame.loc[frame["n_purchases"] > 0, "n_purchases"].to_dict()
     )
+    # A hash partition holds whole clients; the partitions together are the whole log.
+    parts = [purchase_log(con, AS_OF, shard=k, shards=3) for k in range(3)]
+    assert sum(len(p) for p in parts) == len(log)
+    ids = [set(p["client_id"]) for p in parts]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    together = pd.concat(parts).sort_values(["client_id", "event_time", "amount"])
+    pd.testing.assert_frame_equal(together.reset_index(drop=True), log)
+    with pytest.raises(ValueError, match="shard must be"):
+        purchase_log(con, AS_OF, shard=3, shards=3)
 
 
 def test_write_features_round_trips(built, tmp_path) -> None:

@@ -141,3 +141,31 @@ def test_a_sampled_window_holds_the_same_rows_for_its_clients(generated):
     # the behavioral features are the same; the BG/NBD signals come from a fit on the sample
     behavior = [c for c in part.inputs.columns if not c.startswith("bg_")]
     pd.testing.assert_frame_equal(part.inputs[behavior], full.inputs.iloc[mine][behavior])
+
+
+def test_with_many_clients_the_backtest_and_windows_read_one_partition(generated):
+    config = config_from_mapping(
+        {
+            "cltv": {"holdout_days": 60, "min_training_purchasers": 20, "window_clients": 1000},
+            "seed": 3,
+        }
+    )
+    con = _connection(generated, before=AS_OF)
+    btyd = steps.btyd_inputs(steps.compute_features(con, AS_OF, config))
+    assert steps.window_shards(len(btyd), config) == 2
+
+    bundle = steps.fit_cltv(con, AS_OF, btyd, config)
+
+    whole = purchase_log(con, AS_OF).rename(columns={"event_time": "day"})
+    part = purchase_log(con, AS_OF, shards=2).rename(columns={"event_time": "day"})
+    assert 0.3 < len(part) / len(whole) < 0.7
+    # the backtest ran on the partition's clients: its count is the partition's calibration
+    from models.backtest import split_btyd
+
+    calibration, _ = split_btyd(part, AS_OF, 60)
+    assert bundle.backtest["n_clients"] == len(calibration)
+    assert len(calibration) < len(split_btyd(whole, AS_OF, 60)[0])
+    # the learned windows are those of the whole log: their labels read that partition only
+    assert bundle.choice is not None
+    again = steps.select_learned_models(con, AS_OF, whole, config, clients=len(btyd))
+    assert again is not None and again.metrics == bundle.choice.metrics
