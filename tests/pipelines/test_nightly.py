@@ -52,6 +52,9 @@ def test_the_clock_times_every_stage_and_names_the_date_in_progress():
     assert list(clock.seconds) == ["add", "fail"]  # a failed stage is timed too
     assert all(seconds >= 0 for seconds in clock.seconds.values())
     assert lines == ["[2025-05-01] publishing"]
+    # the peak memory so far at the end of each stage: positive, never falling
+    assert list(clock.peak_gb) == ["add", "fail"]
+    assert 0 < clock.peak_gb["add"] <= clock.peak_gb["fail"]
 
 
 @pytest.mark.slow
