@@ -87,7 +87,11 @@ def main() -> None:
             )
             peaks = result.get("peak_rss_gb", {})
             for stage, seconds in result["seconds"].items():
-                peak = f"   peak so far {peaks[stage]:5.2f} GB" if stage in peaks else ""
+                peak = (
+                    f"   this process's peak so far {peaks[stage]:5.2f} GB"
+                    if stage in peaks
+                    else ""
+                )
                 print(f"  {stage:<12} {seconds:7.2f} s{peak}")
             print(f"  refit: {result['refit']} ({result['refit_reason']})")
         workers.stop()

@@ -184,16 +184,16 @@ def journey_map(
     members = _members(membership)
     names = _segment_names(members)
     with _temporary(con, "members", members) as member_table:
-        if parts is None:
-            _client_tables(con, events_table, member_table, window)
-        else:
-            for name in CLIENT_TABLES:
-                files = ", ".join(_sql_text(f) for f in parts[name])
-                con.execute(
-                    f"CREATE OR REPLACE TEMP TABLE {_PREFIX}{name} AS"
-                    f" SELECT * FROM read_parquet([{files}])"
-                )
         try:
+            if parts is None:
+                _client_tables(con, events_table, member_table, window)
+            else:
+                for name in CLIENT_TABLES:
+                    files = ", ".join(_sql_text(f) for f in parts[name])
+                    con.execute(
+                        f"CREATE OR REPLACE TEMP TABLE {_PREFIX}{name} AS"
+                        f" SELECT * FROM read_parquet([{files}])"
+                    )
             clients = _clients_frame(con)
             stages = _stage_rows(con, window, names)
             touchpoints, per_stage = _touchpoint_rows(con, names, clients["active"], config)
@@ -458,8 +458,8 @@ def _client_tables(
         SELECT a.*, {stage_firsts}, CASE {furthest} ELSE NULL END AS furthest,
                a.last_at IS NOT NULL AND a.last_at < {window.stall_before} AS stalled
         FROM (
-            SELECT tp.client_id, any_value(m.segment_id) AS segment_id,
-                   any_value(m.stratum) AS stratum,
+            SELECT tp.client_id, any_value(m.segment_id)::VARCHAR AS segment_id,
+                   any_value(m.stratum)::VARCHAR AS stratum,
                    max(t_max) FILTER (WHERE by_client) AS last_at,
                    arg_max({{'stage': stage, 'event_type': event_type, 'channel': channel}},
                            (t_max, event_type, coalesce(channel, '')))

@@ -495,7 +495,8 @@ def dask_client(execution: ExecutionConfig) -> Iterator[Client]:
 def check_ready(config: EngineConfig, events_path: str | Path, kind: str) -> None:
     """The cheap checks of a run with ``execution.mode: dask``, before any event is read:
     the input is one the sharded build takes (Parquet; a mapped client_id only with identity
-    stitching, which this process does before sharding), the shared folder exists, and the scheduler answers within ``connect_timeout_seconds``.
+    stitching, which this process does before sharding), the shared folder exists, and the
+    scheduler answers within ``connect_timeout_seconds``.
 
     Raises
     ------
@@ -539,9 +540,14 @@ def _client_for(execution: ExecutionConfig, client: Client | None) -> Iterator[C
 def stitching_needed(config: EngineConfig, events_path: str | Path) -> bool:
     """True when the events must be stitched into persons before they are sharded: a links
     file is configured, or the input (Parquet, after the config's column mapping) has an
-    identifier column besides client_id. Reads the files' schemas only."""
+    identifier column besides client_id. Reads the files' schemas only. A folder written by
+    `segmentation partition` never is (it refuses such inputs; `_check_shardable` refuses a
+    links file with one)."""
     from features.events import _plan_scans, event_mapping, resolve_sources
+    from pipelines.partition import read_manifest
 
+    if read_manifest(events_path) is not None:  # partitioned by client: never stitched
+        return False
     if config.links_path:
         return True
     kind, files = resolve_sources(events_path)
@@ -559,9 +565,16 @@ def stitching_needed(config: EngineConfig, events_path: str | Path) -> bool:
 
 def plain_events_config(config: EngineConfig) -> EngineConfig:
     """`config` for reading events already loaded, validated and stitched by it: no column
-    mapping, no type aliases, no links file (the rest, validation included, unchanged)."""
+    mapping, no type aliases, times already in UTC, no links file (the rest, validation
+    included, unchanged: validating such events again keeps every row as it is)."""
     events = config.events.model_copy(
-        update={"preset": None, "columns": {}, "type_aliases": {}, "epoch_unit": None}
+        update={
+            "preset": None,
+            "columns": {},
+            "type_aliases": {},
+            "epoch_unit": None,
+            "time_zone": "UTC",
+        }
     )
     identity = config.identity.model_copy(update={"links_file": None})
     return config.model_copy(update={"events": events, "identity": identity})
@@ -592,12 +605,19 @@ def _stitch_then_shard(
                 read = read_events(con, config, str(events_path), now=now)
                 previous_as_of, merged_before = history
                 read = stitch_identities(con, config, as_of, read, previous_as_of, merged_before)
-                partition_loaded(con, "events", folder, config.execution.shards, plain)
+                written = partition_loaded(con, "events", folder, config.execution.shards, plain)
             built = build_features_on_dask(
                 plain, folder, as_of, client=client, now=now, shared=shared
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+    again = built.report
+    if again.rows != written.rows or again.valid != written.rows:
+        raise DistributedBuildError(
+            f"the shards' validation of the {written.rows:,} stitched events kept"
+            f" {again.valid:,} of {again.rows:,} ({dict(again.by_reason)}): validating them"
+            " again should keep every row; please report this"
+        )
     return replace(
         built,
         report=read.report,
@@ -608,9 +628,17 @@ def _stitch_then_shard(
 
 
 def _check_shardable(config: EngineConfig) -> None:
-    """Refuse, before any cluster is touched, what the sharded build cannot do yet."""
+    """Refuse, before any cluster is touched, what the sharded build cannot do yet (an input
+    that needs stitching is stitched before sharding and does not come here, but for a
+    partitioned folder, which is sharded by client already)."""
     from features.events import event_mapping
 
+    if config.links_path:
+        raise DistributedBuildError(
+            "identity.links_file is set, but the events are a folder partitioned by client"
+            " ('segmentation partition'), whose shards are not persons: run on the events as"
+            " they came (they are stitched before sharding)"
+        )
     mapped = [c for c in ("client_id", *IDENTIFIER_COLUMNS) if c in event_mapping(config).columns]
     if mapped:
         raise DistributedBuildError(

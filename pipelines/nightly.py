@@ -97,7 +97,9 @@ class RunSummary(TypedDict):
     mlflow_run_id: str | None
     report: str | None
     seconds: dict[str, float]
-    peak_rss_gb: dict[str, float]  # the process's peak memory so far, at the end of each stage
+    # This process's peak memory so far (GiB) at the end of each stage; on Dask, the
+    # driver's (the workers' are their own processes).
+    peak_rss_gb: dict[str, float]
 
 
 def run_nightly(

@@ -272,10 +272,11 @@ class ShardedFeatures:
                 k,
                 len(self.kept.files),
                 pure=False,
+                retries=1,
             )
             for k, ids in enumerate(self.kept.shard_ids)
         ]
-        parts = self.client.gather(futures)
+        parts = _gather_by_shard(self.client, futures, "journey map")
         files = {name: [part[name] for part in parts] for name in CLIENT_TABLES}
         return journey_map(con, as_of, members, config.journey, parts=files)
 
@@ -289,20 +290,27 @@ class ShardedFeatures:
             from pipelines.distributed import events_file_name
 
             folder = Path(self.kept.files[0]).parent
+            settings = self._scattered(config)
             futures = [
                 self.client.submit(
                     _outcomes_part,
                     str(folder / events_file_name(k)),
-                    *self._scattered(_rows_of(since, pd.Index(ids)), config),
+                    *self._scattered(_rows_of(since, pd.Index(ids))),
+                    *settings,
                     as_of,
                     k,
                     len(self.kept.files),
                     pure=False,
+                    retries=1,
                 )
                 for k, ids in enumerate(self.kept.shard_ids)
             ]
-            frame = pd.concat(self.client.gather(futures), ignore_index=True)
+            parts = _gather_by_shard(self.client, futures, "holdout outcomes")
+            frame = pd.concat(parts, ignore_index=True)
             order = pd.Index(frame["client_id"]).get_indexer(since["client_id"])
+            if (order < 0).any():  # every member is some shard's client
+                missing = since["client_id"].to_numpy()[order < 0][:5]
+                raise RuntimeError(f"holdout outcomes: no shard has the clients {list(missing)}")
             return frame.iloc[order].reset_index(drop=True)
 
         return outcomes_of
@@ -434,6 +442,30 @@ def _assign_members(
 ) -> pd.DataFrame:
     features = read_kept(file, nullable)
     return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)
+
+
+def _gather_by_shard(client: Client, futures: Sequence[Any], step: str) -> list[Any]:
+    """The results of one task per shard, in shard order; the first failure cancels the rest
+    and is raised naming the step and its shard (`DistributedBuildError`)."""
+    from distributed import as_completed
+
+    from pipelines.distributed import DistributedBuildError
+
+    shard_of = {future.key: k for k, future in enumerate(futures)}
+    results: dict[int, Any] = {}
+    try:
+        for future in as_completed(futures):
+            k = shard_of[future.key]
+            try:
+                results[k] = future.result()
+            except Exception as exc:
+                raise DistributedBuildError(
+                    f"{step}: shard {k} of {len(futures)} failed on the cluster:"
+                    f" {type(exc).__name__}: {exc}"
+                ) from exc
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return [results[k] for k in range(len(futures))]
 
 
 def _journey_part(

@@ -67,7 +67,7 @@ def test_no_event_after_the_training_cut_reaches_the_training_features(generated
     pd.testing.assert_series_equal(labels["purchases"], expected, check_names=False)
 
 
-def test_the_run_scores_prospects_apart_from_buyers(generated):
+def test_the_run_scores_prospects_apart_from_buyers(generated, monkeypatch):
     con = _connection(generated, before=AS_OF)
     features = steps.compute_features(con, AS_OF, CONFIG)
     bundle = steps.fit_cltv(con, AS_OF, steps.btyd_inputs(features), CONFIG)
@@ -84,6 +84,11 @@ def test_the_run_scores_prospects_apart_from_buyers(generated):
     assert {"selection.btyd.purchases_rmse", "selection.lift.d01.actual_spend"} <= set(
         bundle.backtest
     )
+    # scored in batches of clients, the rows are the same bits as scored all at once
+    monkeypatch.setattr(steps, "SCORE_BATCH", 97)
+    assert len(features) > 5 * 97
+    batched = steps.score_clients(bundle, features, CONFIG, "1").set_index("client_id")
+    pd.testing.assert_frame_equal(batched, scores, check_exact=True)
 
 
 def test_purchase_only_data_keeps_bgnbd_champion(tmp_path):

@@ -32,8 +32,10 @@ from pipelines.distributed import (
     ClusterUnreachableError,
     DistributedBuildError,
     build_features_on_dask,
+    check_ready,
     combined_report,
     dask_client,
+    stitching_needed,
     task_memory_limit,
 )
 from pipelines.partition import partition_events
@@ -200,6 +202,8 @@ def test_identifiers_are_stitched_before_sharding_into_the_one_process_persons(
             "workdir": str(tmp_path / "work"),
             "execution": {"mode": "dask", "workers": 2, "shards": 4},
             "identity": {"links_file": str(identities / "identity_links.parquet")},
+            # naive times read as New York time: the stitched events, in UTC, must not move
+            "events": {"time_zone": "America/New_York"},
         }
     )
     events = identities / "events"
@@ -224,6 +228,25 @@ def test_identifiers_are_stitched_before_sharding_into_the_one_process_persons(
     assert result.stitching.summary["persons"] < result.stitching.summary["identifiers"]
     assert sum(result.shard_clients) == len(expected) and min(result.shard_clients) > 0
     assert not list((tmp_path / "work").glob("**/stitched-*"))  # the partition is removed
+
+
+def test_a_partitioned_folder_is_never_stitched_and_refuses_a_links_file(dataset, tmp_path):
+    partitioned = tmp_path / "by-client"
+    partition_events(_config(shards=4), dataset, partitioned, shards=4)
+    # the mapping's source names are not looked for in the copy (it has the contract's)
+    mapped = config_from_mapping(
+        {"execution": {"mode": "dask"}, "events": {"columns": {"client_id": ["userId"]}}}
+    )
+    assert not stitching_needed(mapped, partitioned)
+    assert not stitching_needed(_config(), partitioned)
+    links = tmp_path / "links.csv"
+    links.write_text("id_type,id_value,client_id\nemail_hash,e1,c1\n")
+    with_links = config_from_mapping(
+        {"execution": {"mode": "dask"}, "identity": {"links_file": str(links)}}
+    )
+    assert stitching_needed(with_links, dataset)
+    with pytest.raises(DistributedBuildError, match="links_file is set, but .* partitioned"):
+        check_ready(with_links, partitioned, "parquet")
 
 
 def test_combined_report_sums_counts_and_reasons():
