@@ -10,15 +10,20 @@ clients with their reasons. No table, model or MLflow run is written.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from configs import EngineConfig, SegmentationError
+
+if TYPE_CHECKING:
+    from pipelines.sharded import FeatureRows
 
 __all__ = ["Preview", "PreviewError", "preview", "preview_text"]
 
@@ -69,7 +74,9 @@ def preview(
     under `rules_file` (default: the config's rules) compared with the published membership.
 
     The champion cluster and CLTV models serve unchanged; without a champion they are fitted
-    in memory and not registered. Nothing is written to the store or MLflow."""
+    in memory and not registered. Nothing is written to the store or MLflow. With
+    `execution.mode: dask` the features are built, and the clients scored and assigned,
+    shard by shard as in the nightly run (the same membership)."""
     from pipelines import scratch, steps
     from pipelines.operate import open_config_store
     from pipelines.policy import RefitDecision
@@ -97,36 +104,41 @@ def preview(
         )
     registry = ModelRegistry(config.tracking_uri) if config.mlflow.enabled else None
     config.workdir_path.mkdir(parents=True, exist_ok=True)  # the scratch folder lives there
-    with scratch.events_connection(config) as con:
+    path = events or config.events_path
+    with ExitStack() as stack:
+        con = stack.enter_context(scratch.events_connection(config))
         say(f"preview as of {day}: reading events")
-        read = steps.read_events(con, config, events or config.events_path)
-        read = steps.stitch_identities(con, config, day, read)
-        features = steps.compute_features(con, day, config)
+        features = _features(stack, con, config, path, day)
         champions = steps.load_champions(registry, config)
         cltv = steps.choose_cltv_model(
-            con, day, steps.btyd_inputs(features), config, champions.cltv, False, None
+            con, day, features.btyd(), config, champions.cltv, False, None
         )
-        scores = steps.score_clients(cltv.bundle, features, config, cltv.version)
-    if champions.clusters is None:
-        notes.append("no champion clustering: a clustering was fitted for the preview only")
-        decision = RefitDecision(True, "preview: no champion model")
-    else:
-        decision = RefitDecision(False, "preview: the champion model serves")
-    clusters = steps.choose_cluster_model(
-        features, day, config, champions.clusters, decision, published, None
-    )
-    say(f"preview: assigning segments to {len(features):,} clients")
-    segmentation = steps.segment_clients(
-        features,
-        scores,
-        clusters.bundle,
-        ruleset,
-        clusters.version,
-        f"rules-preview-{config.digest()[:8]}",
-        published,
-        day,
-        config=config,
-    )
+        scores = features.scores(cltv.bundle, config, cltv.version)
+        if champions.clusters is None:
+            notes.append("no champion clustering: a clustering was fitted for the preview only")
+            decision = RefitDecision(True, "preview: no champion model")
+        else:
+            decision = RefitDecision(False, "preview: the champion model serves")
+        clusters = steps.choose_cluster_model(
+            features.fitting_rows(config) if decision.refit else pd.DataFrame(),
+            day,
+            config,
+            champions.clusters,
+            decision,
+            published,
+            None,
+        )
+        say(f"preview: assigning segments to {features.clients:,} clients")
+        segmentation = features.segmentation(
+            scores,
+            clusters.bundle,
+            ruleset,
+            clusters.version,
+            f"rules-preview-{config.digest()[:8]}",
+            published,
+            day,
+            config,
+        )
     by_segment, moved, sample = membership_diff(published, segmentation.membership, examples)
     return Preview(
         as_of=day,
@@ -138,6 +150,33 @@ def preview(
         examples=sample,
         notes=notes,
     )
+
+
+def _features(
+    stack: ExitStack, con: Any, config: EngineConfig, events: str, day: date
+) -> FeatureRows:
+    """The events read, stitched and built into features as the nightly does: in this
+    process, or shard by shard on Dask (`execution.mode: dask`; the cluster and the shards'
+    folder live as long as `stack`)."""
+    from pipelines import steps
+    from pipelines.sharded import InMemoryFeatures
+
+    if config.execution.mode == "dask":
+        from features.events import resolve_sources
+        from pipelines.distributed import check_ready, dask_client
+        from pipelines.scratch import scratch_folder
+        from pipelines.sharded import build_on_dask
+
+        check_ready(config, events, resolve_sources(events)[0])
+        client = stack.enter_context(dask_client(config.execution))
+        folder = stack.enter_context(scratch_folder(config))
+        shared = Path(config.execution.shared_dir or folder) / f"preview-{folder.name}"
+        stack.callback(shutil.rmtree, shared, ignore_errors=True)
+        _, sharded = build_on_dask(con, config, events, day, shared, client)
+        return sharded
+    read = steps.read_events(con, config, events)
+    steps.stitch_identities(con, config, day, read)
+    return InMemoryFeatures(steps.compute_features(con, day, config))
 
 
 def membership_diff(

@@ -264,7 +264,12 @@ def compute_features(
     table = build_features(con, as_of, config.features, shards=config.features.shards)
     if table.num_rows == 0:
         raise NothingToSegmentError(f"no client has an event up to {as_of}: nothing to segment")
-    return _feature_frame(table)
+    # Column by column, each Arrow column freed once converted, and no consolidation into
+    # one block: the frame is not held twice at any moment (2.3M clients: 2.4 GB once).
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    del table
+    frame["client_id"] = frame["client_id"].astype(str)
+    return frame
 
 
 def drop_events(con: duckdb.DuckDBPyConnection) -> None:
@@ -649,7 +654,37 @@ def assign_members(
     config: EngineConfig | None = None,
 ) -> pd.DataFrame:
     """The membership rows of `segment_clients`: each client's own, from its own features,
-    scores and previous membership only (so a shard of the clients gets its rows)."""
+    scores and previous membership only (so a shard of the clients gets its rows). Assigned
+    `SCORE_BATCH` clients at a time, which gives the same rows with a bounded memory."""
+    if len(features) <= SCORE_BATCH:
+        return _assign_batch(features, scores, clusters, rules, previous, as_of, config)
+    parts = []
+    for start in range(0, len(features), SCORE_BATCH):
+        batch = features.iloc[start : start + SCORE_BATCH]
+        mine = pd.Index(batch["client_id"])
+        parts.append(
+            _assign_batch(
+                batch,
+                scores[scores["client_id"].isin(mine)] if len(scores) else scores,
+                clusters,
+                rules,
+                previous[previous["client_id"].isin(mine)] if previous is not None else None,
+                as_of,
+                config,
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _assign_batch(
+    features: pd.DataFrame,
+    scores: pd.DataFrame,
+    clusters: ClusterBundle | None,
+    rules: RuleSet,
+    previous: pd.DataFrame | None,
+    as_of: date | None,
+    config: EngineConfig | None,
+) -> pd.DataFrame:
     assigned = None
     sticky = _cluster_members(previous)
     if clusters is not None:

@@ -1158,7 +1158,11 @@ def _compute(req: CleanRequest, plan: _Plan, *, index_order: bool = False) -> _W
 def _segment_stats(
     membership: pd.DataFrame, scores: pd.DataFrame
 ) -> tuple[dict[str, int], dict[str, float | None]]:
-    """Members per segment and their mean predicted CLTV (null when none is scored)."""
+    """Members per segment and their mean predicted CLTV (null when none is scored).
+
+    The mean is taken over the members in client_id order on one thread, so it is the same
+    bits whatever order the rows come in (a float sum depends on the order of its terms)."""
+    membership = membership.sort_values("client_id", kind="stable")
     member_ids = pa.array(membership["client_id"], from_pandas=True)
     score_ids = pa.array(scores["client_id"], from_pandas=True)
     cltv = pa.array(pd.to_numeric(scores["predicted_cltv"]).astype("float64"), from_pandas=True)
@@ -1173,7 +1177,7 @@ def _segment_stats(
                 "cltv": member_cltv,
             }
         )
-        .group_by("segment_id")
+        .group_by("segment_id", use_threads=False)
         .aggregate([("cltv", "count", pc.CountOptions(mode="all")), ("cltv", "mean")])
     )
     ids = stats["segment_id"].to_pylist()

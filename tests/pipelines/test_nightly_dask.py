@@ -108,8 +108,13 @@ def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_the_nightly_on_dask_publishes_the_one_process_tables(
-    prefect_harness: object, events: Path, tmp_path: Path
+    prefect_harness: object, events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipelines import steps
+
+    # This process scores and assigns its clients 250 at a time (the workers, a shard whole):
+    # batches give the same rows.
+    monkeypatch.setattr(steps, "SCORE_BATCH", 250)
     local = _config(tmp_path / "local")
     dask = _config(tmp_path / "dask", mode="dask", workers=2, shards=4)
 
@@ -212,3 +217,21 @@ def _corrupt_column(source: Path, target: Path, column: str = "category") -> Non
     data = bytearray(target.read_bytes())
     data[start : start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
     target.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_the_preview_on_dask_is_the_one_process_preview(
+    prefect_harness: object, events: Path, tmp_path: Path
+) -> None:
+    from pipelines.preview import preview
+
+    local = _config(tmp_path)
+    run_nightly(local, as_of=FIRST, events=str(events))  # champions and a published membership
+    dask = _config(tmp_path, mode="dask", workers=2, shards=4)  # the same store and models
+    one = preview(local, events=str(events), as_of=SECOND)
+    sharded = preview(dask, events=str(events), as_of=SECOND)
+    assert one.clients == sharded.clients > 0
+    assert one.moved == sharded.moved > 0
+    pd.testing.assert_frame_equal(sharded.by_segment, one.by_segment, check_exact=True)
+    pd.testing.assert_frame_equal(sharded.examples, one.examples, check_exact=True)
+    assert not list((tmp_path / "work").glob("duckdb-*"))  # scratch removed

@@ -577,3 +577,24 @@ def test_query_and_at_sign_passwords_are_masked(url, secret):
         store.runs()
     assert secret not in str(info.value)
     store.close()
+
+
+def test_segment_means_are_the_same_bits_whatever_the_row_order():
+    import numpy as np
+
+    from pipelines.store._core import _segment_stats
+
+    rng = np.random.default_rng(0)
+    n = 100_000  # past Arrow's batch size: the mean is not of one batch
+    members = pd.DataFrame(
+        {"client_id": [f"c{i:07d}" for i in range(n)], "segment_id": rng.choice(list("abc"), n)}
+    )
+    scores = pd.DataFrame(
+        {"client_id": members["client_id"], "predicted_cltv": rng.gamma(1, 300, n)}
+    )
+    expected = _segment_stats(members, scores)
+    for seed in (1, 2):
+        shuffled = _segment_stats(
+            members.sample(frac=1, random_state=seed), scores.sample(frac=1, random_state=seed + 9)
+        )
+        assert shuffled == expected
