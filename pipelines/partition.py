@@ -213,19 +213,8 @@ def partition_loaded(
             f" TO {_literal(partial)} (FORMAT parquet, PARTITION_BY (shard))"
         )
         _fill_empty_shards(con, partial, shards, select, table)
-        counts = _rows_by_shard(partial, shards)
-        manifest = PartitionManifest(
-            layout=LAYOUT,
-            shards=shards,
-            key=f"hash(client_id) % {shards}",
-            source=f"loaded events ({table})",
-            source_format="parquet",
-            columns=written,
-            mapping=_mapping_record(config),
-            rows=sum(counts.values()),
-            rows_by_shard=counts,
-            month_partitions=False,
-            written_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        manifest = _manifest(
+            config, partial, shards, f"loaded events ({table})", "parquet", written
         )
         (partial / MANIFEST_NAME).write_text(manifest.to_json())
         partial.rename(target)
@@ -374,14 +363,26 @@ def _write_partitions(
                 plan.release(con)
         finally:
             con.close()
+    return _manifest(config, partial, shards, str(events_path), kind, written)
+
+
+def _manifest(
+    config: EngineConfig,
+    partial: Path,
+    shards: int,
+    source: str,
+    source_format: str,
+    columns: tuple[str, ...],
+) -> PartitionManifest:
+    """The manifest of the shard folders written in `partial`, their rows counted."""
     counts = _rows_by_shard(partial, shards)
     return PartitionManifest(
         layout=LAYOUT,
         shards=shards,
         key=f"hash(client_id) % {shards}",
-        source=str(events_path),
-        source_format=kind,
-        columns=written,
+        source=source,
+        source_format=source_format,
+        columns=columns,
         mapping=_mapping_record(config),
         rows=sum(counts.values()),
         rows_by_shard=counts,

@@ -256,27 +256,10 @@ class ShardedFeatures:
         if not config.journey.enabled:
             return None
         from features.journey import CLIENT_TABLES, journey_map
-        from pipelines.distributed import events_file_name
 
         members = membership[list(steps.JOURNEY_MEMBER_COLUMNS)]
-        folder = Path(self.kept.files[0]).parent
-        settings = self._scattered(config)
-        futures = [
-            self.client.submit(
-                _journey_part,
-                str(folder / events_file_name(k)),
-                *self._scattered(_rows_of(members, pd.Index(ids))),
-                *settings,
-                as_of,
-                str(folder),
-                k,
-                len(self.kept.files),
-                pure=False,
-                retries=1,
-            )
-            for k, ids in enumerate(self.kept.shard_ids)
-        ]
-        parts = _gather_by_shard(self.client, futures, "journey map")
+        folder = str(Path(self.kept.files[0]).parent)
+        parts = self._on_events(_journey_part, "journey map", members, config, as_of, folder)
         files = {name: [part[name] for part in parts] for name in CLIENT_TABLES}
         return journey_map(con, as_of, members, config.journey, parts=files)
 
@@ -287,25 +270,7 @@ class ShardedFeatures:
         worker (a client's outcomes are its own events'), in the order of `since`."""
 
         def outcomes_of(since: pd.DataFrame, as_of: date) -> pd.DataFrame:
-            from pipelines.distributed import events_file_name
-
-            folder = Path(self.kept.files[0]).parent
-            settings = self._scattered(config)
-            futures = [
-                self.client.submit(
-                    _outcomes_part,
-                    str(folder / events_file_name(k)),
-                    *self._scattered(_rows_of(since, pd.Index(ids))),
-                    *settings,
-                    as_of,
-                    k,
-                    len(self.kept.files),
-                    pure=False,
-                    retries=1,
-                )
-                for k, ids in enumerate(self.kept.shard_ids)
-            ]
-            parts = _gather_by_shard(self.client, futures, "holdout outcomes")
+            parts = self._on_events(_outcomes_part, "holdout outcomes", since, config, as_of)
             frame = pd.concat(parts, ignore_index=True)
             order = pd.Index(frame["client_id"]).get_indexer(since["client_id"])
             if (order < 0).any():  # every member is some shard's client
@@ -314,6 +279,37 @@ class ShardedFeatures:
             return frame.iloc[order].reset_index(drop=True)
 
         return outcomes_of
+
+    def _on_events(
+        self,
+        fn: Callable[..., Any],
+        step: str,
+        rows: pd.DataFrame,
+        config: EngineConfig,
+        *args: Any,
+    ) -> list[Any]:
+        """`fn(events file of shard k, its clients' `rows`, config, *args, k, shards)` for
+        every shard on the workers, in shard order (retried once; a failure names its
+        shard)."""
+        from pipelines.distributed import events_file_name
+
+        folder = Path(self.kept.files[0]).parent
+        settings = self._scattered(config)
+        futures = [
+            self.client.submit(
+                fn,
+                str(folder / events_file_name(k)),
+                *self._scattered(_rows_of(rows, pd.Index(ids))),
+                *settings,
+                *args,
+                k,
+                len(self.kept.files),
+                pure=False,
+                retries=1,
+            )
+            for k, ids in enumerate(self.kept.shard_ids)
+        ]
+        return _gather_by_shard(self.client, futures, step)
 
     def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
         """The feature rows of these clients, in this order, with the one-process types."""
