@@ -19,7 +19,6 @@ import gc
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -456,18 +455,13 @@ def _features_on_dask(config: EngineConfig, events: str, as_of: date) -> pa.Tabl
     from features.build import _sorted_by_client
     from features.events import resolve_sources
     from pipelines.distributed import build_features_on_dask, check_ready
-    from pipelines.scratch import scratch_folder
+    from pipelines.scratch import shared_folder
 
     check_ready(config, events, resolve_sources(events)[0])
-    with scratch_folder(config) as folder:
-        shared = Path(config.execution.shared_dir or folder) / f"features-{folder.name}"
-        shared.mkdir()
-        try:
-            built = build_features_on_dask(config, events, as_of, shared=shared)
-            assert built.kept is not None  # asked for by `shared`
-            return _sorted_by_client([pq.read_table(f) for f in built.kept.files])
-        finally:
-            shutil.rmtree(shared, ignore_errors=True)
+    with shared_folder(config, "features") as shared:
+        built = build_features_on_dask(config, events, as_of, shared=shared)
+        assert built.kept is not None  # asked for by `shared`
+        return _sorted_by_client([pq.read_table(f) for f in built.kept.files])
 
 
 def _identity(args: argparse.Namespace) -> int:

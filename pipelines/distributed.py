@@ -40,12 +40,12 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pandas as pd
@@ -73,7 +73,9 @@ __all__ = [
     "combined_report",
     "dask_client",
     "events_file_name",
+    "events_view",
     "feature_file_name",
+    "gather_by_shard",
     "plain_events_config",
     "stitching_needed",
     "task_memory_limit",
@@ -169,7 +171,7 @@ def build_features_on_dask(
     client: Client | None = None,
     now: datetime | None = None,
     shared: str | Path | None = None,
-    history: tuple[date | None, Mapping[str, str]] = (None, {}),
+    history: Callable[[], tuple[date | None, Mapping[str, str]]] | None = None,
 ) -> DistributedFeatures:
     """Validate the events and build the feature table shard by shard on Dask.
 
@@ -199,9 +201,10 @@ def build_features_on_dask(
         that read events (the CLTV training windows, the journey map, the holdout outcomes),
         and its feature rows (``features-<k>.parquet``), which stay there: `features` then
         holds only client_id and the BTYD inputs (`pipelines.sharded`).
-    history : tuple, optional
-        For stitching: the as-of date of the last published run and the ids merged by earlier
-        runs (`pipelines.steps.stitch_identities`'s `previous_as_of` and `merged_before`).
+    history : callable, optional
+        For stitching, called only then: the as-of date of the last published run and the ids
+        merged by earlier runs (`pipelines.steps.stitch_identities`'s `previous_as_of` and
+        `merged_before`); none by default (a first run).
 
     Returns
     -------
@@ -233,7 +236,7 @@ def build_features_on_dask(
         config = config_for_partitioned(config, manifest)
     as_of = as_date(as_of)
     now = now or datetime.now(UTC)
-    if manifest is None and stitching_needed(config, events_path):
+    if stitching_needed(config, events_path):
         return _stitch_then_shard(config, events_path, as_of, now, client, shared, history)
     _check_shardable(config)
     shards = config.execution.shards
@@ -360,6 +363,12 @@ def worker_connection(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         _release_arrow_memory()
+
+
+def events_view(con: duckdb.DuckDBPyConnection, files: str) -> None:
+    """An ``events`` view on `con` over the shards' events files (a file or a glob), read as
+    the one-process ``events`` table."""
+    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(files)})")
 
 
 def events_file_name(shard: int) -> str:
@@ -512,7 +521,7 @@ def check_ready(config: EngineConfig, events_path: str | Path, kind: str) -> Non
             f"events are {kind.upper()} files: the Dask build reads Parquet only, so far"
             " (convert them with 'segmentation partition', or execution.mode: local)"
         )
-    if manifest is not None or not stitching_needed(config, events_path):
+    if not stitching_needed(config, events_path):
         _check_shardable(config)
     shared = config.execution.shared_dir
     if shared is not None and not Path(shared).is_dir():
@@ -587,30 +596,23 @@ def _stitch_then_shard(
     now: datetime,
     client: Client | None,
     shared: str | Path | None,
-    history: tuple[date | None, Mapping[str, str]],
+    history: Callable[[], tuple[date | None, Mapping[str, str]]] | None,
 ) -> DistributedFeatures:
     """Identity stitching before sharding: validate and stitch in this process as the
     one-process run does, partition the stitched events by person, build on the shards."""
     from pipelines.partition import partition_loaded
-    from pipelines.scratch import events_connection, scratch_folder
+    from pipelines.scratch import events_connection, shared_folder
     from pipelines.steps import read_events, stitch_identities
 
     plain = plain_events_config(config)
-    config.workdir_path.mkdir(parents=True, exist_ok=True)
-    with scratch_folder(config) as scratch:
-        where = Path(shared or config.execution.shared_dir or scratch)
-        folder = where / f"stitched-{uuid.uuid4().hex[:8]}"
-        try:
-            with events_connection(config) as con:
-                read = read_events(con, config, str(events_path), now=now)
-                previous_as_of, merged_before = history
-                read = stitch_identities(con, config, as_of, read, previous_as_of, merged_before)
-                written = partition_loaded(con, "events", folder, config.execution.shards, plain)
-            built = build_features_on_dask(
-                plain, folder, as_of, client=client, now=now, shared=shared
-            )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    with shared_folder(config, "stitched", inside=shared) as where:
+        folder = where / "events"  # partition_loaded writes a folder that does not exist yet
+        with events_connection(config) as con:
+            read = read_events(con, config, str(events_path), now=now)
+            previous_as_of, merged_before = history() if history is not None else (None, {})
+            read = stitch_identities(con, config, as_of, read, previous_as_of, merged_before)
+            written = partition_loaded(con, "events", folder, config.execution.shards, plain)
+        built = build_features_on_dask(plain, folder, as_of, client=client, now=now, shared=shared)
     again = built.report
     if again.rows != written.rows or again.valid != written.rows:
         raise DistributedBuildError(
@@ -661,10 +663,8 @@ def _run_shards(
 ) -> list[ShardOutput]:
     """Submit one task per shard (retried once if its worker dies) and gather them in shard
     order; the first failure cancels the rest and is raised naming its shard."""
-    from distributed import as_completed
-
     run = uuid.uuid4().hex[:8]
-    futures = {
+    futures = [
         client.submit(
             _shard_task,
             config,
@@ -678,25 +678,38 @@ def _run_shards(
             key=f"{_KEY_PREFIX}-{run}-shard-{k}-of-{shards}",
             retries=1,
             pure=False,
-        ): k
+        )
         for k in range(shards)
-    }
-    results: dict[int, ShardOutput] = {}
+    ]
+    return gather_by_shard(client, futures)
+
+
+def gather_by_shard(client: Client, futures: Sequence[Any], step: str | None = None) -> list[Any]:
+    """The results of one task per shard (future k is shard k's), in shard order. The first
+    failure cancels the rest and is raised as a `DistributedBuildError` naming the shard (and
+    `step`): a task that raised or whose worker died past its retries, or a `_ShardFailure`
+    it returned."""
+    from distributed import as_completed
+
+    where = f"{step}: " if step else ""
+    shard_of = {future.key: k for k, future in enumerate(futures)}
+    n = len(futures)
+    results: dict[int, Any] = {}
     try:
         for future in as_completed(futures):
-            k = futures[future]
+            k = shard_of[future.key]
             try:
                 out = future.result()
-            except Exception as exc:  # the worker died twice, or a bug in the task
+            except Exception as exc:  # the worker died past its retries, or a bug in the task
                 raise DistributedBuildError(
-                    f"shard {k} of {shards} failed on the cluster: {type(exc).__name__}: {exc}"
+                    f"{where}shard {k} of {n} failed on the cluster: {type(exc).__name__}: {exc}"
                 ) from exc
             if isinstance(out, _ShardFailure):
-                raise DistributedBuildError(f"shard {k} of {shards}: {out.error}") from out.error
+                raise DistributedBuildError(f"{where}shard {k} of {n}: {out.error}") from out.error
             results[k] = out
     finally:
         client.cancel([f for f in futures if not f.done()])
-    return [results[k] for k in range(shards)]
+    return [results[k] for k in range(n)]
 
 
 def _shard_task(

@@ -14,9 +14,7 @@ Prefect tasks at the bottom are thin wrappers of the steps, so Prefect tracks an
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -277,7 +275,7 @@ def nightly_run(
             stack.callback(con.close)
             latest = _latest_as_of(store)
             _check_order(latest, as_of, rebuild)
-            shard_events = _shard_events_folder(stack, config, folder, run_id)
+            shard_events = stack.enter_context(scratch.shared_folder(config, f"run-{run_id}"))
             dask = _dask_client(stack, config)
             tonight = _compute(
                 run, con, events or config.events_path, latest, force_refit, shard_events, dask
@@ -390,13 +388,10 @@ def _compute(
             f"validating events and building features on Dask"
             f" ({config.execution.shards} shards) from {events_path}"
         )
-        from pipelines.distributed import stitching_needed
 
-        history = (
-            _identity_history(run.store, as_of, latest)
-            if stitching_needed(config, events_path)
-            else (None, {})
-        )  # the merge log is read only for events that are stitched
+        def history() -> tuple[date | None, dict[str, str]]:
+            return _identity_history(run.store, as_of, latest)  # read only when stitching
+
         events, features = clock.time(
             "features",
             dask_features_task,
@@ -536,18 +531,6 @@ def _dask_client(stack: ExitStack, config: EngineConfig) -> Client | None:
     from pipelines.distributed import dask_client
 
     return stack.enter_context(dask_client(config.execution))
-
-
-def _shard_events_folder(stack: ExitStack, config: EngineConfig, folder: Path, run_id: str) -> Path:
-    """Where the Dask shards write their valid events for this run: under
-    ``execution.shared_dir`` (a folder the workers and this process share), else in the run's
-    scratch folder (enough for a LocalCluster); removed when the run ends."""
-    shared = config.execution.shared_dir
-    if shared is None:
-        return folder / "shard-events"
-    out = Path(shared) / f"run-{run_id}-{uuid.uuid4().hex[:8]}"
-    stack.callback(shutil.rmtree, out, ignore_errors=True)
-    return out
 
 
 def _identity_history(

@@ -39,6 +39,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,16 +172,9 @@ def partition_events(
         raise PartitionError(f"--shards must be at least 1, not {shards}")
     target = Path(out).resolve()
     _check_target(target, events_path)
-    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = _write_partitions(config, events_path, partial, shards)
-        (partial / MANIFEST_NAME).write_text(manifest.to_json())
-        _swap_in(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return manifest
+    return _written_in_place(
+        target, lambda partial: _write_partitions(config, events_path, partial, shards)
+    )
 
 
 def partition_loaded(
@@ -198,9 +192,8 @@ def partition_loaded(
     target = Path(out).resolve()
     if target.exists():
         raise PartitionError(f"{target}: exists; write the loaded events to a new folder")
-    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def write(partial: Path) -> PartitionManifest:
         names = {row[0] for row in con.execute(f"DESCRIBE {table}").fetchall()}
         written = tuple(c for c in CONTRACT_COLUMNS if c in names)
         select = ", ".join(written)
@@ -213,15 +206,9 @@ def partition_loaded(
             f" TO {_literal(partial)} (FORMAT parquet, PARTITION_BY (shard))"
         )
         _fill_empty_shards(con, partial, shards, select, table)
-        manifest = _manifest(
-            config, partial, shards, f"loaded events ({table})", "parquet", written
-        )
-        (partial / MANIFEST_NAME).write_text(manifest.to_json())
-        partial.rename(target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return manifest
+        return _manifest(config, partial, shards, f"loaded events ({table})", "parquet", written)
+
+    return _written_in_place(target, write)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> PartitionManifest | None:
@@ -303,6 +290,24 @@ def _check_target(target: Path, events_path: str | os.PathLike[str]) -> None:
                 f"--out {target} exists and is not a partitioned folder (no {MANIFEST_NAME}):"
                 " refusing to replace it"
             )
+
+
+def _written_in_place(
+    target: Path, write: Callable[[Path], PartitionManifest]
+) -> PartitionManifest:
+    """`write(partial)` fills a temporary folder next to `target` and returns its manifest,
+    which is added; the folder is then swapped in as `target`. A failure leaves no partial
+    folder and an earlier `target` as it was."""
+    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = write(partial)
+        (partial / MANIFEST_NAME).write_text(manifest.to_json())
+        _swap_in(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
 
 
 def _swap_in(partial: Path, target: Path) -> None:

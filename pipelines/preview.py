@@ -10,7 +10,6 @@ clients with their reasons. No table, model or MLflow run is written.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -164,14 +163,12 @@ def _features(
     if config.execution.mode == "dask":
         from features.events import resolve_sources
         from pipelines.distributed import check_ready, dask_client
-        from pipelines.scratch import scratch_folder
+        from pipelines.scratch import shared_folder
         from pipelines.sharded import build_on_dask
 
         check_ready(config, events, resolve_sources(events)[0])
         client = stack.enter_context(dask_client(config.execution))
-        folder = stack.enter_context(scratch_folder(config))
-        shared = Path(config.execution.shared_dir or folder) / f"preview-{folder.name}"
-        stack.callback(shutil.rmtree, shared, ignore_errors=True)
+        shared = stack.enter_context(shared_folder(config, "preview"))
         _, sharded = build_on_dask(con, config, events, day, shared, client)
         return sharded
     read = steps.read_events(con, config, events)

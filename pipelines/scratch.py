@@ -13,8 +13,9 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import duckdb
@@ -28,6 +29,7 @@ __all__ = [
     "events_connection",
     "remove_stale_scratch",
     "scratch_folder",
+    "shared_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,25 @@ def scratch_folder(config: EngineConfig) -> Iterator[Path]:
             yield Path(tmp)
         finally:
             os.close(owner)
+
+
+@contextmanager
+def shared_folder(
+    config: EngineConfig, prefix: str, inside: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
+    """A new folder, ``<prefix>-<random>``, for files this process and the Dask workers share:
+    in `inside` (a folder already shared), else in ``execution.shared_dir`` (which every worker
+    and this process mount at the same path), else in a scratch folder of the workdir (enough
+    for a LocalCluster). Removed at the end, failed or not."""
+    with ExitStack() as stack:
+        parent = inside or config.execution.shared_dir
+        if parent is None:
+            config.workdir_path.mkdir(parents=True, exist_ok=True)
+            parent = stack.enter_context(scratch_folder(config))
+        out = Path(parent) / f"{prefix}-{uuid.uuid4().hex[:8]}"
+        out.mkdir(parents=True)
+        stack.callback(shutil.rmtree, out, ignore_errors=True)
+        yield out
 
 
 def remove_stale_scratch(workdir: Path) -> list[Path]:

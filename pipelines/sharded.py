@@ -5,12 +5,13 @@ The nightly asks its features for eight things: how many clients and which featu
 BTYD inputs, how the champion clustering fits them, the rows a cluster refit is fitted on,
 the CLTV scores, the segment memberships, the journey map and the members' outcomes since
 entry (the holdout comparison). `InMemoryFeatures` answers from the feature frame (and the
-events on the run's connection) with the steps of `pipelines.steps`. `ShardedFeatures` answers from the files the shards left in the run's
-shared folder (`pipelines.distributed`): a refit fits on the sample rows it would draw from
-the whole frame (`segmentation.clustering.sample_client_ids`), the drift check adds the
-shards' bin counts, each shard scores and assigns its own clients on a worker with the models
-fitted in the driver, and each computes its clients' per-client journey tables from its own
-events, from which the driver takes the map's statistics. Both give the same tables
+events on the run's connection) with the steps of `pipelines.steps`. `ShardedFeatures`
+answers from the files the shards left in the run's shared folder (`pipelines.distributed`):
+a refit fits on the sample rows it would draw from the whole frame
+(`segmentation.clustering.sample_client_ids`), the drift check adds the shards' bin counts,
+each shard scores and assigns its own clients on a worker with the models fitted in the
+driver, and each computes its clients' per-client journey tables and outcomes from its own
+events. Both give the same tables
 (tests/pipelines/test_nightly_dask.py).
 """
 
@@ -291,7 +292,7 @@ class ShardedFeatures:
         """`fn(events file of shard k, its clients' `rows`, config, *args, k, shards)` for
         every shard on the workers, in shard order (retried once; a failure names its
         shard)."""
-        from pipelines.distributed import events_file_name
+        from pipelines.distributed import events_file_name, gather_by_shard
 
         folder = Path(self.kept.files[0]).parent
         settings = self._scattered(config)
@@ -309,7 +310,7 @@ class ShardedFeatures:
             )
             for k, ids in enumerate(self.kept.shard_ids)
         ]
-        return _gather_by_shard(self.client, futures, step)
+        return gather_by_shard(self.client, futures, step)
 
     def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
         """The feature rows of these clients, in this order, with the one-process types."""
@@ -357,7 +358,7 @@ def build_on_dask(
     as_of: date,
     shared: Path,
     client: Client,
-    history: tuple[date | None, Mapping[str, str]] = (None, {}),
+    history: Callable[[], tuple[date | None, Mapping[str, str]]] | None = None,
 ) -> tuple[EventsRead, ShardedFeatures]:
     """`steps.read_events`, `steps.stitch_identities` and `steps.compute_features` shard by
     shard on Dask.
@@ -365,20 +366,20 @@ def build_on_dask(
     The shards validate their clients' events and build their features on the workers
     (`pipelines.distributed`), and leave in `shared` (a folder the workers and this process
     share) their valid events and their feature rows. Events that need identity stitching are
-    validated and stitched in this process first (`history`: the previous as-of date and the
-    ids merged before, as `steps.stitch_identities` takes them), then sharded by person.
+    validated and stitched in this process first (`history`, called only then: the previous
+    as-of date and the ids merged before, as `steps.stitch_identities` takes them), then
+    sharded by person.
     `con` gets an ``events`` view over the events files, so the steps that read events (CLTV
     training windows, journey map, holdout) read the one-process rows without this process
     loading them; the feature rows stay where they are (`ShardedFeatures`)."""
-    from pipelines.distributed import build_features_on_dask
+    from pipelines.distributed import build_features_on_dask, events_view
 
     shared.mkdir(parents=True, exist_ok=True)
     built = build_features_on_dask(
         config, events_path, as_of, client=client, shared=shared, history=history
     )
     assert built.kept is not None  # asked for by `shared`
-    files = str(shared / "events-*.parquet").replace("'", "''")
-    con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet('{files}')")
+    events_view(con, str(shared / "events-*.parquet"))
     events = EventsRead(built.report, built.quarantine, built.stitching)
     return events, ShardedFeatures(client, built.kept, built.features)
 
@@ -440,30 +441,6 @@ def _assign_members(
     return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)
 
 
-def _gather_by_shard(client: Client, futures: Sequence[Any], step: str) -> list[Any]:
-    """The results of one task per shard, in shard order; the first failure cancels the rest
-    and is raised naming the step and its shard (`DistributedBuildError`)."""
-    from distributed import as_completed
-
-    from pipelines.distributed import DistributedBuildError
-
-    shard_of = {future.key: k for k, future in enumerate(futures)}
-    results: dict[int, Any] = {}
-    try:
-        for future in as_completed(futures):
-            k = shard_of[future.key]
-            try:
-                results[k] = future.result()
-            except Exception as exc:
-                raise DistributedBuildError(
-                    f"{step}: shard {k} of {len(futures)} failed on the cluster:"
-                    f" {type(exc).__name__}: {exc}"
-                ) from exc
-    finally:
-        client.cancel([f for f in futures if not f.done()])
-    return [results[k] for k in range(len(futures))]
-
-
 def _journey_part(
     events_file: str,
     members: pd.DataFrame,
@@ -475,10 +452,10 @@ def _journey_part(
 ) -> dict[str, str]:
     """One shard's per-client journey tables, from its events file, written to `out`."""
     from features.journey import journey_client_tables
-    from pipelines.distributed import worker_connection
+    from pipelines.distributed import events_view, worker_connection
 
     with worker_connection(config, shards, f"journey-{shard}-") as (con, _):
-        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(events_file)})")
+        events_view(con, events_file)
         return journey_client_tables(con, as_of, members, out, shard, config.journey)
 
 
@@ -492,15 +469,11 @@ def _outcomes_part(
 ) -> pd.DataFrame:
     """One shard's members' outcomes since their entry, from its events file."""
     from features.outcomes import outcomes_since
-    from pipelines.distributed import worker_connection
+    from pipelines.distributed import events_view, worker_connection
 
     with worker_connection(config, shards, f"outcomes-{shard}-") as (con, _):
-        con.execute(f"CREATE VIEW events AS SELECT * FROM read_parquet({_sql_text(events_file)})")
+        events_view(con, events_file)
         return outcomes_since(con, since, as_of)
-
-
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _rows_of(frame: pd.DataFrame, client_ids: pd.Index) -> pd.DataFrame:

@@ -88,6 +88,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Clients scored (and assigned) at once: 2.26M clients at once took 5 GB above the feature
+# frame (the inputs' copies and the models' arrays); a batch takes a tenth of it.
+SCORE_BATCH = 200_000
+# What the journey map needs of each member: its segment, and its cluster (the stratum of the
+# pooled drop-off comparisons).
+JOURNEY_MEMBER_COLUMNS = ("client_id", "segment_id", "segment_name", "cluster_id")
+
 _BundleT = TypeVar("_BundleT", "ClusterBundle", "CltvBundle")
 CHAMPION_SAMPLE = 20_000  # clients the champion's noise share is measured on
 
@@ -520,21 +527,18 @@ def predict_scores(bundle: CltvBundle, features: pd.DataFrame) -> pd.DataFrame:
     """Each client's own CLTV figures (a shard of the clients gets its rows), client_id a
     column. Scored `SCORE_BATCH` clients at a time: the learned models' inputs are a copy of
     the rows, and every figure is the client's own, so batches give the same rows."""
-    batches = range(0, len(features), SCORE_BATCH) if len(features) else range(1)
     return pd.concat(
         [
-            bundle.score(features.iloc[start : start + SCORE_BATCH])
-            .rename_axis("client_id")
-            .reset_index()
-            for start in batches
+            bundle.score(batch).rename_axis("client_id").reset_index()
+            for batch in _batches(features)
         ],
         ignore_index=True,
     )
 
 
-# Clients scored at once: 2.26M clients at once took 5 GB above the feature frame on top of
-# it (the inputs' copies and the models' arrays); a batch takes a tenth of it.
-SCORE_BATCH = 200_000
+def _batches(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    """`frame` in slices of `SCORE_BATCH` rows: one slice (maybe empty) when it is smaller."""
+    return [frame.iloc[s : s + SCORE_BATCH] for s in range(0, max(len(frame), 1), SCORE_BATCH)]
 
 
 def finish_scores(predicted: pd.DataFrame, bundle: CltvBundle, version: str) -> pd.DataFrame:
@@ -651,11 +655,11 @@ def assign_members(
     """The membership rows of `segment_clients`: each client's own, from its own features,
     scores and previous membership only (so a shard of the clients gets its rows). Assigned
     `SCORE_BATCH` clients at a time, which gives the same rows with a bounded memory."""
-    if len(features) <= SCORE_BATCH:
+    batches = _batches(features)
+    if len(batches) == 1:
         return _assign_batch(features, scores, clusters, rules, previous, as_of, config)
     parts = []
-    for start in range(0, len(features), SCORE_BATCH):
-        batch = features.iloc[start : start + SCORE_BATCH]
+    for batch in batches:
         mine = pd.Index(batch["client_id"])
         parts.append(
             _assign_batch(
@@ -757,11 +761,6 @@ def map_journeys(
     from features.journey import journey_map
 
     return journey_map(con, as_of, membership[list(JOURNEY_MEMBER_COLUMNS)], config.journey)
-
-
-# What the journey map needs of each member: its segment, and its cluster (the stratum of the
-# pooled drop-off comparisons).
-JOURNEY_MEMBER_COLUMNS = ("client_id", "segment_id", "segment_name", "cluster_id")
 
 
 def holdout_outcomes(
