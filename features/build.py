@@ -736,7 +736,8 @@ class _Plan:
         }
         per_purchase = "greatest(coalesce(n_purchases, 0), 1)"
         cols["purchases_per_active_month"] = (
-            f"30.0 * coalesce(n_purchases, 0) / greatest((last_ts - first_ts) / {US_PER_DAY}.0, 30)"
+            "30.0 * greatest(coalesce(n_purchases, 0) - 1, 0)"
+            f" / greatest((last_ts - first_ts) / {US_PER_DAY}.0, 30)"
         )
         for name, x in (
             ("tickets_per_purchase", "coalesce(tickets_all, 0)"),

@@ -725,9 +725,11 @@ def feature_catalog(config: FeaturesConfig | None = None) -> list[Feature]:
         "purchases_per_active_month",
         "rates",
         "float64",
-        "Purchase events per 30 days of the active span (first event to the last"
-        " client-initiated one, at least 30 days).",
-        label="purchases per active month",
+        "Repeat purchases (purchase events after the first) per 30 days of the active"
+        " span (first event to the last client-initiated one, at least 30 days); 0 for a"
+        " client with one purchase or none. A single purchase shows no rate: counted as a"
+        " rate over a 30-day floor it would rank one-time buyers above regular ones.",
+        label="repeat purchases per active month",
         unit="rate",
     )
     for name, what in (

@@ -17,7 +17,7 @@ events. Both give the same tables
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -41,7 +41,14 @@ if TYPE_CHECKING:
     from segmentation.drift import DriftReference
     from segmentation.rules import RuleSet
 
-__all__ = ["FeatureRows", "InMemoryFeatures", "ShardedFeatures", "build_on_dask", "read_kept"]
+__all__ = [
+    "FeatureRows",
+    "InMemoryFeatures",
+    "ShardedFeatures",
+    "build_on_dask",
+    "iter_kept",
+    "read_kept",
+]
 
 
 class FeatureRows(Protocol):
@@ -180,7 +187,7 @@ class ShardedFeatures:
         from segmentation.drift import psi_from_counts
 
         counts: dict[str, np.ndarray] = {}
-        for part in self._map(_bin_counts, champion.reference):
+        for part in self._map(_bin_counts, champion.reference, steps.SCORE_BATCH):
             for column, found in part.items():
                 counts[column] = counts[column] + found if column in counts else found
         drift = psi_from_counts(champion.reference, counts, self.clients)
@@ -204,7 +211,7 @@ class ShardedFeatures:
         among all clients is taken here."""
         if bundle is None:
             return steps.score_clients(None, self.index, config, version)
-        predicted = self._in_order(self._map(_predict_scores, bundle))
+        predicted = self._in_order(self._map(_predict_scores, bundle, steps.SCORE_BATCH))
         return steps.finish_scores(predicted, bundle, version)
 
     def segmentation(
@@ -227,6 +234,7 @@ class ShardedFeatures:
                 _assign_members,
                 file,
                 self.kept.nullable,
+                steps.SCORE_BATCH,
                 *self._scattered(
                     _rows_of(scores, ids),
                     _rows_of(previous, ids) if previous is not None else None,
@@ -399,6 +407,28 @@ def read_kept(
     table = pq.read_table(file)
     if client_ids is not None:
         table = table.filter(pc.is_in(pc.cast(table["client_id"], "string"), pa.array(client_ids)))
+    return _typed_kept(table, nullable)
+
+
+def iter_kept(file: str, nullable: frozenset[str], batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A shard's kept feature rows `batch_rows` at a time, typed as `read_kept` types them
+    (one empty frame for a shard without clients): a task that works client by client
+    holds one batch of rows, not its whole shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = pq.ParquetFile(file)
+    found = False
+    for batch in source.iter_batches(batch_size=batch_rows):
+        found = True
+        yield _typed_kept(pa.Table.from_batches([batch]), nullable)
+    if not found:
+        yield _typed_kept(source.schema_arrow.empty_table(), nullable)
+
+
+def _typed_kept(table: pa.Table, nullable: frozenset[str]) -> pd.DataFrame:
+    import pyarrow as pa
+
     frame = steps._feature_frame(table)
     for name in nullable:
         column = table[name]
@@ -416,20 +446,32 @@ def _typed_by_nulls(kind: pa.DataType) -> bool:
 
 
 def _bin_counts(
-    file: str, nullable: frozenset[str], reference: DriftReference
+    file: str, nullable: frozenset[str], reference: DriftReference, batch_rows: int
 ) -> dict[str, np.ndarray]:
+    """The shard's rows per bin of `reference`, counted batch by batch (counts add up)."""
     from segmentation.drift import bin_counts
 
-    return bin_counts(reference, read_kept(file, nullable))
+    total: dict[str, np.ndarray] = {}
+    for part in iter_kept(file, nullable, batch_rows):
+        for column, found in bin_counts(reference, part).items():
+            total[column] = total[column] + found if column in total else found
+    return total
 
 
-def _predict_scores(file: str, nullable: frozenset[str], bundle: CltvBundle) -> pd.DataFrame:
-    return steps.predict_scores(bundle, read_kept(file, nullable))
+def _predict_scores(
+    file: str, nullable: frozenset[str], bundle: CltvBundle, batch_rows: int
+) -> pd.DataFrame:
+    """The shard's clients' own CLTV figures, scored batch by batch."""
+    return pd.concat(
+        [steps.predict_scores(bundle, part) for part in iter_kept(file, nullable, batch_rows)],
+        ignore_index=True,
+    )
 
 
 def _assign_members(
     file: str,
     nullable: frozenset[str],
+    batch_rows: int,
     scores: pd.DataFrame,
     previous: pd.DataFrame | None,
     clusters: ClusterBundle | None,
@@ -437,8 +479,24 @@ def _assign_members(
     config: EngineConfig,
     as_of: date,
 ) -> pd.DataFrame:
-    features = read_kept(file, nullable)
-    return steps.assign_members(features, scores, clusters, rules, previous, as_of, config)
+    """The shard's clients' membership rows, assigned batch by batch (each client's row is
+    its own: its features, scores and previous membership)."""
+    parts = []
+    for part in iter_kept(file, nullable, batch_rows):
+        mine = pd.Index(part["client_id"])
+        parts.append(
+            steps.assign_members(
+                part,
+                _rows_of(scores, mine) if len(scores) else scores,
+                clusters,
+                rules,
+                _rows_of(previous, mine) if previous is not None else None,
+                as_of,
+                config,
+            )
+        )
+    kept = [part for part in parts if len(part)]
+    return pd.concat(kept, ignore_index=True) if kept else parts[0]
 
 
 def _journey_part(

@@ -14,7 +14,7 @@ on the feature (its robust z-score, segmentation.profiles) must be at least MIN_
 client must be on the same side, at least half way to it and at least MIN_SHIFT scale units
 from the population's median; among those, the features where the client shares most of a
 large shift come first, one feature per topic (a plain and a recency-weighted mix are one):
-"share of store activity: 82% (typical 12%); 1.4 purchases per active month (typical 0.50)".
+"share of store activity: 82% (typical 12%); 1.4 repeat purchases per active month (typical 0.50)".
 Measured on 1M synthetic clients: rule reasons 0.5-1.3 s, cluster reasons 2-3 s (a loaded
 2-core machine).
 

@@ -630,3 +630,30 @@ def test_brand_touches_are_exposure_not_activity() -> None:
     assert b["furthest_stage"] == "other" and b["current_stage"] == "other"
     assert b["active_days_90d"] == 0 and np.isnan(b["share_web"])
     assert pd.isna(b["preferred_channel"])
+
+
+def test_a_single_purchase_shows_no_repeat_rate() -> None:
+    """Hand-checked: repeat purchases per 30 days of the active span (at least 30 days)."""
+    day = datetime(2024, 6, 1, 12)
+    rows = [
+        ("once", day, "purchase", "web", 50.0, None, None),  # one purchase: no rate
+        ("regular", day, "purchase", "web", 20.0, None, None),  # 3 purchases over 60 days
+        ("regular", day + timedelta(days=30), "purchase", "web", 20.0, None, None),
+        ("regular", day + timedelta(days=60), "purchase", "web", 20.0, None, None),
+        ("burst", day, "purchase", "web", 5.0, None, None),  # 2 purchases 5 days apart
+        ("burst", day + timedelta(days=5), "purchase", "web", 5.0, None, None),
+        ("browser", day, "product_view", "web", None, "hats", None),
+    ]
+    frame = pd.DataFrame(
+        rows, columns=[*list(EVENT_SCHEMA)[:3], "channel", "amount", "category", "sentiment"]
+    )
+    frame["event_id"] = [f"e{i}" for i in range(len(frame))]
+    con = duckdb.connect()
+    make_events(con, frame)
+    got = {
+        r["client_id"]: r["purchases_per_active_month"]
+        for r in build_features(con, date(2024, 12, 31)).to_pylist()
+    }
+    assert got["once"] == 0.0 and got["browser"] == 0.0
+    assert got["regular"] == pytest.approx(30.0 * 2 / 60)
+    assert got["burst"] == pytest.approx(30.0 * 1 / 30)  # the 30-day floor

@@ -147,3 +147,30 @@ def test_a_hash_collision_drops_nothing(tmp_path, monkeypatch):
     assert report.valid == 21
     got = con.execute("SELECT event_id, client_id FROM events ORDER BY event_id").fetchall()
     assert got == [*sorted((f"u{k}", "c1") for k in range(20)), ("y", "c0")]
+
+
+def test_placeholder_client_ids_are_quarantined_not_merged_into_one_client(tmp_path):
+    ids = ["nan", "NULL", " None ", "Unknown", "n/a", "7", "1111", "nana", "c-42", "guest"]
+    rows = [{"client_id": c, "event_id": f"e{i}"} for i, c in enumerate(ids)]
+    con = duckdb.connect()
+    report = load_events(con, _parquet(tmp_path / "e.parquet", rows), now=NOW)
+
+    kept = {r[0] for r in con.execute("SELECT client_id FROM events").fetchall()}
+    assert kept == {"7", "1111", "nana", "c-42"}
+    quarantined = con.execute(
+        "SELECT reason, client_id FROM quarantine ORDER BY client_id"
+    ).fetchall()
+    assert {reason for reason, _ in quarantined} == {"missing_client_id"}
+    # the raw value is kept, so the export that lost its ids can be found
+    assert sorted(c for _, c in quarantined) == sorted(
+        [" None ", "NULL", "Unknown", "guest", "n/a", "nan"]
+    )
+    assert report.by_reason == {"missing_client_id": 6}
+
+
+def test_the_placeholders_are_the_configured_ones(tmp_path):
+    rows = [{"client_id": c, "event_id": c} for c in ("nan", "0", "x1")]
+    con = duckdb.connect()
+    load_events(con, _parquet(tmp_path / "e.parquet", rows), now=NOW, placeholders=("0",))
+    kept = sorted(r[0] for r in con.execute("SELECT client_id FROM events").fetchall())
+    assert kept == ["nan", "x1"]

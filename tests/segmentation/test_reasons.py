@@ -199,9 +199,9 @@ def test_cluster_reasons_pick_the_features_the_client_shares_with_its_segment() 
     assert list(reasons) == [
         # store: (0.82 - 0.12) / 0.1 = 7 scale units toward a shift of 3 -> fully shared (3);
         # purchases: 2.25 toward 1.5 -> 1.5; recency: the segment's shift 0.2 is too small
-        "share of store activity: 82% (typical 12%); 1.4 purchases per active month (typical 0.50)",
+        "share of store activity: 82% (typical 12%); 1.4 repeat purchases per active month (typical 0.50)",
         # store: 0.8 units, under half the segment's shift; purchases: 1.75 -> said
-        "1.2 purchases per active month (typical 0.50)",
+        "1.2 repeat purchases per active month (typical 0.50)",
         NO_TRAIT,
         None,
         None,

@@ -47,7 +47,7 @@ def said(name: str, value: object, as_of: date | None = None) -> str:
         ("avg_order_value", 7.5, None, "average order value: 7.50"),
         ("avg_order_value", None, None, "no order yet"),
         ("tickets_per_purchase", 0.5, None, "0.50 support tickets per purchase"),
-        ("purchases_per_active_month", 1.5, None, "1.5 purchases per active month"),
+        ("purchases_per_active_month", 1.5, None, "1.5 repeat purchases per active month"),
         ("sentiment_mean", -0.4, None, "average sentiment (-1 to 1): -0.40"),
         ("sentiment_90d", np.nan, None, "no sentiment score in the last 90 days"),
         ("has_purchased", 1, None, "has purchased: yes"),
