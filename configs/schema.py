@@ -343,7 +343,8 @@ class IdentityConfig(_Section):
         default_factory=lambda: dict(DEFAULT_MAX_LINKS),
         description="identifier type -> the most distinct identifiers of that type one"
         " identifier may be linked to; beyond it the identifier is quarantined as"
-        " identifier_over_linked (keys not given keep their default)",
+        " identifier_over_linked (keys not given keep their default). A known client_id is"
+        " not limited by its anonymous ids (sessions and cookies grow with activity)",
     )
     merge_known_clients: bool = Field(
         False,

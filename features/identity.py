@@ -221,6 +221,9 @@ def stitch_events(
     return Stitching(as_of, identity_map, merges, quarantined_ids, moved, summary)
 
 
+_ANONYMOUS = ID_TYPES.index("anonymous_id")
+
+
 def resolve_graph(
     graph: Graph, cutoff_us: int, max_links: np.ndarray, merge_known_clients: bool = False
 ) -> Resolution:
@@ -253,6 +256,11 @@ def resolve_graph(
     over = counts > max_links[None, :]
     if merge_known_clients:  # then a client-to-client path merges anyway: no client limit
         over[:, 0] = False
+    # A known client's anonymous ids (cookies, sessions) grow with its activity: a heavy
+    # user logged in over 20,000 sessions is one person, not a shared identifier. Limiting
+    # them shut the busiest clients out and split their events into one anonymous person per
+    # session. Their devices, emails and phones stay limited (a test or staff account).
+    over[graph.node_type == 0, _ANONYMOUS] = False
     status[present & over.any(axis=1)] = OVER_LINKED
     # For a quarantined node: the type whose limit it passes most, and its count.
     worst_type = np.zeros(n, dtype=np.int8)

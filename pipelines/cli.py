@@ -388,12 +388,21 @@ def _validate(args: argparse.Namespace) -> int:
     import duckdb
 
     from features.events import check_bad_share, load_configured_events
+    from features.identity import needs_stitching, stitch_events
+    from pipelines.steps import stitched_report
     from segmentation.rules import load_rules
 
     config = _config(args)
     load_rules(config.config_file(config.rules.file))  # a config's rules fail here, not at night
     con = duckdb.connect()
     report = load_configured_events(con, config, args.events)
+    if needs_stitching(con, config.links_path):
+        # what a run would quarantine too: events left without a usable identifier once the
+        # identifiers are judged (placeholders, over-linked), as of the newest valid event
+        newest = con.execute("SELECT max(event_time)::DATE FROM events").fetchall()[0][0]
+        if newest is not None:
+            stitching = stitch_events(con, newest, config.identity, links_path=config.links_path)
+            report = stitched_report(report, stitching)
     summary: dict[str, Any] = dict(report.to_dict())
     if args.samples > 0 and report.quarantined:
         summary["samples"] = _quarantine_samples(con, args.samples)
@@ -422,8 +431,7 @@ def _features(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from features.build import build_features
-    from features.events import check_bad_share, load_configured_events
-    from features.identity import needs_stitching, stitch_events
+    from pipelines import steps
     from pipelines.scratch import events_connection
 
     config = _config(args)
@@ -432,10 +440,10 @@ def _features(args: argparse.Namespace) -> int:
         table = _features_on_dask(config, args.events, args.as_of)
     else:
         with events_connection(config) as con:
-            report = load_configured_events(con, config, args.events)
-            check_bad_share(report, config.events.max_bad_share)
-            if needs_stitching(con, config.links_path):  # features of persons, not identifiers
-                stitch_events(con, args.as_of, config.identity, links_path=config.links_path)
+            # features of persons, not identifiers; the bad share counts the events that
+            # stitching leaves without a usable identifier, as in a run
+            events = steps.read_events(con, config, args.events)
+            steps.stitch_identities(con, config, args.as_of, events)
             table = build_features(con, args.as_of, config.features, shards=config.features.shards)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

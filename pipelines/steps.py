@@ -247,19 +247,25 @@ def stitch_identities(
         previous_as_of=previous_as_of,
         merged_before=merged_before,
     )
+    report = stitched_report(events.report, stitching)
+    check_bad_share(report, config.events.max_bad_share)
+    return EventsRead(report, con.execute("SELECT * FROM quarantine").df(), stitching)
+
+
+def stitched_report(report: ValidationReport, stitching: Stitching) -> ValidationReport:
+    """The validation counts once stitching has quarantined the events left without a usable
+    identifier (and counted the identifier values it ignored)."""
     moved = stitching.events_quarantined
-    by_reason = dict(events.report.by_reason)
+    by_reason = dict(report.by_reason)
     for reason, n in moved.items():
         by_reason[reason] = by_reason.get(reason, 0) + n
-    report = dataclasses.replace(
-        events.report,
-        valid=events.report.valid - sum(moved.values()),
-        quarantined=events.report.quarantined + sum(moved.values()),
+    return dataclasses.replace(
+        report,
+        valid=report.valid - sum(moved.values()),
+        quarantined=report.quarantined + sum(moved.values()),
         by_reason=dict(sorted(by_reason.items())),
         ignored_identifiers=stitching.summary.get("ignored_identifiers", {}),
     )
-    check_bad_share(report, config.events.max_bad_share)
-    return EventsRead(report, con.execute("SELECT * FROM quarantine").df(), stitching)
 
 
 def compute_features(

@@ -287,6 +287,26 @@ def test_over_linking_limit_is_a_count_of_distinct_identifiers_per_type(tmp_path
     assert past.quarantined_identifiers["detail"].iloc[0] == "linked to 4 anonymous_id (limit 3)"
 
 
+def test_a_known_client_with_many_sessions_stays_one_person(tmp_path):
+    # a heavy user's sessions as anonymous ids: past the anonymous_id limit, still one person
+    rows = [
+        (f"2025-01-{d:02d} 10:00", "page_view", "C1", f"session{d}", None, None)
+        for d in range(1, 6)
+    ]
+    rows.append(("2025-01-06 10:00", "page_view", None, "cookie9", None, "shared_mail"))
+    rows += [
+        (f"2025-01-{d:02d} 11:00", "page_view", None, f"cookie{d}", None, "shared_mail")
+        for d in range(1, 5)
+    ]
+    con, _ = _load(tmp_path, rows)
+    stitching = _stitch(con, identity=IdentityConfig(max_links={"anonymous_id": 3}))
+    persons = _persons(stitching)
+    assert {persons[f"anonymous_id:session{d}"] for d in range(1, 6)} == {persons["client_id:C1"]}
+    # an identifier that is not a known client is still limited
+    assert list(stitching.quarantined_identifiers["id_value"]) == ["shared_mail"]
+    assert stitching.events_quarantined == {}
+
+
 def test_merged_ids_never_come_back(tmp_path):
     rows = [("2025-01-02 10:00", "page_view", None, "cookie1", "device1", None)]
     con, _ = _load(tmp_path, rows)

@@ -198,3 +198,30 @@ def test_the_error_line_masks_url_passwords(monkeypatch, capsys, url):
     assert main(["validate", "--events", "x.csv"]) == 1
     err = capsys.readouterr().err
     assert "s3cr" not in err and "t-PW" not in err and "***" in err
+
+
+def test_validate_and_features_count_what_stitching_quarantines(tmp_path, capsys):
+    # two rows whose client_id is a placeholder and that have no other identifier: a run
+    # quarantines them as no_identifier, so validate and features must count them too
+    path = tmp_path / "e.csv"
+    path.write_text(
+        "client_id,anonymous_id,event_time,event_type,amount\n"
+        "a,,2024-01-01,purchase,5\n"
+        "b,ck1,2024-01-02,purchase,7\n"
+        "nan,,2024-01-03,page_view,\n"
+        "NULL,,2024-01-04,page_view,\n"
+    )
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text("events:\n  max_bad_share: 0.6\n")
+    assert main(["validate", "--events", str(path), "--config", str(lenient)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] == 2 and report["by_reason"] == {"no_identifier": 2}
+    assert report["ignored_identifiers"] == {"client_id:placeholder": 2}
+
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(f"workdir: {tmp_path / 'work'}\nevents:\n  max_bad_share: 0.2\n")
+    out = tmp_path / "f.parquet"
+    args = ["--events", str(path), "--as-of", "2024-01-31", "--out", str(out)]
+    assert main(["features", *args, "--config", str(strict)]) != 0
+    assert "no_identifier=2" in capsys.readouterr().err
+    assert not out.exists()
