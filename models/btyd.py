@@ -537,6 +537,65 @@ class GammaGammaModel(BaseEstimator):
         return wgt * self.population_mean_ + (1.0 - wgt) * mv
 
 
+class MeanSpendModel(BaseEstimator):
+    """The spend model when Gamma-Gamma cannot be fitted: every client is expected to spend
+    the population's mean spend per repeat purchase (NaN when no client has any spend, e.g.
+    events without amounts: the value is then unknown, not zero).
+
+    What `CltvModel` falls back to, so that alive-ness and expected purchases (BG/NBD) are
+    still scored when spend cannot be modelled: fewer than 2 repeat buyers with spend, or a
+    fit whose mean spend is not finite. Same interface as `GammaGammaModel`.
+
+    Attributes
+    ----------
+    population_mean_ : float
+        Mean spend per repeat purchase over the repeat buyers with spend (weighted), or NaN.
+    params_ : dict of str to float
+        {"mean_spend": population_mean_}.
+    log_likelihood_ : float
+        NaN (no likelihood).
+    n_clients_ : float
+        Total weight of the repeat buyers with spend.
+    reason_ : str
+        Why Gamma-Gamma was not used.
+    """
+
+    def __init__(self, reason: str = ""):
+        self.reason = reason
+
+    def fit(
+        self,
+        frequency: ArrayLike,
+        monetary_value: ArrayLike,
+        weights: ArrayLike | None = None,
+    ) -> MeanSpendModel:
+        """The weighted mean of monetary_value over the rows with frequency > 0 and
+        monetary_value > 0."""
+        x = np.asarray(frequency, dtype=float).ravel()
+        mv = np.asarray(monetary_value, dtype=float).ravel()
+        w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float).ravel()
+        keep = (x > 0) & (mv > 0) & (w > 0) & np.isfinite(mv)
+        self.n_clients_ = float(w[keep].sum())
+        self.population_mean_ = (
+            float(np.average(mv[keep], weights=w[keep])) if keep.any() else float("nan")
+        )
+        self.log_likelihood_ = float("nan")
+        self.reason_ = self.reason
+        return self
+
+    @property
+    def params_(self) -> dict[str, float]:
+        check_is_fitted(self, "population_mean_")
+        return {"mean_spend": self.population_mean_}
+
+    def conditional_expected_average_value(
+        self, frequency: ArrayLike, monetary_value: ArrayLike
+    ) -> np.ndarray:
+        """The population mean for every client."""
+        check_is_fitted(self, "population_mean_")
+        return np.full(np.asarray(frequency, dtype=float).size, self.population_mean_)
+
+
 def _gg_data(x: np.ndarray, m: np.ndarray, w: np.ndarray) -> _GgData:
     """Per-row arrays and the parameter-free sums of the Gamma-Gamma likelihood."""
     xs, xi = np.unique(x, return_inverse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
@@ -9,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from configs import CltvConfig
 from configs.schema import validate_parameters
-from models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel
+from models.btyd import BetaGeoModel, ConvergenceError, GammaGammaModel, MeanSpendModel
 
 __all__ = ["BTYD_COLUMNS", "PREDICTION_COLUMNS", "SCORE_COLUMNS", "CltvModel", "ConvergenceError"]
 
@@ -25,6 +27,7 @@ SCORE_COLUMNS = (
     "model_version",
 )
 DAYS_PER_MONTH = 365.25 / 12
+log = logging.getLogger(__name__)
 
 
 class CltvModel(BaseEstimator):
@@ -52,8 +55,11 @@ class CltvModel(BaseEstimator):
     ----------
     bgnbd_ : BetaGeoModel
         The BG/NBD fit; alpha in days.
-    gamma_gamma_ : GammaGammaModel
-        The Gamma-Gamma fit; v in the money unit of the input.
+    gamma_gamma_ : GammaGammaModel or MeanSpendModel
+        The Gamma-Gamma fit (v in the money unit of the input); when it cannot be fitted
+        (fewer than 2 repeat buyers with spend, or q <= 1), the population's mean spend
+        per repeat purchase (`models.btyd.MeanSpendModel`; NaN without any spend, so CLTV
+        is unknown while p_alive and expected purchases are still scored).
     params_ : dict of str to float
         r, alpha, a, b (BG/NBD) and p, q, v (Gamma-Gamma).
     n_clients_ : int
@@ -119,12 +125,19 @@ class CltvModel(BaseEstimator):
         InvalidParameterError
             A parameter breaks its constraint (`configs.CltvConfig`).
         ConvergenceError
-            Either fit has no valid optimum; a model fitted before keeps its previous fit.
+            BG/NBD has no valid optimum; a model fitted before keeps its previous fit.
         """
         self._validate_params()
         x, tx, T, mv = _btyd_arrays(X)
         bgnbd = BetaGeoModel(penalizer=self.penalizer).fit(x, tx, T)
-        gamma_gamma = GammaGammaModel(penalizer=self.penalizer).fit(x, mv)
+        gamma_gamma: GammaGammaModel | MeanSpendModel
+        try:
+            gamma_gamma = GammaGammaModel(penalizer=self.penalizer).fit(x, mv)
+        except ConvergenceError as exc:
+            # alive-ness and purchases are still worth scoring: spend falls back to the mean
+            # (unknown, NaN, without any spend: events without amounts)
+            log.warning("CLTV: Gamma-Gamma not used (%s); spend is the population mean", exc)
+            gamma_gamma = MeanSpendModel(reason=str(exc)).fit(x, mv)
         self.bgnbd_, self.gamma_gamma_ = bgnbd, gamma_gamma
         self.n_clients_ = len(X)
         self.params_ = {**bgnbd.params_, **gamma_gamma.params_}

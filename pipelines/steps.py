@@ -404,7 +404,8 @@ def fit_cltv(
     `window_clients` clients, a sample large enough for the figures, and the purchase log
     read into memory stays bounded whatever the number of clients.
 
-    Raises ConvergenceError when either fit fails, so the caller keeps the previous model.
+    Raises ConvergenceError when BG/NBD cannot be fitted, so the caller keeps the previous
+    model (Gamma-Gamma falls back to the mean spend: `CltvModel`).
     """
     from features.build import purchase_log
 
@@ -420,7 +421,11 @@ def fit_cltv(
             log.warning("CLTV backtest did not converge: %s", exc)
             metrics = {"backtest_failed": 1.0}
     model.fit(btyd)
-    choice = select_learned_models(con, as_of, purchases, config, clients=len(btyd))
+    choice = None
+    if np.isfinite(model.gamma_gamma_.population_mean_):
+        choice = select_learned_models(con, as_of, purchases, config, clients=len(btyd))
+    else:  # no amounts to learn a value from: BG/NBD's alive-ness and purchases only
+        log.warning("CLTV: no client has any spend; CLTV is unknown, no learned models")
     if choice is not None:
         metrics.update(selection_metrics(choice, config.cltv.holdout_days))
     return CltvBundle(

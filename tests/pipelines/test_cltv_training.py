@@ -174,3 +174,40 @@ def test_with_many_clients_the_backtest_and_windows_read_one_partition(generated
     assert bundle.choice is not None
     again = steps.select_learned_models(con, AS_OF, whole, config, clients=len(btyd))
     assert again is not None and again.metrics == bundle.choice.metrics
+
+
+def test_events_without_amounts_still_get_alive_and_purchases(generated, tmp_path):
+    # a click log with purchases but no amounts: spend cannot be modelled, alive-ness can
+    events = pd.read_parquet(generated).drop(columns=["amount"])
+    events.to_parquet(tmp_path / "no_amounts.parquet")
+    con = _connection(tmp_path / "no_amounts.parquet", before=AS_OF)
+    features = steps.compute_features(con, AS_OF, CONFIG)
+    bundle = steps.fit_cltv(con, AS_OF, steps.btyd_inputs(features), CONFIG)
+    assert np.isnan(bundle.model.gamma_gamma_.population_mean_)
+    assert bundle.choice is None  # nothing to learn a value from
+    scores = steps.score_clients(bundle, features, CONFIG, "1")
+    buyers = scores[scores["cltv_model"] == "btyd"]
+    assert len(buyers) and buyers["p_alive"].between(0, 1).all()
+    assert (buyers["expected_purchases"] >= 0).all()
+    # the value is unknown, not zero: no client is ranked as worth more than another
+    assert scores["predicted_cltv"].isna().all() and scores["cltv_percentile"].isna().all()
+
+
+def test_one_repeat_buyer_with_spend_gives_the_mean_spend(tmp_path):
+    from models.btyd import MeanSpendModel
+    from models.cltv import CltvModel
+
+    btyd = pd.DataFrame(
+        {
+            "frequency": [3.0, 0.0, 2.0, 0.0, 1.0],
+            "recency": [80.0, 0.0, 50.0, 0.0, 20.0],
+            "T": [100.0, 90.0, 95.0, 30.0, 60.0],
+            "monetary_value": [40.0, 0.0, 0.0, 0.0, 0.0],  # one repeat buyer with spend
+        }
+    )
+    model = CltvModel().fit(btyd)
+    assert isinstance(model.gamma_gamma_, MeanSpendModel)
+    assert "at least 2 repeat buyers" in model.gamma_gamma_.reason_
+    predicted = model.predict(btyd)
+    assert (predicted["expected_avg_value"] == 40.0).all()
+    assert np.isfinite(predicted["predicted_cltv"]).all()
