@@ -11,6 +11,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
@@ -62,6 +63,10 @@ class ExtraEventType(_Section):
     )
 
 
+# The directives DuckDB's strptime reads (its documentation, "Format Specifiers").
+_STRPTIME_DIRECTIVES = "aAwdbBmyYHIpMSfnzZjUWcxXgGVu"
+
+
 class EventsConfig(_Section):
     path: str = "{workdir}/events"
     future_tolerance_hours: float = Field(24.0, ge=0)
@@ -106,6 +111,26 @@ class EventsConfig(_Section):
     time_zone: str = Field(
         "UTC", description="the zone of naive event times (no offset), converted to UTC"
     )
+    time_formats: tuple[str, ...] = Field(
+        (),
+        description="strptime formats of text or integer event times the ISO reader does not"
+        " know, tried in order (CDNOW: ['%Y%m%d']; Online Retail: ['%m/%d/%Y %H:%M']);"
+        " %z reads an offset, other times are naive in time_zone",
+    )
+
+    @field_validator("time_formats")
+    @classmethod
+    def _readable_formats(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for fmt in value:
+            directives = re.findall(r"%-?(.)", fmt.replace("%%", ""))
+            if not directives:
+                raise ValueError(f"{fmt!r} has no strptime directive such as %Y or %d")
+            unknown = sorted(set(directives) - set(_STRPTIME_DIRECTIVES))
+            if unknown:
+                raise ValueError(
+                    f"{fmt!r}: unknown directive(s) {', '.join('%' + d for d in unknown)}"
+                )
+        return value
 
     @field_validator("time_zone")
     @classmethod

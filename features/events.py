@@ -297,6 +297,7 @@ def load_events(
     time_zone: str = "UTC",
     lenient_columns: frozenset[str] = frozenset(),
     placeholders: Sequence[str] = DEFAULT_PLACEHOLDERS,
+    time_formats: Sequence[str] = (),
 ) -> ValidationReport:
     """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
 
@@ -347,6 +348,10 @@ def load_events(
         unparseable. An epoch time out of range is quarantined as unparseable_event_time.
     time_zone : str, default "UTC"
         The zone of naive event times (no offset), converted to UTC.
+    time_formats : sequence of str
+        strptime formats of text (or integer) event times the ISO reader does not know
+        (CDNOW's ``%Y%m%d``, ``%m/%d/%Y %H:%M``), tried in order before it; a format with
+        ``%z`` reads the offset, the others read naive times in `time_zone`.
     lenient_columns : frozenset of str
         Contract columns of `column_map` that may be absent (a preset's optional columns):
         they are then read as missing instead of failing.
@@ -396,7 +401,7 @@ def load_events(
             events_table,
             quarantine_table,
             type_aliases,
-            (epoch_unit, time_zone),
+            (epoch_unit, time_zone, tuple(time_formats)),
         )
     except duckdb.Error as exc:
         raise _read_error(con, kind, files, columns, path, exc) from exc
@@ -764,7 +769,7 @@ def _create_tables(
     events_table: str,
     quarantine_table: str,
     aliases: Mapping[str, str] | None = None,
-    times: tuple[str | None, str] = (None, "UTC"),
+    times: tuple[str | None, str, tuple[str, ...]] = (None, "UTC", ()),
 ) -> None:
     """One typed pass over the input into `events_table`, the rejected rows moved from there
     into `quarantine_table`, then the malformed lines appended to the quarantine. `scans` is
@@ -946,6 +951,7 @@ def load_configured_events(
         epoch_unit=mapping.epoch_unit,
         time_zone=config.events.time_zone,
         lenient_columns=mapping.lenient,
+        time_formats=config.events.time_formats,
         placeholders=config.identity.placeholders,
     )
 
@@ -1006,10 +1012,23 @@ def check_bad_share(report: ValidationReport, max_bad_share: float) -> None:
     """Fail with a clear message when the share of quarantined rows passes the threshold."""
     if report.rows and report.bad_share > max_bad_share:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.by_reason.items()))
+        top = max(report.by_reason.items(), key=lambda item: item[1], default=("", 0))[0]
+        hint = _BAD_SHARE_HINTS.get(top, "")
         raise BadInputError(
             f"{report.quarantined} of {report.rows} event rows ({report.bad_share:.1%}) are bad,"
-            f" above the allowed {max_bad_share:.1%} ({reasons})"
+            f" above the allowed {max_bad_share:.1%} ({reasons}){hint}"
         )
+
+
+# What to look at when one reason dominates the bad rows (the setting that usually fixes it).
+_BAD_SHARE_HINTS = {
+    "unparseable_event_time": "; if the times are in a format of their own, set"
+    " events.time_formats (e.g. ['%Y%m%d'] or ['%m/%d/%Y %H:%M']), or events.epoch_unit for"
+    " integer epochs",
+    "implausible_event_time": "; events before events.earliest_event_time are implausible:"
+    " lower it for older history",
+    "negative_amount": "; refunds go as their own event type with a positive amount",
+}
 
 
 def day_end(as_of: date) -> datetime:
@@ -1139,7 +1158,7 @@ def _typed_sql(
     reader: str,
     keep_source: bool = False,
     aliases: Mapping[str, str] | None = None,
-    times: tuple[str | None, str] = (None, "UTC"),
+    times: tuple[str | None, str, tuple[str, ...]] = (None, "UTC", ()),
 ) -> str:
     """Every contract column parsed to its type (NULL when absent or unparseable); event types
     renamed by `aliases` (source name, trimmed and lower-cased -> taxonomy type)."""
@@ -1218,7 +1237,10 @@ _OFFSET = r"([zZ]|[+-]\d\d(:?\d\d)?)$"
 
 
 def _timestamp(
-    columns: dict[str, tuple[str, str]], epoch_unit: str | None = None, time_zone: str = "UTC"
+    columns: dict[str, tuple[str, str]],
+    epoch_unit: str | None = None,
+    time_zone: str = "UTC",
+    formats: tuple[str, ...] = (),
 ) -> str:
     """event_time as naive UTC: zoned times converted, naive ones read in `time_zone`,
     integers (and integer text) as epoch times in `epoch_unit` when one is given. A value that
@@ -1248,6 +1270,15 @@ def _timestamp(
                 f"CASE WHEN regexp_full_match({text}, '-?[0-9]+')"
                 f" THEN try(make_timestamp({number})) ELSE {expr} END"
             )
+        # the configured formats first, in order (`try_strptime` gives NULL, not an error,
+        # for a value no format fits); then the readers above
+        for fmt in reversed(formats):
+            parsed = f"try_strptime({text}, {_sql_text(fmt)})"
+            if "%z" in fmt or "%Z" in fmt:
+                parsed = f"timezone('UTC', {parsed})"
+            elif not utc:
+                parsed = f"timezone('UTC', timezone({zone}, {parsed}))"
+            expr = f"coalesce({parsed}, {expr})"
     return f"{expr} AS event_time"
 
 

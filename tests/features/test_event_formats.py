@@ -548,3 +548,60 @@ def test_json_keys_first_seen_after_the_sampled_lines_are_read(
     )
     with pytest.raises(EventContractError, match="props_missing"):
         load_events(duckdb.connect(), file, now=NOW, column_map={"category": "props_missing.x"})
+
+
+def test_time_formats_read_times_in_formats_of_their_own(tmp_path: Path) -> None:
+    # CDNOW's yyyymmdd (as text, and as an integer column), Online Retail's m/d/Y H:M, and
+    # an offset read by %z; an ISO time still parses; a value no format fits is quarantined
+    text = tmp_path / "text.csv"
+    text.write_text(
+        "client_id,event_time,event_type\n"
+        "a,19970101,purchase\n"
+        "b,1/2/2023 15:16,purchase\n"
+        "c,2023-01-03 10:00 +0200,purchase\n"
+        "d,2023-01-04T00:00:00,purchase\n"
+        "e,31.12.2023,purchase\n"
+    )
+    formats = ["%Y%m%d", "%m/%d/%Y %H:%M", "%Y-%m-%d %H:%M %z"]
+    old = {"earliest_event_time": "1990-01-01"}  # CDNOW is from 1997
+    rows, report = _configured(text, {"time_formats": formats, **old}, tmp_path)
+    times = {r[0]: r[1] for r in rows}
+    assert times == {
+        "a": datetime(1997, 1, 1),
+        "b": datetime(2023, 1, 2, 15, 16),
+        "c": datetime(2023, 1, 3, 8, 0),
+        "d": datetime(2023, 1, 4),
+    }
+    assert report["by_reason"] == {"unparseable_event_time": 1}
+
+    integers = tmp_path / "int.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "client_id": ["a"],
+                "event_time": pa.array([19970101], pa.int64()),
+                "event_type": ["purchase"],
+            }
+        ),
+        integers,
+    )
+    rows, _ = _configured(integers, {"time_formats": ["%Y%m%d"], **old}, tmp_path)
+    assert rows[0][1] == datetime(1997, 1, 1)
+    # naive formatted times are read in the configured zone, like any naive time
+    rows, _ = _configured(
+        integers, {"time_formats": ["%Y%m%d"], "time_zone": "America/New_York", **old}, tmp_path
+    )
+    assert rows[0][1] == datetime(1997, 1, 1, 5, 0)
+
+
+def test_a_bad_share_of_unreadable_times_names_the_setting(tmp_path: Path) -> None:
+    from features.events import BadInputError, check_bad_share
+
+    text = tmp_path / "cdnow.csv"
+    text.write_text("client_id,event_time,event_type\na,19970101,purchase\nb,19970102,purchase\n")
+    con = duckdb.connect()
+    report = load_events(con, text, now=NOW)
+    with pytest.raises(BadInputError, match=r"events\.time_formats"):
+        check_bad_share(report, 0.05)
+    with pytest.raises(ConfigError, match="unknown directive"):
+        config_from_mapping({"events": {"time_formats": ["%Q"]}})
