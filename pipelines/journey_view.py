@@ -96,14 +96,16 @@ def journey_text(tables: JourneyTables, segment_id: str = ALL, *, width: int = 1
 
 
 def dropoff_sentence(point: pd.Series) -> str:
-    """'checkout_start (app), purchase stage: 120 clients stalled here (38% of those who got
-    there; 95% interval 33-43%).'"""
+    """'checkout_start (app), purchase stage: 120 clients stalled here (38% of those who
+    stalled here or went on from it; 95% interval 33-43%).' The share leaves out the clients
+    still in progress there (neither stalled nor gone on): where the touchpoint is always a
+    client's latest (a purchase-only log), it is every decided client."""
     where = f"{_touchpoint(point)}, {point['stage']} stage"
     lost = f"{_int(point['clients'])} clients stalled here"
     if _missing(point.get("effect")):
         return f"{where}: {lost} ({point.get('note') or 'too few clients'} for a rate)."
     return (
-        f"{where}: {lost} ({_pct(point['effect'])} of those who got there;"
+        f"{where}: {lost} ({_pct(point['effect'])} of those who stalled here or went on;"
         f" interval {_pct(point['effect_low'])}-{_pct(point['effect_high'])})."
     )
 

@@ -59,8 +59,8 @@ def _tables(name: str = "Bargain <b>hunters</b>") -> JourneyTables:
 def test_sentences_carry_the_figures_and_intervals():
     drops = _tables().dropoffs
     assert dropoff_sentence(drops.iloc[0]) == (
-        "checkout_start (app), purchase stage: 40 clients stalled here (29% of those who got"
-        " there; interval 22%-37%)."
+        "checkout_start (app), purchase stage: 40 clients stalled here (29% of those who"
+        " stalled here or went on; interval 22%-37%)."
     )
     assert cause_sentence(drops.iloc[1]).startswith(
         "3.0x more often after category delivery_costs (interval 2.1x-4.3x): 30 of 40 who"
