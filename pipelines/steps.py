@@ -408,10 +408,12 @@ def fit_cltv(
     model (Gamma-Gamma falls back to the mean spend: `CltvModel`).
     """
     from features.build import purchase_log
+    from features.events import scan_memory
 
     model = CltvModel.from_config(config.cltv)
     shards = window_shards(len(btyd), config)
-    purchases = purchase_log(con, as_of, shards=shards).rename(columns={"event_time": "day"})
+    with scan_memory(con):  # a partition's purchases: a small result from a scan of them all
+        purchases = purchase_log(con, as_of, shards=shards).rename(columns={"event_time": "day"})
     metrics: dict[str, float] = {}
     calibration, holdout = split_btyd(purchases, as_of, config.cltv.holdout_days)
     if (calibration["frequency"] > 0).sum() >= 20:
@@ -423,7 +425,8 @@ def fit_cltv(
     model.fit(btyd)
     choice = None
     if np.isfinite(model.gamma_gamma_.population_mean_):
-        choice = select_learned_models(con, as_of, purchases, config, clients=len(btyd))
+        with scan_memory(con):  # two windows' features for about window_clients clients
+            choice = select_learned_models(con, as_of, purchases, config, clients=len(btyd))
     else:  # no amounts to learn a value from: BG/NBD's alive-ness and purchases only
         log.warning("CLTV: no client has any spend; CLTV is unknown, no learned models")
     if choice is not None:
