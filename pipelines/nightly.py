@@ -456,6 +456,8 @@ def _compute(
         config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
+    clients, names = features.clients, features.names
+    features = features.without_rows()  # the journey map and the outcomes read the events
     journey = clock.time(
         "journey", journey_task, features, con, as_of, segmentation.membership, config
     )
@@ -477,8 +479,8 @@ def _compute(
     steps.drop_events(con)  # its last readers: the journey map and the holdout
     return _Tonight(
         events,
-        features.clients,
-        features.names,
+        clients,
+        names,
         decision,
         cltv,
         scores,
