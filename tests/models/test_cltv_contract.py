@@ -99,8 +99,19 @@ def test_a_failed_refit_leaves_the_previous_fit_whole(frame, fitted):
     model = clone(fitted).fit(frame)
     before = model.predict(frame)
     bgnbd, gamma_gamma = model.bgnbd_, model.gamma_gamma_
-    # BG/NBD fits, Gamma-Gamma cannot (no spend): neither fit replaces the previous one
-    with pytest.raises(ConvergenceError, match="Gamma-Gamma"):
-        model.fit(frame.assign(monetary_value=0.0))
+    # BG/NBD cannot fit (no repeat purchase at all): neither fit replaces the previous one
+    with pytest.raises(ConvergenceError, match="BG/NBD"):
+        model.fit(frame.assign(frequency=0.0, recency=0.0, monetary_value=0.0))
     assert model.bgnbd_ is bgnbd and model.gamma_gamma_ is gamma_gamma
     pd.testing.assert_frame_equal(model.predict(frame), before)
+
+
+def test_without_spend_the_value_is_unknown_and_alive_ness_is_still_scored(frame, fitted):
+    from models.btyd import MeanSpendModel
+
+    model = clone(fitted).fit(frame.assign(monetary_value=0.0))
+    assert isinstance(model.gamma_gamma_, MeanSpendModel)
+    predicted = model.predict(frame)
+    assert predicted["p_alive"].between(0, 1).all()
+    assert (predicted["expected_purchases"] >= 0).all()
+    assert predicted["predicted_cltv"].isna().all()
