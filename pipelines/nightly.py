@@ -456,8 +456,6 @@ def _compute(
         config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
-    clients, names = features.clients, features.names
-    features = features.without_rows()  # the journey map and the outcomes read the events
     journey = clock.time(
         "journey", journey_task, features, con, as_of, segmentation.membership, config
     )
@@ -479,8 +477,8 @@ def _compute(
     steps.drop_events(con)  # its last readers: the journey map and the holdout
     return _Tonight(
         events,
-        clients,
-        names,
+        features.clients,
+        features.names,
         decision,
         cltv,
         scores,

@@ -1,8 +1,7 @@
 """Tonight's feature rows as the nightly's later steps use them: in this process, or kept by
 the Dask shards so that only samples, sums and per-client results reach the driver.
 
-The nightly asks its features for eight things (and, once the segments are assigned, to let go of
-its rows): how many clients and which features, the
+The nightly asks its features for eight things: how many clients and which features, the
 BTYD inputs, how the champion clustering fits them, the rows a cluster refit is fitted on,
 the CLTV scores, the segment memberships, the journey map and the members' outcomes since
 entry (the holdout comparison). `InMemoryFeatures` answers from the feature frame (and the
@@ -95,20 +94,12 @@ class FeatureRows(Protocol):
         self, con: duckdb.DuckDBPyConnection, config: EngineConfig
     ) -> Callable[[pd.DataFrame, date], pd.DataFrame]: ...
 
-    def without_rows(self) -> FeatureRows: ...
-
 
 @dataclass(frozen=True)
 class InMemoryFeatures:
     """The feature frame in this process (`steps.compute_features`)."""
 
     frame: pd.DataFrame
-
-    def without_rows(self) -> InMemoryFeatures:
-        """What the steps after the assignment need: the journey map and the outcomes read
-        the events, not the rows. Dropping the frame before the journey map's scans frees its
-        memory for DuckDB (2.4 GB at 2.26M clients, where the map set the run's peak)."""
-        return InMemoryFeatures(self.frame.iloc[:0])
 
     @property
     def clients(self) -> int:
@@ -328,10 +319,6 @@ class ShardedFeatures:
             for k, ids in enumerate(self.kept.shard_ids)
         ]
         return gather_by_shard(self.client, futures, step)
-
-    def without_rows(self) -> ShardedFeatures:
-        """The rows stay on the shards: nothing to drop here."""
-        return self
 
     def rows(self, client_ids: Sequence[str] | np.ndarray) -> pd.DataFrame:
         """The feature rows of these clients, in this order, with the one-process types."""
