@@ -29,6 +29,7 @@ what the store holds; an id merged before (`merged_before`) never comes back.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 
 from configs import CONTRACT_COLUMNS, ID_TYPES, IdentityConfig
-from features.events import EVENT_SCHEMA, EventContractError, day_end
+from features.events import EVENT_SCHEMA, EventContractError, ValidationReport, day_end
 from features.identifiers import IdentifierRules, ignored_reason_sql, normalized_sql
 
 __all__ = [
@@ -1008,3 +1009,19 @@ def _stopwatch(seconds: dict[str, float]) -> Callable[[str], None]:
         last[0] = now
 
     return mark
+
+
+def stitched_report(report: ValidationReport, stitching: Stitching) -> ValidationReport:
+    """The validation counts once stitching has quarantined the events left without a usable
+    identifier (and counted the identifier values it ignored)."""
+    moved = stitching.events_quarantined
+    by_reason = dict(report.by_reason)
+    for reason, n in moved.items():
+        by_reason[reason] = by_reason.get(reason, 0) + n
+    return dataclasses.replace(
+        report,
+        valid=report.valid - sum(moved.values()),
+        quarantined=report.quarantined + sum(moved.values()),
+        by_reason=dict(sorted(by_reason.items())),
+        ignored_identifiers=stitching.summary.get("ignored_identifiers", {}),
+    )

@@ -388,8 +388,7 @@ def _validate(args: argparse.Namespace) -> int:
     import duckdb
 
     from features.events import check_bad_share, load_configured_events
-    from features.identity import needs_stitching, stitch_events
-    from pipelines.steps import stitched_report
+    from features.identity import needs_stitching, stitch_events, stitched_report
     from segmentation.rules import load_rules
 
     config = _config(args)

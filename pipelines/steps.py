@@ -10,7 +10,6 @@ steps take data and config and return data (frames and dataclasses); where they 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -234,7 +233,7 @@ def stitch_identities(
     """Stitch the events' identifiers into persons as of `as_of` (`features.identity`) when
     they carry any besides client_id or a links file is configured; fail above the bad share
     once the events left without a usable identifier are counted."""
-    from features.identity import needs_stitching, stitch_events
+    from features.identity import needs_stitching, stitch_events, stitched_report
 
     links = config.links_path
     if not needs_stitching(con, links):
@@ -250,22 +249,6 @@ def stitch_identities(
     report = stitched_report(events.report, stitching)
     check_bad_share(report, config.events.max_bad_share)
     return EventsRead(report, con.execute("SELECT * FROM quarantine").df(), stitching)
-
-
-def stitched_report(report: ValidationReport, stitching: Stitching) -> ValidationReport:
-    """The validation counts once stitching has quarantined the events left without a usable
-    identifier (and counted the identifier values it ignored)."""
-    moved = stitching.events_quarantined
-    by_reason = dict(report.by_reason)
-    for reason, n in moved.items():
-        by_reason[reason] = by_reason.get(reason, 0) + n
-    return dataclasses.replace(
-        report,
-        valid=report.valid - sum(moved.values()),
-        quarantined=report.quarantined + sum(moved.values()),
-        by_reason=dict(sorted(by_reason.items())),
-        ignored_identifiers=stitching.summary.get("ignored_identifiers", {}),
-    )
 
 
 def compute_features(

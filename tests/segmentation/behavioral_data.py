@@ -161,9 +161,7 @@ def _persona_rows(par: dict, m: int, rng: np.random.Generator) -> pd.DataFrame:
         frame[f"share_{channel}"] = shares[:, j]
     # rate features (features.catalog family "rates")
     per = np.maximum(n_purchases, 1)
-    frame["purchases_per_active_month"] = (
-        30.0 * np.maximum(n_purchases - 1, 0) / np.maximum(tenure - recency, 30)
-    )
+    frame["purchases_per_active_month"] = 30.0 * n_purchases / np.maximum(tenure - recency, 30)
     frame["tickets_per_purchase"] = tickets / per
     frame["returns_per_purchase"] = frame["returns_90d"] / per
     frame["advocacy_per_purchase"] = (frame["reviews"] + frame["referrals"] + frame["shares"]) / per
