@@ -3,10 +3,14 @@ events in the same run (the floor any per-client statistic pays).
 
     python benchmarks/bench_journey.py --clients 650000          # about 20M events
     python benchmarks/bench_journey.py --data DIR                # an existing write_dataset folder
+    python benchmarks/bench_journey.py --data DIR --memory-share 4   # under a quarter of the limit
 
 Segments are the generator's personas after the shift (seven segments), standing in for the
 nightly's membership. The events are loaded through the event contract into DuckDB on disk,
-as the nightly does (`features.event_storage: disk`).
+as the nightly does (`features.event_storage: disk`). The map's memory is this process's
+peak RSS while it runs (sampled every 20 ms) above the RSS before it; `--memory-share`
+runs it under DuckDB's limit lowered to that share (`features.events.scan_memory`), as the
+nightly does.
 """
 
 from __future__ import annotations
@@ -14,14 +18,18 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from configs import load_config
-from features.events import connect_for_events, load_configured_events
+from features.events import connect_for_events, load_configured_events, scan_memory
 from features.generator import write_dataset
 from features.journey import journey_map
 
@@ -34,6 +42,9 @@ def main() -> None:
     parser.add_argument("--end", type=date.fromisoformat, default=date(2025, 9, 30))
     parser.add_argument("--data", type=Path, default=None, help="an existing data set folder")
     parser.add_argument("--repeat", type=int, default=2, help="timed repetitions of the map")
+    parser.add_argument(
+        "--memory-share", type=int, default=0, help="run the map under 1/N of DuckDB's limit"
+    )
     args = parser.parse_args()
     config = load_config()
     scratch = Path(tempfile.mkdtemp(prefix="bench-journey-"))
@@ -64,11 +75,14 @@ def main() -> None:
             " count(DISTINCT event_type), sum(sentiment) FROM events GROUP BY client_id"
         ).fetchall()
         floor.append(time.perf_counter() - started)
-    times = []
+    times, rises = [], []
     for _ in range(args.repeat):
-        started = time.perf_counter()
-        result = journey_map(con, as_of, members, config.journey)
-        times.append(time.perf_counter() - started)
+        limit = scan_memory(con, args.memory_share) if args.memory_share else nullcontext()
+        with _peak_rise() as rise, limit:
+            started = time.perf_counter()
+            result = journey_map(con, as_of, members, config.journey)
+            times.append(time.perf_counter() - started)
+        rises.append(rise[0])
     print(
         f"journey map ({config.journey.window_days}-day window, {len(set(members['segment_id']))}"
         f" segments + all): best {min(times):.1f} s of {len(times)}"
@@ -80,7 +94,34 @@ def main() -> None:
         f" {min(floor):.1f} s; the map is {min(times) / min(floor):.1f}x the floor"
     )
     print(f"clients in the window: {result.summary['clients']:,.0f}")
+    print(
+        f"map's rise of RSS (peak while it ran minus before; memory share"
+        f" {args.memory_share or 'none'}): {', '.join(f'{r:.2f}' for r in rises)} GB"
+    )
     print(f"max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+
+
+@contextmanager
+def _peak_rise() -> Iterator[list[float]]:
+    """[GB]: this process's peak RSS during the block minus its RSS before (filled at exit)."""
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out = [0.0]
+    try:
+        yield out
+    finally:
+        done.set()
+        thread.join()
+        out[0] = (max(peak[0], process.memory_info().rss) - before) / 1e9
 
 
 if __name__ == "__main__":

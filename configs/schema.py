@@ -111,6 +111,12 @@ class EventsConfig(_Section):
     time_zone: str = Field(
         "UTC", description="the zone of naive event times (no offset), converted to UTC"
     )
+    encoding: Literal["utf-8", "latin-1", "utf-16"] = Field(
+        "utf-8",
+        description="the text encoding of CSV event files (a UTF-8 BOM is ignored); latin-1"
+        " for exports from older tools and Excel in Western Europe. A line that does not"
+        " decode is quarantined as malformed_line. JSON lines are always UTF-8",
+    )
     time_formats: tuple[str, ...] = Field(
         (),
         description="strptime formats of text or integer event times the ISO reader does not"

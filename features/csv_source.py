@@ -3,11 +3,12 @@
 DuckDB's CSV sniffer guesses the dialect from a sample: one line starting with `#` made it
 take `#` for a comment marker (rows whose client_id starts with `#` vanished), and a malformed
 line failed the whole file (or, past the sample, failed with a raw parser error). Here nothing
-is guessed: the header is read by Python (first line, UTF-8, an optional BOM; through a
-decompressing stream for `.csv.gz` and `.csv.zst`), and DuckDB
-reads the rest with a fixed dialect (`,` delimiter, `"` quote and escape, no comment
-character, every column text) in strict mode. A line that does not parse (too many or too few
-fields, an unterminated quote, invalid UTF-8, a whitespace-only or NUL line) is stored in
+is guessed: the header is read by Python (first line, in the configured encoding: UTF-8 with
+an optional BOM, Latin-1 or UTF-16; through a decompressing stream for `.csv.gz` and
+`.csv.zst`), and DuckDB reads the rest in that encoding with a fixed dialect (`,` delimiter,
+`"` quote and escape, no comment character, every column text) in strict mode. A line that
+does not parse (too many or too few fields, an unterminated quote, bytes that do not decode,
+a whitespace-only or NUL line) is stored in
 DuckDB's rejects tables and becomes a quarantine row with reason `malformed_line` and its raw
 text; the rest of the file loads. Empty lines are skipped (they hold no row).
 """
@@ -26,6 +27,7 @@ from configs import SegmentationError
 __all__ = [
     "COMPRESSED_SUFFIXES",
     "CSV_DIALECT",
+    "CSV_ENCODINGS",
     "MALFORMED_LINE",
     "CsvHeaderError",
     "CsvSource",
@@ -38,6 +40,11 @@ CSV_DIALECT = (
     "delim = ',', quote = '\"', escape = '\"', header = true, comment = '',"
     " auto_detect = false, strict_mode = true, null_padding = false"
 )
+# The encodings DuckDB's CSV reader decodes without an extension (its name -> Python's codec
+# for the header). Windows-1252 needs DuckDB's `encodings` extension, which is downloaded:
+# Latin-1 reads it the same except for the 27 characters of 0x80-0x9F (the euro sign, curly
+# quotes), which it keeps as control characters instead of failing the line.
+CSV_ENCODINGS = {"utf-8": "utf-8-sig", "latin-1": "latin-1", "utf-16": "utf-16"}
 # Compressed files DuckDB reads by their extension (`compression = 'auto'`).
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 _HEADER_BYTES = 1 << 20  # a header line longer than 1 MiB is not a header
@@ -54,17 +61,27 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def read_header(file: str) -> tuple[str, ...]:
-    """The column names of a CSV file's first line (a UTF-8 BOM is ignored)."""
+def read_header(file: str, encoding: str = "utf-8") -> tuple[str, ...]:
+    """The column names of a CSV file's first line in `encoding` (a BOM is ignored)."""
+    if encoding not in CSV_ENCODINGS:
+        raise CsvHeaderError(f"events.encoding {encoding!r}: not one of {', '.join(CSV_ENCODINGS)}")
     try:
-        first = _first_line(file)
+        first = _first_line(file, wide=encoding == "utf-16")
     except OSError as exc:
         raise CsvHeaderError(f"events file {file}: cannot be read: {exc}") from exc
-    try:
-        text = first.decode("utf-8-sig").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
+    if encoding == "utf-16" and first.startswith(b"\xfe\xff"):
+        # DuckDB reads UTF-16 little-endian only (what Windows writes) and would read no row.
         raise CsvHeaderError(
-            f"events file {file}: the header line is not UTF-8 ({exc.reason} at byte {exc.start})"
+            f"events file {file}: UTF-16 big-endian (its byte order mark says so); only"
+            " little-endian UTF-16 is read: convert the file to UTF-8"
+        )
+    try:
+        text = first.decode(CSV_ENCODINGS[encoding]).rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        hint = "; set events.encoding (latin-1, utf-16)" if encoding == "utf-8" else ""
+        raise CsvHeaderError(
+            f"events file {file}: the header line is not {encoding.upper()}"
+            f" ({exc.reason} at byte {exc.start}){hint}"
         ) from exc
     if not text.strip():
         what = "is empty" if not first else "has an empty first line"
@@ -88,9 +105,10 @@ def read_header(file: str) -> tuple[str, ...]:
     )
 
 
-def _first_line(file: str) -> bytes:
-    """The first line of a file (its end of line kept), decompressed for `.gz` and `.zst`."""
-    if not file.lower().endswith(COMPRESSED_SUFFIXES):
+def _first_line(file: str, wide: bool = False) -> bytes:
+    """The first line of a file (its end of line kept), decompressed for `.gz` and `.zst`;
+    `wide`: UTF-16 little-endian, whose lines end in the two bytes 0A 00."""
+    if not wide and not file.lower().endswith(COMPRESSED_SUFFIXES):
         with open(file, "rb") as handle:
             return handle.readline(_HEADER_BYTES)
     import pyarrow as pa  # only for compressed files: a cheap start for the rest
@@ -100,8 +118,13 @@ def _first_line(file: str) -> bytes:
             head = stream.read(_HEADER_BYTES)
     except pa.ArrowException as exc:  # a corrupt stream
         raise OSError(str(exc)) from exc
-    end = head.find(b"\n")
-    return head if end < 0 else head[: end + 1]
+    if not wide:
+        end = head.find(b"\n")
+        return head if end < 0 else head[: end + 1]
+    for k in range(0, len(head) - 1, 2):
+        if head[k : k + 2] == b"\n\x00":
+            return head[: k + 2]
+    return head[: len(head) // 2 * 2]
 
 
 @dataclass(frozen=True)
@@ -114,14 +137,15 @@ class CsvSource:
 
     groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (header, files)
     tag: str
+    encoding: str = "utf-8"  # a key of CSV_ENCODINGS
 
     @classmethod
-    def of(cls, files: list[str]) -> CsvSource:
+    def of(cls, files: list[str], encoding: str = "utf-8") -> CsvSource:
         by_header: dict[tuple[str, ...], list[str]] = {}
         for file in files:
-            by_header.setdefault(read_header(file), []).append(file)
+            by_header.setdefault(read_header(file, encoding), []).append(file)
         groups = tuple((header, tuple(fs)) for header, fs in by_header.items())
-        return cls(groups, uuid.uuid4().hex[:8])
+        return cls(groups, uuid.uuid4().hex[:8], encoding)
 
     def header_of(self, file: str) -> tuple[str, ...]:
         return next(header for header, fs in self.groups if file in fs)
@@ -142,6 +166,7 @@ class CsvSource:
             table, rejected = self._rejects(k, scan)
             selects.append(
                 f"SELECT * FROM read_csv({listing}, {CSV_DIALECT}, columns = {columns},"
+                f" encoding = '{self.encoding}',"
                 f" store_rejects = true, rejects_table = '{table}', rejects_scan = '{rejected}',"
                 " filename = 'source_file')"
             )

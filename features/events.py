@@ -299,6 +299,7 @@ def load_events(
     lenient_columns: frozenset[str] = frozenset(),
     placeholders: Sequence[str] = DEFAULT_PLACEHOLDERS,
     time_formats: Sequence[str] = (),
+    encoding: str = "utf-8",
 ) -> ValidationReport:
     """Read events into `events_table` and rejected rows into `quarantine_table` on `con`.
 
@@ -353,6 +354,9 @@ def load_events(
         strptime formats of text (or integer) event times the ISO reader does not know
         (CDNOW's ``%Y%m%d``, ``%m/%d/%Y %H:%M``), tried in order before it; a format with
         ``%z`` reads the offset, the others read naive times in `time_zone`.
+    encoding : {"utf-8", "latin-1", "utf-16"}, default "utf-8"
+        The text encoding of CSV files (`CSV_ENCODINGS`); a line that does not decode is
+        quarantined as ``malformed_line`` with the rest of the file loaded.
     lenient_columns : frozenset of str
         Contract columns of `column_map` that may be absent (a preset's optional columns):
         they are then read as missing instead of failing.
@@ -382,7 +386,9 @@ def load_events(
     taxonomy = taxonomy or load_taxonomy()
     kind, files = resolve_sources(path)
     con.execute("SET TimeZone = 'UTC'")
-    plan = _plan_scans(con, kind, files, path, dict(column_map or {}), lenient_columns)
+    plan = _plan_scans(
+        con, kind, files, path, dict(column_map or {}), lenient_columns, encoding=encoding
+    )
     columns = plan.columns
     now = now or datetime.now(UTC)
     cutoff = now.astimezone(UTC).replace(tzinfo=None) + timedelta(hours=future_tolerance_hours)
@@ -438,6 +444,8 @@ def _plan_scans(
     path: str | os.PathLike[str],
     mapping: ColumnMap,
     lenient_columns: frozenset[str],
+    *,
+    encoding: str = "utf-8",
 ) -> _ScanPlan:
     """The readers of the input's format with the configured column mapping applied; fails
     at once, naming file and column, when a required or mapped column is missing.
@@ -467,7 +475,7 @@ def _plan_scans(
             con.execute(f"DROP TABLE IF EXISTS {table}_bad")
             raise _read_error(con, kind, files, columns, path, exc) from exc
         return _ScanPlan(columns, (reader, reader, malformed), None, table)
-    csv_source = _csv_source(files) if kind == "csv" else None
+    csv_source = _csv_source(files, encoding) if kind == "csv" else None
     reader = csv_source.reader("a") if csv_source else _reader_sql(files)
     csv_reader_b = csv_source.reader("b") if csv_source else None
     columns = _source_columns(con, reader)
@@ -737,9 +745,9 @@ def _coalesced(typed: list[tuple[str, str | None]]) -> str:
     return f"coalesce({', '.join(parts)})"
 
 
-def _csv_source(files: list[str]) -> CsvSource:
+def _csv_source(files: list[str], encoding: str = "utf-8") -> CsvSource:
     try:
-        return CsvSource.of(files)
+        return CsvSource.of(files, encoding)
     except CsvHeaderError as exc:
         raise EventContractError(str(exc)) from exc
 
@@ -989,6 +997,7 @@ def load_configured_events(
         time_zone=config.events.time_zone,
         lenient_columns=mapping.lenient,
         time_formats=config.events.time_formats,
+        encoding=config.events.encoding,
         placeholders=config.identity.placeholders,
     )
 
@@ -1001,6 +1010,7 @@ class EventMapping:
     type_aliases: dict[str, str]
     epoch_unit: str | None
     lenient: frozenset[str]  # optional contract columns mapped by the preset only
+    encoding: str = "utf-8"  # of CSV files (events.encoding)
 
 
 PRESET_DIR = CONFIG_DIR / "presets"
@@ -1042,7 +1052,7 @@ def event_mapping(config: EngineConfig) -> EventMapping:
     if any(c in IDENTIFIER_COLUMNS for c in preset_columns):
         optional.add("client_id")  # an export may hold anonymous calls only
     lenient = frozenset(c for c in preset_columns if c in optional and c not in events.columns)
-    return EventMapping(columns, aliases, epoch_unit, lenient)
+    return EventMapping(columns, aliases, epoch_unit, lenient, events.encoding)
 
 
 def check_bad_share(report: ValidationReport, max_bad_share: float) -> None:
@@ -1065,6 +1075,8 @@ _BAD_SHARE_HINTS = {
     "implausible_event_time": "; events before events.earliest_event_time are implausible:"
     " lower it for older history",
     "negative_amount": "; refunds go as their own event type with a positive amount",
+    "malformed_line": "; lines that do not parse as CSV, or do not decode: if the files are"
+    " not UTF-8 (older tools and Excel often write Latin-1), set events.encoding",
 }
 
 

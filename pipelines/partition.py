@@ -345,7 +345,13 @@ def _write_partitions(
         con.execute("SET enable_progress_bar = false")
         try:
             plan = _plan_scans(
-                con, kind, files, events_path, dict(mapping.columns), mapping.lenient
+                con,
+                kind,
+                files,
+                events_path,
+                dict(mapping.columns),
+                mapping.lenient,
+                encoding=mapping.encoding,
             )
             try:
                 columns = plan.columns

@@ -110,7 +110,15 @@ def check_first_file_columns(config: EngineConfig, kind: str, files: list[str]) 
     con = duckdb.connect()
     try:
         if kind != "json":
-            plan = ev._plan_scans(con, kind, first, first[0], mapping.columns, mapping.lenient)
+            plan = ev._plan_scans(
+                con,
+                kind,
+                first,
+                first[0],
+                mapping.columns,
+                mapping.lenient,
+                encoding=mapping.encoding,
+            )
             plan.release(con)
             return
         for sample in (True, False):  # a key the first lines lack may come later

@@ -96,6 +96,69 @@ def test_compressed_csv_keeps_malformed_lines(tmp_path: Path) -> None:
     assert report.by_reason == {"malformed_line": 1}
 
 
+def _accented_csv(tmp_path: Path) -> str:
+    """The plain file with accented categories and an accented column name (Latin-1 has them)."""
+    header = HEADER.replace("category", "catégorie")
+    return header + _plain_csv(tmp_path)[len(HEADER) :].replace("shoes", "chaussures élégantes")
+
+
+def test_latin1_and_utf16_csv_read_as_configured(tmp_path: Path) -> None:
+    text = _accented_csv(tmp_path)
+    (tmp_path / "utf8").mkdir()
+    (tmp_path / "utf8" / "events.csv").write_bytes(text.encode("utf-8"))
+    expected = _configured(tmp_path / "utf8", {"columns": {"category": "catégorie"}}, tmp_path)
+    assert sum("chaussures élégantes" in row for row in expected[0]) == 3
+    for encoding, codec in [("latin-1", "latin-1"), ("utf-16", "utf-16-le")]:
+        folder = tmp_path / encoding
+        folder.mkdir()
+        body = text.replace("\n", "\r\n") if encoding == "utf-16" else text  # as Windows writes
+        raw = body.encode(codec)
+        (folder / "events.csv").write_bytes((b"\xff\xfe" if encoding == "utf-16" else b"") + raw)
+        events = {"columns": {"category": "catégorie"}, "encoding": encoding}
+        assert _configured(folder, events, tmp_path) == expected, encoding
+        with gzip.open(folder / "more.csv.gz", "wb") as handle:  # compressed: the same reading
+            handle.write(raw)
+        rows, report = _configured(folder, events, tmp_path)
+        assert report["valid"] == 2 * len(ROWS) and report["by_reason"] == {}
+        assert sorted(rows) == sorted(expected[0] * 2)
+
+
+def test_latin1_read_as_utf8_loses_nothing_and_names_the_setting(tmp_path: Path) -> None:
+    """Undecodable lines are quarantined with their reason, the rest loads, and a file whose
+    bad share passes the threshold names `events.encoding`; a Latin-1 header fails at once."""
+    from features.events import BadInputError, check_bad_share, load_events
+
+    body = _plain_csv(tmp_path).replace("shoes", "chaussures élégantes").encode("latin-1")
+    file = tmp_path / "events.csv"
+    file.write_bytes(body)
+    con = duckdb.connect()
+    report = load_events(con, file, now=NOW)
+    assert report.rows == len(ROWS)
+    assert report.by_reason == {"malformed_line": 3}  # the three lines with accents
+    assert report.valid == len(ROWS) - 3
+    kept = con.execute("SELECT raw_line FROM quarantine ORDER BY line_number").fetchall()
+    assert [line.startswith("c1,") for (line,) in kept] == [True, True, True]
+    with pytest.raises(BadInputError, match="events.encoding"):
+        check_bad_share(report, 0.05)
+    assert load_events(duckdb.connect(), file, now=NOW, encoding="latin-1").valid == len(ROWS)
+
+    file.write_bytes(_accented_csv(tmp_path).encode("latin-1"))
+    with pytest.raises(EventContractError, match="not UTF-8.*events.encoding"):
+        load_events(duckdb.connect(), file, now=NOW)
+
+
+def test_big_endian_utf16_is_refused_by_name(tmp_path: Path) -> None:
+    file = tmp_path / "events.csv"
+    file.write_bytes(b"\xfe\xff" + _plain_csv(tmp_path).encode("utf-16-be"))
+    with pytest.raises(EventContractError, match="big-endian"):
+        load_events(duckdb.connect(), file, now=NOW, encoding="utf-16")
+
+
+def test_an_unknown_encoding_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="encoding"):
+        config_from_mapping({"events": {"encoding": "cp1252"}}, str(tmp_path / "c.yaml"))
+
+
 def test_json_lines_equal_plain_csv(tmp_path: Path, plain: tuple[list, dict]) -> None:
     records = [
         {"client_id": c, "event_time": t, "event_type": e, "amount": a, "category": cat}
