@@ -41,10 +41,12 @@ class Preview:
     compared_with: date | None  # the published as-of date the preview is compared with
     rules_file: str
     clients: int
-    moved: int  # clients whose segment would change
+    moved: int  # clients whose segment would change, arriving and leaving ones included
     by_segment: pd.DataFrame  # segment_id, segment_name, published, preview, entries, exits
     examples: pd.DataFrame  # client_id, from_segment_id, to_segment_id, reason
     notes: list[str] = field(default_factory=list)
+    arrived: int = 0  # of `moved`: clients with no published membership
+    left: int = 0  # of `moved`: published clients with none tonight
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class Preview:
             "rules_file": self.rules_file,
             "clients": self.clients,
             "moved": self.moved,
+            "arrived": self.arrived,
+            "left": self.left,
             "by_segment": self.by_segment.to_dict("records"),
             "examples": self.examples.to_dict("records"),
             "notes": self.notes,
@@ -139,6 +143,7 @@ def preview(
             config,
         )
     by_segment, moved, sample = membership_diff(published, segmentation.membership, examples)
+    arrived, left = arrivals(published, segmentation.membership)
     return Preview(
         as_of=day,
         compared_with=latest,
@@ -148,6 +153,8 @@ def preview(
         by_segment=by_segment,
         examples=sample,
         notes=notes,
+        arrived=arrived,
+        left=left,
     )
 
 
@@ -224,12 +231,30 @@ def membership_diff(
     return table, len(changed), sample.reset_index(drop=True)
 
 
+def arrivals(published: pd.DataFrame | None, preview: pd.DataFrame) -> tuple[int, int]:
+    """Clients of `preview` with no published membership, and published clients not in it."""
+    before = set() if published is None else set(published["client_id"])
+    after = set(preview["client_id"])
+    return len(after - before), len(before - after)
+
+
 def preview_text(result: Preview) -> str:
-    """The preview for the terminal: the changing segments first, then a few moved clients."""
-    lines = [
-        f"Preview as of {result.as_of} with {result.rules_file}: {result.moved:,} of"
-        f" {result.clients:,} clients would change segment (nothing was published)."
-    ]
+    """The preview for the terminal: the changing segments first, then a few moved clients.
+
+    The headline counts moves among the clients published and previewed apart from clients
+    who arrive or leave: a night's new clients are not a rule change's doing."""
+    head = f"Preview as of {result.as_of} with {result.rules_file}: "
+    kept = result.clients - result.arrived
+    if kept == 0 and result.left == 0:
+        head += f"nothing is published yet; all {result.clients:,} clients would enter a segment"
+    else:
+        switched = result.moved - result.arrived - result.left
+        head += f"{switched:,} of {kept:,} published clients would change segment"
+        if result.arrived:
+            head += f", {result.arrived:,} new clients would enter one"
+        if result.left:
+            head += f", {result.left:,} published clients would leave theirs"
+    lines = [head + " (nothing was published)."]
     lines += [f"  note: {n}" for n in result.notes]
     table = result.by_segment.assign(change=lambda f: f["preview"] - f["published"])
     table = table.sort_values(["entries", "exits"], ascending=False, kind="stable")

@@ -7,7 +7,7 @@ from datetime import date
 
 import pandas as pd
 
-from pipelines.preview import Preview, membership_diff, preview_text
+from pipelines.preview import Preview, arrivals, membership_diff, preview_text
 
 
 def _members(rows: list[tuple[str, str]]) -> pd.DataFrame:
@@ -42,5 +42,26 @@ def test_text_names_the_rules_and_the_moves():
     text = preview_text(
         Preview(date(2025, 6, 30), date(2025, 6, 30), "new.yaml", 1, moved, table, examples)
     )
-    assert "1 of 1 clients would change segment (nothing was published)" in text
+    assert "1 of 1 published clients would change segment (nothing was published)" in text
     assert "a: X -> Y: because a" in text
+
+
+def test_the_headline_counts_new_and_leaving_clients_apart_from_moves():
+    published = _members([("a", "X"), ("b", "X"), ("c", "Y"), ("d", "Y")])
+    preview = _members([("a", "X"), ("b", "Y"), ("c", "Y"), ("e", "Z"), ("f", "Z")])
+    table, moved, examples = membership_diff(published, preview)
+    arrived, left = arrivals(published, preview)
+    assert (moved, arrived, left) == (4, 2, 1)  # b moves; e, f arrive; d leaves
+    result = Preview(date(2025, 6, 30), None, "r.yaml", 5, moved, table, examples, [], 2, 1)
+    assert result.to_dict()["arrived"] == 2
+    assert (
+        "1 of 3 published clients would change segment, 2 new clients would enter one,"
+        " 1 published clients would leave theirs (nothing was published)."
+    ) in preview_text(result)
+    first = _members([("a", "X"), ("b", "Y")])
+    table, moved, examples = membership_diff(None, first)
+    arrived, left = arrivals(None, first)
+    text = preview_text(
+        Preview(date(2025, 6, 30), None, "r.yaml", 2, moved, table, examples, [], arrived, left)
+    )
+    assert "nothing is published yet; all 2 clients would enter a segment" in text
