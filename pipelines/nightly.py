@@ -406,9 +406,7 @@ def _compute(
         if events.stitching is not None:
             _say_stitched(clock, events.stitching)
     else:
-        events, frame = _events_and_features(run, con, events_path, latest)
-        features = InMemoryFeatures(frame)
-        del frame
+        events, features = _events_and_features(run, con, events_path, latest)
     previous = run.store.membership() if latest is not None else None
     champions = clock.time(
         "load_models",
@@ -456,6 +454,7 @@ def _compute(
         config,
     )
     stability = steps.stability_against(previous, segmentation.membership)
+    features.release()  # the journey map and the holdout read the events, not the rows
     journey = clock.time(
         "journey", journey_task, features, con, as_of, segmentation.membership, config
     )
@@ -492,7 +491,7 @@ def _compute(
 
 def _events_and_features(
     run: _Run, con: duckdb.DuckDBPyConnection, events_path: str, latest: date | None
-) -> tuple[EventsRead, pd.DataFrame]:
+) -> tuple[EventsRead, InMemoryFeatures]:
     """In this process: read and validate the events, stitch identities, build features."""
     config, as_of, clock = run.config, run.as_of, run.clock
     clock.say(f"reading and validating events from {events_path}")
@@ -669,7 +668,17 @@ def _summary(
 # The steps as Prefect tasks: tracked runs of the plain functions in `steps`, nothing more.
 read_events_task = task(name="read-events", persist_result=False)(steps.read_events)
 stitch_task = task(name="identity", persist_result=False)(steps.stitch_identities)
-features_task = task(name="features", persist_result=False)(steps.compute_features)
+
+
+@task(name="features", persist_result=False)
+def features_task(
+    con: duckdb.DuckDBPyConnection, as_of: date, config: EngineConfig
+) -> InMemoryFeatures:
+    """The feature frame, inside the object that can let go of it (`InMemoryFeatures`):
+    Prefect keeps a task's return value until the flow run ends."""
+    return InMemoryFeatures(steps.compute_features(con, as_of, config))
+
+
 dask_features_task = task(name="features-on-dask", persist_result=False)(build_on_dask)
 load_champions_task = task(name="load-champions", persist_result=False)(steps.load_champions)
 cltv_task = task(name="cltv", persist_result=False)(steps.choose_cltv_model)

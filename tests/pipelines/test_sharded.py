@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.sharded import iter_kept, read_kept
+from pipelines.sharded import InMemoryFeatures, iter_kept, read_kept
 from pipelines.steps import _feature_frame
 
 
@@ -66,3 +66,55 @@ def test_a_shard_without_clients_gives_one_empty_frame_of_its_columns(tmp_path: 
     parts = list(iter_kept(str(file), frozenset(), batch_rows=100))
     assert len(parts) == 1 and parts[0].empty
     assert list(parts[0].columns) == ["client_id", "spend"]
+
+
+def _frame(n: int) -> pd.DataFrame:
+    ids = [f"c{k:04d}" for k in range(n)]
+    return pd.DataFrame({"client_id": ids[::-1], "x": [float(k) for k in range(n)]})
+
+
+def test_in_memory_fitting_rows_are_the_rows_of_the_clients_a_refit_samples() -> None:
+    from configs.schema import config_from_mapping
+    from segmentation.clustering import sample_client_ids
+
+    config = config_from_mapping({"clustering": {"sample_size": 1000}}, "c.yaml")
+    frame = _frame(3000)
+    rows = InMemoryFeatures(frame).fitting_rows(config)
+    chosen = sample_client_ids(frame["client_id"], 1000, config.seed)
+    assert rows["client_id"].tolist() == chosen
+    by_id = frame.set_index("client_id")["x"]
+    assert rows["x"].tolist() == by_id.loc[chosen].tolist()
+    small = InMemoryFeatures(_frame(10)).fitting_rows(config)  # fewer than the sample: all
+    assert small["client_id"].tolist() == sorted(_frame(10)["client_id"])
+
+
+def test_released_rows_are_freed_though_prefect_keeps_what_tasks_were_given(
+    prefect_harness: object,
+) -> None:
+    """Prefect holds every task's arguments and result until the flow run ends; releasing the
+    features frees the frame all the same (the nightly releases it before the journey map)."""
+    import gc
+    import weakref
+
+    from prefect import flow, task
+
+    @task(persist_result=False)
+    def count(features: InMemoryFeatures) -> int:
+        return features.clients
+
+    @task(persist_result=False)
+    def build() -> InMemoryFeatures:
+        return InMemoryFeatures(_frame(50))
+
+    @flow(persist_result=False)
+    def night() -> tuple[bool, bool, int, list[str]]:
+        features = build()
+        assert count(features) == 50
+        rows = weakref.ref(features.frame)
+        gc.collect()
+        alive_before = rows() is not None
+        features.release()
+        gc.collect()
+        return alive_before, rows() is None, features.clients, features.names
+
+    assert night() == (True, True, 50, ["x"])
