@@ -116,8 +116,15 @@ class InMemoryFeatures:
         self.names = list(self.frame.columns[1:])
 
     def release(self) -> None:
-        """Drop the rows once the segments are assigned (the map and outcomes read events)."""
+        """Drop the rows once the segments are assigned (the map and outcomes read events).
+
+        The frame's columns were allocated by Arrow (DuckDB's result), whose mimalloc pool
+        keeps freed memory resident; it is handed back to the system here, where DuckDB's
+        scans that follow can use it."""
+        import pyarrow as pa
+
         self.frame = self.frame.iloc[:0]
+        pa.default_memory_pool().release_unused()
 
     def btyd(self) -> pd.DataFrame:
         return steps.btyd_inputs(self.frame)
