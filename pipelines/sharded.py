@@ -123,7 +123,8 @@ class InMemoryFeatures:
         scans that follow can use it."""
         import pyarrow as pa
 
-        self.frame = self.frame.iloc[:0]
+        # an empty copy: an empty slice would be a view that keeps the whole blocks alive
+        self.frame = self.frame.iloc[:0].copy()
         pa.default_memory_pool().release_unused()
 
     def btyd(self) -> pd.DataFrame:
