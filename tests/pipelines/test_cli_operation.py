@@ -84,13 +84,14 @@ def test_models_list_reads_the_sqlite_registry_as_mlflow_does(tmp_path, capsys, 
     """The fast SQLite reader gives exactly MLflow's listing (a real registry, two versions,
     tags, metrics and the champion alias)."""
     from pipelines.registry import ModelRegistry, RegistryError, list_versions_fast
-    from pipelines.tracking import make_client
+    from pipelines.tracking import default_artifact_location, make_client
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     registry = ModelRegistry(uri)
     client = make_client(uri)
-    run = client.create_run(client.create_experiment("e")).info.run_id
+    experiment = client.create_experiment("e", artifact_location=default_artifact_location(uri))
+    run = client.create_run(experiment).info.run_id  # artifacts beside the database, not in ./
     registry.register("m", _Identity(), run, metrics={"quality": 0.5}, tags={"as_of": "x"})
     registry.register("m", _Identity(), run, metrics={"quality": 0.7})
     registry.promote("m", 2)
