@@ -251,9 +251,9 @@ def preview_text(result: Preview) -> str:
         switched = result.moved - result.arrived - result.left
         head += f"{switched:,} of {kept:,} published clients would change segment"
         if result.arrived:
-            head += f", {result.arrived:,} new clients would enter one"
+            head += f", {_clients(result.arrived, 'new')} would enter one"
         if result.left:
-            head += f", {result.left:,} published clients would leave theirs"
+            head += f", {_clients(result.left, 'published')} would leave theirs"
     lines = [head + " (nothing was published)."]
     lines += [f"  note: {n}" for n in result.notes]
     table = result.by_segment.assign(change=lambda f: f["preview"] - f["published"])
@@ -272,3 +272,7 @@ def preview_text(result: Preview) -> str:
             source = ex["from_segment_id"] if isinstance(ex["from_segment_id"], str) else "(new)"
             lines.append(f"  {ex['client_id']}: {source} -> {ex['to_segment_id']}: {ex['reason']}")
     return "\n".join(lines)
+
+
+def _clients(count: int, kind: str) -> str:
+    return f"{count:,} {kind} client{'' if count == 1 else 's'}"

@@ -56,7 +56,7 @@ def test_the_headline_counts_new_and_leaving_clients_apart_from_moves():
     assert result.to_dict()["arrived"] == 2
     assert (
         "1 of 3 published clients would change segment, 2 new clients would enter one,"
-        " 1 published clients would leave theirs (nothing was published)."
+        " 1 published client would leave theirs (nothing was published)."
     ) in preview_text(result)
     first = _members([("a", "X"), ("b", "Y")])
     table, moved, examples = membership_diff(None, first)
