@@ -108,12 +108,14 @@ class InMemoryFeatures:
     it; emptying it is what frees the frame (2.4 GB at 2.26M clients) before the journey map."""
 
     frame: pd.DataFrame
-    clients: int = field(init=False)
-    names: list[str] = field(init=False)
+    clients: int = field(init=False)  # kept: the released frame has no rows, only columns
 
     def __post_init__(self) -> None:
         self.clients = len(self.frame)
-        self.names = list(self.frame.columns[1:])
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.frame.columns[1:])
 
     def release(self) -> None:
         """Drop the rows once the segments are assigned (the map and outcomes read events).
