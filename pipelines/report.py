@@ -40,6 +40,11 @@ BACKTEST_TARGETS = ("purchases", "spend")
 BACKTEST_STATS = (("bias", "bias"), ("rmse", "RMSE"), ("mae", "MAE"), ("corr", "correlation"))
 
 _MEMBERSHIP_REQUIRED = ("client_id", "segment_id")
+# The columns the page reads of the current membership and scores: read from a store, only
+# these (a full membership of millions of clients is most of the report's memory).
+_REPORT_MEMBERSHIP = ("client_id", "segment_id", "segment_name", "segment_source", "journey_stage")
+_REPORT_SCORES = ("client_id", "predicted_cltv", "horizon_days")
+_REPORT_TRANSITIONS = ("as_of", "from_segment_id", "to_segment_id")
 _PALETTE = (
     "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2",
     "#EECA3B", "#9D755D", "#FF9DA6", "#2E6F9E", "#8CD17D", "#D37295",
@@ -67,9 +72,13 @@ class TableSource(Protocol):
     def latest_as_of(self) -> date | None: ...
     def segments(self) -> pd.DataFrame: ...
     def history(self) -> pd.DataFrame: ...
-    def transitions(self, as_of: date | None = None) -> pd.DataFrame: ...
-    def membership(self) -> pd.DataFrame: ...
-    def scores(self) -> pd.DataFrame: ...
+    def transitions(
+        self, as_of: date | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame: ...
+    def membership(
+        self, segment_id: str | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame: ...
+    def scores(self, columns: Sequence[str] | None = None) -> pd.DataFrame: ...
     def read_sql(self, name: str) -> pd.DataFrame: ...
 
 
@@ -168,14 +177,24 @@ def _load(
     run_metrics.update(metrics or {})
 
     segments = _frame(store.segments())
-    history = _frame(store.history())
-    transitions = _frame(store.transitions(as_of=chosen))
+    transitions = _frame(store.transitions(as_of=chosen, columns=_REPORT_TRANSITIONS))
+    # Sizes over time and a past membership are computed in the store when it can: the
+    # history grows every night and the report needs only counts of it.
+    history: pd.DataFrame | None = None
+    changes = getattr(store, "segment_size_changes", None)
+    over_time = sizes_from_changes(runs, _frame(changes()), chosen) if callable(changes) else None
+    if over_time is None:
+        history = _frame(store.history())
     notes: list[str] = []
     if latest is not None and chosen == latest:
-        membership = _frame(store.membership())
-        scores = _frame(store.scores())
+        membership = _frame(store.membership(columns=_REPORT_MEMBERSHIP))
+        scores = _frame(store.scores(columns=_REPORT_SCORES))
     else:
-        membership = membership_at(history, chosen, segments)
+        on = getattr(store, "membership_on", None)
+        if callable(on):
+            membership = _with_segment_names(_frame(on(chosen)), segments)
+        else:
+            membership = membership_at(history, chosen, segments)
         scores = None
         notes.append(
             f"As of {_date_text(chosen)} is not the latest run: membership is rebuilt from "
@@ -201,6 +220,7 @@ def _load(
         transitions=transitions,
         runs=runs,
         history=history,
+        sizes_over_time=over_time,
         scores=scores,
         funnel=funnel,
         notes=tuple(notes),
@@ -455,15 +475,36 @@ def membership_at(
     vf = pd.to_datetime(history["valid_from"])
     vt = pd.to_datetime(history["valid_to"])
     live = history[(vf <= day) & (vt.isna() | (vt > day))]
-    out = live[["client_id", "segment_id"]].copy()
-    if "lifecycle_stage" in live:
-        out["lifecycle_stage"] = live["lifecycle_stage"].to_numpy()
-    if segments is not None and not segments.empty:
-        seg = segments.drop_duplicates("segment_id", keep="last").set_index("segment_id")
-        out["segment_name"] = out["segment_id"].map(seg["segment_name"])
-        if "kind" in seg:
-            out["segment_source"] = out["segment_id"].map(seg["kind"])
-    return out.drop_duplicates("client_id", keep="last").reset_index(drop=True)
+    columns = [c for c in ("client_id", "segment_id", "lifecycle_stage") if c in live]
+    return _with_segment_names(live[columns], segments)
+
+
+def sizes_from_changes(
+    runs: pd.DataFrame | None, changes: pd.DataFrame, until: date | None = None
+) -> pd.DataFrame:
+    """Segment sizes (as_of, segment_id, size) at each successful run's as-of, from the
+    store's `segment_size_changes` (segment_id, day, change): the same figures as
+    `sizes_over_time` on the history, from one small row per segment and day."""
+    cols = ["as_of", "segment_id", "size"]
+    if runs is None or runs.empty or changes.empty:
+        return pd.DataFrame(columns=cols)
+    days = sorted(d for d in set(_to_date(_successful(runs)["as_of"]).dropna()))
+    days = [d for d in days if until is None or d <= until]
+    day = pd.to_datetime(changes["day"]).to_numpy()
+    codes, ids = pd.factorize(changes["segment_id"].astype(str), sort=True)
+    change = changes["change"].to_numpy(dtype=np.int64)
+    frames = []
+    for d in days:
+        upto = day <= np.datetime64(pd.Timestamp(d))
+        sizes = np.bincount(codes[upto & (codes >= 0)], weights=change[upto], minlength=len(ids))
+        present = sizes > 0
+        frames.append(
+            pd.DataFrame({"as_of": d, "segment_id": ids[present], "size": sizes[present]})
+        )
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    return out.assign(size=out["size"].round().astype(np.int64))
 
 
 def sizes_over_time(
@@ -492,6 +533,18 @@ def sizes_over_time(
     if not frames:
         return pd.DataFrame(columns=cols)
     return pd.concat(frames, ignore_index=True)
+
+
+def _with_segment_names(membership: pd.DataFrame, segments: pd.DataFrame | None) -> pd.DataFrame:
+    """A membership rebuilt from history, with the segments' names and kinds, one row per
+    client."""
+    out = membership.copy()
+    if segments is not None and not segments.empty:
+        seg = segments.drop_duplicates("segment_id", keep="last").set_index("segment_id")
+        out["segment_name"] = out["segment_id"].map(seg["segment_name"])
+        if "kind" in seg:
+            out["segment_source"] = out["segment_id"].map(seg["kind"])
+    return out.drop_duplicates("client_id", keep="last").reset_index(drop=True)
 
 
 def movement(data: ReportData) -> pd.DataFrame | None:

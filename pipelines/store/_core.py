@@ -98,13 +98,40 @@ class Reader:
         self._con = con
         self._s = con.prefix(schema)
 
-    def membership(self, segment_id: str | None = None) -> pd.DataFrame:
-        """Current membership, one row per client (optionally of one segment)."""
+    def membership(
+        self, segment_id: str | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Current membership, one row per client (optionally of one segment, only some
+        columns)."""
         where, params = (
             ("WHERE segment_id = ?", [str(segment_id)]) if segment_id is not None else ("", [])
         )
         return self._df(
-            f"SELECT * FROM {self._s}.segment_membership {where} ORDER BY client_id", params
+            f"SELECT {_projection(MEMBERSHIP, columns)} FROM {self._s}.segment_membership"
+            f" {where} ORDER BY client_id",
+            params,
+        )
+
+    def membership_on(self, as_of: date) -> pd.DataFrame:
+        """The membership on a past date, from segment_history: (client_id, segment_id,
+        lifecycle_stage) of the stretches live that day (valid_from <= day < valid_to)."""
+        return self._df(
+            f"SELECT client_id, segment_id, lifecycle_stage FROM {self._s}.{HISTORY.name}"
+            " WHERE valid_from <= ? AND (valid_to IS NULL OR valid_to > ?)"
+            " ORDER BY client_id, valid_from",
+            [as_of, as_of],
+        )
+
+    def segment_size_changes(self) -> pd.DataFrame:
+        """(segment_id, day, change): how many history stretches of a segment start that day
+        less how many end. A segment's size on a day is the sum of its changes up to it, so
+        sizes over time are read without reading the history, which grows every night."""
+        h = f"{self._s}.{HISTORY.name}"
+        return self._df(
+            "SELECT segment_id, day, CAST(sum(delta) AS BIGINT) AS change FROM ("
+            f" SELECT segment_id, valid_from AS day, 1 AS delta FROM {h}"
+            f" UNION ALL SELECT segment_id, valid_to AS day, -1 AS delta FROM {h}"
+            " WHERE valid_to IS NOT NULL) AS d GROUP BY segment_id, day ORDER BY segment_id, day"
         )
 
     def client(self, client_id: str) -> pd.DataFrame:
@@ -113,14 +140,19 @@ class Reader:
             f"SELECT * FROM {self._s}.v_client_current WHERE client_id = ?", [str(client_id)]
         )
 
-    def transitions(self, as_of: date | None = None) -> pd.DataFrame:
-        """Transitions published as of `as_of` (default: the latest published as_of)."""
+    def transitions(
+        self, as_of: date | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Transitions published as of `as_of` (default: the latest published as_of),
+        optionally only some columns."""
         if as_of is None:
             cond, params = f"as_of = ({self._latest_sql()})", []
         else:
             cond, params = "as_of = ?", [as_of]
         return self._df(
-            f"SELECT * FROM {self._s}.segment_transitions WHERE {cond} ORDER BY client_id", params
+            f"SELECT {_projection(TRANSITIONS, columns)} FROM {self._s}.segment_transitions"
+            f" WHERE {cond} ORDER BY client_id",
+            params,
         )
 
     def segments(self) -> pd.DataFrame:
@@ -141,9 +173,11 @@ class Reader:
             params,
         )
 
-    def scores(self) -> pd.DataFrame:
-        """Current client scores, one row per scored client."""
-        return self._df(f"SELECT * FROM {self._s}.client_scores ORDER BY client_id")
+    def scores(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Current client scores, one row per scored client (optionally only some columns)."""
+        return self._df(
+            f"SELECT {_projection(SCORES, columns)} FROM {self._s}.client_scores ORDER BY client_id"
+        )
 
     def quarantine(self, run_id: str | None = None) -> pd.DataFrame:
         """Rejected event rows with their reason (optionally of one run)."""
@@ -550,13 +584,18 @@ class Store:
                 " publish a run (or call migrate()) first"
             ) from None
 
-    def membership(self, segment_id: str | None = None) -> pd.DataFrame:
+    def membership(
+        self, segment_id: str | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """Current membership, one row per client.
 
         Parameters
         ----------
         segment_id : str, optional
             Only the members of this segment.
+        columns : sequence of str, optional
+            Only these columns (a large membership read in a few columns takes far less
+            memory); an unknown column raises StoreArgumentError.
 
         Returns
         -------
@@ -564,7 +603,33 @@ class Store:
             The `segment_membership` columns (docs/store.md), ordered by client_id.
         """
         with self.snapshot() as r:
-            return r.membership(segment_id)
+            return r.membership(segment_id, columns)
+
+    def membership_on(self, as_of: date) -> pd.DataFrame:
+        """The membership on a date, from segment_history (the membership table keeps only
+        the latest).
+
+        Returns
+        -------
+        pandas.DataFrame
+            (client_id, segment_id, lifecycle_stage) of the history stretches live on `as_of`
+            (valid_from <= as_of < valid_to, or valid_to null), ordered by client_id.
+        """
+        with self.snapshot() as r:
+            return r.membership_on(as_of)
+
+    def segment_size_changes(self) -> pd.DataFrame:
+        """Per segment and day, stretches started less stretches ended (sizes over time).
+
+        Returns
+        -------
+        pandas.DataFrame
+            (segment_id, day, change); a segment's size on a day is the sum of its changes
+            on or before that day. One row per segment per day something changed, so it stays
+            small while segment_history grows every night.
+        """
+        with self.snapshot() as r:
+            return r.segment_size_changes()
 
     def client(self, client_id: str) -> pd.DataFrame:
         """A client's current segment and scores.
@@ -582,13 +647,18 @@ class Store:
         with self.snapshot() as r:
             return r.client(client_id)
 
-    def transitions(self, as_of: date | None = None) -> pd.DataFrame:
+    def transitions(
+        self, as_of: date | None = None, columns: Sequence[str] | None = None
+    ) -> pd.DataFrame:
         """The transitions (entries, exits, moves, lifecycle changes) published for one day.
 
         Parameters
         ----------
         as_of : datetime.date, optional
             The as-of date (default: the latest published as_of).
+        columns : sequence of str, optional
+            Only these columns (a first night has one row per client); an unknown column
+            raises StoreArgumentError.
 
         Returns
         -------
@@ -596,7 +666,7 @@ class Store:
             The `segment_transitions` rows of that day, ordered by client_id.
         """
         with self.snapshot() as r:
-            return r.transitions(as_of)
+            return r.transitions(as_of, columns)
 
     def segments(self) -> pd.DataFrame:
         """Every segment ever published.
@@ -636,8 +706,13 @@ class Store:
         with self.snapshot() as r:
             return r.history(client_id)
 
-    def scores(self) -> pd.DataFrame:
+    def scores(self, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Current client scores.
+
+        Parameters
+        ----------
+        columns : sequence of str, optional
+            Only these columns; an unknown column raises StoreArgumentError.
 
         Returns
         -------
@@ -645,7 +720,7 @@ class Store:
             The `client_scores` table, one row per scored client, ordered by client_id.
         """
         with self.snapshot() as r:
-            return r.scores()
+            return r.scores(columns)
 
     def quarantine(self, run_id: str | None = None) -> pd.DataFrame:
         """Rejected event rows with their reason and raw values.
@@ -1388,6 +1463,21 @@ def _undo_point(as_of: date, latest: date | None, rebuild_from: date | None) -> 
         f" order, or pass rebuild_from={as_of.isoformat()} to undo every run from {as_of} on"
         " and rebuild from there"
     )
+
+
+def _projection(table: Table, columns: Sequence[str] | None) -> str:
+    """The SELECT list of `columns` of `table` (all when None); an unknown column is an error
+    naming the ones there are (the names are then safe to put in SQL)."""
+    if columns is None:
+        return "*"
+    known = table.column_names
+    unknown = [c for c in columns if c not in known]
+    if unknown or not columns:
+        raise StoreArgumentError(
+            f"{table.name} has no column(s) {', '.join(map(repr, unknown)) or '(none asked)'};"
+            f" its columns: {', '.join(known)}"
+        )
+    return ", ".join(columns)
 
 
 def _as_date(value: object) -> date | None:

@@ -79,6 +79,8 @@ class PostgresConnection:
             table = pacsv.read_csv(
                 buffer,
                 read_options=pacsv.ReadOptions(column_names=names),
+                # a null in a one-column result is an empty line, not one to skip
+                parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=types,
                     strings_can_be_null=True,

@@ -349,6 +349,16 @@ def test_readers(store):
         store.read_sql(name)
     with pytest.raises(StoreArgumentError, match="unknown table or view"):
         store.read_sql("segments; DROP TABLE runs")
+    few = store.membership(segment_id="s2", columns=["client_id", "segment_id"])
+    pd.testing.assert_frame_equal(few, members[["client_id", "segment_id"]])
+    scored = store.scores(columns=["predicted_cltv"])
+    assert list(scored.columns) == ["predicted_cltv"] and len(scored) == len(store.scores())
+    moves = store.transitions(columns=["to_segment_id"])
+    assert moves["to_segment_id"].tolist() == store.transitions()["to_segment_id"].tolist()
+    with pytest.raises(StoreArgumentError, match=r"no column\(s\) 'x; DROP TABLE runs'.*client_id"):
+        store.membership(columns=["client_id", "x; DROP TABLE runs"])
+    with pytest.raises(StoreArgumentError, match="none asked"):
+        store.scores(columns=[])
     assert store.schema_version() == SCHEMA_VERSION
     assert store.migrate() == SCHEMA_VERSION  # idempotent
 
