@@ -407,7 +407,7 @@ def _compute(
             _say_stitched(clock, events.stitching)
     else:
         events, features = _events_and_features(run, con, events_path, latest)
-    previous = run.store.membership() if latest is not None else None
+    previous = run.store.membership(columns=steps.PREVIOUS_COLUMNS) if latest is not None else None
     champions = clock.time(
         "load_models",
         load_champions_task.with_options(**retry_options(config.schedule)),

@@ -92,7 +92,7 @@ def preview(
     store = open_config_store(config, store_url)
     try:
         latest = store.latest_as_of()
-        published = store.membership() if latest is not None else None
+        published = store.membership(columns=steps.PREVIOUS_COLUMNS) if latest is not None else None
     finally:
         store.close()
     day = as_of or latest or (datetime.now(UTC).date() - timedelta(days=1))

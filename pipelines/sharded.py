@@ -212,12 +212,9 @@ class ShardedFeatures:
 
     def champion_fit(self, champion: ClusterBundle, config: EngineConfig) -> ChampionFit:
         """`steps.champion_fit` from the shards' bin counts and the same sample's rows."""
-        from segmentation.drift import psi_from_counts
+        from segmentation.drift import psi_from_counts, sum_counts
 
-        counts: dict[str, np.ndarray] = {}
-        for part in self._map(_bin_counts, champion.reference, steps.SCORE_BATCH):
-            for column, found in part.items():
-                counts[column] = counts[column] + found if column in counts else found
+        counts = sum_counts(self._map(_bin_counts, champion.reference, steps.SCORE_BATCH))
         drift = psi_from_counts(champion.reference, counts, self.clients)
         ids = self.index["client_id"].to_numpy()
         positions = steps.champion_sample_positions(self.clients, config)
@@ -480,13 +477,9 @@ def _bin_counts(
     file: str, nullable: frozenset[str], reference: DriftReference, batch_rows: int
 ) -> dict[str, np.ndarray]:
     """The shard's rows per bin of `reference`, counted batch by batch (counts add up)."""
-    from segmentation.drift import bin_counts
+    from segmentation.drift import bin_counts, sum_counts
 
-    total: dict[str, np.ndarray] = {}
-    for part in iter_kept(file, nullable, batch_rows):
-        for column, found in bin_counts(reference, part).items():
-            total[column] = total[column] + found if column in total else found
-    return total
+    return sum_counts(bin_counts(reference, part) for part in iter_kept(file, nullable, batch_rows))
 
 
 def _predict_scores(

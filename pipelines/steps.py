@@ -93,6 +93,9 @@ SCORE_BATCH = 200_000
 # What the journey map needs of each member: its segment, and its cluster (the stratum of the
 # pooled drop-off comparisons).
 JOURNEY_MEMBER_COLUMNS = ("client_id", "segment_id", "segment_name", "cluster_id")
+# What a run reads of the last published membership: stickiness and rule conditions (segment
+# id and source), stability, the holdout's entry dates (valid_from), the preview's names.
+PREVIOUS_COLUMNS = ("client_id", "segment_id", "segment_name", "segment_source", "valid_from")
 
 _BundleT = TypeVar("_BundleT", "ClusterBundle", "CltvBundle")
 CHAMPION_SAMPLE = 20_000  # clients the champion's noise share is measured on

@@ -7,7 +7,7 @@ it travels with the model and holds no client identifiers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,15 @@ def bin_counts(reference: DriftReference, frame: pd.DataFrame) -> dict[str, np.n
         values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         counts[column] = _counts(values, cut)
     return counts
+
+
+def sum_counts(parts: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The `bin_counts` of several parts of the clients (batches, shards), added up."""
+    total: dict[str, np.ndarray] = {}
+    for part in parts:
+        for column, found in part.items():
+            total[column] = total[column] + found if column in total else found
+    return total
 
 
 def psi_from_counts(

@@ -41,7 +41,7 @@ def test_nulls_count_as_their_own_bin():
 
 
 def test_psi_from_bin_counts_added_over_parts_equals_psi_of_the_whole():
-    from segmentation.drift import bin_counts, fit_reference, psi, psi_from_counts
+    from segmentation.drift import bin_counts, fit_reference, psi, psi_from_counts, sum_counts
 
     rng = np.random.default_rng(3)
     train = pd.DataFrame({"a": rng.normal(size=500), "b": rng.poisson(2.0, 500).astype(float)})
@@ -50,6 +50,8 @@ def test_psi_from_bin_counts_added_over_parts_equals_psi_of_the_whole():
     reference = fit_reference(train, ["a", "b"])
     parts = [today.iloc[:100], today.iloc[100:650], today.iloc[650:]]
     counts = [bin_counts(reference, part) for part in parts]
-    summed = {c: sum(part[c] for part in counts) for c in ("a", "b")}
+    summed = sum_counts(counts)
+    assert summed.keys() == {"a", "b"}
+    assert all((summed[c] == bin_counts(reference, today)[c]).all() for c in summed)
     assert psi_from_counts(reference, summed, len(today)) == psi(reference, today)
     assert psi(reference, today)["a"] > 0.01  # a real shift, not a trivial equality
