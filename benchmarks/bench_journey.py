@@ -4,6 +4,7 @@ events in the same run (the floor any per-client statistic pays).
     python benchmarks/bench_journey.py --clients 650000          # about 20M events
     python benchmarks/bench_journey.py --data DIR                # an existing write_dataset folder
     python benchmarks/bench_journey.py --data DIR --memory-share 4   # under a quarter of the limit
+    python benchmarks/bench_journey.py --data DIR --statements       # seconds per SQL statement
 
 Segments are the generator's personas after the shift (seven segments), standing in for the
 nightly's membership. The events are loaded through the event contract into DuckDB on disk,
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psutil
@@ -44,6 +46,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="timed repetitions of the map")
     parser.add_argument(
         "--memory-share", type=int, default=0, help="run the map under 1/N of DuckDB's limit"
+    )
+    parser.add_argument(
+        "--statements", action="store_true", help="print the slowest statements of the last map"
     )
     args = parser.parse_args()
     config = load_config()
@@ -76,11 +81,13 @@ def main() -> None:
         ).fetchall()
         floor.append(time.perf_counter() - started)
     times, rises = [], []
+    timed = _TimedConnection(con)
     for _ in range(args.repeat):
         limit = scan_memory(con, args.memory_share) if args.memory_share else nullcontext()
+        timed.seconds.clear()
         with _peak_rise() as rise, limit:
             started = time.perf_counter()
-            result = journey_map(con, as_of, members, config.journey)
+            result = journey_map(timed if args.statements else con, as_of, members, config.journey)
             times.append(time.perf_counter() - started)
         rises.append(rise[0])
     print(
@@ -99,6 +106,29 @@ def main() -> None:
         f" {args.memory_share or 'none'}): {', '.join(f'{r:.2f}' for r in rises)} GB"
     )
     print(f"max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    if args.statements:
+        print(f"statements of the last map: {sum(timed.seconds.values()):.1f} s; the slowest:")
+        for sql, seconds in sorted(timed.seconds.items(), key=lambda kv: -kv[1])[:12]:
+            print(f"  {seconds:6.2f} s  {sql}")
+
+
+class _TimedConnection:
+    """A DuckDB connection that adds up the seconds each statement takes to run (keyed by
+    its first 90 characters); everything else passes through."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+        self.seconds: dict[str, float] = {}
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        started = time.perf_counter()
+        result = self._con.execute(sql, *args)
+        key = " ".join(sql.split())[:90]
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
 
 
 @contextmanager
