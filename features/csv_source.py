@@ -9,7 +9,8 @@ an optional BOM, Latin-1 or UTF-16; through a decompressing stream for `.csv.gz`
 `"` quote and escape, no comment character, every column text) in strict mode. A line that
 does not parse (too many or too few fields, an unterminated quote, bytes that do not decode,
 a whitespace-only or NUL line) is stored in DuckDB's rejects tables and becomes a quarantine
-row with reason `malformed_line` and its raw text; the rest of the file loads. Empty lines are skipped (they hold no row).
+row with reason `malformed_line` and its raw text; the rest of the file loads. Empty lines
+are skipped (they hold no row).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import html
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ _MEMBERSHIP_REQUIRED = ("client_id", "segment_id")
 _REPORT_MEMBERSHIP = ("client_id", "segment_id", "segment_name", "segment_source", "journey_stage")
 _REPORT_SCORES = ("client_id", "predicted_cltv", "horizon_days")
 _REPORT_TRANSITIONS = ("as_of", "from_segment_id", "to_segment_id")
+_SIZES_COLUMNS = ["as_of", "segment_id", "size"]
 _PALETTE = (
     "#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2",
     "#EECA3B", "#9D755D", "#FF9DA6", "#2E6F9E", "#8CD17D", "#D37295",
@@ -485,53 +486,57 @@ def sizes_from_changes(
     """Segment sizes (as_of, segment_id, size) at each successful run's as-of, from the
     store's `segment_size_changes` (segment_id, day, change): the same figures as
     `sizes_over_time` on the history, from one small row per segment and day."""
-    cols = ["as_of", "segment_id", "size"]
     if runs is None or runs.empty or changes.empty:
-        return pd.DataFrame(columns=cols)
-    days = sorted(d for d in set(_to_date(_successful(runs)["as_of"]).dropna()))
-    days = [d for d in days if until is None or d <= until]
+        return pd.DataFrame(columns=_SIZES_COLUMNS)
     day = pd.to_datetime(changes["day"]).to_numpy()
     codes, ids = pd.factorize(changes["segment_id"].astype(str), sort=True)
     change = changes["change"].to_numpy(dtype=np.int64)
-    frames = []
-    for d in days:
-        upto = day <= np.datetime64(pd.Timestamp(d))
-        sizes = np.bincount(codes[upto & (codes >= 0)], weights=change[upto], minlength=len(ids))
-        present = sizes > 0
-        frames.append(
-            pd.DataFrame({"as_of": d, "segment_id": ids[present], "size": sizes[present]})
-        )
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    out = pd.concat(frames, ignore_index=True)
-    return out.assign(size=out["size"].round().astype(np.int64))
+
+    def sizes_on(t: np.datetime64) -> np.ndarray:
+        upto = day <= t
+        summed = np.bincount(codes[upto & (codes >= 0)], weights=change[upto], minlength=len(ids))
+        return summed.round().astype(np.int64)
+
+    return _sizes_on_run_days(runs, until, ids, sizes_on)
 
 
 def sizes_over_time(
     runs: pd.DataFrame | None, history: pd.DataFrame | None, until: date | None = None
 ) -> pd.DataFrame:
     """Segment sizes (as_of, segment_id, size) at each successful run's as-of, from history."""
-    cols = ["as_of", "segment_id", "size"]
     if runs is None or runs.empty or history is None or history.empty:
-        return pd.DataFrame(columns=cols)
-    ok = _successful(runs)
-    days = sorted(set(_to_date(ok["as_of"]).dropna()))
-    if until is not None:
-        days = [d for d in days if d <= until]
+        return pd.DataFrame(columns=_SIZES_COLUMNS)
     vf = pd.to_datetime(history["valid_from"]).to_numpy()
     vt = pd.to_datetime(history["valid_to"]).to_numpy()
     codes, ids = pd.factorize(history["segment_id"].astype(str), sort=True)
+
+    def sizes_on(t: np.datetime64) -> np.ndarray:
+        live = (vf <= t) & (np.isnat(vt) | (vt > t))
+        return np.bincount(codes[live & (codes >= 0)], minlength=len(ids))
+
+    return _sizes_on_run_days(runs, until, ids, sizes_on)
+
+
+def _sizes_on_run_days(
+    runs: pd.DataFrame,
+    until: date | None,
+    ids: pd.Index,
+    sizes_on: Callable[[np.datetime64], np.ndarray],
+) -> pd.DataFrame:
+    """(as_of, segment_id, size) on each successful run's as-of up to `until`; `sizes_on(day)`
+    gives the size of each of `ids` that day, and empty segments are left out."""
+    days = sorted(set(_to_date(_successful(runs)["as_of"]).dropna()))
     frames = []
     for d in days:
-        t = np.datetime64(pd.Timestamp(d))
-        live = (vf <= t) & (np.isnat(vt) | (vt > t))
-        counts = np.bincount(codes[live & (codes >= 0)], minlength=len(ids))
-        present = counts > 0
+        if until is not None and d > until:
+            continue
+        sizes = sizes_on(np.datetime64(pd.Timestamp(d)))
+        present = sizes > 0
         frames.append(
-            pd.DataFrame({"as_of": d, "segment_id": ids[present], "size": counts[present]})
+            pd.DataFrame({"as_of": d, "segment_id": ids[present], "size": sizes[present]})
         )
     if not frames:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=_SIZES_COLUMNS)
     return pd.concat(frames, ignore_index=True)
 
 

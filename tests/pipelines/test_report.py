@@ -499,7 +499,6 @@ def test_load_report_data_and_write_report_from_a_duckdb_store(tmp_path) -> None
     assert _row(_section(html, "quality"), "negative_amount")[1] == "2"
 
 
-@pytest.mark.slow  # creating the MLflow SQLite database takes about 10 s
 def test_sizes_and_a_past_membership_are_computed_in_the_store(store) -> None:
     """On both backends: the report reads counts of the history, not the history, and gets
     the figures the pandas computation over the whole history gives."""
@@ -553,6 +552,7 @@ def test_sizes_from_changes_sums_what_started_less_what_ended() -> None:
     assert sizes_from_changes(runs, changes, until=D1)["as_of"].unique().tolist() == [D1]
 
 
+@pytest.mark.slow  # creating the MLflow SQLite database takes about 10 s
 def test_report_is_attached_to_the_mlflow_run_and_reads_its_metrics(tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
